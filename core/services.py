@@ -1,0 +1,55 @@
+"""Write paths of the core domain: users with roles, worker heartbeats."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractUser, Group
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from core.models import WorkerHeartbeat
+from core.roles import ALL_ROLES, Role
+
+
+@transaction.atomic
+def user_create_or_update(
+    *, username: str, role: str, password: str | None = None, email: str = "", validate: bool = True
+) -> tuple[AbstractUser, bool]:
+    """Create the user (or update an existing one) and put it in exactly one role group.
+
+    Returns (user, created). Admins also get Django's staff flag so they can open the Django admin.
+    A user created without a password cannot log in until one is set.
+    """
+    if role not in ALL_ROLES:
+        raise ValidationError({"role": f"Unknown role {role!r}; choose one of {', '.join(ALL_ROLES)}."})
+    User = get_user_model()
+    user = User.objects.filter(username=username).first()
+    created = user is None
+    if created:
+        user = User(username=username, email=email)
+    elif email:
+        user.email = email
+    if password is not None:
+        if validate:
+            validate_password(password, user=user)
+        user.set_password(password)
+    elif created:
+        user.set_unusable_password()
+    user.is_staff = role == Role.ADMIN
+    user.full_clean(exclude=["password"])
+    user.save()
+    role_groups = Group.objects.filter(name__in=ALL_ROLES)
+    user.groups.remove(*role_groups)
+    user.groups.add(Group.objects.get(name=role))
+    return user, created
+
+
+def worker_heartbeat_record(*, hostname: str, queue: str, device: str, seen_at: datetime | None = None) -> None:
+    WorkerHeartbeat.objects.update_or_create(
+        hostname=hostname,
+        defaults={"queue": queue, "device": device, "last_seen": seen_at or timezone.now()},
+    )

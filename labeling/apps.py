@@ -1,0 +1,8 @@
+from django.apps import AppConfig
+
+
+class LabelingConfig(AppConfig):
+    """Prompts, responses, comparisons, assignments, rankings, agreement, import/export, annotator views."""
+
+    name = "labeling"
+    default_auto_field = "django.db.models.BigAutoField"

