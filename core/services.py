@@ -12,7 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from core.models import WorkerHeartbeat
-from core.roles import ALL_ROLES, Role
+from core.roles import ALL_ROLES
 
 
 @transaction.atomic
@@ -21,7 +21,7 @@ def user_create_or_update(
 ) -> tuple[AbstractUser, bool]:
     """Create the user (or update an existing one) and put it in exactly one role group.
 
-    Returns (user, created). Admins also get Django's staff flag so they can open the Django admin.
+    Returns (user, created).
     A user created without a password cannot log in until one is set.
     """
     if role not in ALL_ROLES:
@@ -39,7 +39,6 @@ def user_create_or_update(
         user.set_password(password)
     elif created:
         user.set_unusable_password()
-    user.is_staff = role == Role.ADMIN
     user.full_clean(exclude=["password"])
     user.save()
     role_groups = Group.objects.filter(name__in=ALL_ROLES)
@@ -48,7 +47,9 @@ def user_create_or_update(
     return user, created
 
 
-def worker_heartbeat_record(*, hostname: str, queue: str, device: str, seen_at: datetime | None = None) -> None:
+def worker_heartbeat_record(
+    *, hostname: str, queue: str, device: str, seen_at: datetime | None = None
+) -> None:
     WorkerHeartbeat.objects.update_or_create(
         hostname=hostname,
         defaults={"queue": queue, "device": device, "last_seen": seen_at or timezone.now()},

@@ -20,4 +20,6 @@ def ping(self) -> None:
     """Record that the worker which consumed this message is alive (hostname, queue, device)."""
     delivery = self.request.delivery_info or {}
     queue = delivery.get("routing_key") or delivery.get("exchange") or "default"
-    worker_heartbeat_record(hostname=self.request.hostname or socket.gethostname(), queue=queue, device=_device_name())
+    worker_heartbeat_record(
+        hostname=self.request.hostname or socket.gethostname(), queue=queue, device=_device_name()
+    )

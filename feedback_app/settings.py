@@ -129,8 +129,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "timeout": 20,
         }
     )
-    # A file, not :memory:, so that a worker subprocess started by a test sees the test database.
-    DATABASES["default"].setdefault("TEST", {})["NAME"] = str(VAR_DIR / "test_db.sqlite3")
+    # A file, not :memory:, so that a worker subprocess started by a test sees the test database; one per test
+    # process so that two test runs on one checkout do not share it.
+    DATABASES["default"].setdefault("TEST", {})["NAME"] = str(VAR_DIR / f"test_db_{os.getpid()}.sqlite3")
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
@@ -172,7 +173,9 @@ ARTIFACT_ROOT = Path(env_str("ARTIFACT_ROOT", str(VAR_DIR / "artifacts"))).resol
 # Redis in production. Unset: kombu's file-system transport under var/celery/, which needs no server.
 # Task state the app needs lives in our own models, so there is no result backend.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or "filesystem://"
-CELERY_FILESYSTEM_BROKER_DIR = Path(env_str("CELERY_FILESYSTEM_BROKER_DIR", str(VAR_DIR / "celery"))).resolve()
+CELERY_FILESYSTEM_BROKER_DIR = Path(
+    env_str("CELERY_FILESYSTEM_BROKER_DIR", str(VAR_DIR / "celery"))
+).resolve()
 if CELERY_BROKER_URL.startswith("filesystem://"):
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         # One folder in and out: every producer and consumer on this machine shares the same queue files.
@@ -217,6 +220,8 @@ SPECTACULAR_SETTINGS = {
 # Production (DEBUG=0) defaults pass `check --deploy`; each is overridable, e.g. SECURE_SSL_REDIRECT=0 behind a
 # TLS-terminating proxy that already redirects, with SECURE_PROXY_SSL_HEADER=1 to trust X-Forwarded-Proto.
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+# Container healthchecks probe plain HTTP from inside; a redirect would hide a failing check.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000)

@@ -16,7 +16,9 @@ class ModelVersion(models.Model):
     name = models.CharField(max_length=200, unique=True)
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.POLICY)
     base = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="derived")
-    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
     artifact_path = models.CharField(max_length=500, help_text="Relative to ARTIFACT_ROOT.")
     sha256 = models.CharField(max_length=64)
     source = models.CharField(max_length=300, blank=True, help_text="Where the weights came from.")
@@ -31,7 +33,9 @@ class ModelVersion(models.Model):
             models.CheckConstraint(
                 condition=models.Q(sha256__regex=r"^[0-9a-f]{64}$"), name="modelversion_sha256_hex"
             ),
-            models.CheckConstraint(condition=~models.Q(artifact_path=""), name="modelversion_artifact_path_set"),
+            models.CheckConstraint(
+                condition=~models.Q(artifact_path=""), name="modelversion_artifact_path_set"
+            ),
         ]
 
     def __str__(self) -> str:

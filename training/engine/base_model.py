@@ -82,7 +82,9 @@ def build_bundled_model(progress: Progress = print):
 
     gguf = bundled_gguf_path()
     progress(f"Reading {gguf.name} ({gguf.stat().st_size / 2**20:.0f} MiB) and dequantising…")
-    quantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    quantised = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
     config = AutoConfig.for_model(**_plain_config_dict(quantised.config))
     progress("Rebuilding a plain model and copying the weights in…")
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -90,7 +92,9 @@ def build_bundled_model(progress: Progress = print):
     # Tied embeddings: lm_head.weight may be absent from the GGUF state dict and is re-tied below.
     missing = [key for key in missing if key != "lm_head.weight"]
     if missing or unexpected:
-        raise BaseModelError(f"GGUF weights do not fit the rebuilt model: missing={missing}, unexpected={unexpected}")
+        raise BaseModelError(
+            f"GGUF weights do not fit the rebuilt model: missing={missing}, unexpected={unexpected}"
+        )
     model.tie_weights()
     del quantised
     progress("Loading the tokenizer…")

@@ -60,7 +60,9 @@ def base_model_import(*, tiny: bool = False, progress=print) -> tuple[ModelVersi
         progress(f"Found a complete artifact at {target}; registering it.")
         saved = engine_base_model.describe_saved_model(target)
     else:
-        model, tokenizer = engine_base_model.build_tiny_model() if tiny else engine_base_model.build_bundled_model(progress)
+        model, tokenizer = (
+            engine_base_model.build_tiny_model() if tiny else engine_base_model.build_bundled_model(progress)
+        )
         progress(f"Saving safetensors and tokenizer to {target}…")
         saved = engine_base_model.save_model_atomically(model, tokenizer, target)
     source = (

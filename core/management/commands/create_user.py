@@ -11,7 +11,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--username", required=True)
         parser.add_argument("--role", required=True, choices=ALL_ROLES)
-        parser.add_argument("--password", help="Omit to create a user who cannot log in until a password is set.")
+        parser.add_argument(
+            "--password", help="Omit to create a user who cannot log in until a password is set."
+        )
         parser.add_argument("--email", default="")
         parser.add_argument(
             "--no-validate", action="store_true", help="Skip Django's password validators (demo accounts)."

@@ -13,7 +13,9 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--tiny", action="store_true", help="Tiny randomly initialised model (tests, fast demos).")
+        parser.add_argument(
+            "--tiny", action="store_true", help="Tiny randomly initialised model (tests, fast demos)."
+        )
 
     def handle(self, *args, tiny: bool, **options):
         started = time.monotonic()

@@ -1,0 +1,98 @@
+"""Start a real Celery worker process against the test database, for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from django.db import connection
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_database_url() -> str:
+    """A DATABASE_URL naming the database this test session runs on (pytest-django's test_* database)."""
+    params = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{params['NAME']}"
+    if connection.vendor == "postgresql":
+        auth = params["USER"] or ""
+        if params.get("PASSWORD"):
+            auth += f":{params['PASSWORD']}"
+        host = params.get("HOST") or "localhost"
+        port = params.get("PORT") or 5432
+        return f"postgres://{auth}@{host}:{port}/{params['NAME']}"
+    raise RuntimeError(f"no worker support for database vendor {connection.vendor}")
+
+
+@contextmanager
+def celery_worker(
+    *,
+    broker_url: str,
+    queues: str = "default,gpu",
+    extra_env: dict[str, str] | None = None,
+    ready_timeout: float = 60,
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run `celery worker` as a child process until the block ends; yields (worker hostname, process).
+
+    The worker gets the test database and the given broker through the same environment variables production uses.
+    """
+    hostname = f"test-{uuid.uuid4().hex[:8]}@localhost"
+    env = {
+        **os.environ,
+        "DATABASE_URL": test_database_url(),
+        "CELERY_BROKER_URL": broker_url,
+        "PYTHONUNBUFFERED": "1",
+        **(extra_env or {}),
+    }
+    log_path = Path(env.get("VAR_DIR", REPO_ROOT / "var")) / f"worker-{hostname.split('@')[0]}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable, "-m", "celery", "-A", "feedback_app", "worker",
+        "-Q", queues, "-n", hostname, "--pool", "solo", "--concurrency", "1",
+        "--without-gossip", "--without-mingle", "-l", "info",
+    ]  # fmt: skip
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while "ready." not in log_path.read_text():
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"worker exited with {process.returncode}:\n{log_path.read_text()[-4000:]}"
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"worker not ready after {ready_timeout}s:\n{log_path.read_text()[-4000:]}"
+                )
+            time.sleep(0.2)
+        yield hostname, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        worker_log = log_path.read_text() if log_path.exists() else ""
+        log_path.unlink(missing_ok=True)
+        if process.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):
+            print(worker_log[-4000:])
+
+
+def wait_until(predicate, *, timeout: float = 30, interval: float = 0.2, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
