@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 PYTEST_ARGS ?=
+# `--tiny` imports the tiny random model instead of the real one (quick demos, the demo test).
+BASE_MODEL_FLAGS ?=
 
 export DEBUG ?= 1
 
@@ -32,7 +34,7 @@ migrate: install
 
 demo: migrate
 	@echo "==> Importing the bundled base model into the registry (first run: ~1 minute)"
-	$(BIN)/python manage.py import_base_model
+	$(BIN)/python manage.py import_base_model $(BASE_MODEL_FLAGS)
 	@echo "==> Seeding the demo project and users"
 	$(BIN)/python manage.py seed_demo
 	@HOST=$(HOST) PORT=$(PORT) BIN=$(BIN) bash scripts/demo.sh

@@ -235,6 +235,8 @@ X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
 # Large imports are uploaded through the admin page; the labeling app enforces its own, clearer limit.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 10 * 1024 * 1024)
+# Largest prompt/response/comparison import accepted (upload page and `import_data`); bigger files get a clear error.
+LABELING_IMPORT_MAX_BYTES = env_int("LABELING_IMPORT_MAX_BYTES", 20 * 1024 * 1024)
 
 LOGGING = {
     "version": 1,

@@ -16,6 +16,7 @@ stop() {
   [ -n "$worker_pid" ] && kill -TERM "$worker_pid" 2>/dev/null || true
   wait 2>/dev/null || true
   echo "==> Stopped"
+  exit 0
 }
 trap stop INT TERM EXIT
 

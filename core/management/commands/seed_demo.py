@@ -28,8 +28,13 @@ class Command(BaseCommand):
             user_create_or_update(username=username, role=role, password=password, validate=False)
         from labeling.services.seed import demo_project_seed
 
-        project = demo_project_seed(slug="demo")
-        self.stdout.write(self.style.SUCCESS(f"Demo project {project.slug!r} is ready."))
+        report = demo_project_seed(slug="demo")
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Demo project {report.project.slug!r} is ready: {report.prompts} prompts, {report.responses} "
+                f"responses, {report.comparisons} comparisons ({report.gold} gold)."
+            )
+        )
         self.stdout.write("\nDemo users (local only):")
         self.stdout.write(f"  {'username':<12} {'role':<11} password")
         for username, role, password in DEMO_USERS:

@@ -1,0 +1,1 @@
+"""Read paths of the labeling domain: queues, progress, agreement, gold scores, dashboard, review."""

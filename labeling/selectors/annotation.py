@@ -1,0 +1,64 @@
+"""Read paths of the annotator loop: what to show, progress, one's own history."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db.models import Count, Q, QuerySet
+from django.utils import timezone
+
+from labeling.models import Assignment, Comparison, Project, Ranking, Response
+from labeling.services.leasing import regular_candidates
+
+LETTERS = "ABCDEFGH"
+
+
+@dataclass(frozen=True)
+class ShownResponse:
+    response: Response
+    letter: str
+    position: int  # 1-based, in the order shown to this annotator
+
+
+def assignment_responses(*, assignment: Assignment) -> list[ShownResponse]:
+    """The comparison's responses in this assignment's (shuffled) display order."""
+    by_id = {r.id: r for r in Response.objects.filter(id__in=assignment.display_order)}
+    return [
+        ShownResponse(response=by_id[rid], letter=LETTERS[index], position=index + 1)
+        for index, rid in enumerate(assignment.display_order)
+    ]
+
+
+@dataclass(frozen=True)
+class Progress:
+    done_today: int
+    done_total: int
+    left: int
+
+
+def annotator_progress(*, project: Project, annotator, now: datetime | None = None) -> Progress:
+    now = now or timezone.now()
+    start_of_day = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    counts = Ranking.objects.filter(comparison__project=project, annotator=annotator).aggregate(
+        total=Count("id"), today=Count("id", filter=Q(created_at__gte=start_of_day))
+    )
+    left = regular_candidates(project=project, annotator_id=annotator.pk, now=now).count()
+    return Progress(done_today=counts["today"], done_total=counts["total"], left=left)
+
+
+def projects_for_annotator(*, annotator) -> QuerySet[Project]:
+    return Project.objects.annotate(
+        open_comparisons=Count(
+            "comparisons", filter=Q(comparisons__status=Comparison.Status.OPEN, comparisons__is_gold=False)
+        )
+    ).order_by("slug")
+
+
+def annotator_rankings(*, project: Project, annotator, limit: int = 100) -> QuerySet[Ranking]:
+    """Only this annotator's own rankings, newest first."""
+    return (
+        Ranking.objects.filter(comparison__project=project, annotator=annotator)
+        .select_related("comparison__prompt")
+        .order_by("-created_at", "-id")[:limit]
+    )

@@ -1,0 +1,186 @@
+"""Submitting, undoing and skipping: the annotator's write paths. Every submission is validated here, so the
+browser, the REST API and simulated annotators share one set of rules and one set of messages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import connection, transaction
+from django.utils import timezone
+
+from labeling.models import Assignment, Comparison, Project, Ranking
+from labeling.ranks import ranks_from_pairwise_choice, ranks_validate
+from labeling.services.leasing import slots_taken
+
+UNDO_WINDOW_SECONDS = 60
+MAX_RATIONALE_CHARS = 5000
+MAX_SKIP_REASON_CHARS = 300
+SKIP_REASONS = {
+    "unsure": "Not sure / outside my expertise",
+    "too_long": "Too long to judge",
+    "broken": "Broken item",
+    "other": "Other",
+}
+
+
+def _locked_assignment(*, assignment_id: int, annotator) -> Assignment:
+    queryset = Assignment.objects.select_related("comparison", "project")
+    if connection.features.has_select_for_update:
+        queryset = queryset.select_for_update(of=("self",))
+    assignment = queryset.filter(pk=assignment_id).first()
+    if assignment is None or assignment.annotator_id != annotator.pk:
+        raise PermissionDenied("This item is not assigned to you.")
+    return assignment
+
+
+def _lock_comparison(comparison_id: int) -> Comparison:
+    queryset = Comparison.objects.all()
+    if connection.features.has_select_for_update:
+        queryset = queryset.select_for_update()
+    return queryset.get(pk=comparison_id)
+
+
+def _require_live_slot(*, assignment: Assignment, comparison: Comparison, now: datetime) -> None:
+    """A lease that expired is still good if nobody took its slot meanwhile (the comparison row is locked)."""
+    if assignment.leased_until > now or comparison.is_gold:
+        return
+    taken = slots_taken(comparison_id=comparison.pk, now=now, exclude_annotator_id=assignment.annotator_id)
+    if taken >= assignment.project.overlap:
+        raise ValidationError(
+            {
+                "__all__": "Your time on this item ran out and it went to another annotator. Here is the next one."
+            }
+        )
+
+
+@transaction.atomic
+def ranking_submit(
+    *,
+    assignment_id: int,
+    annotator,
+    ranks: Mapping | None = None,
+    choice: str | None = None,
+    flags: Iterable[str] = (),
+    rationale: str = "",
+    now: datetime | None = None,
+) -> Ranking:
+    """Record the annotator's ranking for their leased comparison.
+
+    Give `choice` (a | b | tie | both_bad, relative to the displayed order) for a pairwise comparison or `ranks`
+    ({response id: rank}) for any comparison. Raises ValidationError (nothing stored) or PermissionDenied.
+    """
+    now = now or timezone.now()
+    assignment = _locked_assignment(assignment_id=assignment_id, annotator=annotator)
+    if assignment.state == Assignment.State.SUBMITTED:
+        raise ValidationError({"__all__": "You already submitted this item."})
+    if assignment.state == Assignment.State.SKIPPED:
+        raise ValidationError({"__all__": "You skipped this item."})
+    comparison = _lock_comparison(assignment.comparison_id)
+    project: Project = assignment.project
+    response_ids = [str(rid) for rid in assignment.display_order]
+
+    both_bad = False
+    if choice not in (None, ""):
+        if comparison.k != 2:
+            raise ValidationError({"choice": "Rank every response of this comparison."})
+        dense, both_bad = ranks_from_pairwise_choice(
+            choice=choice, display_order=assignment.display_order, allow_ties=project.allow_ties
+        )
+    elif ranks is not None:
+        dense = ranks_validate(ranks=ranks, response_ids=response_ids, allow_ties=project.allow_ties)
+    else:
+        raise ValidationError({"ranks": "Rank the responses before submitting."})
+
+    flags = sorted(set(flags))
+    unknown = [flag for flag in flags if flag not in Ranking.Flag.values]
+    if unknown:
+        raise ValidationError(
+            {"flags": f"Unknown flag {unknown[0]!r}; use {', '.join(Ranking.Flag.values)}."}
+        )
+    if len(rationale) > MAX_RATIONALE_CHARS:
+        raise ValidationError({"rationale": f"Keep the rationale under {MAX_RATIONALE_CHARS} characters."})
+    _require_live_slot(assignment=assignment, comparison=comparison, now=now)
+
+    ranking = Ranking(
+        comparison=comparison,
+        annotator=annotator,
+        assignment=assignment,
+        ranks=dense,
+        both_bad=both_bad,
+        flags=flags,
+        rationale=rationale.strip(),
+        seconds_spent=max(0.0, (now - assignment.leased_at).total_seconds()),
+        display_order=assignment.display_order,
+    )
+    ranking.full_clean(validate_unique=False, validate_constraints=False)
+    ranking.save()
+    assignment.state = Assignment.State.SUBMITTED
+    assignment.finished_at = now
+    assignment.save(update_fields=["state", "finished_at"])
+    if not comparison.is_gold:
+        submitted = Ranking.objects.filter(comparison=comparison).count()
+        if submitted >= project.overlap and comparison.status != Comparison.Status.COMPLETE:
+            comparison.status = Comparison.Status.COMPLETE
+            comparison.save(update_fields=["status"])
+    return ranking
+
+
+@transaction.atomic
+def assignment_skip(*, assignment_id: int, annotator, reason: str, now: datetime | None = None) -> Assignment:
+    """Give the item back with a reason; it returns to the pool and never comes back to this annotator."""
+    now = now or timezone.now()
+    reason = (reason or "").strip()
+    if not reason:
+        raise ValidationError({"reason": "Say why you skip this item."})
+    if len(reason) > MAX_SKIP_REASON_CHARS:
+        raise ValidationError({"reason": f"Keep the reason under {MAX_SKIP_REASON_CHARS} characters."})
+    assignment = _locked_assignment(assignment_id=assignment_id, annotator=annotator)
+    if assignment.state != Assignment.State.LEASED:
+        raise ValidationError({"__all__": "This item is no longer yours to skip."})
+    assignment.state = Assignment.State.SKIPPED
+    assignment.skip_reason = SKIP_REASONS.get(reason, reason)
+    assignment.finished_at = now
+    assignment.full_clean(validate_unique=False, validate_constraints=False)
+    assignment.save(update_fields=["state", "skip_reason", "finished_at"])
+    return assignment
+
+
+def ranking_undoable(*, project: Project, annotator, now: datetime | None = None) -> Ranking | None:
+    """The annotator's last ranking in this project while it can still be undone."""
+    now = now or timezone.now()
+    ranking = (
+        Ranking.objects.filter(comparison__project=project, annotator=annotator)
+        .select_related("comparison")
+        .order_by("-created_at", "-id")
+        .first()
+    )
+    if ranking is None or ranking.created_at < now - timedelta(seconds=UNDO_WINDOW_SECONDS):
+        return None
+    if hasattr(ranking.comparison, "adjudication"):
+        return None
+    return ranking
+
+
+@transaction.atomic
+def ranking_undo_last(*, project: Project, annotator, now: datetime | None = None) -> Assignment:
+    """Withdraw the annotator's last ranking (within the undo window) and lease its comparison to them again."""
+    now = now or timezone.now()
+    ranking = ranking_undoable(project=project, annotator=annotator, now=now)
+    if ranking is None:
+        raise ValidationError(
+            {"__all__": f"Nothing to undo: only the last {UNDO_WINDOW_SECONDS} s can be undone."}
+        )
+    comparison = _lock_comparison(ranking.comparison_id)
+    assignment = _locked_assignment(assignment_id=ranking.assignment_id, annotator=annotator)
+    ranking.delete()
+    assignment.state = Assignment.State.LEASED
+    assignment.finished_at = None
+    assignment.leased_at = now
+    assignment.leased_until = now + timedelta(seconds=project.lease_seconds)
+    assignment.save(update_fields=["state", "finished_at", "leased_at", "leased_until"])
+    if comparison.status == Comparison.Status.COMPLETE:
+        comparison.status = Comparison.Status.OPEN
+        comparison.save(update_fields=["status"])
+    return assignment

@@ -1,0 +1,313 @@
+"""Thin views of the labeling app: annotator loop (htmx partials), import upload, dashboard, review."""
+
+from __future__ import annotations
+
+from functools import wraps
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods, require_POST
+
+from core.roles import Role
+from core.selectors import user_has_role
+from labeling.forms import ImportForm, SkipForm, ranks_from_post
+from labeling.models import Assignment, Comparison, Project, Ranking
+from labeling.selectors.annotation import (
+    annotator_progress,
+    annotator_rankings,
+    assignment_responses,
+    projects_for_annotator,
+)
+from labeling.selectors.quality import (
+    annotator_table,
+    flagged_rankings,
+    project_agreement,
+    project_counts,
+    review_queue,
+    throughput_per_day,
+)
+from labeling.services.imports import ImportRejected, import_apply, import_plan
+from labeling.services.leasing import assignment_lease_next
+from labeling.services.projects import adjudication_record
+from labeling.services.rankings import (
+    SKIP_REASONS,
+    UNDO_WINDOW_SECONDS,
+    assignment_skip,
+    ranking_submit,
+    ranking_undo_last,
+    ranking_undoable,
+)
+
+
+def role_required(*roles: str):
+    """Logged-in users with one of these roles; others get 403."""
+
+    def decorator(view):
+        @login_required
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args, **kwargs):
+            if not any(user_has_role(user=request.user, role=role) for role in roles):
+                raise PermissionDenied("Your role does not allow this page.")
+            return view(request, *args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+annotator_required = role_required(Role.ANNOTATOR, Role.ADMIN)
+admin_required = role_required(Role.ADMIN)
+
+
+def _error_text(error: ValidationError) -> str:
+    if hasattr(error, "message_dict"):
+        return " ".join(message for messages_ in error.message_dict.values() for message in messages_)
+    return " ".join(error.messages)
+
+
+# --- annotator loop ---------------------------------------------------------------------------------------
+
+
+@annotator_required
+def project_list(request: HttpRequest) -> HttpResponse:
+    return render(
+        request,
+        "labeling/project_list.html",
+        {
+            "projects": projects_for_annotator(annotator=request.user),
+            "is_admin": user_has_role(user=request.user, role=Role.ADMIN),
+        },
+    )
+
+
+def _workspace_context(
+    request: HttpRequest, project: Project, assignment: Assignment | None, **extra
+) -> dict:
+    context = {
+        "project": project,
+        "assignment": assignment,
+        "progress": annotator_progress(project=project, annotator=request.user),
+        "undoable": ranking_undoable(project=project, annotator=request.user),
+        "undo_window": UNDO_WINDOW_SECONDS,
+        "skip_reasons": SKIP_REASONS.items(),
+        "flag_choices": Ranking.Flag.choices,
+        **extra,
+    }
+    if assignment is not None:
+        shown = assignment_responses(assignment=assignment)
+        posted = extra.get("posted") or {}
+        context.update(
+            comparison=assignment.comparison,
+            shown=[(item, posted.get(f"rank_{item.response.id}", "")) for item in shown],
+            posted_flags=posted.getlist("flags") if posted else [],
+            posted_rationale=posted.get("rationale", "") if posted else "",
+            pairwise=len(shown) == 2,
+            rank_choices=range(1, len(shown) + 1),
+        )
+    return context
+
+
+def _render_workspace(
+    request: HttpRequest, project: Project, assignment: Assignment | None, status: int = 200, **extra
+):
+    """The workspace fragment plus out-of-band progress and undo fragments (htmx swaps all three)."""
+    context = _workspace_context(request, project, assignment, **extra)
+    return render(request, "labeling/partials/workspace_swap.html", context, status=status)
+
+
+@annotator_required
+def annotate(request: HttpRequest, slug: str) -> HttpResponse:
+    project = get_object_or_404(Project, slug=slug)
+    assignment = assignment_lease_next(project=project, annotator=request.user)
+    if request.htmx:
+        return _render_workspace(request, project, assignment)
+    return render(request, "labeling/annotate.html", _workspace_context(request, project, assignment))
+
+
+def _own_assignment(request: HttpRequest, project: Project, assignment_id: int) -> Assignment:
+    """Annotators only ever touch their own assignments: anything else is a 404, not a hint that it exists."""
+    assignment = Assignment.objects.filter(pk=assignment_id, project=project, annotator=request.user).first()
+    if assignment is None:
+        raise Http404("No such assignment of yours.")
+    return assignment
+
+
+@annotator_required
+@require_POST
+def submit(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
+    project = get_object_or_404(Project, slug=slug)
+    assignment = _own_assignment(request, project, assignment_id)
+    try:
+        ranking_submit(
+            assignment_id=assignment.pk,
+            annotator=request.user,
+            choice=request.POST.get("choice") or None,
+            ranks=None
+            if request.POST.get("choice")
+            else ranks_from_post(request.POST, assignment.display_order),
+            flags=request.POST.getlist("flags"),
+            rationale=request.POST.get("rationale", ""),
+        )
+    except ValidationError as error:
+        assignment.refresh_from_db()
+        if assignment.state == Assignment.State.LEASED:
+            return _render_workspace(
+                request, project, assignment, status=422, error=_error_text(error), posted=request.POST
+            )
+        next_assignment = assignment_lease_next(project=project, annotator=request.user)
+        return _render_workspace(request, project, next_assignment, status=422, error=_error_text(error))
+    next_assignment = assignment_lease_next(project=project, annotator=request.user)
+    if not request.htmx:
+        return redirect("labeling:annotate", slug=project.slug)
+    return _render_workspace(request, project, next_assignment, notice="Saved.")
+
+
+@annotator_required
+@require_POST
+def skip(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
+    project = get_object_or_404(Project, slug=slug)
+    assignment = _own_assignment(request, project, assignment_id)
+    form = SkipForm(request.POST)
+    try:
+        if not form.is_valid():
+            raise ValidationError({"reason": "Choose why you skip this item."})
+        assignment_skip(
+            assignment_id=assignment.pk, annotator=request.user, reason=form.cleaned_data["reason"]
+        )
+    except ValidationError as error:
+        return _render_workspace(request, project, assignment, status=422, error=_error_text(error))
+    next_assignment = assignment_lease_next(project=project, annotator=request.user)
+    if not request.htmx:
+        return redirect("labeling:annotate", slug=project.slug)
+    return _render_workspace(request, project, next_assignment, notice="Skipped.")
+
+
+@annotator_required
+@require_POST
+def undo(request: HttpRequest, slug: str) -> HttpResponse:
+    project = get_object_or_404(Project, slug=slug)
+    try:
+        assignment = ranking_undo_last(project=project, annotator=request.user)
+    except ValidationError as error:
+        current = assignment_lease_next(project=project, annotator=request.user)
+        return _render_workspace(request, project, current, status=422, error=_error_text(error))
+    if not request.htmx:
+        return redirect("labeling:annotate", slug=project.slug)
+    return _render_workspace(
+        request, project, assignment, notice="Your last ranking was withdrawn: rank it again."
+    )
+
+
+@annotator_required
+def my_rankings(request: HttpRequest, slug: str) -> HttpResponse:
+    project = get_object_or_404(Project, slug=slug)
+    return render(
+        request,
+        "labeling/my_rankings.html",
+        {"project": project, "rankings": annotator_rankings(project=project, annotator=request.user)},
+    )
+
+
+# --- admin pages ------------------------------------------------------------------------------------------
+
+
+@admin_required
+@require_http_methods(["GET", "POST"])
+def import_upload(request: HttpRequest) -> HttpResponse:
+    form = ImportForm(
+        request.POST or None, request.FILES or None, initial={"project": request.GET.get("project", "")}
+    )
+    errors: list[str] = []
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data["file"].read()
+        try:
+            plan = import_plan(data=data, fmt=form.file_format)
+            report = import_apply(
+                project_slug=form.cleaned_data["project"],
+                plan=plan,
+                build_k=form.cleaned_data["build_k"],
+                pairing=form.cleaned_data["pairing"],
+            )
+        except ImportRejected as rejected:
+            errors = rejected.messages
+        except ValidationError as error:
+            errors = [_error_text(error)]
+        else:
+            messages.success(request, f"Imported: {report.summary()}.")
+            return redirect(reverse("labeling:dashboard", args=[form.cleaned_data["project"]]))
+    status = 422 if request.method == "POST" and (errors or form.errors) else 200
+    return render(request, "labeling/import.html", {"form": form, "import_errors": errors}, status=status)
+
+
+@admin_required
+def dashboard(request: HttpRequest, slug: str) -> HttpResponse:
+    project = get_object_or_404(Project, slug=slug)
+    context = {
+        "project": project,
+        "counts": project_counts(project=project),
+        "throughput": throughput_per_day(project=project),
+        "agreement": project_agreement(project=project),
+        "annotators": annotator_table(project=project),
+        "flagged": flagged_rankings(project=project),
+    }
+    return render(request, "labeling/dashboard.html", context)
+
+
+@admin_required
+def review(request: HttpRequest, slug: str) -> HttpResponse:
+    project = get_object_or_404(Project, slug=slug)
+    include_done = request.GET.get("all") == "1"
+    return render(
+        request,
+        "labeling/review.html",
+        {
+            "project": project,
+            "items": review_queue(project=project, include_adjudicated=include_done),
+            "include_done": include_done,
+        },
+    )
+
+
+@admin_required
+@require_http_methods(["GET", "POST"])
+def adjudicate(request: HttpRequest, slug: str, comparison_id: int) -> HttpResponse:
+    project = get_object_or_404(Project, slug=slug)
+    comparison = get_object_or_404(
+        Comparison.objects.select_related("prompt"), pk=comparison_id, project=project
+    )
+    items = list(comparison.items.select_related("response").order_by("position"))
+    error = ""
+    status = 200
+    if request.method == "POST":
+        try:
+            adjudication_record(
+                comparison=comparison,
+                adjudicator=request.user,
+                ranks=ranks_from_post(request.POST, [item.response_id for item in items]),
+                note=request.POST.get("note", ""),
+            )
+        except ValidationError as exc:
+            error, status = _error_text(exc), 422
+        else:
+            comparison.refresh_from_db()
+            if not request.htmx:
+                messages.success(request, f"Final ranking of comparison #{comparison.pk} recorded.")
+                return redirect("labeling:review", slug=project.slug)
+    adjudication = getattr(comparison, "adjudication", None)
+    rankings = list(comparison.rankings.select_related("annotator").order_by("id"))
+    context = {
+        "project": project,
+        "comparison": comparison,
+        "items": items,
+        "rankings": rankings,
+        "adjudication": adjudication,
+        "error": error,
+        "rank_choices": range(1, len(items) + 1),
+        "saved": request.method == "POST" and not error,
+    }
+    template = "labeling/partials/adjudication_form.html" if request.htmx else "labeling/adjudicate.html"
+    return render(request, template, context, status=status)
