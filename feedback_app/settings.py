@@ -73,8 +73,10 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "rest_framework",
+    "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "core",
     "labeling",
     "training",
@@ -188,7 +190,10 @@ else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 6 * 3600)}
 CELERY_TASK_DEFAULT_QUEUE = "default"
 # Training stages hold an accelerator: route them to the `gpu` queue, everything else stays on `default`.
-CELERY_TASK_ROUTES = {"training.tasks.*": {"queue": "gpu"}}
+CELERY_TASK_ROUTES = {
+    "training.tasks.fail_stale_stages": {"queue": "default"},  # bookkeeping, must not wait behind a training stage
+    "training.tasks.*": {"queue": "gpu"},
+}
 # A stage that dies with its worker is redelivered rather than lost; one long task per worker process at a time.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -200,20 +205,48 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TIMEZONE = TIME_ZONE
 HEALTH_BROKER_TIMEOUT_S = float(env_str("HEALTH_BROKER_TIMEOUT_S", "2"))
+# Training stages write a heartbeat every TRAINING_HEARTBEAT_S; a running stage silent for TRAINING_STALE_AFTER_S
+# is marked failed (resumable) by the periodic check that Celery beat runs every TRAINING_STALE_CHECK_S.
+TRAINING_HEARTBEAT_S = float(env_str("TRAINING_HEARTBEAT_S", "10"))
+TRAINING_STALE_AFTER_S = float(env_str("TRAINING_STALE_AFTER_S", "120"))
+TRAINING_STALE_CHECK_S = float(env_str("TRAINING_STALE_CHECK_S", "60"))
+CELERY_BEAT_SCHEDULE = {
+    "fail-stale-training-stages": {
+        "task": "training.tasks.fail_stale_stages",
+        "schedule": TRAINING_STALE_CHECK_S,
+        "options": {"queue": "default"},
+    },
+}
 
 # --- REST API ---------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Token first: an anonymous request gets 401 with `WWW-Authenticate: Token`.
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "labeling.api.pagination.Pagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend",
+        "rest_framework.filters.OrderingFilter",
+    ],
+    "EXCEPTION_HANDLER": "labeling.api.exceptions.exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Feedback loop API",
-    "DESCRIPTION": "Closed-loop RLHF: prompts, comparisons, rankings, training runs, model versions, exports.",
+    "DESCRIPTION": "Closed-loop RLHF: prompts, comparisons, rankings, training runs, model versions, exports. "
+    "Authenticate with `Authorization: Token <key>` (POST /api/v1/auth/token/ or `manage.py api_token`) or a "
+    "session.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI and ReDoc from the drf-spectacular-sidecar package: served locally, works offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 # --- Security ---------------------------------------------------------------------------------------------

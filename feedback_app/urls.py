@@ -4,6 +4,7 @@ from django.urls import include, path
 urlpatterns = [
     path("", include("core.urls")),
     path("", include("labeling.urls")),
+    path("", include("training.urls")),
     path("accounts/", include("django.contrib.auth.urls")),
     path("django-admin/", admin.site.urls),
 ]

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from functools import wraps
-
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
+from core.permissions import role_required
 from core.roles import Role
 from core.selectors import user_has_role
 from labeling.forms import ImportForm, SkipForm, ranks_from_post
@@ -41,23 +39,6 @@ from labeling.services.rankings import (
     ranking_undo_last,
     ranking_undoable,
 )
-
-
-def role_required(*roles: str):
-    """Logged-in users with one of these roles; others get 403."""
-
-    def decorator(view):
-        @login_required
-        @wraps(view)
-        def wrapper(request: HttpRequest, *args, **kwargs):
-            if not any(user_has_role(user=request.user, role=role) for role in roles):
-                raise PermissionDenied("Your role does not allow this page.")
-            return view(request, *args, **kwargs)
-
-        return wrapper
-
-    return decorator
-
 
 annotator_required = role_required(Role.ANNOTATOR, Role.ADMIN)
 admin_required = role_required(Role.ADMIN)

@@ -24,6 +24,8 @@ def model_version_register(
     source: str = "",
     parent: ModelVersion | None = None,
     metrics: dict | None = None,
+    stage_run=None,
+    dataset_hash: str = "",
 ) -> ModelVersion:
     """Register a complete artifact that lies under ARTIFACT_ROOT."""
     root = Path(settings.ARTIFACT_ROOT).resolve()
@@ -39,6 +41,8 @@ def model_version_register(
         config=saved.config,
         metrics=metrics or {},
         num_parameters=saved.num_parameters,
+        stage_run=stage_run,
+        dataset_hash=dataset_hash,
     )
     version.full_clean()
     version.save()
@@ -72,3 +76,16 @@ def base_model_import(*, tiny: bool = False, progress=print) -> tuple[ModelVersi
     )
     version = model_version_register(name=name, kind=ModelVersion.Kind.POLICY, saved=saved, source=source)
     return version, True
+
+
+@transaction.atomic
+def model_version_use_for_sampling(*, version: ModelVersion) -> ModelVersion:
+    """Make this policy the one whose responses feed the annotators (the closed loop samples from it)."""
+    if version.kind != ModelVersion.Kind.POLICY:
+        from django.core.exceptions import ValidationError
+
+        raise ValidationError({"kind": ["Only a policy can generate responses for annotators."]})
+    ModelVersion.objects.filter(use_for_sampling=True).exclude(pk=version.pk).update(use_for_sampling=False)
+    version.use_for_sampling = True
+    version.save(update_fields=["use_for_sampling"])
+    return version

@@ -1,0 +1,30 @@
+"""Django's ValidationError / PermissionDenied from the services become 400 / 403 with the services' messages."""
+
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import exceptions
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from labeling.services.imports import ImportRejected
+
+
+def validation_detail(error: DjangoValidationError) -> dict[str, list[str]]:
+    """{field: [messages]}; errors not tied to a field go under `non_field_errors` (DRF's convention)."""
+    if isinstance(error, ImportRejected):
+        return {"errors": list(error.messages)}
+    if hasattr(error, "error_dict"):
+        return {
+            ("non_field_errors" if field == "__all__" else field): messages
+            for field, messages in error.message_dict.items()
+        }
+    return {"non_field_errors": list(error.messages)}
+
+
+def exception_handler(exc, context):
+    if isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(validation_detail(exc))
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied(str(exc) or None)
+    return drf_exception_handler(exc, context)

@@ -1,0 +1,627 @@
+"""Writing preference exports: JSONL, Parquet and Hugging Face `datasets` directories, each with a dataset card.
+
+- `export_write(...)` streams `iter_preference_rows` into a file (or directory) at `dest`, atomically: everything is
+  written under a temporary name beside it and renamed into place only when complete. It returns an
+  `ExportResult` (rows, content hash, bytes, card stats). Used by the Celery task, `manage.py export_preferences`
+  and the benchmark.
+- `export_create(...)` records an `Export` for a researcher or admin and enqueues `labeling.tasks.export_run` on the
+  `default` queue when the transaction commits; `export_run(export_id=...)` does the work and keeps `status`,
+  `rows` and `progress` up to date.
+
+The content hash is the selector's `content_hash` of the rows (sha256 over their canonical JSON lines), the same
+for every file type; for a JSONL export it is also the sha256 of the file, whose lines are exactly those.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from core.roles import Role
+from core.selectors import user_has_role
+from labeling.models import Export, Project, Prompt, Ranking, Response
+from labeling.selectors.preferences import (
+    FORMATS,
+    RECORD_CODECS,
+    ContentHasher,
+    PreferenceFilters,
+    RecordCodec,
+    iter_preference_records,
+    preference_counts,
+)
+
+FILE_TYPES: tuple[str, ...] = ("jsonl", "parquet", "hf")
+BATCH_ROWS = 20_000  # rows per Parquet row group / Arrow record batch
+PROGRESS_EVERY_S = 1.0
+
+_MESSAGES = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+_IDS = pa.list_(pa.int64())
+_COMMON = [("domain", pa.string()), ("prompt_id", pa.int64())]
+_JUDGEMENT = [
+    ("comparison_id", pa.int64()),
+    ("source", pa.string()),
+    ("annotator", pa.string()),
+    ("votes", pa.int64()),
+    ("agreement", pa.float64()),
+]
+SCHEMAS: dict[str, pa.Schema] = {
+    "pairwise": pa.schema(
+        [
+            ("prompt", _MESSAGES),
+            ("chosen", _MESSAGES),
+            ("rejected", _MESSAGES),
+            ("margin", pa.float64()),
+            ("chosen_id", pa.int64()),
+            ("rejected_id", pa.int64()),
+            *_COMMON,
+            *_JUDGEMENT,
+        ]
+    ),
+    "ranking": pa.schema(
+        [
+            ("prompt", _MESSAGES),
+            ("responses", pa.list_(pa.string())),
+            ("response_ids", _IDS),
+            ("ranks", _IDS),
+            *_COMMON,
+            *_JUDGEMENT,
+        ]
+    ),
+    "sft": pa.schema(
+        [
+            ("messages", _MESSAGES),
+            ("response_id", pa.int64()),
+            ("comparison_ids", _IDS),
+            ("net_wins", pa.int64()),
+            *_COMMON,
+        ]
+    ),
+    "kto": pa.schema(
+        [
+            ("prompt", _MESSAGES),
+            ("completion", _MESSAGES),
+            ("label", pa.bool_()),
+            ("response_id", pa.int64()),
+            ("comparison_ids", _IDS),
+            ("net_wins", pa.int64()),
+            *_COMMON,
+        ]
+    ),
+    "raw": pa.schema(
+        [
+            ("ranking_id", pa.int64()),
+            ("annotator", pa.string()),
+            ("prompt", _MESSAGES),
+            ("responses", pa.list_(pa.string())),
+            ("response_ids", _IDS),
+            ("ranks", _IDS),
+            ("display_order", _IDS),
+            ("both_bad", pa.bool_()),
+            ("flags", pa.list_(pa.string())),
+            ("rationale", pa.string()),
+            ("seconds_spent", pa.float64()),
+            ("created_at", pa.string()),
+            ("is_gold", pa.bool_()),
+            ("expected_ranks", _IDS),
+            ("adjudicated_ranks", _IDS),
+            ("comparison_id", pa.int64()),
+            ("agreement", pa.float64()),
+            *_COMMON,
+        ]
+    ),
+}
+
+
+def file_type_for_path(path: Path | str) -> str:
+    """jsonl / parquet by suffix; anything else (a directory) is a Hugging Face `datasets` directory."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix == ".parquet":
+        return "parquet"
+    if suffix:
+        raise ValidationError(
+            {
+                "out": f"Unknown file type {suffix!r}: use .jsonl, .parquet or a directory (Hugging Face datasets)."
+            }
+        )
+    return "hf"
+
+
+# --- statistics for the dataset card -------------------------------------------------------------------------
+
+
+@dataclass
+class CardStats:
+    """Collected while rows stream by (rows are grouped by comparison or by prompt, so no id set is kept)."""
+
+    rows: int = 0
+    comparisons: int = 0
+    prompts: int = 0
+    sources: Counter = field(default_factory=Counter)
+    labels: Counter = field(default_factory=Counter)
+    domains: Counter = field(default_factory=Counter)
+    agreement_sum: float = 0.0
+    agreement_n: int = 0
+    _last_comparison: Any = None
+    _last_prompt: Any = None
+
+    def add(self, meta: tuple) -> None:
+        """`meta` is RECORD_CODECS[format].meta(record): (group key, prompt id, source, label, domain, agreement)."""
+        key, prompt_id, source, label, domain, agreement = meta
+        self.rows += 1
+        if key != self._last_comparison:
+            self._last_comparison = key
+            self.comparisons += 1
+            if agreement is not None:
+                self.agreement_sum += agreement
+                self.agreement_n += 1
+        if prompt_id != self._last_prompt:
+            self._last_prompt = prompt_id
+            self.prompts += 1
+        if source is not None:
+            self.sources[source] += 1
+        if label is not None:
+            self.labels["desirable" if label else "undesirable"] += 1
+        self.domains[domain or "(none)"] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "comparisons": self.comparisons,
+            "prompt_groups": self.prompts,
+            "sources": dict(sorted(self.sources.items())),
+            "labels": dict(sorted(self.labels.items())),
+            "domains": dict(self.domains.most_common(20)),
+            "mean_agreement": round(self.agreement_sum / self.agreement_n, 4) if self.agreement_n else None,
+            "comparisons_with_agreement": self.agreement_n,
+        }
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    file_type: str
+    rows: int
+    content_hash: str
+    size_bytes: int
+    stats: dict[str, Any]
+
+
+# --- writers -------------------------------------------------------------------------------------------------
+
+
+class _Sink:
+    """Consumes records: turns them into canonical lines (hashed) and rows, collects card stats, reports progress."""
+
+    def __init__(self, codec: RecordCodec, on_progress: Callable[[int], None] | None):
+        self.codec = codec
+        self.hasher = ContentHasher()
+        self.stats = CardStats()
+        self.on_progress = on_progress
+        self._last_report = time.monotonic()
+
+    def lines(self, records: Iterable[Any], block: int = 1000) -> Iterator[list[str]]:
+        """Blocks of canonical lines; the hash and the stats are updated block by block."""
+        to_line, meta, add = self.codec.to_line, self.codec.meta, self.stats.add
+        batch: list[str] = []
+        for record in records:
+            batch.append(to_line(record))
+            add(meta(record))
+            if len(batch) >= block:
+                self._block(batch)
+                yield batch
+                batch = []
+        if batch:
+            self._block(batch)
+            yield batch
+
+    def _block(self, batch: list[str]) -> None:
+        self.hasher.update_lines(batch)
+        if self.on_progress is not None:
+            now = time.monotonic()
+            if now - self._last_report >= PROGRESS_EVERY_S:
+                self._last_report = now
+                self.on_progress(self.stats.rows)
+
+    def tables(self, records: Iterable[Any], schema: pa.Schema) -> Iterator[pa.Table]:
+        """Arrow tables of up to BATCH_ROWS rows (at least one, possibly empty, so the schema is always written)."""
+        to_row, to_line, meta, add = self.codec.to_row, self.codec.to_line, self.codec.meta, self.stats.add
+        rows: list[dict] = []
+        lines: list[str] = []
+        wrote = False
+        for record in records:
+            rows.append(to_row(record))
+            lines.append(to_line(record))
+            add(meta(record))
+            if len(lines) >= 1000:
+                self._block(lines)
+                lines = []
+            if len(rows) >= BATCH_ROWS:
+                yield pa.Table.from_pylist(rows, schema=schema)
+                wrote = True
+                rows = []
+        if lines:
+            self._block(lines)
+        if rows or not wrote:
+            yield pa.Table.from_pylist(rows, schema=schema)
+
+
+def _write_jsonl(records: Iterable[Any], target: Path, sink: _Sink) -> None:
+    with open(target, "wb") as out:
+        for batch in sink.lines(records):
+            batch.append("")
+            out.write("\n".join(batch).encode())
+
+
+def _write_parquet(records: Iterable[Any], target: Path, sink: _Sink, schema: pa.Schema) -> None:
+    import pyarrow.parquet as pq
+
+    with pq.ParquetWriter(target, schema, compression="zstd") as writer:
+        for table in sink.tables(records, schema):
+            writer.write_table(table)
+
+
+def _write_hf(records: Iterable[Any], target: Path, sink: _Sink, schema: pa.Schema, scratch: Path) -> None:
+    """Arrow IPC stream (what `datasets` memory-maps) first, then `save_to_disk` into `target`."""
+    from datasets import Dataset
+
+    arrow_path = scratch / "rows.arrow"
+    with pa.OSFile(str(arrow_path), "wb") as sink_file, pa.ipc.new_stream(sink_file, schema) as writer:
+        for table in sink.tables(records, schema):
+            writer.write_table(table)
+    dataset = Dataset.from_file(str(arrow_path))
+    dataset.save_to_disk(str(target))
+    del dataset
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def _replace(tmp: Path, dest: Path) -> None:
+    """Move `tmp` to `dest`; a directory already at `dest` is moved aside first and removed afterwards."""
+    if dest.is_dir() and not dest.is_symlink():
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+        os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
+
+
+def dataset_card(
+    *,
+    project: Project,
+    format: str,  # noqa: A002
+    file_type: str,
+    filters: PreferenceFilters,
+    result_rows: int,
+    content_hash: str,
+    stats: dict[str, Any],
+    counts: dict[str, int],
+    created_at,
+    data_file: str,
+) -> str:
+    """README.md for an export: YAML front matter (Hugging Face card metadata) and what the data is."""
+    loader = {
+        "jsonl": f'load_dataset("json", data_files="{data_file}", split="train")',
+        "parquet": f'load_dataset("parquet", data_files="{data_file}", split="train")',
+        "hf": f'load_from_disk("{data_file}")',
+    }[file_type]
+    trl = {
+        "pairwise": "`DPOTrainer`, `RewardTrainer` (conversational preference; `margin` is the rank distance)",
+        "ranking": "k-way rankings with ties (`ranks`: 1 is best, equal ranks are ties)",
+        "sft": "`SFTTrainer` (conversational `messages`)",
+        "kto": "`KTOTrainer` (unpaired preference: `prompt`, `completion`, `label`)",
+        "raw": "analysis: every ranking with a pseudonymised annotator id, timings and flags",
+    }[format]
+    tags = {"pairwise": "dpo", "ranking": "ranking", "sft": "sft", "kto": "kto", "raw": "annotations"}[format]
+    agreement = stats.get("mean_agreement")
+    lines = [
+        "---",
+        "tags:",
+        "- rlhf",
+        "- preference",
+        f"- {tags}",
+        f"size_categories: {_size_category(result_rows)}",
+        "---",
+        "",
+        f"# {project.name}: {format} preferences",
+        "",
+        f"Exported from project `{project.slug}` on {created_at.isoformat()} as {file_type}. Use it with {trl}:",
+        "",
+        "```python",
+        f"from datasets import {'load_from_disk' if file_type == 'hf' else 'load_dataset'}",
+        f"dataset = {loader}",
+        "```",
+        "",
+        "## Contents",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| rows | {result_rows} |",
+        f"| comparisons (row groups) | {stats.get('comparisons', 0)} |",
+        f"| content hash (sha256) | `{content_hash}` |",
+        f"| mean pairwise agreement of exported comparisons | {'n/a' if agreement is None else agreement} "
+        f"(over {stats.get('comparisons_with_agreement', 0)} comparisons with 2+ votes) |",
+        f"| eligible comparisons / adjudicated / votes / annotators | {counts['comparisons']} / "
+        f"{counts['adjudicated']} / {counts['votes']} / {counts['annotators']} |",
+    ]
+    if stats.get("sources"):
+        lines.append(
+            "| judgements by source | "
+            + ", ".join(f"{name}: {n}" for name, n in stats["sources"].items())
+            + " |"
+        )
+    if stats.get("labels"):
+        lines.append("| labels | " + ", ".join(f"{name}: {n}" for name, n in stats["labels"].items()) + " |")
+    if stats.get("domains"):
+        lines.append(
+            "| rows by domain (top 20) | "
+            + ", ".join(f"{name}: {n}" for name, n in stats["domains"].items())
+            + " |"
+        )
+    lines += [
+        "",
+        "## Filters",
+        "",
+        "```json",
+        json.dumps(filters.to_dict(), indent=2, sort_keys=True),
+        "```",
+        "",
+        "Adjudicated rankings replace the votes of their comparison; ties give no pair; gold comparisons are left out "
+        "(except in `raw`). `majority` is the consensus by mean rank (for two responses, the majority vote); `all` "
+        "keeps every vote. Annotator ids are keyed hashes (HMAC-SHA256 with the server's secret key). The content "
+        "hash is sha256 over the rows' canonical JSON lines (sorted keys, no spaces): the same filters over the same "
+        "data give the same hash, whatever the file type.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _size_category(rows: int) -> str:
+    for limit, name in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+    ):
+        if rows < limit:
+            return name
+    return "1M<n<10M" if rows < 10_000_000 else "n>10M"
+
+
+def export_estimate(*, project: Project, format: str, filters: PreferenceFilters) -> int:  # noqa: A002
+    """An upper bound of the rows (for progress bars): exact for raw, from `preference_counts` otherwise."""
+    if format == "raw":
+        return Ranking.objects.filter(comparison__project=project).count()
+    if format == "sft":
+        return Prompt.objects.filter(project=project).count()
+    if format == "kto":
+        return Response.objects.filter(prompt__project=project).count()
+    counts = preference_counts(project=project, filters=filters)
+    if format == "pairwise":
+        return counts["max_pairs"]
+    if filters.aggregation == "all":
+        return counts["votes"] + counts["adjudicated"]
+    return counts["comparisons"]
+
+
+def export_write(
+    *,
+    project: Project,
+    format: str,  # noqa: A002
+    file_type: str,
+    dest: Path,
+    filters: PreferenceFilters | None = None,
+    card_path: Path | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    chunk_size: int = 2000,
+) -> ExportResult:
+    """Write the export to `dest` (a file, or a directory for "hf") and its dataset card, both atomically.
+
+    The card goes to `card_path`, by default `README.md` inside an hf directory and `<dest>.README.md` beside a
+    file. `on_progress(rows)` is called about once a second.
+    """
+    filters = filters or PreferenceFilters()
+    if format not in FORMATS:
+        raise ValidationError({"format": f"Format is one of {', '.join(FORMATS)}."})
+    if file_type not in FILE_TYPES:
+        raise ValidationError({"file_type": f"File type is one of {', '.join(FILE_TYPES)}."})
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if card_path is None:
+        card_path = dest / "README.md" if file_type == "hf" else dest.with_name(dest.name + ".README.md")
+    started = timezone.now()
+    counts = preference_counts(project=project, filters=filters)
+    records = iter_preference_records(project=project, filters=filters, format=format, chunk_size=chunk_size)
+    sink = _Sink(RECORD_CODECS[format], on_progress)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        tmp = scratch / "out"
+        if file_type == "jsonl":
+            _write_jsonl(records, tmp, sink)
+        elif file_type == "parquet":
+            _write_parquet(records, tmp, sink, SCHEMAS[format])
+        else:
+            _write_hf(records, tmp, sink, SCHEMAS[format], scratch)
+        stats = sink.stats.as_dict()
+        card = dataset_card(
+            project=project,
+            format=format,
+            file_type=file_type,
+            filters=filters,
+            result_rows=sink.stats.rows,
+            content_hash=sink.hasher.hexdigest(),
+            stats=stats,
+            counts=counts,
+            created_at=started,
+            data_file=dest.name,
+        )
+        card_tmp = scratch / "card.md"
+        if file_type == "hf":
+            card_tmp = tmp / "README.md" if card_path == dest / "README.md" else card_tmp
+        card_tmp.write_text(card, encoding="utf-8")
+        size = _size(tmp)
+        _replace(tmp, dest)
+        if card_tmp.exists() and card_tmp.parent == scratch:
+            card_path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(card_tmp, card_path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if on_progress is not None:
+        on_progress(sink.stats.rows)
+    return ExportResult(
+        path=dest,
+        file_type=file_type,
+        rows=sink.stats.rows,
+        content_hash=sink.hasher.hexdigest(),
+        size_bytes=size,
+        stats={**stats, "counts": counts},
+    )
+
+
+# --- the Export model's life cycle ---------------------------------------------------------------------------
+
+
+def user_can_export(*, user) -> bool:
+    return user_has_role(user=user, role=Role.RESEARCHER) or user_has_role(user=user, role=Role.ADMIN)
+
+
+@transaction.atomic
+def export_create(
+    *,
+    project: Project,
+    format: str,  # noqa: A002
+    file_type: str,
+    filters: PreferenceFilters | dict | None = None,
+    created_by,
+    enqueue: bool = True,
+) -> Export:
+    """Record an export for a researcher or admin and run it on the `default` queue after the commit."""
+    if not user_can_export(user=created_by):
+        raise PermissionDenied("Only researchers and admins export datasets.")
+    if not isinstance(filters, PreferenceFilters):
+        filters = PreferenceFilters.from_dict(filters)
+    export = Export(
+        project=project, format=format, file_type=file_type, filters=filters.to_dict(), created_by=created_by
+    )
+    export.full_clean()
+    export.save()
+    if enqueue:
+        from labeling.tasks import export_run_task
+
+        transaction.on_commit(lambda: export_run_task.apply_async(args=[export.pk], queue="default"))
+    return export
+
+
+def export_relative_dir(export: Export) -> str:
+    stamp = export.created_at.strftime("%Y%m%dT%H%M%S")
+    return f"exports/{export.project.slug}/{stamp}-{export.pk}-{export.format}"
+
+
+def export_data_name(export: Export) -> str:
+    return {"jsonl": f"{export.format}.jsonl", "parquet": f"{export.format}.parquet", "hf": "dataset"}[
+        export.file_type
+    ]
+
+
+def export_run(*, export_id: int) -> Export:
+    """Write the export's files (again, if a worker died half-way) and record the outcome. Done exports stay."""
+    export = Export.objects.select_related("project").get(pk=export_id)
+    if export.status == Export.Status.DONE:
+        return export
+    filters = PreferenceFilters.from_dict(export.filters)
+    estimate = max(1, export_estimate(project=export.project, format=export.format, filters=filters))
+    Export.objects.filter(pk=export.pk).update(
+        status=Export.Status.RUNNING, started_at=timezone.now(), progress=0.0, rows=0, error=""
+    )
+
+    def on_progress(rows: int) -> None:
+        Export.objects.filter(pk=export.pk).update(rows=rows, progress=min(0.99, rows / estimate))
+
+    relative = export_relative_dir(export)
+    folder = Path(settings.ARTIFACT_ROOT) / relative
+    data_name = export_data_name(export)
+    try:
+        result = export_write(
+            project=export.project,
+            format=export.format,
+            file_type=export.file_type,
+            filters=filters,
+            dest=folder / data_name,
+            card_path=folder / "README.md",
+            on_progress=on_progress,
+        )
+    except Exception as exc:
+        Export.objects.filter(pk=export.pk).update(
+            status=Export.Status.FAILED,
+            error=f"{type(exc).__name__}: {exc}"[:2000],
+            finished_at=timezone.now(),
+        )
+        raise
+    Export.objects.filter(pk=export.pk).update(
+        status=Export.Status.DONE,
+        rows=result.rows,
+        progress=1.0,
+        path=f"{relative}/{data_name}",
+        size_bytes=result.size_bytes,
+        content_hash=result.content_hash,
+        stats=result.stats,
+        finished_at=timezone.now(),
+    )
+    export.refresh_from_db()
+    return export
+
+
+def export_file_path(*, export: Export) -> Path:
+    """Absolute path of a finished export's data (file or directory), checked to stay inside ARTIFACT_ROOT."""
+    if export.status != Export.Status.DONE or not export.path:
+        raise ValidationError({"status": "The export is not finished."})
+    root = Path(settings.ARTIFACT_ROOT).resolve()
+    path = (root / export.path).resolve()
+    if root not in path.parents or not path.exists():
+        raise ValidationError({"path": "The export's files are gone."})
+    return path
+
+
+def iter_directory_tar(directory: Path, *, arcname: str, block: int = 1 << 20) -> Iterator[bytes]:
+    """An uncompressed tar of `directory`, produced piece by piece (constant memory) for a streaming download."""
+    directory = Path(directory)
+    for path in [directory, *sorted(directory.rglob("*"))]:
+        info = tarfile.TarInfo(
+            name=arcname if path == directory else f"{arcname}/{path.relative_to(directory).as_posix()}"
+        )
+        stat = path.stat()
+        info.mtime = int(stat.st_mtime)
+        info.mode = 0o755 if path.is_dir() else 0o644
+        if path.is_dir():
+            info.type = tarfile.DIRTYPE
+            yield info.tobuf(format=tarfile.PAX_FORMAT)
+            continue
+        info.size = stat.st_size
+        yield info.tobuf(format=tarfile.PAX_FORMAT)
+        with open(path, "rb") as handle:
+            while chunk := handle.read(block):
+                yield chunk
+        if stat.st_size % tarfile.BLOCKSIZE:
+            yield b"\0" * (tarfile.BLOCKSIZE - stat.st_size % tarfile.BLOCKSIZE)
+    yield b"\0" * (tarfile.BLOCKSIZE * 2)

@@ -1,0 +1,13 @@
+"""Celery tasks of the labeling app (queue `default`): thin wrappers around the services."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from labeling.services.exports import export_run
+
+
+@shared_task(name="labeling.export_run", ignore_result=True, queue="default")
+def export_run_task(export_id: int) -> None:
+    """Write an export's files and record progress and the outcome on its `Export` row."""
+    export_run(export_id=export_id)

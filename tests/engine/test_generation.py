@@ -1,0 +1,110 @@
+"""Batched generation: left padding changes nothing, completions stop at end-of-sequence, sampling is seeded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training.engine.generation import (
+    SamplingSettings,
+    completion_mask_from_ids,
+    encode_prompts,
+    generate,
+)
+
+PROMPTS = [
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+    [{"role": "user", "content": "A much longer question, about the weather tomorrow in three different cities?"}],
+    "plain text prompt without a template",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from training.engine.base_model import load_saved_model
+
+    return load_saved_model(tiny_model_dir)
+
+
+def test_prompts_are_left_padded(tiny):
+    _, tokenizer = tiny
+    prompt_ids, prompt_mask = encode_prompts(tokenizer, PROMPTS, max_prompt_length=512, device="cpu")
+    lengths = prompt_mask.sum(dim=1)
+    assert len(set(lengths.tolist())) == 3  # three different lengths, so padding is really exercised
+    assert (prompt_mask[:, -1] == 1).all()  # every prompt ends in the last column
+    shortest = int(lengths.argmin())
+    assert prompt_mask[shortest, 0] == 0
+    truncated_ids, _ = encode_prompts(tokenizer, PROMPTS, max_prompt_length=5, device="cpu")
+    assert truncated_ids.shape[1] == 5
+    assert truncated_ids[0].tolist() == prompt_ids[0, -5:].tolist()  # cut from the left: the end is kept
+
+
+def test_batched_greedy_matches_each_prompt_alone_and_hf_generate(tiny):
+    model, tokenizer = tiny
+    settings = SamplingSettings(max_new_tokens=12, temperature=0)
+    batch = generate(model, tokenizer, PROMPTS, settings)
+
+    assert batch.completion_ids.shape == (3, 12)
+    for row, prompt in enumerate(PROMPTS):
+        alone = generate(model, tokenizer, [prompt], settings)
+        assert alone.completion_ids[0].tolist() == batch.completion_ids[row].tolist()
+        assert alone.texts[0] == batch.texts[row]
+
+    reference = model.generate(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, max_new_tokens=12,
+                               do_sample=False)
+    assert reference[:, batch.prompt_ids.shape[1]:].tolist() == batch.completion_ids.tolist()
+
+
+def test_generation_stops_at_end_of_sequence_and_masks_what_follows(tiny):
+    model, tokenizer = tiny
+    greedy = SamplingSettings(max_new_tokens=10, temperature=0, finished_check_every=1)
+    first_token_of_chat_prompt = generate(model, tokenizer, PROMPTS[:1], greedy).completion_ids[0, 0].item()
+    plain = generate(model, tokenizer, PROMPTS[2:], greedy).completion_ids[0].tolist()
+    assert first_token_of_chat_prompt not in plain  # so only the chat prompt's row can stop early
+
+    # Declare that token an end-of-sequence token, as chat models list several in their generation config.
+    original = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, first_token_of_chat_prompt]
+    try:
+        batch = generate(model, tokenizer, [PROMPTS[0], PROMPTS[2]], greedy)
+        alone = generate(model, tokenizer, PROMPTS[:1], greedy)
+    finally:
+        model.generation_config.eos_token_id = original
+
+    assert batch.completion_mask[0].tolist() == [1] + [0] * 9  # the stop token itself is part of the completion
+    assert batch.completion_ids[0, 1:].eq(tokenizer.pad_token_id).all()
+    assert batch.ended_with_eos.tolist() == [True, False]
+    assert batch.completion_mask[1].sum() == 10  # the other row ran to max_new_tokens
+    # A batch whose rows all ended stops decoding early instead of running to max_new_tokens.
+    assert alone.completion_ids.shape == (1, 1)
+
+
+def test_completion_mask_covers_tokens_up_to_the_first_stop():
+    eos = 2
+    ids = torch.tensor([[5, 6, eos, 2, 2], [eos, 9, 9, 9, 9], [7, 7, 7, 7, 7]])
+    mask = completion_mask_from_ids(ids, torch.tensor([eos]))
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]]
+
+
+def test_sampling_is_reproducible_with_a_seeded_generator_and_top_p_near_zero_is_greedy(tiny):
+    model, tokenizer = tiny
+    sampled = SamplingSettings(max_new_tokens=8, temperature=1.0, top_p=0.9)
+    first = generate(model, tokenizer, PROMPTS, sampled, torch.Generator().manual_seed(7))
+    second = generate(model, tokenizer, PROMPTS, sampled, torch.Generator().manual_seed(7))
+    other = generate(model, tokenizer, PROMPTS, sampled, torch.Generator().manual_seed(8))
+    assert first.completion_ids.tolist() == second.completion_ids.tolist()
+    assert first.completion_ids.tolist() != other.completion_ids.tolist()
+
+    greedy = generate(model, tokenizer, PROMPTS, SamplingSettings(max_new_tokens=8, temperature=0))
+    nucleus_of_one = generate(model, tokenizer, PROMPTS, SamplingSettings(max_new_tokens=8, top_p=1e-6),
+                              torch.Generator().manual_seed(7))
+    assert nucleus_of_one.completion_ids.tolist() == greedy.completion_ids.tolist()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("max_new_tokens", 0), ("temperature", -1.0), ("top_p", 0.0), ("top_p", 1.5), ("finished_check_every", 0)],
+)
+def test_sampling_settings_reject_nonsense(field, value):
+    with pytest.raises(ValueError, match=field):
+        SamplingSettings(**{field: value})

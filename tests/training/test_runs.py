@@ -1,0 +1,152 @@
+"""Training runs in-process (the worker-level tests live in test_worker_runs.py): launch, stages, registry."""
+
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from training.engine.peft import load_model_ref
+from training.models import ModelVersion, StageRun, TrainingRun
+from training.services import runs as run_services
+from training.services.execution import model_ref, stage_run_execute, stale_stages_fail
+from tests.training.factories import TINY_STAGE_CONFIGS, ranked_project, register_tiny_base
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def no_enqueue(monkeypatch):
+    """Run stages in this process: record what would have been enqueued instead of sending it to a broker."""
+    queued: list[int] = []
+    monkeypatch.setattr(run_services, "stage_enqueue", lambda *, stage_run: queued.append(stage_run.pk))
+    # The test's own transaction never commits: run on-commit hooks at once, as a real commit would.
+    monkeypatch.setattr(transaction, "on_commit", lambda callback, using=None, robust=False: callback())
+    return queued
+
+
+def _drain(queued: list[int]) -> None:
+    while queued:
+        stage_run_execute(stage_run_id=queued.pop(0), worker="test", task_id="local")
+
+
+def test_launch_validates_every_field_and_creates_nothing(tiny_model_dir, no_enqueue):
+    project = ranked_project(prompts=4)
+    register_tiny_base(tiny_model_dir)
+    with pytest.raises(ValidationError) as excinfo:
+        run_services.training_run_launch(
+            project=project, preset="rlhf", peft={"sft": "full", "reward": "bogus", "ppo": "lora"},
+            stage_configs={"sft": {"max_steps": 0, "nope": 1}, "ppo": {"learning_rate": "fast"}},
+            filters={"min_agreement": 3},
+        )  # fmt: skip
+    errors = excinfo.value.message_dict
+    assert "reward.peft.method" in errors
+    assert errors["sft.max_steps"] == ["must be greater than 0"]
+    assert "sft.nope" in errors
+    assert errors["ppo.learning_rate"] == ["must be a number"]
+    assert "filters" in errors
+    assert TrainingRun.objects.count() == 0 and not no_enqueue
+
+
+def test_rft_needs_rules_and_rejects_bad_ones(tiny_model_dir, no_enqueue):
+    project = ranked_project(prompts=4)
+    register_tiny_base(tiny_model_dir)
+    with pytest.raises(ValidationError, match="at least one rule"):
+        run_services.training_run_launch(project=project, preset="rft")
+    with pytest.raises(ValidationError) as excinfo:
+        run_services.training_run_launch(
+            project=project, preset="rft", stage_configs={"ppo": {"rules": [{"kind": "execute", "code": "1"}]}}
+        )
+    assert "ppo.rules" in excinfo.value.message_dict
+    assert TrainingRun.objects.count() == 0
+
+
+def test_launch_with_no_matching_rows_is_refused(tiny_model_dir, no_enqueue):
+    project = ranked_project(prompts=4)
+    register_tiny_base(tiny_model_dir)
+    with pytest.raises(ValidationError, match="No pairwise"):
+        run_services.training_run_launch(project=project, preset="reward", filters={"adjudicated_only": True})
+    assert TrainingRun.objects.count() == 0
+
+
+def test_sft_then_contrastive_run_registers_lineage_and_snapshot(tiny_model_dir, no_enqueue):
+    project = ranked_project(prompts=8)
+    base = register_tiny_base(tiny_model_dir)
+    run = run_services.training_run_launch(
+        project=project, preset="preference", peft={"sft": "full", "contrastive": "adapter"},
+        stage_configs={"sft": TINY_STAGE_CONFIGS["sft"], "contrastive": TINY_STAGE_CONFIGS["contrastive"]},
+    )  # fmt: skip
+    assert run.dataset_counts["pairwise"] == 8 and run.dataset_counts["sft"] == 8
+    snapshot = Path(settings.ARTIFACT_ROOT) / "datasets" / run.dataset_hash
+    assert (snapshot / "pairwise.jsonl").read_text().count("\n") == 8
+    assert no_enqueue == [run.stages.get(position=0).pk]
+    _drain(no_enqueue)
+
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    sft, contrastive = run.stages.order_by("position")
+    assert sft.status == contrastive.status == StageRun.Status.SUCCEEDED
+    assert sft.step == 3
+    losses = [point["values"]["loss"] for point in sft.metrics if "loss" in point["values"]]
+    assert len(losses) == 3
+    assert sft.output_model.parent == base and sft.output_model.stage_run == sft
+    assert contrastive.output_model.parent == sft.output_model
+    assert contrastive.output_model.base == base
+    assert contrastive.output_model.dataset_hash == run.dataset_hash
+    model, _ = load_model_ref(model_ref(contrastive.output_model), "cpu")
+    assert model is not None
+
+    # Same data, same filters → the same snapshot folder and hash.
+    again = run_services.training_run_launch(project=project, preset="preference")
+    assert again.dataset_hash == run.dataset_hash
+    assert len(list((Path(settings.ARTIFACT_ROOT) / "datasets").iterdir())) == 1
+
+
+def test_redelivered_task_for_finished_stage_does_nothing(tiny_model_dir, no_enqueue):
+    project = ranked_project(prompts=4)
+    register_tiny_base(tiny_model_dir)
+    run = run_services.training_run_launch(project=project, preset="sft", stage_configs={"sft": TINY_STAGE_CONFIGS["sft"]})
+    _drain(no_enqueue)
+    versions = ModelVersion.objects.count()
+    stage = run.stages.get()
+    assert stage_run_execute(stage_run_id=stage.pk, worker="again", task_id="again") == "skipped"
+    assert ModelVersion.objects.count() == versions
+    stage.refresh_from_db()
+    assert stage.worker == "test"
+
+
+def test_cancel_before_start_and_resume(tiny_model_dir, no_enqueue):
+    project = ranked_project(prompts=4)
+    register_tiny_base(tiny_model_dir)
+    run = run_services.training_run_launch(project=project, preset="sft", stage_configs={"sft": TINY_STAGE_CONFIGS["sft"]})
+    run_services.training_run_cancel(run=run)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.CANCELLED
+    _drain(no_enqueue)  # the already-queued message finds the run cancelled and does nothing
+    stage = run.stages.get()
+    assert stage.status == StageRun.Status.CANCELLED
+    run_services.stage_run_resume(stage_run=stage)
+    _drain(no_enqueue)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED
+
+
+def test_stale_heartbeat_marks_running_stage_failed(tiny_model_dir, no_enqueue, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    project = ranked_project(prompts=4)
+    register_tiny_base(tiny_model_dir)
+    run = run_services.training_run_launch(project=project, preset="sft", stage_configs={"sft": TINY_STAGE_CONFIGS["sft"]})
+    stage = run.stages.get()
+    old = timezone.now() - timedelta(seconds=settings.TRAINING_STALE_AFTER_S + 5)
+    StageRun.objects.filter(pk=stage.pk).update(status=StageRun.Status.RUNNING, heartbeat_at=old, worker="gone@host")
+    fresh = StageRun.objects.filter(pk=stage.pk)
+    assert stale_stages_fail() == [stage.pk]
+    assert fresh.get().status == StageRun.Status.FAILED
+    assert "gone@host" in fresh.get().error
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED
+    assert stale_stages_fail() == []

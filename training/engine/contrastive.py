@@ -1,0 +1,414 @@
+"""Contrastive preference stage: DPO or CPO loss on (chosen, rejected), with per-domain LoRA experts and a router.
+
+This is the seed's "CoCoMix" read as it describes it: learn from good vs bad responses with a contrastive loss, and
+mix experts. (The published CoCoMix paper is a different, pretraining method; see docs/engine.md.)
+
+- loss="dpo": −log σ(β·[(log π(c) − log π(r)) − (log π_ref(c) − log π_ref(r))])  (TRL's "sigmoid" DPO loss)
+- loss="cpo": −log σ(β·(log π(c) − log π(r))) + α·NLL(c)  (TRL's CPO: no reference model, plus a chosen-SFT term)
+
+With `peft.method == "lora"` the policy is a mixture of LoRA experts, one per value of the rows' `domain` column
+(one expert when there is no such column or a single domain). A small router — a linear layer over the mean-pooled
+prompt token embeddings, softmax over experts — gives each sample its mixing weights, and every target Linear adds
+Σ_e w_e · B_e A_e x to its output. The router learns jointly from the preference loss and an auxiliary
+domain-classification loss, so different domains are routed to different experts. "full" and "adapter" train the
+plain model with the same losses.
+
+Why our own loop and not TRL's DPOTrainer / experimental CPOTrainer: the mixture needs per-sample routing computed
+from the prompt before the forward pass and an extra router loss in the same step, which neither trainer exposes;
+one readable loop keeps one code path for one or many experts and for both losses.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from torch import nn
+
+from training.engine.common import (
+    ModelRef,
+    ProgressCallback,
+    StageConfig,
+    StageResult,
+    StepMetrics,
+    StopCallback,
+    checkpoint_dir_for,
+    pick_device,
+    seed_everything,
+    staged_output,
+    write_json,
+)
+from training.engine.data import conversation_text, preference_pairs, prompt_text
+from training.engine.peft import (
+    STAGE_MANIFEST,
+    autocast_for,
+    disabled_adapters,
+    load_model_ref,
+    prepare_model,
+    resolve_model_ref,
+    save_stage_artifact,
+    trainable_parameters,
+)
+
+STAGE_NAME = "contrastive"
+MIXTURE_WEIGHTS_FILE = "mixture.safetensors"
+MIXTURE_CONFIG_FILE = "mixture.json"
+NO_DOMAIN = "default"
+
+
+@dataclass
+class ContrastiveStageConfig(StageConfig):
+    learning_rate: float = 5e-5
+    loss: Literal["dpo", "cpo"] = "dpo"
+    beta: float = 0.1
+    cpo_alpha: float = 1.0  # weight of CPO's negative log-likelihood term on the chosen response
+    router_loss_weight: float = 0.5  # weight of the auxiliary domain-classification loss of the router
+    log_every: int = 1  # optimizer steps between progress reports
+
+
+# --- mixture of LoRA experts ------------------------------------------------------------------------------------
+
+class Routing:
+    """Per-sample mixing weights shared by every expert layer of one model; `None` switches the experts off."""
+
+    def __init__(self):
+        self.weights: torch.Tensor | None = None  # (batch, experts)
+
+
+class LoraExpertsLinear(nn.Module):
+    """A frozen Linear plus E low-rank experts: y = W x + (α/r) Σ_e w_e · B_e A_e x, w from the shared Routing."""
+
+    def __init__(self, base: nn.Linear, num_experts: int, rank: int, alpha: float, routing: Routing):
+        super().__init__()
+        self.base = base
+        self.routing = routing
+        self.scaling = alpha / rank
+        self.lora_A = nn.Parameter(torch.empty(num_experts, rank, base.in_features, device=base.weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(num_experts, base.out_features, rank, device=base.weight.device))
+        for expert in range(num_experts):  # same init as PEFT's LoRA: A random, B zero, so training starts at the base
+            nn.init.kaiming_uniform_(self.lora_A.data[expert], a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        output = self.base(x)
+        weights = self.routing.weights
+        if weights is None:
+            return output
+        down = torch.einsum("bti,eri->bter", x, self.lora_A.to(x.dtype))
+        up = torch.einsum("bter,eor->bteo", down, self.lora_B.to(x.dtype))
+        return output + self.scaling * torch.einsum("bteo,be->bto", up, weights.to(x.dtype))
+
+
+class MixtureOfLoraExperts:
+    """Installs expert layers and a router on a causal LM; the model keeps its usual forward and generate."""
+
+    def __init__(self, model: nn.Module, domains: list[str], rank: int, alpha: float, target_modules: tuple[str, ...]):
+        self.model = model
+        self.domains = list(domains)
+        self.rank = rank
+        self.alpha = alpha
+        self.target_modules = tuple(target_modules)
+        self.routing = Routing()
+        self.auto_route = False  # inference: route from the prompt on every multi-token forward (see route_hook)
+        model.requires_grad_(False)
+        self.expert_layers: dict[str, LoraExpertsLinear] = {}
+        for name, module in list(model.named_modules()):
+            for child_name, child in list(module.named_children()):
+                if isinstance(child, nn.Linear) and child_name in self.target_modules:
+                    wrapped = LoraExpertsLinear(child, len(self.domains), rank, alpha, self.routing)
+                    setattr(module, child_name, wrapped)
+                    self.expert_layers[f"{name}.{child_name}" if name else child_name] = wrapped
+        hidden_size = model.config.get_text_config().hidden_size
+        embedding = model.get_input_embeddings().weight
+        self.router = nn.Linear(hidden_size, len(self.domains)).to(device=embedding.device)
+        model.add_module("expert_router", self.router)  # moves with .to() and shows up in parameters()
+        model.register_forward_pre_hook(self._route_hook, with_kwargs=True)
+
+    def parameters(self) -> dict[str, nn.Parameter]:
+        parameters = {f"{name}.lora_A": layer.lora_A for name, layer in self.expert_layers.items()}
+        parameters.update({f"{name}.lora_B": layer.lora_B for name, layer in self.expert_layers.items()})
+        parameters.update({f"expert_router.{key}": value for key, value in self.router.named_parameters()})
+        return parameters
+
+    def router_logits(self, input_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        """Router scores from the mean of the prompt's token embeddings (the response must not steer its own route)."""
+        embeddings = self.model.get_input_embeddings()(input_ids)
+        mask = prompt_mask.unsqueeze(-1).to(embeddings.dtype)
+        pooled = (embeddings * mask).sum(1) / mask.sum(1).clamp(min=1)
+        # RMS-normalised, so the router's input has unit scale whatever the embedding scale of the base model.
+        pooled = pooled.float() * torch.rsqrt(pooled.float().pow(2).mean(-1, keepdim=True) + 1e-6)
+        return self.router(pooled.to(self.router.weight.dtype))
+
+    def set_route(self, input_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        logits = self.router_logits(input_ids, prompt_mask)
+        self.routing.weights = logits.softmax(-1)
+        return logits
+
+    def _route_hook(self, module, args, kwargs):
+        # In generation the first forward sees the whole (left-padded) prompt; single-token decoding steps that
+        # follow reuse its weights. Training sets the route explicitly and leaves auto_route off.
+        if not self.auto_route:
+            return None
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if input_ids is None:
+            return None
+        weights = self.routing.weights
+        if input_ids.shape[1] > 1 or weights is None or weights.shape[0] != input_ids.shape[0]:
+            attention_mask = kwargs.get("attention_mask")
+            prompt_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+            with torch.no_grad():
+                self.set_route(input_ids, prompt_mask)
+        return None
+
+    def save(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in self.parameters().items()}
+        save_file(tensors, str(Path(folder) / MIXTURE_WEIGHTS_FILE))
+        write_json(Path(folder) / MIXTURE_CONFIG_FILE, {
+            "format": "lora-mixture/1", "domains": self.domains, "rank": self.rank, "alpha": self.alpha,
+            "target_modules": list(self.target_modules), "router_input": "RMS-normalised mean of prompt token embeddings",
+        })
+
+
+def attach_mixture(model: nn.Module, folder: Path) -> MixtureOfLoraExperts:
+    """Load a saved mixture onto its base model, routing automatically from each prompt (for generation)."""
+    from safetensors.torch import load_file
+
+    description = json.loads((Path(folder) / MIXTURE_CONFIG_FILE).read_text())
+    mixture = MixtureOfLoraExperts(model, description["domains"], description["rank"], description["alpha"],
+                                   tuple(description["target_modules"]))
+    saved = load_file(str(Path(folder) / MIXTURE_WEIGHTS_FILE))
+    with torch.no_grad():
+        for key, parameter in mixture.parameters().items():
+            parameter.copy_(saved[key])
+    mixture.auto_route = True
+    model.expert_mixture = mixture  # reachable from the model, e.g. to read the route it chose
+    return mixture
+
+
+def load_policy(path: Path, device="cpu"):
+    """The policy this stage wrote (any layout), in eval mode, with its tokenizer; same as `peft.load_model_ref`."""
+    model, tokenizer = load_model_ref(ModelRef(Path(path)), device)
+    return model.eval(), tokenizer
+
+
+# --- data -------------------------------------------------------------------------------------------------------
+
+def tokenize_pairs(tokenizer, pairs: Dataset, max_length: int, domains: list[str]) -> list[dict]:
+    """Token ids of prompt+chosen and prompt+rejected, the prompt length, and the domain index of each pair."""
+    examples = []
+    for row in pairs:
+        prompt_ids = tokenizer(prompt_text(tokenizer, row["prompt"]), add_special_tokens=False)["input_ids"]
+        example = {"prompt_length": min(len(prompt_ids), max_length - 1),
+                   "domain": domains.index(row.get("domain") or NO_DOMAIN) if len(domains) > 1 else 0}
+        for side in ("chosen", "rejected"):
+            ids = tokenizer(conversation_text(tokenizer, row["prompt"], row[side]), add_special_tokens=False)["input_ids"]
+            example[side] = ids[:max_length]
+        examples.append(example)
+    return examples
+
+
+def collate(examples: list[dict], pad_token_id: int, device) -> dict[str, torch.Tensor]:
+    """Chosen rows then rejected rows, right-padded; completion_mask marks the response tokens to score."""
+    sequences = [e["chosen"] for e in examples] + [e["rejected"] for e in examples]
+    prompt_lengths = [e["prompt_length"] for e in examples] * 2
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    completion_mask = torch.zeros_like(input_ids)
+    prompt_mask = torch.zeros_like(input_ids)
+    for row, (sequence, prompt_length) in enumerate(zip(sequences, prompt_lengths, strict=True)):
+        input_ids[row, :len(sequence)] = torch.tensor(sequence)
+        attention_mask[row, :len(sequence)] = 1
+        completion_mask[row, prompt_length:len(sequence)] = 1
+        prompt_mask[row, :prompt_length] = 1
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask,
+             "prompt_mask": prompt_mask, "domain": torch.tensor([e["domain"] for e in examples] * 2)}
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def sequence_log_probs(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of log π(token) over each row's response tokens, and the mean token NLL (for CPO's SFT term)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    targets = batch["input_ids"][:, 1:]
+    mask = batch["completion_mask"][:, 1:].float()
+    token_log_probs = torch.gather(logits.log_softmax(-1), 2, targets.unsqueeze(-1)).squeeze(-1) * mask
+    return token_log_probs.sum(-1), -token_log_probs.sum(-1) / mask.sum(-1).clamp(min=1)
+
+
+# --- the stage --------------------------------------------------------------------------------------------------
+
+class Policy:
+    """The model being trained, its frozen reference, and (with LoRA) its expert mixture, behind one interface."""
+
+    def __init__(self, model, mixture: MixtureOfLoraExperts | None, reference_copy: nn.Module | None):
+        self.model = model
+        self.mixture = mixture
+        self.reference_copy = reference_copy
+
+    def trainable(self) -> dict[str, nn.Parameter]:
+        return self.mixture.parameters() if self.mixture else trainable_parameters(self.model)
+
+    def log_probs(self, batch):
+        router_logits = self.mixture.set_route(batch["input_ids"], batch["prompt_mask"]) if self.mixture else None
+        log_probs, chosen_nll = sequence_log_probs(self.model, batch)
+        return log_probs, chosen_nll, router_logits
+
+    @torch.no_grad()
+    def reference_log_probs(self, batch) -> torch.Tensor:
+        if self.mixture:
+            saved, self.mixture.routing.weights = self.mixture.routing.weights, None  # experts off = the base
+            try:
+                return sequence_log_probs(self.model, batch)[0]
+            finally:
+                self.mixture.routing.weights = saved
+        if self.reference_copy is not None:
+            return sequence_log_probs(self.reference_copy, batch)[0]
+        with disabled_adapters(self.model):
+            return sequence_log_probs(self.model, batch)[0]
+
+
+def build_policy(config: ContrastiveStageConfig, base: ModelRef, domains: list[str], device) -> tuple[Policy, object]:
+    model, tokenizer = load_model_ref(base, device, task="causal_lm", adapter_name=config.peft.adapter_name)
+    if config.peft.method == "lora":
+        settings = config.peft
+        mixture = MixtureOfLoraExperts(model, domains, settings.lora_r, settings.lora_alpha,
+                                       settings.lora_target_modules)
+        return Policy(model.to(device), mixture, None), tokenizer
+    # The reference must be the parent: a frozen copy for full training; with an adapter, the base with the adapter
+    # switched off (exact when the adapter is new; a continued adapter's parent lives in its own stage artifact).
+    reference_copy = copy.deepcopy(model).eval().requires_grad_(False) if config.peft.method == "full" else None
+    model = prepare_model(model, config.peft)
+    return Policy(model, None, reference_copy), tokenizer
+
+
+def preference_loss(config: ContrastiveStageConfig, policy_log_probs, reference_log_probs, chosen_nll, batch_size):
+    policy_chosen, policy_rejected = policy_log_probs[:batch_size], policy_log_probs[batch_size:]
+    if config.loss == "dpo":
+        reference_chosen, reference_rejected = reference_log_probs[:batch_size], reference_log_probs[batch_size:]
+        logits = config.beta * ((policy_chosen - policy_rejected) - (reference_chosen - reference_rejected))
+        return -F.logsigmoid(logits).mean()
+    if config.loss == "cpo":
+        contrastive = -F.logsigmoid(config.beta * (policy_chosen - policy_rejected)).mean()
+        return contrastive + config.cpo_alpha * chosen_nll[:batch_size].mean()
+    raise ValueError(f"unknown contrastive loss {config.loss!r}; use 'dpo' or 'cpo'")
+
+
+def _latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    steps = [(int(match.group(1)), path) for path in checkpoint_dir.glob("checkpoint-*")
+             if (match := re.fullmatch(r"checkpoint-(\d+)", path.name)) and (path / "state.pt").is_file()]
+    return max(steps)[1] if steps else None
+
+
+def _save_checkpoint(checkpoint_dir: Path, step: int, trainable: dict, optimizer) -> None:
+    folder = checkpoint_dir / f"checkpoint-{step}"
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {"step": step, "trainable": {k: v.detach().cpu() for k, v in trainable.items()},
+             "optimizer": optimizer.state_dict()}
+    torch.save(state, folder / "state.pt.tmp")
+    (folder / "state.pt.tmp").replace(folder / "state.pt")  # a crash mid-write never leaves a readable half state
+
+
+def run_stage(config: ContrastiveStageConfig, data: Dataset, base: ModelRef, out_dir: Path,
+              on_progress: ProgressCallback, should_stop: StopCallback) -> StageResult:
+    seed_everything(config.seed)
+    device = pick_device(config.device)
+    pairs = preference_pairs(data)
+    domains = sorted(set(pairs["domain"])) if "domain" in pairs.column_names else [NO_DOMAIN]
+    policy, tokenizer = build_policy(config, base, domains, device)
+    examples = tokenize_pairs(tokenizer, pairs, config.max_length, domains)
+    trainable = policy.trainable()
+    optimizer = torch.optim.AdamW(list(trainable.values()), lr=config.learning_rate, weight_decay=0.0)
+
+    checkpoint_dir = checkpoint_dir_for(out_dir)
+    step = 0
+    if (checkpoint := _latest_checkpoint(checkpoint_dir)) is not None:
+        state = torch.load(checkpoint / "state.pt", map_location=device)
+        with torch.no_grad():
+            for key, parameter in trainable.items():
+                parameter.copy_(state["trainable"][key])
+        optimizer.load_state_dict(state["optimizer"])
+        step = state["step"]
+
+    batch_size = min(config.batch_size, len(examples))
+    batches_per_epoch = max(1, len(examples) // batch_size)
+    policy.model.train()
+    metrics: dict[str, float] = {}
+    while step < config.max_steps:
+        optimizer.zero_grad(set_to_none=True)
+        for micro_step in range(config.gradient_accumulation_steps):
+            # The batch order depends only on (seed, step), so a resumed run sees the batches the first would have.
+            index = step * config.gradient_accumulation_steps + micro_step
+            epoch, position = divmod(index, batches_per_epoch)
+            order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(config.seed + epoch))
+            chosen = order[position * batch_size:(position + 1) * batch_size].tolist()
+            batch = collate([examples[i] for i in chosen], tokenizer.pad_token_id, device)
+            with autocast_for(device):
+                reference = policy.reference_log_probs(batch) if config.loss == "dpo" else None
+                log_probs, chosen_nll, router_logits = policy.log_probs(batch)
+            loss = preference_loss(config, log_probs, reference, chosen_nll, len(chosen))
+            router_loss = torch.zeros((), device=device)
+            if router_logits is not None and len(domains) > 1:
+                router_loss = F.cross_entropy(router_logits.float(), batch["domain"])
+            total = (loss + config.router_loss_weight * router_loss) / config.gradient_accumulation_steps
+            total.backward()
+        optimizer.step()
+        step += 1
+
+        if step % config.log_every == 0 or step == config.max_steps:
+            margin = (log_probs[:len(chosen)] - log_probs[len(chosen):]).detach()
+            metrics = {"loss": float(loss), "router_loss": float(router_loss),
+                       "log_prob_margin": float(margin.mean()), "preference_accuracy": float((margin > 0).float().mean())}
+            on_progress(StepMetrics(step=step, total_steps=config.max_steps, values=metrics))
+        stop = should_stop()
+        if config.checkpoint_every > 0 and (step % config.checkpoint_every == 0 or stop):
+            _save_checkpoint(checkpoint_dir, step, trainable, optimizer)
+        if stop:
+            return StageResult(status="cancelled", artifact_path=None, metrics=metrics, steps_completed=step)
+
+    policy.model.eval()
+    final = evaluate_margin(policy, examples, tokenizer.pad_token_id, device, batch_size)
+    metrics.update({f"final_{key}": value for key, value in final.items()})
+    with staged_output(out_dir) as staging:
+        if policy.mixture is not None:
+            policy.mixture.save(staging)
+            tokenizer.save_pretrained(str(staging))
+            write_json(staging / STAGE_MANIFEST, {
+                "stage": STAGE_NAME, "peft": "lora", "layout": "lora_mixture",
+                "base_path": str(Path(resolve_model_ref(base).path).resolve()), "base_name": base.name,
+                "domains": domains, "config": config.to_dict(), "metrics": metrics,
+            })
+        else:
+            save_stage_artifact(policy.model, tokenizer, config.peft, staging, stage=STAGE_NAME, base=base,
+                                config=config.to_dict(), metrics=metrics)
+    return StageResult(status="completed", artifact_path=Path(out_dir), metrics=metrics, steps_completed=step)
+
+
+@torch.no_grad()
+def evaluate_margin(policy: Policy, examples: list[dict], pad_token_id: int, device, batch_size: int) -> dict:
+    """Mean chosen-over-rejected log-prob margin and how often it is positive, over `examples`."""
+    margins = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        log_probs, _, _ = policy.log_probs(collate(chunk, pad_token_id, device))
+        margins.append(log_probs[:len(chunk)] - log_probs[len(chunk):])
+    margin = torch.cat(margins)
+    return {"log_prob_margin": float(margin.mean()), "preference_accuracy": float((margin > 0).float().mean())}
+
+
+def route_of(model, tokenizer, prompts: list[list[dict]]) -> torch.Tensor:
+    """Mixing weights (prompts × experts) a loaded mixture policy gives each prompt."""
+    mixture: MixtureOfLoraExperts = model.expert_mixture
+    texts = [prompt_text(tokenizer, prompt) for prompt in prompts]
+    batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
+    with torch.no_grad():
+        return mixture.router_logits(batch["input_ids"], batch["attention_mask"]).softmax(-1)
+

@@ -1,0 +1,549 @@
+"""PPO stage: optimise a policy against a reward (a reward model, rules, or both), kept near its parent by a KL penalty.
+
+TRL 1.x dropped PPO, so this is our own, written as one loop (Ziegler et al. 2019; Stiennon et al. 2020; Huang et
+al., "The N Implementation Details of RLHF with PPO", 2024). One PPO *iteration* (= one `step` of the stage):
+
+    rollout   sample one completion per prompt with the current policy        (generation.py, KV cache)
+    score     sequence score s from the reward model and/or the rules          (reward.py, rewards.py)
+    evaluate  old log-probs and values of the policy, log-probs of the reference, without gradients
+    reward    per token: r_t = -β·(log π_old − log π_ref)_t, plus s at the completion's last token
+              (optionally scaled to unit variance: reward whitening)
+    GAE       δ_t = r_t + γ·V_{t+1} − V_t,  A_t = δ_t + γλ·A_{t+1},  return_t = A_t + V_t;  A whitened
+    update    `ppo_epochs` passes over shuffled minibatches:
+              policy loss  = mean max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)),    ρ = π_θ / π_old per token
+              value loss   = ½·mean max((V_θ − R)², (clip(V_θ, V_old ± ε_v) − R)²)
+              loss         = policy loss + c_v·value loss
+    adapt β   adaptive KL controller: β ← β·(1 + clip(KL/target − 1, ±0.2)·batch/horizon)
+
+Choices, and why:
+- Critic: a scalar linear head on the policy's last hidden state (shared trunk), zero-initialised so the value loss
+  sends no gradient into the trunk until the head has learnt something. A separate critic would double the memory
+  and the forward passes; the shared trunk is what OpenAI's and TRL's original implementations did.
+- Reference: the parent weights. With LoRA or a bottleneck adapter the reference is the same model with the adapter
+  disabled (no second copy); with full fine-tuning it is a frozen second copy of the parent.
+- Dropout stays off (the model stays in eval mode) so that old and new log-probs of the same tokens agree at
+  ratio 1 before the first update.
+- Log-probs are taken at the sampling temperature, so π_old is the distribution the tokens were sampled from.
+- Host syncs: metrics stay on the device during an iteration and are read back once at its end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from datasets import Dataset
+from torch import nn
+
+from training.engine.common import (
+    ModelRef,
+    ProgressCallback,
+    StageCancelled,
+    StageConfig,
+    StageResult,
+    StepMetrics,
+    StopCallback,
+    checkpoint_dir_for,
+    pick_device,
+    seed_everything,
+    staged_output,
+    training_dtype,
+    write_json,
+)
+from training.engine.generation import GeneratedBatch, SamplingSettings, generate, positions_from_mask
+from training.engine.peft import (
+    autocast_for,
+    disabled_adapters,
+    has_disableable_adapter,
+    load_model_ref,
+    prepare_model,
+    resolve_model_ref,
+    save_stage_artifact,
+    trainable_parameters,
+)
+from training.engine.reward import score_texts
+from training.engine.rewards import ReferenceExactRule, ReferenceRegexRule, RuleReward, parse_rules
+
+STAGE_NAME = "ppo"
+RewardSource = Literal["reward_model", "rules", "mixed"]
+VALUE_HEAD_FILE = "value_head.safetensors"
+METRICS_FILE = "metrics.json"
+CHECKPOINT_FILE = "state.pt"
+
+
+@dataclass
+class PPOConfig(StageConfig):
+    """`max_steps` counts PPO iterations (rollout + updates); `batch_size` is the number of prompts per rollout."""
+
+    max_steps: int = 100
+    learning_rate: float = 1e-5
+    batch_size: int = 16
+    checkpoint_every: int = 10  # PPO iterations; 0 disables checkpoints
+    # Updates
+    mini_batch_size: int = 8  # rollout rows per optimizer step (split further by gradient_accumulation_steps)
+    ppo_epochs: int = 4
+    clip_range: float = 0.2  # ε of the clipped surrogate
+    value_clip_range: float = 0.2  # ε_v: how far a value prediction may move from the rollout's value
+    value_loss_coef: float = 0.1  # c_v
+    max_grad_norm: float = 1.0
+    gamma: float = 1.0  # discount; 1 because the episode is one short completion
+    lam: float = 0.95  # GAE λ
+    # KL penalty against the reference
+    init_kl_coef: float = 0.05  # β at the start
+    kl_target: float | None = 6.0  # nats per completion; None keeps β fixed
+    kl_horizon: int = 10000  # samples over which the controller closes the gap to the target
+    whiten_rewards: bool = True
+    # Rollouts
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    # Reward source
+    reward_source: RewardSource = "reward_model"
+    reward_model_weight: float = 1.0
+    rules_weight: float = 1.0
+    rules: list[dict] = field(default_factory=list)  # rule specs, see rewards.py
+    missing_eos_penalty: float | None = None  # subtracted from the score of completions cut at max_new_tokens
+    reward_batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.reward_source not in ("reward_model", "rules", "mixed"):
+            raise ValueError(f"reward_source must be 'reward_model', 'rules' or 'mixed', got {self.reward_source!r}")
+        if self.reward_source in ("rules", "mixed"):
+            parse_rules(self.rules)  # raises RuleSpecError naming the bad rule and field
+        for name in ("max_steps", "batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens",
+                     "gradient_accumulation_steps", "reward_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.mini_batch_size > self.batch_size:
+            raise ValueError("mini_batch_size cannot exceed batch_size (the rollout size)")
+        if self.gradient_accumulation_steps > self.mini_batch_size:
+            raise ValueError("gradient_accumulation_steps cannot exceed mini_batch_size")
+        if self.max_new_tokens >= self.max_length:
+            raise ValueError("max_new_tokens must be smaller than max_length (prompt + completion)")
+        if self.kl_target is not None and self.kl_target <= 0:
+            raise ValueError("kl_target must be positive (or None for a fixed KL coefficient)")
+
+    @property
+    def sampling(self) -> SamplingSettings:
+        return SamplingSettings(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_prompt_length=self.max_length - self.max_new_tokens,
+        )
+
+
+class AdaptiveKLController:
+    """Ziegler et al. (2019): move β so that the observed KL per completion approaches `target`.
+
+    The proportional error is clipped to ±20% so one noisy batch cannot swing β far; `horizon` sets how many
+    samples it takes to close the gap. With `target=None` β stays at its initial value.
+    """
+
+    def __init__(self, init_coef: float, target: float | None, horizon: int):
+        self.coef = init_coef
+        self.target = target
+        self.horizon = horizon
+
+    def update(self, observed_kl: float, num_samples: int) -> None:
+        if self.target is None:
+            return
+        proportional_error = min(max(observed_kl / self.target - 1.0, -0.2), 0.2)
+        self.coef *= 1.0 + proportional_error * num_samples / self.horizon
+
+
+class ValueHead(nn.Module):
+    """The critic: one scalar per position, read from the policy's last hidden state."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.linear(hidden_states).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tensor helpers: masked statistics, per-token log-probs, GAE
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Unit variance over the masked entries; `shift_mean=False` keeps the mean (used for rewards, see below)."""
+    mean = masked_mean(values, mask)
+    variance = masked_mean((values - mean) ** 2, mask)
+    whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask
+
+
+def completion_forward(model, value_head: ValueHead | None, sequence_ids, sequence_mask, completion_width: int,
+                       temperature: float):
+    """Log-probs, entropies and values of the completion tokens of `sequence_ids` = [prompt | completion].
+
+    Only the last `completion_width + 1` positions go through the LM head: position t-1 predicts token t, so the
+    logits at the last prompt token up to the second-to-last completion token score the completion.
+    """
+    outputs = model(
+        input_ids=sequence_ids,
+        attention_mask=sequence_mask,
+        position_ids=positions_from_mask(sequence_mask),
+        output_hidden_states=value_head is not None,
+        logits_to_keep=completion_width + 1,
+        use_cache=False,
+    )
+    logits = outputs.logits[:, :-1].float()
+    if temperature > 0:
+        logits = logits / temperature
+    log_probs_all = logits.log_softmax(dim=-1)
+    completion_ids = sequence_ids[:, -completion_width:]
+    log_probs = log_probs_all.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_probs_all.exp() * log_probs_all).sum(dim=-1)
+    values = None
+    if value_head is not None:
+        hidden = outputs.hidden_states[-1][:, -(completion_width + 1) : -1]
+        values = value_head(hidden).float()
+    return log_probs, entropy, values
+
+
+def generalized_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+                           lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE over the completion tokens (right-padded: after a row's last token, value and reward are 0)."""
+    values = values * mask
+    advantages = torch.zeros_like(rewards)
+    next_advantage = torch.zeros_like(rewards[:, 0])
+    next_value = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_advantage = delta + gamma * lam * next_advantage
+        advantages[:, t] = next_advantage
+        next_value = values[:, t]
+    returns = advantages + values
+    return advantages * mask, returns * mask
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reward: reward model, rules, or a weighted sum
+
+
+class SequenceScorer:
+    """Scores completions with the configured source; returns [batch] float32 plus per-source means for metrics."""
+
+    def __init__(self, config: PPOConfig, reward_model: ModelRef | None, device):
+        self.config = config
+        self.device = device
+        self.rule_reward = RuleReward(config.rules) if config.reward_source in ("rules", "mixed") else None
+        self.reward_model = self.reward_tokenizer = None
+        if config.reward_source in ("reward_model", "mixed"):
+            model, tokenizer = load_model_ref(reward_model, device, task="reward", dtype=training_dtype(device))
+            self.reward_model = model.eval().requires_grad_(False)
+            self.reward_tokenizer = tokenizer
+
+    def score(self, rows: list[dict], texts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        total = torch.zeros(len(texts), device=self.device)
+        parts = {}
+        if self.reward_model is not None:
+            model_scores = score_texts(self.reward_model, self.reward_tokenizer, [row["prompt"] for row in rows], texts,
+                                       self.config.reward_batch_size, self.config.max_length).to(self.device)
+            parts["reward_model_score"] = model_scores.mean()
+            total = total + self.config.reward_model_weight * model_scores
+        if self.rule_reward is not None:
+            rule_scores = torch.tensor(self.rule_reward.score(texts, rows), dtype=torch.float32, device=self.device)
+            parts["rules_score"] = rule_scores.mean()
+            total = total + self.config.rules_weight * rule_scores
+        return total, parts
+
+
+def check_inputs(data: Dataset, config: PPOConfig, reward_model: ModelRef | None) -> None:
+    """Fail before any model is loaded when the data or the reward settings cannot work."""
+    if "prompt" not in data.column_names:
+        raise ValueError(f"PPO data needs a 'prompt' column (chat messages); it has {data.column_names}")
+    if len(data) == 0:
+        raise ValueError("PPO data is empty")
+    if config.reward_source in ("reward_model", "mixed") and reward_model is None:
+        raise ValueError(f"reward_source={config.reward_source!r} needs a reward model")
+    if config.reward_source in ("rules", "mixed"):
+        for rule in parse_rules(config.rules):
+            if isinstance(rule, ReferenceExactRule | ReferenceRegexRule) and rule.field not in data.column_names:
+                raise ValueError(f"rule {rule.kind} reads column {rule.field!r}, which the data lacks "
+                                 f"(columns: {data.column_names})")
+
+
+def prompt_rows_for_iteration(data: Dataset, iteration: int, batch_size: int, seed: int) -> list[dict]:
+    """The rows of one rollout: a fresh seeded shuffle per pass over the data, so any iteration can be rebuilt
+    from (seed, iteration) alone, which is what makes resume exact without saving a sampler."""
+    rows = []
+    for position in range(iteration * batch_size, (iteration + 1) * batch_size):
+        data_pass, index = divmod(position, len(data))
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed * 1_000_003 + data_pass))
+        rows.append(data[int(order[index])])
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints: policy (trainable part) + value head + optimizer + KL controller + RNG + iteration
+
+
+def save_checkpoint(checkpoint_dir: Path, iteration: int, policy, value_head, optimizer, kl_controller,
+                    sampling_generator: torch.Generator, shuffle_generator: torch.Generator) -> Path:
+    """Written into a temp folder and renamed, so a crash never leaves a half checkpoint; older ones are removed."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    trainable_names = set(trainable_parameters(policy))
+    state = {
+        "iteration": iteration,
+        "policy": {name: tensor for name, tensor in policy.state_dict().items() if name in trainable_names},
+        "value_head": value_head.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "kl_coef": kl_controller.coef,
+        "sampling_rng": sampling_generator.get_state(),
+        "shuffle_rng": shuffle_generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-step-", dir=checkpoint_dir))
+    torch.save(state, staging / CHECKPOINT_FILE)
+    target = checkpoint_dir / f"step-{iteration:08d}"
+    os.replace(staging, target)
+    for older in checkpoint_dir.glob("step-*"):
+        if older != target:
+            shutil.rmtree(older, ignore_errors=True)
+    return target
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    candidates = sorted(path for path in Path(checkpoint_dir).glob("step-*") if (path / CHECKPOINT_FILE).is_file())
+    return candidates[-1] if candidates else None
+
+
+def load_checkpoint(path: Path, policy, value_head, optimizer, kl_controller, sampling_generator, shuffle_generator) -> int:
+    state = torch.load(path / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+    missing = policy.load_state_dict(state["policy"], strict=False)
+    if missing.unexpected_keys:
+        raise ValueError(f"checkpoint {path} does not fit this policy: {missing.unexpected_keys[:5]}")
+    value_head.load_state_dict(state["value_head"])
+    optimizer.load_state_dict(state["optimizer"])
+    kl_controller.coef = state["kl_coef"]
+    sampling_generator.set_state(state["sampling_rng"])
+    shuffle_generator.set_state(state["shuffle_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["iteration"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The stage
+
+
+def run_stage(
+    config: PPOConfig,
+    data: Dataset,
+    base: ModelRef,
+    out_dir: Path,
+    on_progress: ProgressCallback,
+    should_stop: StopCallback,
+    reward_model: ModelRef | None = None,
+) -> StageResult:
+    check_inputs(data, config, reward_model)
+    seed_everything(config.seed)
+    device = pick_device(config.device)
+    out_dir = Path(out_dir)
+    checkpoint_dir = checkpoint_dir_for(out_dir)
+
+    # Policy in fp32 (its master weights); on CUDA the forward passes run under bf16 autocast.
+    policy, tokenizer = load_model_ref(base, device, task="causal_lm")
+    policy = prepare_model(policy, config.peft).eval()
+    value_head = ValueHead(policy.config.hidden_size).to(device)
+    # A bottleneck adapter continued from a parent adapter artifact: disabling it would give the grandparent,
+    # so the reference is then a separate frozen copy of the parent, like with full fine-tuning.
+    parent_has_adapter = resolve_model_ref(base).adapter_path is not None
+    if has_disableable_adapter(policy) and not (config.peft.method == "adapter" and parent_has_adapter):
+        reference, reference_context = policy, lambda: disabled_adapters(policy)
+    else:
+        reference, _ = load_model_ref(base, device, task="causal_lm", dtype=training_dtype(device))
+        reference = reference.eval().requires_grad_(False)
+        reference_context = nullcontext
+    scorer = SequenceScorer(config, reward_model, device)
+
+    parameters = list(trainable_parameters(policy).values()) + list(value_head.parameters())
+    # eps 1e-5 as in OpenAI's and TRL's PPO: Adam's default 1e-8 makes early updates of tiny-gradient weights large.
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, eps=1e-5, weight_decay=0.0)
+    kl_controller = AdaptiveKLController(config.init_kl_coef, config.kl_target, config.kl_horizon)
+    sampling_generator = torch.Generator(device=device).manual_seed(config.seed)
+    shuffle_generator = torch.Generator().manual_seed(config.seed + 1)
+
+    start_iteration = 0
+    if (checkpoint := latest_checkpoint(checkpoint_dir)) is not None:
+        start_iteration = load_checkpoint(checkpoint, policy, value_head, optimizer, kl_controller,
+                                          sampling_generator, shuffle_generator)
+
+    sampling = config.sampling
+    history: list[dict[str, float]] = []
+    try:
+        for iteration in range(start_iteration, config.max_steps):
+            _stop_if_asked(should_stop)
+            rows = prompt_rows_for_iteration(data, iteration, config.batch_size, config.seed)
+
+            # ---- rollout: sample completions with the current policy
+            with autocast_for(device):
+                batch = generate(policy, tokenizer, [row["prompt"] for row in rows], sampling, sampling_generator)
+            scores, score_parts = scorer.score(rows, batch.texts)
+            if config.missing_eos_penalty is not None:
+                scores = scores - config.missing_eos_penalty * (~batch.ended_with_eos).float()
+
+            # ---- evaluate the rollout: old log-probs and values, reference log-probs
+            old_log_probs, old_values, reference_log_probs = evaluate_rollout(
+                policy, value_head, reference, reference_context, batch, config, device)
+            mask = batch.completion_mask.float()
+
+            # ---- per-token reward: KL penalty everywhere, sequence score on the last token
+            kl_per_token = (old_log_probs - reference_log_probs) * mask
+            kl_penalty = -kl_controller.coef * kl_per_token
+            last_token_index = batch.completion_lengths - 1
+            rewards = kl_penalty.clone()
+            rewards[torch.arange(len(rows), device=device), last_token_index] += scores
+            if config.whiten_rewards:
+                # Scale only: shifting the mean would add a constant per-token reward, i.e. a length bonus/penalty.
+                rewards = masked_whiten(rewards, mask, shift_mean=False)
+
+            # ---- advantages and returns (GAE), advantages whitened per rollout
+            advantages, returns = generalized_advantages(rewards, old_values, mask, config.gamma, config.lam)
+            advantages = masked_whiten(advantages, mask)
+
+            # ---- PPO epochs over shuffled minibatches
+            update_stats = ppo_update(policy, value_head, optimizer, parameters, batch, old_log_probs, old_values,
+                                      advantages, returns, mask, config, shuffle_generator, should_stop, device)
+
+            # ---- bookkeeping: one host sync for all metrics of this iteration
+            sequence_kl = kl_per_token.sum(dim=1).mean()
+            device_metrics = {
+                "reward_mean": scores.mean(),
+                "reward_std": scores.std(unbiased=False),
+                "kl": sequence_kl,
+                "kl_penalty_mean": kl_penalty.sum(dim=1).mean(),
+                "completion_length": mask.sum(dim=1).mean(),
+                "eos_fraction": batch.ended_with_eos.float().mean(),
+                "value_mean": masked_mean(old_values, mask),
+                "return_mean": masked_mean(returns, mask),
+                **{f"{name}_mean": value for name, value in score_parts.items()},
+                **update_stats,
+            }
+            names = list(device_metrics)
+            values = dict(zip(names, torch.stack([device_metrics[name].float() for name in names]).tolist(),
+                              strict=True))
+            values["kl_coef"] = kl_controller.coef
+            kl_controller.update(values["kl"], len(rows))
+            history.append({"step": iteration + 1, **values})
+            on_progress(StepMetrics(step=iteration + 1, total_steps=config.max_steps, values=values))
+
+            if config.checkpoint_every > 0 and (iteration + 1) % config.checkpoint_every == 0 \
+                    and iteration + 1 < config.max_steps:
+                save_checkpoint(checkpoint_dir, iteration + 1, policy, value_head, optimizer, kl_controller,
+                                sampling_generator, shuffle_generator)
+    except StageCancelled:
+        last = history[-1] if history else {}
+        return StageResult(status="cancelled", artifact_path=None,
+                           metrics={key: value for key, value in last.items() if key != "step"},
+                           steps_completed=int(last.get("step", start_iteration)))
+
+    final_metrics = {key: value for key, value in history[-1].items() if key != "step"} if history else {}
+    with staged_output(out_dir) as staging:
+        save_stage_artifact(policy, tokenizer, config.peft, staging, stage=STAGE_NAME, base=base,
+                            config=config.to_dict(), metrics=final_metrics)
+        from safetensors.torch import save_file
+
+        # The critic is not part of the policy; kept beside it so a later PPO stage can warm-start its values.
+        save_file({key: value.detach().cpu().contiguous() for key, value in value_head.state_dict().items()},
+                  str(staging / VALUE_HEAD_FILE))
+        write_json(staging / METRICS_FILE, {"final": final_metrics, "history": history})
+    return StageResult(status="completed", artifact_path=out_dir, metrics=final_metrics,
+                       steps_completed=config.max_steps)
+
+
+@torch.no_grad()
+def evaluate_rollout(policy, value_head, reference, reference_context, batch: GeneratedBatch, config: PPOConfig,
+                     device):
+    """Log-probs and values under the sampling policy, and reference log-probs, in minibatch-sized chunks."""
+    sequence_ids, sequence_mask = batch.sequence_ids, batch.sequence_mask
+    width = batch.completion_ids.shape[1]
+    old_log_probs, old_values, reference_log_probs = [], [], []
+    for rows in torch.arange(len(sequence_ids), device=device).split(config.mini_batch_size):
+        with autocast_for(device):
+            log_probs, _, values = completion_forward(policy, value_head, sequence_ids[rows], sequence_mask[rows],
+                                                      width, config.temperature)
+            with reference_context():
+                ref_log_probs, _, _ = completion_forward(reference, None, sequence_ids[rows], sequence_mask[rows],
+                                                         width, config.temperature)
+        old_log_probs.append(log_probs)
+        old_values.append(values)
+        reference_log_probs.append(ref_log_probs)
+    return torch.cat(old_log_probs), torch.cat(old_values), torch.cat(reference_log_probs)
+
+
+def ppo_update(policy, value_head, optimizer, parameters, batch: GeneratedBatch, old_log_probs, old_values,
+               advantages, returns, mask, config: PPOConfig, shuffle_generator, should_stop, device
+               ) -> dict[str, torch.Tensor]:
+    """`ppo_epochs` passes of clipped-surrogate + clipped-value updates; returns device-side mean statistics."""
+    sequence_ids, sequence_mask = batch.sequence_ids, batch.sequence_mask
+    width = batch.completion_ids.shape[1]
+    rollout_size = len(sequence_ids)
+    totals = {name: torch.zeros((), device=device) for name in
+              ("policy_loss", "value_loss", "entropy", "clip_fraction", "value_clip_fraction", "approx_kl")}
+    micro_batches_seen = 0
+    for _ in range(config.ppo_epochs):
+        order = torch.randperm(rollout_size, generator=shuffle_generator).to(device)
+        for minibatch in order.split(config.mini_batch_size):
+            _stop_if_asked(should_stop)
+            micro_batches = minibatch.tensor_split(min(config.gradient_accumulation_steps, len(minibatch)))
+            for rows in micro_batches:
+                with autocast_for(device):
+                    log_probs, entropy, values = completion_forward(
+                        policy, value_head, sequence_ids[rows], sequence_mask[rows], width, config.temperature)
+                row_mask = mask[rows]
+                row_advantages, row_returns = advantages[rows], returns[rows]
+
+                log_ratio = log_probs - old_log_probs[rows]
+                ratio = torch.exp(log_ratio)
+                policy_loss_unclipped = -row_advantages * ratio
+                policy_loss_clipped = -row_advantages * ratio.clamp(1 - config.clip_range, 1 + config.clip_range)
+                policy_loss = masked_mean(torch.maximum(policy_loss_unclipped, policy_loss_clipped), row_mask)
+
+                values_clipped = old_values[rows] + (values - old_values[rows]).clamp(
+                    -config.value_clip_range, config.value_clip_range)
+                value_error_unclipped = (values - row_returns) ** 2
+                value_error_clipped = (values_clipped - row_returns) ** 2
+                value_loss = 0.5 * masked_mean(torch.maximum(value_error_unclipped, value_error_clipped), row_mask)
+
+                loss = policy_loss + config.value_loss_coef * value_loss
+                (loss / len(micro_batches)).backward()
+
+                with torch.no_grad():
+                    totals["policy_loss"] += policy_loss
+                    totals["value_loss"] += value_loss
+                    totals["entropy"] += masked_mean(entropy, row_mask)
+                    totals["clip_fraction"] += masked_mean(
+                        ((ratio - 1).abs() > config.clip_range).float(), row_mask)
+                    totals["value_clip_fraction"] += masked_mean(
+                        (value_error_clipped > value_error_unclipped).float(), row_mask)
+                    # Schulman's low-variance estimator of KL(π_old ‖ π_θ): how far this update moved the policy.
+                    totals["approx_kl"] += masked_mean(0.5 * log_ratio**2, row_mask)
+                micro_batches_seen += 1
+            torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return {name: total / micro_batches_seen for name, total in totals.items()}
+
+
+def _stop_if_asked(should_stop: StopCallback) -> None:
+    if should_stop():
+        raise StageCancelled()
+

@@ -1,0 +1,70 @@
+"""Read paths of the training domain: runs, stages, live progress, the registry with lineage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from training.models import ModelVersion, StageRun, TrainingRun
+
+FINISHED_RUN_STATES = (TrainingRun.Status.SUCCEEDED, TrainingRun.Status.FAILED, TrainingRun.Status.CANCELLED)
+
+
+def runs_list(*, project=None) -> QuerySet[TrainingRun]:
+    runs = TrainingRun.objects.select_related("project", "base_model", "created_by").prefetch_related("stages")
+    return runs.filter(project=project) if project is not None else runs
+
+
+def run_is_finished(*, run: TrainingRun) -> bool:
+    return run.status in FINISHED_RUN_STATES
+
+
+@dataclass(frozen=True)
+class StageProgress:
+    stage: StageRun
+    fraction: float
+    eta: timedelta | None
+
+
+def stage_progress(*, stage: StageRun, now=None) -> StageProgress:
+    """Fraction done and a linear ETA from the steps made since the stage started."""
+    now = now or timezone.now()
+    total = stage.total_steps or 0
+    fraction = min(1.0, stage.step / total) if total else 0.0
+    if stage.status == StageRun.Status.SUCCEEDED:
+        fraction = 1.0
+    eta = None
+    if stage.status == StageRun.Status.RUNNING and stage.started_at and 0 < stage.step < total:
+        elapsed = (now - stage.started_at).total_seconds()
+        eta = timedelta(seconds=round(elapsed / stage.step * (total - stage.step)))
+    return StageProgress(stage=stage, fraction=fraction, eta=eta)
+
+
+def stage_metric_series(*, stage: StageRun) -> dict[str, list[tuple[int, float]]]:
+    """Metric time series by name, {"loss": [(step, value), ...], ...}, for the charts.
+
+    Names reported once (end-of-stage summaries such as runtime) are not series and are left out.
+    """
+    series: dict[str, list[tuple[int, float]]] = {}
+    for point in stage.metrics or []:
+        for name, value in (point.get("values") or {}).items():
+            series.setdefault(name, []).append((point.get("step", 0), value))
+    return {name: points for name, points in series.items() if len(points) > 1}
+
+
+def model_versions_list() -> QuerySet[ModelVersion]:
+    return ModelVersion.objects.select_related("parent", "base", "stage_run__run").order_by("-id")
+
+
+def model_version_lineage(*, version: ModelVersion) -> list[ModelVersion]:
+    """The version and its ancestors, newest first, up to the base model."""
+    chain = [version]
+    seen = {version.pk}
+    while chain[-1].parent_id and chain[-1].parent_id not in seen:
+        parent = ModelVersion.objects.select_related("parent").get(pk=chain[-1].parent_id)
+        seen.add(parent.pk)
+        chain.append(parent)
+    return chain

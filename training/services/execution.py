@@ -1,0 +1,308 @@
+"""Executing one stage inside a Celery worker: the thin adapter between StageRun rows and the engine.
+
+Live state goes to the StageRun row (step, metrics, log tail, heartbeat) so the web page can poll it and closing
+the browser never affects the run. A heartbeat thread keeps `heartbeat_at` fresh while the stage loads models or
+runs long steps; `stale_stages_fail` marks stages whose worker vanished (SIGKILL, power loss) as failed, and
+`stage_run_resume` continues them from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+import traceback
+from collections import deque
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from training.engine import stages as engine_stages
+from training.engine.base_model import describe_saved_model
+from training.engine.common import ModelRef, StepMetrics, checkpoint_dir_for, pick_device
+from training.models import ModelVersion, StageRun, TrainingRun
+from training.services import datasets
+from training.services.registry import model_version_register
+
+logger = logging.getLogger(__name__)
+
+LOG_TAIL_LINES = 200
+PROGRESS_WRITE_INTERVAL_S = 1.0  # at most one progress write per second; the last one is always written
+CANCEL_POLL_INTERVAL_S = 1.0
+
+
+def stage_output_dir(*, stage: StageRun) -> Path:
+    return Path(settings.ARTIFACT_ROOT) / "runs" / str(stage.run_id) / f"stage-{stage.position}-{stage.kind}"
+
+
+def model_ref(version: ModelVersion) -> ModelRef:
+    return ModelRef(path=Path(settings.ARTIFACT_ROOT) / version.artifact_path, name=version.name)
+
+
+def _earlier_output(stage: StageRun, produces: str) -> ModelVersion | None:
+    kinds = [kind for kind, spec in engine_stages.STAGES.items() if spec.produces == produces]
+    earlier = (
+        stage.run.stages.filter(position__lt=stage.position, kind__in=kinds, status=StageRun.Status.SUCCEEDED)
+        .exclude(output_model=None)
+        .order_by("-position")
+        .first()
+    )
+    return earlier.output_model if earlier else None
+
+
+def stage_inputs(*, stage: StageRun) -> tuple[ModelVersion, ModelVersion | None]:
+    """(model the stage starts from, reward model for PPO). A reward model starts from the run's latest policy."""
+    start = _earlier_output(stage, "policy") or stage.run.base_model
+    reward = _earlier_output(stage, "reward") if stage.kind == StageRun.Kind.PPO else None
+    return start, reward
+
+
+class _LogTail(logging.Handler):
+    """Keeps the last lines logged by the engine and the libraries it drives."""
+
+    def __init__(self, lines: deque):
+        super().__init__(level=logging.INFO)
+        self.lines = lines
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+class StageReporter:
+    """on_progress / should_stop for the engine, writing throttled updates to the StageRun row."""
+
+    def __init__(self, stage: StageRun, log_lines: deque):
+        self.stage_id = stage.pk
+        self.run_id = stage.run_id
+        self.metrics: list[dict] = list(stage.metrics or [])
+        self.log_lines = log_lines
+        self.step = stage.step
+        self.total = stage.total_steps
+        self._last_write = 0.0
+        self._last_cancel_check = 0.0
+        self._cancelled = False
+
+    def on_progress(self, progress: StepMetrics) -> None:
+        values = {key: float(value) for key, value in progress.values.items()}
+        self.metrics.append({"step": progress.step, "values": values})
+        self.step = progress.step
+        self.total = max(progress.total_steps, progress.step)
+        shown = " ".join(f"{key}={value:.4g}" for key, value in sorted(values.items()))
+        self.log_lines.append(f"{timezone.now():%H:%M:%S} step {progress.step}/{self.total} {shown}")
+        if time.monotonic() - self._last_write >= PROGRESS_WRITE_INTERVAL_S:
+            self.flush()
+
+    def flush(self) -> None:
+        StageRun.objects.filter(pk=self.stage_id).update(
+            step=self.step,
+            total_steps=self.total,
+            metrics=self.metrics,
+            log_tail="\n".join(self.log_lines),
+            heartbeat_at=timezone.now(),
+        )
+        self._last_write = time.monotonic()
+
+    def should_stop(self) -> bool:
+        if not self._cancelled and time.monotonic() - self._last_cancel_check >= CANCEL_POLL_INTERVAL_S:
+            self._last_cancel_check = time.monotonic()
+            self._cancelled = TrainingRun.objects.filter(pk=self.run_id, cancel_requested=True).exists()
+        return self._cancelled
+
+
+class _Heartbeat(threading.Thread):
+    def __init__(self, stage_id: int, interval: float):
+        super().__init__(daemon=True, name=f"heartbeat-stage-{stage_id}")
+        self.stage_id = stage_id
+        self.interval = interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stopped.wait(self.interval):
+                StageRun.objects.filter(pk=self.stage_id, status=StageRun.Status.RUNNING).update(
+                    heartbeat_at=timezone.now()
+                )
+        finally:
+            connection.close()  # this thread's own connection
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=self.interval + 5)
+
+
+def _claim(*, stage_run_id: int, worker: str, task_id: str) -> StageRun | None:
+    """Mark the stage running for this worker, or return None when there is nothing (more) to do."""
+    stale_after = timedelta(seconds=settings.TRAINING_STALE_AFTER_S)
+    with transaction.atomic():
+        stage = StageRun.objects.select_for_update().select_related("run").filter(pk=stage_run_id).first()
+        if stage is None or stage.status in (StageRun.Status.SUCCEEDED, StageRun.Status.FAILED):
+            return None  # a redelivered message for a finished stage, or one already marked failed: do nothing
+        now = timezone.now()
+        if stage.status == StageRun.Status.RUNNING and stage.heartbeat_at and now - stage.heartbeat_at < stale_after:
+            return None  # another worker is on it
+        run = stage.run
+        if run.cancel_requested or stage.status == StageRun.Status.CANCELLED:
+            _finish_cancelled(stage, now)
+            return None
+        blocking = run.stages.filter(position__lt=stage.position).exclude(status=StageRun.Status.SUCCEEDED)
+        if blocking.exists():
+            return None
+        stage.status = StageRun.Status.RUNNING
+        stage.worker = worker
+        stage.device = str(pick_device(stage.config.get("device", "auto")))
+        stage.celery_task_id = task_id or stage.celery_task_id
+        stage.started_at = stage.started_at or now
+        stage.heartbeat_at = now
+        stage.checkpoint_path = str(checkpoint_dir_for(stage_output_dir(stage=stage)))
+        stage.save()
+        if run.status != TrainingRun.Status.RUNNING:
+            run.status = TrainingRun.Status.RUNNING
+            run.started_at = run.started_at or now
+            run.save(update_fields=["status", "started_at"])
+    return stage
+
+
+def _finish_cancelled(stage: StageRun, now) -> None:
+    StageRun.objects.filter(pk=stage.pk).update(status=StageRun.Status.CANCELLED, finished_at=now)
+    stage.run.stages.filter(status=StageRun.Status.PENDING).update(status=StageRun.Status.CANCELLED, finished_at=now)
+    TrainingRun.objects.filter(pk=stage.run_id).update(status=TrainingRun.Status.CANCELLED, finished_at=now)
+
+
+def stage_run_execute(*, stage_run_id: int, worker: str = "", task_id: str = "") -> str:
+    """Run one stage to its end (completed, cancelled or failed) and enqueue the next. Returns the final status."""
+    stage = _claim(stage_run_id=stage_run_id, worker=worker or socket.gethostname(), task_id=task_id)
+    if stage is None:
+        return "skipped"
+    log_lines: deque = deque((stage.log_tail or "").splitlines(), maxlen=LOG_TAIL_LINES)
+    reporter = StageReporter(stage, log_lines)
+    handler = _LogTail(log_lines)
+    watched = [logging.getLogger(name) for name in ("training.engine", "transformers.trainer", "trl")]
+    for watched_logger in watched:
+        watched_logger.addHandler(handler)
+    heartbeat = _Heartbeat(stage.pk, settings.TRAINING_HEARTBEAT_S)
+    heartbeat.start()
+    try:
+        start, reward = stage_inputs(stage=stage)
+        out_dir = stage_output_dir(stage=stage)
+        if out_dir.exists():
+            # The artifact was completed before the worker died between writing it and registering it.
+            log_lines.append("artifact already complete on disk; registering it without training again")
+            metrics = _stage_manifest(out_dir).get("metrics", {})
+            status, steps = "completed", stage.total_steps
+        else:
+            spec = engine_stages.stage_spec(stage.kind)
+            config = engine_stages.config_from_dict(stage.kind, stage.config)
+            data = datasets.snapshot_load(content_hash=stage.run.dataset_hash, data_format=spec.data_format)
+            log_lines.append(f"stage {stage.kind}/{stage.peft} on {len(data)} {spec.data_format} rows from {start.name}")
+            result = engine_stages.run(
+                stage.kind, config, data, model_ref(start), out_dir, reporter.on_progress, reporter.should_stop,
+                reward_model=model_ref(reward) if reward else None,
+            )  # fmt: skip
+            metrics, status, steps = result.metrics, result.status, result.steps_completed
+        reporter.step = max(reporter.step, steps)
+        reporter.flush()
+        if status == "cancelled":
+            log_lines.append(f"cancelled at step {steps}; checkpoints kept for resume")
+            reporter.flush()
+            _finish_cancelled(stage, timezone.now())
+            return StageRun.Status.CANCELLED
+        return _finish_succeeded(stage=stage, start=start, out_dir=out_dir, metrics=metrics)
+    except Exception as exc:
+        logger.exception("stage %s of run %s failed", stage.pk, stage.run_id)
+        log_lines.extend(traceback.format_exc().splitlines()[-30:])
+        reporter.flush()
+        now = timezone.now()
+        message = f"{type(exc).__name__}: {exc}"
+        StageRun.objects.filter(pk=stage.pk).update(status=StageRun.Status.FAILED, error=message, finished_at=now)
+        TrainingRun.objects.filter(pk=stage.run_id).update(
+            status=TrainingRun.Status.FAILED, error=f"stage {stage.position} ({stage.kind}): {message}", finished_at=now
+        )
+        return StageRun.Status.FAILED
+    finally:
+        heartbeat.stop()
+        for watched_logger in watched:
+            watched_logger.removeHandler(handler)
+
+
+def _finish_succeeded(*, stage: StageRun, start: ModelVersion, out_dir: Path, metrics: dict) -> str:
+    from training.services.runs import stage_enqueue
+
+    spec = engine_stages.stage_spec(stage.kind)
+    saved = describe_saved_model(out_dir) if (out_dir / "model.safetensors").exists() else _describe_adapter(out_dir)
+    now = timezone.now()
+    with transaction.atomic():
+        stage = StageRun.objects.select_for_update().select_related("run").get(pk=stage.pk)
+        version = ModelVersion.objects.filter(stage_run=stage).first() or model_version_register(
+            name=f"run{stage.run_id}-{stage.position}-{stage.kind}-{stage.peft}",
+            kind=ModelVersion.Kind.REWARD if spec.produces == "reward" else ModelVersion.Kind.POLICY,
+            saved=saved,
+            source=f"{stage.kind} stage ({stage.peft}) of training run #{stage.run_id}",
+            parent=start,
+            metrics={key: float(value) for key, value in metrics.items() if isinstance(value, int | float)},
+            stage_run=stage,
+            dataset_hash=stage.run.dataset_hash,
+        )
+        stage.status = StageRun.Status.SUCCEEDED
+        stage.output_model = version
+        stage.finished_at = now
+        stage.heartbeat_at = now
+        stage.save(update_fields=["status", "output_model", "finished_at", "heartbeat_at"])
+        following = stage.run.stages.filter(position__gt=stage.position).order_by("position").first()
+        if following is None:
+            TrainingRun.objects.filter(pk=stage.run_id).update(status=TrainingRun.Status.SUCCEEDED, finished_at=now)
+        else:
+            transaction.on_commit(lambda: stage_enqueue(stage_run=following))
+    return StageRun.Status.SUCCEEDED
+
+
+def _stage_manifest(out_dir: Path) -> dict:
+    import json
+
+    path = out_dir / "stage.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _describe_adapter(out_dir: Path):
+    """Adapter-only artifacts (bottleneck adapters, LoRA mixtures): hash the adapter weights instead."""
+    from safetensors import safe_open
+
+    from training.engine.base_model import SavedModel, sha256_file
+
+    weights = sorted(out_dir.glob("*.safetensors"))
+    if not weights:
+        raise FileNotFoundError(f"{out_dir} holds no safetensors file")
+    num_parameters = 0
+    for path in weights:
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():
+                shape = handle.get_slice(key).get_shape()
+                count = 1
+                for dim in shape:
+                    count *= dim
+                num_parameters += count
+    return SavedModel(
+        path=out_dir, sha256=sha256_file(weights[0]), config=_stage_manifest(out_dir), num_parameters=num_parameters
+    )
+
+
+def stale_stages_fail(*, now=None) -> list[int]:
+    """Mark running stages whose heartbeat stopped as failed (their worker died); they can be resumed."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.TRAINING_STALE_AFTER_S)
+    failed: list[int] = []
+    with transaction.atomic():
+        stale = StageRun.objects.select_for_update(skip_locked=connection.features.has_select_for_update_skip_locked)
+        for stage in stale.filter(status=StageRun.Status.RUNNING, heartbeat_at__lt=cutoff):
+            message = f"worker {stage.worker or '?'} stopped sending heartbeats (last {stage.heartbeat_at:%H:%M:%S})"
+            StageRun.objects.filter(pk=stage.pk).update(status=StageRun.Status.FAILED, error=message, finished_at=now)
+            TrainingRun.objects.filter(pk=stage.run_id).update(
+                status=TrainingRun.Status.FAILED, error=f"stage {stage.position} ({stage.kind}): {message}",
+                finished_at=now,
+            )  # fmt: skip
+            failed.append(stage.pk)
+    return failed

@@ -1,0 +1,212 @@
+"""Training pages: launch, watch (htmx polling), cancel/resume/retry, the model registry. Thin: services do the work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from core.permissions import role_required
+from core.roles import Role
+from core.selectors import user_has_role
+from training.forms import LaunchForm
+from training.models import ModelVersion, StageRun, TrainingRun
+from training.selectors import (
+    model_version_lineage,
+    model_versions_list,
+    run_is_finished,
+    runs_list,
+    stage_metric_series,
+    stage_progress,
+)
+from training.services import runs as run_services
+from training.services.datasets import snapshot_counts
+from training.services.registry import model_version_use_for_sampling
+
+admin_required = role_required(Role.ADMIN)
+reader_required = role_required(Role.ADMIN, Role.RESEARCHER)
+
+
+def _is_admin(request: HttpRequest) -> bool:
+    return user_has_role(user=request.user, role=Role.ADMIN)
+
+
+@reader_required
+def run_list(request: HttpRequest) -> HttpResponse:
+    return render(request, "training/run_list.html", {"runs": runs_list()[:200], "is_admin": _is_admin(request)})
+
+
+@admin_required
+def launch(request: HttpRequest) -> HttpResponse:
+    form = LaunchForm(request.POST or None, initial={"project": request.GET.get("project")})
+    if request.method == "POST" and form.is_valid():
+        try:
+            run = run_services.training_run_launch(
+                project=form.cleaned_data["project"],
+                preset=form.cleaned_data["preset"],
+                base_model=form.cleaned_data["base_model"],
+                peft=form.peft_methods(),
+                stage_configs=form.stage_configs(),
+                filters=form.filters(),
+                created_by=request.user,
+            )
+        except ValidationError as exc:
+            form.add_service_errors(exc.message_dict)
+        else:
+            messages.success(request, f"Run #{run.pk} is queued on the gpu workers.")
+            return redirect("training:run", run_id=run.pk)
+    status = 422 if request.method == "POST" else 200
+    return render(request, "training/launch.html", {"form": form}, status=status)
+
+
+@admin_required
+@require_GET
+def launch_count(request: HttpRequest) -> HttpResponse:
+    """Live count of the rows a round would train on with the filters in the form (htmx partial)."""
+    form = LaunchForm(request.GET)
+    form.is_valid()  # partial forms are fine here: only project, preset and filters are read
+    data = form.cleaned_data
+    context: dict = {"counts": None, "error": None}
+    if data.get("project") and data.get("preset"):
+        from labeling.selectors.preferences import PreferenceFilters
+        from training.engine.stages import stage_spec
+
+        formats = sorted({stage_spec(kind).data_format for kind in run_services.PRESET_STAGES[data["preset"]]})
+        try:
+            filters = PreferenceFilters.from_dict(form.filters())
+            context["counts"] = snapshot_counts(project=data["project"], filters=filters, formats=formats)
+        except (ValueError, TypeError, ValidationError) as exc:
+            context["error"] = str(exc)
+    else:
+        context["error"] = "Choose a project and a preset."
+    return render(request, "training/partials/launch_count.html", context)
+
+
+def _run_context(request: HttpRequest, run: TrainingRun) -> dict:
+    stages = list(run.stages.select_related("output_model").order_by("position"))
+    return {
+        "run": run,
+        "finished": run_is_finished(run=run),
+        "stages": [
+            {
+                "progress": stage_progress(stage=stage),
+                "series": stage_metric_series(stage=stage),
+                "series_id": f"series-{stage.pk}",
+            }
+            for stage in stages
+        ],
+        "is_admin": _is_admin(request),
+    }
+
+
+@reader_required
+def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = get_object_or_404(TrainingRun.objects.select_related("project", "base_model", "created_by"), pk=run_id)
+    return render(request, "training/run_detail.html", _run_context(request, run))
+
+
+@reader_required
+@require_GET
+def run_live(request: HttpRequest, run_id: int) -> HttpResponse:
+    """The part of the run page that changes, polled by htmx while the run is not finished."""
+    run = get_object_or_404(TrainingRun, pk=run_id)
+    return render(request, "training/partials/run_live.html", _run_context(request, run))
+
+
+@admin_required
+@require_POST
+def run_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
+    run = run_services.training_run_cancel(run=get_object_or_404(TrainingRun, pk=run_id))
+    return _after_action(request, run, "Cancel requested: the stage stops after its current step.")
+
+
+@admin_required
+@require_POST
+def stage_restart(request: HttpRequest, stage_id: int, mode: str) -> HttpResponse:
+    stage = get_object_or_404(StageRun, pk=stage_id)
+    action = {"resume": run_services.stage_run_resume, "retry": run_services.stage_run_retry}.get(mode)
+    if action is None:
+        raise Http404
+    try:
+        action(stage_run=stage)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        verb = "resumes from its last checkpoint" if mode == "resume" else "starts again from step 0"
+        messages.success(request, f"Stage {stage.position} ({stage.kind}) {verb}.")
+    return _after_action(request, stage.run, None)
+
+
+def _after_action(request: HttpRequest, run: TrainingRun, message: str | None) -> HttpResponse:
+    if message:
+        messages.success(request, message)
+    if request.htmx:
+        run.refresh_from_db()
+        return render(request, "training/partials/run_live.html", _run_context(request, run))
+    return redirect("training:run", run_id=run.pk)
+
+
+@reader_required
+def model_list(request: HttpRequest) -> HttpResponse:
+    return render(
+        request, "training/model_list.html", {"versions": model_versions_list()[:500], "is_admin": _is_admin(request)}
+    )
+
+
+@reader_required
+def model_detail(request: HttpRequest, version_id: int) -> HttpResponse:
+    version = get_object_or_404(ModelVersion.objects.select_related("stage_run__run"), pk=version_id)
+    context = {
+        "version": version,
+        "lineage": model_version_lineage(version=version),
+        "children": version.children.order_by("id"),
+        "files": artifact_files(version),
+        "is_admin": _is_admin(request),
+    }
+    return render(request, "training/model_detail.html", context)
+
+
+def _artifact_folder(version: ModelVersion) -> Path:
+    root = Path(settings.ARTIFACT_ROOT).resolve()
+    folder = (root / version.artifact_path).resolve()
+    if root not in folder.parents or not folder.is_dir():
+        raise Http404("The artifact is not on this server.")
+    return folder
+
+
+def artifact_files(version: ModelVersion) -> list[tuple[str, int]]:
+    try:
+        folder = _artifact_folder(version)
+    except Http404:
+        return []
+    return [(str(p.relative_to(folder)), p.stat().st_size) for p in sorted(folder.rglob("*")) if p.is_file()]
+
+
+@reader_required
+@require_GET
+def model_file_download(request: HttpRequest, version_id: int, filename: str) -> FileResponse:
+    """One file of the artifact, streamed from disk (weights can be hundreds of MB)."""
+    version = get_object_or_404(ModelVersion, pk=version_id)
+    folder = _artifact_folder(version)
+    path = (folder / filename).resolve()
+    if folder not in path.parents or not path.is_file():
+        raise Http404("No such file in this artifact.")
+    return FileResponse(open(path, "rb"), as_attachment=True, filename=f"{version.name}--{path.name}")
+
+
+@admin_required
+@require_POST
+def model_use_for_sampling(request: HttpRequest, version_id: int) -> HttpResponse:
+    version = get_object_or_404(ModelVersion, pk=version_id)
+    try:
+        model_version_use_for_sampling(version=version)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"{version.name} now generates the responses annotators rank.")
+    return redirect("training:model", version_id=version.pk)
