@@ -72,7 +72,8 @@ def test_production_env_selects_postgres_and_redis(tmp_path):
 def test_queues_routes_and_delivery_guarantees(tmp_path):
     values = _settings_under({}, tmp_path)
     assert values["queues"] == ["default", "gpu"]
-    assert values["routes"] == {"training.tasks.*": {"queue": "gpu"}}
+    assert values["routes"]["training.tasks.*"] == {"queue": "gpu"}
+    assert values["routes"]["training.tasks.fail_stale_stages"] == {"queue": "default"}
     assert values["acks_late"] is True
     assert values["prefetch"] == 1
 
