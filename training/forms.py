@@ -18,7 +18,7 @@ class LaunchForm(forms.Form):
     preset = forms.ChoiceField(choices=TrainingRun.Preset.choices, initial=TrainingRun.Preset.RLHF)
     base_model = forms.ModelChoiceField(
         queryset=ModelVersion.objects.filter(kind=ModelVersion.Kind.POLICY).order_by("-id"),
-        required=False, empty_label="Bundled base model (default)",
+        required=False, empty_label="Newest base model (default)",
     )  # fmt: skip
     peft_sft = forms.ChoiceField(label="SFT", choices=StageRun.Peft.choices, initial="full")
     peft_reward = forms.ChoiceField(label="Reward model", choices=StageRun.Peft.choices, initial="full")

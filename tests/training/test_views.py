@@ -1,0 +1,164 @@
+"""Training pages through Django's test client: permissions, launch form errors per field, live partials."""
+
+import pytest
+from django.core.management import call_command
+from django.db import transaction
+
+from training.models import ModelVersion, StageRun, TrainingRun
+from training.services import runs as run_services
+from tests.training.factories import make_user, ranked_project, register_tiny_base
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def queued(monkeypatch):
+    sent: list[int] = []
+    monkeypatch.setattr(run_services, "stage_enqueue", lambda *, stage_run: sent.append(stage_run.pk))
+    monkeypatch.setattr(transaction, "on_commit", lambda callback, using=None, robust=False: callback())
+    return sent
+
+
+@pytest.fixture
+def world(tiny_model_dir):
+    project = ranked_project(prompts=6)
+    base = register_tiny_base(tiny_model_dir)
+    users = {role: make_user(f"{role}-user", role) for role in ("admin", "researcher", "annotator")}
+    return project, base, users
+
+
+def _client(client, user):
+    client.force_login(user)
+    return client
+
+
+READ_PAGES = ["/training/runs/", "/models/"]
+
+
+@pytest.mark.parametrize("role, read, launch", [("admin", 200, 200), ("researcher", 200, 403), ("annotator", 403, 403)])
+def test_permissions_by_role(client, world, role, read, launch):
+    _, base, users = world
+    _client(client, users[role])
+    for url in [*READ_PAGES, f"/models/{base.pk}/"]:
+        assert client.get(url).status_code == read, url
+    assert client.get("/training/launch/").status_code == launch
+    assert client.post("/training/launch/", {}).status_code in {launch, 422 if launch == 200 else launch}
+
+
+def test_anonymous_is_sent_to_login(client, world):
+    for url in [*READ_PAGES, "/training/launch/"]:
+        response = client.get(url)
+        assert response.status_code == 302 and "/accounts/login/" in response["Location"]
+
+
+def _form(project, **overrides):
+    data = {
+        "project": project.slug, "preset": "sft", "peft_sft": "full", "peft_reward": "full", "peft_ppo": "lora",
+        "peft_contrastive": "lora", "max_steps": "2", "exclude_flagged": "on",
+    }  # fmt: skip
+    data.update(overrides)
+    return data
+
+
+def test_launch_form_shows_errors_per_field_and_enqueues_nothing(client, world, queued):
+    project, _, users = world
+    _client(client, users["admin"])
+    response = client.post("/training/launch/", _form(project, preset="rlhf", peft_reward="bogus"))
+    assert response.status_code == 422
+    assert "peft_reward" in response.context["form"].errors
+    response = client.post(
+        "/training/launch/", _form(project, preset="rlhf", advanced='{"ppo": {"clip_range": "wide", "oops": 1}}')
+    )
+    assert response.status_code == 422
+    form = response.context["form"]
+    assert b"ppo.clip_range: must be a number" in response.content
+    assert any("ppo.clip_range" in error for error in form.errors["advanced"])
+    assert any("ppo.oops" in error for error in form.errors["advanced"])
+    assert TrainingRun.objects.count() == 0 and queued == []
+
+    response = client.post("/training/launch/", _form(project, advanced="{not json"))
+    assert response.status_code == 422
+    assert "Not valid JSON" in response.context["form"].errors["advanced"][0]
+
+    response = client.post("/training/launch/", _form(project, max_steps="0"))
+    assert response.status_code == 422 and "max_steps" in response.context["form"].errors
+    assert TrainingRun.objects.count() == 0 and queued == []
+
+
+def test_launch_creates_run_enqueues_first_stage_and_redirects(client, world, queued):
+    project, base, users = world
+    _client(client, users["admin"])
+    response = client.post("/training/launch/", _form(project, preset="preference", advanced='{"contrastive": {"beta": 0.2}}'))
+    run = TrainingRun.objects.get()
+    assert response.status_code == 302 and response["Location"] == f"/training/runs/{run.pk}/"
+    assert run.created_by == users["admin"] and run.base_model == base
+    assert [s.kind for s in run.stages.all()] == ["sft", "contrastive"]
+    assert run.config["contrastive"]["beta"] == 0.2 and run.config["sft"]["max_steps"] == 2
+    assert run.stages.get(kind="contrastive").peft == "lora"
+    assert queued == [run.stages.get(position=0).pk]
+
+
+def test_live_count_partial(client, world):
+    project, _, users = world
+    _client(client, users["admin"])
+    response = client.get("/training/launch/count/", {"project": project.slug, "preset": "reward"}, HTTP_HX_REQUEST="true")
+    assert response.status_code == 200
+    assert b'data-format="pairwise">6<' in response.content
+    response = client.get("/training/launch/count/", {"project": project.slug, "preset": "reward", "adjudicated_only": "on"})
+    assert b'data-format="pairwise">0<' in response.content
+
+
+def test_run_page_live_partial_and_htmx_cancel(client, world, queued):
+    project, _, users = world
+    run = run_services.training_run_launch(project=project, preset="rlhf", stage_configs={"sft": {"max_steps": 5}})
+    stage = run.stages.get(position=0)
+    StageRun.objects.filter(pk=stage.pk).update(
+        status="running", step=2, metrics=[{"step": 1, "values": {"loss": 2.0}}, {"step": 2, "values": {"loss": 1.5}}]
+    )
+    _client(client, users["researcher"])
+    page = client.get(f"/training/runs/{run.pk}/")
+    assert page.status_code == 200
+    assert b"step 2 / 5" in page.content
+    assert b'hx-trigger="every 2s"' in page.content
+    assert b"Cancel run" not in page.content  # researchers watch, admins act
+    live = client.get(f"/training/runs/{run.pk}/live/", HTTP_HX_REQUEST="true")
+    assert b"<html" not in live.content and b'id="series-%d"' % stage.pk in live.content
+    assert client.post(f"/training/runs/{run.pk}/cancel/").status_code == 403
+
+    _client(client, users["admin"])
+    response = client.post(f"/training/runs/{run.pk}/cancel/", HTTP_HX_REQUEST="true")
+    assert response.status_code == 200 and b"cancelling after the current step" in response.content
+    run.refresh_from_db()
+    assert run.cancel_requested
+    assert list(run.stages.exclude(position=0).values_list("status", flat=True)) == ["cancelled", "cancelled"]
+
+
+def test_model_pages_download_and_use_for_sampling(client, world):
+    _, base, users = world
+    _client(client, users["researcher"])
+    detail = client.get(f"/models/{base.pk}/")
+    assert b"model.safetensors" in detail.content and b"Use for sampling" not in detail.content
+    download = client.get(f"/models/{base.pk}/files/config.json")
+    assert download.status_code == 200 and b"llama" in b"".join(download.streaming_content)
+    assert client.get(f"/models/{base.pk}/files/../../../etc/passwd").status_code == 404
+    assert client.post(f"/models/{base.pk}/use-for-sampling/").status_code == 403
+
+    _client(client, users["admin"])
+    assert client.post(f"/models/{base.pk}/use-for-sampling/").status_code == 302
+    assert ModelVersion.objects.get(pk=base.pk).use_for_sampling
+
+
+def test_launch_round_and_run_status_commands(world, queued, capsys):
+    project, _, _ = world
+    call_command("launch_round", "--project", project.slug, "--preset", "sft", "--config", '{"sft": {"max_steps": 2}}')
+    run = TrainingRun.objects.get()
+    assert f"Launched run #{run.pk}" in capsys.readouterr().out
+    call_command("run_status", str(run.pk))
+    out = capsys.readouterr().out
+    assert "0 sft" in out and "pending" in out
+    from django.core.management import CommandError
+
+    with pytest.raises(CommandError, match="sft.max_steps: must be greater than 0"):
+        call_command("launch_round", "--project", project.slug, "--preset", "sft", "--config", '{"sft": {"max_steps": -1}}')
+    with pytest.raises(CommandError, match="No project"):
+        call_command("launch_round", "--project", "nope", "--preset", "sft")
