@@ -4,7 +4,8 @@ set -euo pipefail
 BIN=${BIN:-.venv/bin}
 HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-8000}
-mkdir -p var/log
+VAR=${VAR_DIR:-var}
+mkdir -p "$VAR/log"
 
 worker_pid=""
 web_pid=""
@@ -20,16 +21,18 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-echo "==> Starting a Celery worker on queues default,gpu (log: var/log/worker.log)"
-"$BIN/celery" -A feedback_app worker -Q default,gpu --pool solo -n "demo@%h" -l info >var/log/worker.log 2>&1 &
+echo "==> Starting a Celery worker on queues default,gpu (log: $VAR/log/worker.log)"
+# -B embeds the beat scheduler: the periodic check that fails training stages whose worker died.
+"$BIN/celery" -A feedback_app worker -B -s "$VAR/celerybeat-schedule" -Q default,gpu --pool solo -n "demo@%h" -l info \
+  >"$VAR/log/worker.log" 2>&1 &
 worker_pid=$!
 
-echo "==> Web server on http://$HOST:$PORT/ (log: var/log/web.log)"
-"$BIN/python" manage.py runserver "$HOST:$PORT" --noreload >var/log/web.log 2>&1 &
+echo "==> Web server on http://$HOST:$PORT/ (log: $VAR/log/web.log)"
+"$BIN/python" manage.py runserver "$HOST:$PORT" --noreload >"$VAR/log/web.log" 2>&1 &
 web_pid=$!
 
 echo "==> Log in at http://$HOST:$PORT/ with a demo user printed above."
 echo "Press Ctrl-C to stop."
 # Exit (and stop the other) as soon as either process dies.
 wait -n "$worker_pid" "$web_pid" || true
-echo "A process exited; see var/log/. Shutting down."
+echo "A process exited; see $VAR/log/. Shutting down."
