@@ -80,6 +80,7 @@ INSTALLED_APPS = [
     "core",
     "labeling",
     "training",
+    "loop",
 ]
 
 MIDDLEWARE = [

@@ -12,6 +12,9 @@ class _Roles(BasePermission):
     roles: frozenset[str] = frozenset()
     message = "Your role does not allow this."
 
+    def allowed(self, request) -> frozenset[str]:
+        return self.roles
+
     def has_permission(self, request, view) -> bool:
         user = request.user
         if not (user and user.is_authenticated):
@@ -19,7 +22,7 @@ class _Roles(BasePermission):
         roles = getattr(request, "_cached_roles", None)
         if roles is None:
             roles = request._cached_roles = user_roles(user=user)
-        return bool(roles & self.roles)
+        return bool(roles & self.allowed(request))
 
 
 class IsAnnotator(_Roles):
@@ -43,6 +46,5 @@ class IsAnyRole(_Roles):
 class ReadAnyRoleWriteAdmin(_Roles):
     """Everyone with a role reads; only admins write."""
 
-    def has_permission(self, request, view) -> bool:
-        self.roles = IsAnyRole.roles if request.method in SAFE_METHODS else IsAdmin.roles
-        return super().has_permission(request, view)
+    def allowed(self, request) -> frozenset[str]:
+        return IsAnyRole.roles if request.method in SAFE_METHODS else IsAdmin.roles

@@ -316,7 +316,7 @@ def dataset_card(
     result_rows: int,
     content_hash: str,
     stats: dict[str, Any],
-    counts: dict[str, int],
+    counts: dict[str, int] | None,
     created_at,
     data_file: str,
 ) -> str:
@@ -362,9 +362,12 @@ def dataset_card(
         f"| content hash (sha256) | `{content_hash}` |",
         f"| mean pairwise agreement of exported comparisons | {'n/a' if agreement is None else agreement} "
         f"(over {stats.get('comparisons_with_agreement', 0)} comparisons with 2+ votes) |",
-        f"| eligible comparisons / adjudicated / votes / annotators | {counts['comparisons']} / "
-        f"{counts['adjudicated']} / {counts['votes']} / {counts['annotators']} |",
     ]
+    if counts:
+        lines.append(
+            f"| eligible comparisons / adjudicated / votes / annotators | {counts['comparisons']} / "
+            f"{counts['adjudicated']} / {counts['votes']} / {counts['annotators']} |"
+        )
     if stats.get("sources"):
         lines.append(
             "| judgements by source | "
@@ -409,7 +412,13 @@ def _size_category(rows: int) -> str:
     return "1M<n<10M" if rows < 10_000_000 else "n>10M"
 
 
-def export_estimate(*, project: Project, format: str, filters: PreferenceFilters) -> int:  # noqa: A002
+def export_estimate(
+    *,
+    project: Project,
+    format: str,
+    filters: PreferenceFilters,
+    counts: dict[str, int] | None = None,  # noqa: A002
+) -> int:
     """An upper bound of the rows (for progress bars): exact for raw, from `preference_counts` otherwise."""
     if format == "raw":
         return Ranking.objects.filter(comparison__project=project).count()
@@ -417,7 +426,7 @@ def export_estimate(*, project: Project, format: str, filters: PreferenceFilters
         return Prompt.objects.filter(project=project).count()
     if format == "kto":
         return Response.objects.filter(prompt__project=project).count()
-    counts = preference_counts(project=project, filters=filters)
+    counts = counts or preference_counts(project=project, filters=filters)
     if format == "pairwise":
         return counts["max_pairs"]
     if filters.aggregation == "all":
@@ -435,11 +444,13 @@ def export_write(
     card_path: Path | None = None,
     on_progress: Callable[[int], None] | None = None,
     chunk_size: int = 2000,
+    counts: dict[str, int] | None = None,
 ) -> ExportResult:
     """Write the export to `dest` (a file, or a directory for "hf") and its dataset card, both atomically.
 
     The card goes to `card_path`, by default `README.md` inside an hf directory and `<dest>.README.md` beside a
-    file. `on_progress(rows)` is called about once a second.
+    file. `on_progress(rows)` is called about once a second. `counts` (from `preference_counts`, which callers
+    that show progress have anyway) go into the card when given.
     """
     filters = filters or PreferenceFilters()
     if format not in FORMATS:
@@ -451,7 +462,6 @@ def export_write(
     if card_path is None:
         card_path = dest / "README.md" if file_type == "hf" else dest.with_name(dest.name + ".README.md")
     started = timezone.now()
-    counts = preference_counts(project=project, filters=filters)
     records = iter_preference_records(project=project, filters=filters, format=format, chunk_size=chunk_size)
     sink = _Sink(RECORD_CODECS[format], on_progress)
     scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
@@ -495,7 +505,7 @@ def export_write(
         rows=sink.stats.rows,
         content_hash=sink.hasher.hexdigest(),
         size_bytes=size,
-        stats={**stats, "counts": counts},
+        stats={**stats, "counts": counts or {}},
     )
 
 
@@ -550,7 +560,10 @@ def export_run(*, export_id: int) -> Export:
     if export.status == Export.Status.DONE:
         return export
     filters = PreferenceFilters.from_dict(export.filters)
-    estimate = max(1, export_estimate(project=export.project, format=export.format, filters=filters))
+    counts = preference_counts(project=export.project, filters=filters)
+    estimate = max(
+        1, export_estimate(project=export.project, format=export.format, filters=filters, counts=counts)
+    )
     Export.objects.filter(pk=export.pk).update(
         status=Export.Status.RUNNING, started_at=timezone.now(), progress=0.0, rows=0, error=""
     )
@@ -570,6 +583,7 @@ def export_run(*, export_id: int) -> Export:
             dest=folder / data_name,
             card_path=folder / "README.md",
             on_progress=on_progress,
+            counts=counts,
         )
     except Exception as exc:
         Export.objects.filter(pk=export.pk).update(

@@ -1,0 +1,320 @@
+"""Serializers: the shape of requests and responses only; the rules live in the services."""
+
+from __future__ import annotations
+
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from labeling.models import MAX_K, MIN_K, Comparison, Export, Project, Prompt, Ranking, Response
+from labeling.selectors.preferences import AGGREGATIONS, FORMATS, annotator_pseudonym
+from labeling.services.exports import FILE_TYPES
+from labeling.services.projects import PAIRINGS
+from labeling.services.rankings import SKIP_REASONS
+from training.models import ModelVersion, StageRun, TrainingRun
+
+
+class ProjectSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Project
+        fields = [
+            "id",
+            "slug",
+            "name",
+            "guidelines",
+            "mode",
+            "k",
+            "allow_ties",
+            "overlap",
+            "lease_seconds",
+            "gold_ratio",
+            "trust_threshold",
+            "created_at",
+        ]
+        read_only_fields = ["id", "created_at"]
+
+
+class MessageSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["system", "user", "assistant"])
+    content = serializers.CharField()
+
+
+class PromptSerializer(serializers.ModelSerializer):
+    project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    messages = MessageSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Prompt
+        fields = ["id", "project", "external_id", "messages", "domain", "metadata", "created_at"]
+
+
+class PromptImportSerializer(serializers.Serializer):
+    """Records in the import format (one object per JSONL line) or a JSONL/CSV file upload; same validation."""
+
+    project = serializers.SlugField(max_length=64, help_text="Project slug; created when missing.")
+    records = serializers.ListField(
+        child=serializers.JSONField(),
+        required=False,
+        help_text="Prompt, response or comparison objects, exactly as lines of a JSONL import file.",
+    )
+    file = serializers.FileField(required=False, help_text="A .jsonl or .csv file (multipart upload).")
+    build_k = serializers.IntegerField(required=False, allow_null=True, min_value=MIN_K, max_value=MAX_K)
+    pairing = serializers.ChoiceField(choices=list(PAIRINGS), default="all")
+
+    def validate(self, attrs):
+        if bool(attrs.get("records")) == bool(attrs.get("file")):
+            raise serializers.ValidationError("Send either `records` or a `file`.")
+        return attrs
+
+
+class ImportReportSerializer(serializers.Serializer):
+    lines = serializers.IntegerField()
+    prompts_created = serializers.IntegerField()
+    prompts_existing = serializers.IntegerField()
+    responses_created = serializers.IntegerField()
+    responses_existing = serializers.IntegerField()
+    comparisons_created = serializers.IntegerField()
+    comparisons_existing = serializers.IntegerField()
+    comparisons_built = serializers.IntegerField()
+    summary = serializers.CharField()
+
+
+class ResponseSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Response
+        fields = [
+            "id",
+            "prompt",
+            "external_id",
+            "content",
+            "model_version",
+            "source_name",
+            "generation_params",
+            "created_at",
+        ]
+
+
+class ComparisonSerializer(serializers.ModelSerializer):
+    project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    response_ids = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Comparison
+        fields = [
+            "id",
+            "project",
+            "prompt",
+            "external_id",
+            "k",
+            "response_ids",
+            "priority",
+            "is_gold",
+            "status",
+            "created_at",
+        ]
+
+    @extend_schema_field(serializers.ListField(child=serializers.IntegerField()))
+    def get_response_ids(self, comparison: Comparison) -> list[int]:
+        return [item.response_id for item in comparison.items.all()]
+
+
+class RankingSerializer(serializers.ModelSerializer):
+    annotator = serializers.SerializerMethodField(help_text="Pseudonymised annotator id (stable keyed hash).")
+    project = serializers.SlugRelatedField(source="comparison.project", slug_field="slug", read_only=True)
+
+    class Meta:
+        model = Ranking
+        fields = [
+            "id",
+            "comparison",
+            "project",
+            "annotator",
+            "ranks",
+            "both_bad",
+            "flags",
+            "rationale",
+            "seconds_spent",
+            "display_order",
+            "created_at",
+        ]
+
+    def get_annotator(self, ranking: Ranking) -> str:
+        return annotator_pseudonym(ranking.annotator_id)
+
+
+class LeaseRequestSerializer(serializers.Serializer):
+    project = serializers.SlugField(help_text="Slug of the project to take the next item from.")
+
+
+class ShownResponseSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    letter = serializers.CharField()
+    position = serializers.IntegerField(help_text="1-based position in this annotator's display order.")
+    content = serializers.CharField()
+
+
+class AssignmentSerializer(serializers.Serializer):
+    """A leased item: rank `responses` (shown in this order) and submit before `leased_until`."""
+
+    assignment = serializers.IntegerField(source="assignment.id")
+    project = serializers.CharField(source="assignment.project.slug")
+    comparison = serializers.IntegerField(source="assignment.comparison_id")
+    is_gold = serializers.BooleanField(source="assignment.comparison.is_gold")
+    leased_until = serializers.DateTimeField(source="assignment.leased_until")
+    allow_ties = serializers.BooleanField(source="assignment.project.allow_ties")
+    prompt = MessageSerializer(many=True, source="assignment.comparison.prompt.messages")
+    responses = ShownResponseSerializer(many=True)
+
+
+class SubmitSerializer(serializers.Serializer):
+    """Give `choice` (a | b | tie | both_bad, relative to the displayed order) for a pairwise item or `ranks`
+    ({response id: rank}, 1 best, equal ranks tie) for any item. Validation is the annotator UI's."""
+
+    assignment = serializers.IntegerField()
+    choice = serializers.CharField(required=False, allow_blank=True, allow_null=True)
+    ranks = serializers.DictField(child=serializers.JSONField(), required=False, allow_null=True)
+    flags = serializers.ListField(child=serializers.CharField(), required=False, default=list)
+    rationale = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class SkipSerializer(serializers.Serializer):
+    assignment = serializers.IntegerField()
+    reason = serializers.CharField(help_text=f"One of {', '.join(SKIP_REASONS)} or free text.")
+
+
+class ModelVersionSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "id",
+            "name",
+            "kind",
+            "base",
+            "parent",
+            "artifact_path",
+            "sha256",
+            "source",
+            "config",
+            "metrics",
+            "num_parameters",
+            "created_at",
+        ]
+
+
+class StageRunSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = StageRun
+        fields = [
+            "id",
+            "position",
+            "kind",
+            "peft",
+            "status",
+            "step",
+            "total_steps",
+            "output_model",
+            "started_at",
+            "finished_at",
+            "error",
+        ]
+
+
+class TrainingRunSerializer(serializers.ModelSerializer):
+    project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    stages = StageRunSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = TrainingRun
+        fields = [
+            "id",
+            "project",
+            "preset",
+            "status",
+            "base_model",
+            "config",
+            "dataset_filters",
+            "dataset_hash",
+            "dataset_counts",
+            "error",
+            "stages",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+
+
+class FiltersSerializer(serializers.Serializer):
+    """labeling.selectors.preferences.PreferenceFilters."""
+
+    date_from = serializers.CharField(
+        required=False, allow_null=True, help_text="YYYY-MM-DD or ISO date-time."
+    )
+    date_to = serializers.CharField(
+        required=False, allow_null=True, help_text="YYYY-MM-DD (inclusive) or ISO."
+    )
+    min_agreement = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1)
+    exclude_flagged = serializers.BooleanField(required=False, default=True)
+    gold_qualified_only = serializers.BooleanField(required=False, default=False)
+    adjudicated_only = serializers.BooleanField(required=False, default=False)
+    aggregation = serializers.ChoiceField(choices=list(AGGREGATIONS), required=False, default="majority")
+
+
+class ExportSerializer(serializers.ModelSerializer):
+    project = serializers.SlugRelatedField(slug_field="slug", queryset=Project.objects.all())
+    format = serializers.ChoiceField(choices=list(FORMATS), default="pairwise")
+    file_type = serializers.ChoiceField(choices=list(FILE_TYPES), default="jsonl")
+    filters = FiltersSerializer(required=False)
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    download_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Export
+        fields = [
+            "id",
+            "project",
+            "format",
+            "file_type",
+            "filters",
+            "status",
+            "rows",
+            "progress",
+            "size_bytes",
+            "content_hash",
+            "stats",
+            "error",
+            "download_url",
+            "created_by",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+        read_only_fields = [
+            "status",
+            "rows",
+            "progress",
+            "size_bytes",
+            "content_hash",
+            "stats",
+            "error",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_download_url(self, export: Export) -> str | None:
+        if export.status != Export.Status.DONE:
+            return None
+        url = reverse("api:export-download", args=[export.pk])
+        request = self.context.get("request")
+        return request.build_absolute_uri(url) if request else url
+
+
+class TokenRequestSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    password = serializers.CharField(style={"input_type": "password"}, trim_whitespace=False)
+
+
+class TokenSerializer(serializers.Serializer):
+    token = serializers.CharField()

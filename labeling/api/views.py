@@ -1,0 +1,301 @@
+"""REST API views: authentication, permissions, (de)serialisation; every rule is in a service or a selector."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from django.core.exceptions import ValidationError
+from django.db.models import Prefetch
+from django.http import FileResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response as ApiResponse
+from rest_framework.throttling import AnonRateThrottle
+from rest_framework.views import APIView
+
+from core.roles import Role
+from core.selectors import user_roles
+from labeling.api import filters, serializers
+from labeling.api.permissions import IsAdmin, IsAnnotator, IsResearcherOrAdmin, ReadAnyRoleWriteAdmin
+from labeling.models import Comparison, ComparisonResponse, Export, Project, Prompt, Ranking, Response
+from labeling.selectors.annotation import assignment_responses
+from labeling.services.api_tokens import api_token_for_credentials
+from labeling.services.exports import export_create, export_file_path, iter_directory_tar
+from labeling.services.imports import import_apply, import_plan
+from labeling.services.leasing import assignment_lease_next
+from labeling.services.projects import project_get_or_create
+from labeling.services.rankings import assignment_skip, ranking_submit
+from training.models import ModelVersion, StageRun, TrainingRun
+
+
+class TokenThrottle(AnonRateThrottle):
+    rate = "30/min"
+
+
+class TokenView(APIView):
+    """Exchange a username and password for the user's API token (`Authorization: Token <key>`)."""
+
+    permission_classes = [AllowAny]
+    authentication_classes: list = []
+    throttle_classes = [TokenThrottle]
+
+    @extend_schema(request=serializers.TokenRequestSerializer, responses=serializers.TokenSerializer)
+    def post(self, request):
+        data = serializers.TokenRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        token = api_token_for_credentials(request=request, **data.validated_data)
+        return ApiResponse({"token": token.key})
+
+
+class ProjectViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
+):
+    """Projects: every role reads, admins create."""
+
+    queryset = Project.objects.all()
+    serializer_class = serializers.ProjectSerializer
+    permission_classes = [ReadAnyRoleWriteAdmin]
+    lookup_field = "slug"
+    filterset_fields = ["mode"]
+    ordering_fields = ["slug", "created_at"]
+
+    def perform_create(self, serializer):
+        data = dict(serializer.validated_data)
+        slug = data.pop("slug")
+        project, created = project_get_or_create(slug=slug, defaults=data)
+        if not created:
+            raise ValidationError({"slug": f"A project {slug!r} exists already."})
+        serializer.instance = project
+
+
+class PromptViewSet(viewsets.ReadOnlyModelViewSet):
+    """Prompts (researchers and admins); admins import prompts, responses and comparisons in bulk."""
+
+    queryset = Prompt.objects.select_related("project")
+    serializer_class = serializers.PromptSerializer
+    permission_classes = [IsResearcherOrAdmin]
+    filterset_class = filters.PromptFilter
+    ordering_fields = ["id", "created_at"]
+
+    @extend_schema(
+        request={
+            "application/json": serializers.PromptImportSerializer,
+            "multipart/form-data": serializers.PromptImportSerializer,
+        },
+        responses={
+            201: serializers.ImportReportSerializer,
+            400: OpenApiResponse(description="Nothing imported: `errors` lists every bad line and field."),
+        },
+    )
+    @action(
+        detail=False,
+        methods=["post"],
+        url_path="import",
+        permission_classes=[IsAdmin],
+        parser_classes=[JSONParser, MultiPartParser, FormParser],
+        serializer_class=serializers.PromptImportSerializer,
+        filterset_class=None,
+    )
+    def bulk_import(self, request):
+        """The same whole-file validation as `manage.py import_data` and the upload page: all or nothing."""
+        data = serializers.PromptImportSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        if values.get("file") is not None:
+            upload = values["file"]
+            raw = upload.read()
+            fmt = "csv" if upload.name.lower().endswith(".csv") else "jsonl"
+        else:
+            raw = "\n".join(json.dumps(record, ensure_ascii=False) for record in values["records"]).encode()
+            fmt = "jsonl"
+        plan = import_plan(data=raw, fmt=fmt)
+        report = import_apply(
+            project_slug=values["project"],
+            plan=plan,
+            build_k=values.get("build_k"),
+            pairing=values["pairing"],
+        )
+        payload = {**report.__dict__, "summary": report.summary()}
+        return ApiResponse(serializers.ImportReportSerializer(payload).data, status=status.HTTP_201_CREATED)
+
+
+class ResponseViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = Response.objects.all()
+    serializer_class = serializers.ResponseSerializer
+    permission_classes = [IsResearcherOrAdmin]
+    filterset_class = filters.ResponseFilter
+    ordering_fields = ["id", "created_at"]
+
+
+class ComparisonViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = Comparison.objects.select_related("project").prefetch_related(
+        Prefetch("items", queryset=ComparisonResponse.objects.order_by("position"))
+    )
+    serializer_class = serializers.ComparisonSerializer
+    permission_classes = [IsResearcherOrAdmin]
+    filterset_class = filters.ComparisonFilter
+    ordering_fields = ["id", "priority", "created_at"]
+
+
+def _assignment_payload(assignment) -> dict:
+    return {
+        "assignment": assignment,
+        "responses": [
+            {
+                "id": shown.response.id,
+                "letter": shown.letter,
+                "position": shown.position,
+                "content": shown.response.content,
+            }
+            for shown in assignment_responses(assignment=assignment)
+        ],
+    }
+
+
+@extend_schema_view(
+    list=extend_schema(description="Researchers and admins see every ranking; annotators only their own."),
+    retrieve=extend_schema(
+        description="Researchers and admins see every ranking; annotators only their own."
+    ),
+)
+class RankingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Rankings; annotators lease the next item (`next`), then `submit` or `skip` it, as in the browser."""
+
+    serializer_class = serializers.RankingSerializer
+    filterset_class = filters.RankingFilter
+    ordering_fields = ["id", "created_at"]
+
+    def get_permissions(self):
+        if self.action in ("next", "submit", "skip"):
+            return [IsAnnotator()]
+        return [(IsAnnotator | IsResearcherOrAdmin)()]
+
+    def get_queryset(self):
+        queryset = Ranking.objects.select_related("comparison__project")
+        if getattr(self, "swagger_fake_view", False):  # schema generation: no user
+            return queryset.none()
+        roles = user_roles(user=self.request.user)
+        if not roles & {Role.RESEARCHER, Role.ADMIN}:
+            queryset = queryset.filter(annotator=self.request.user)
+        return queryset
+
+    @extend_schema(
+        request=serializers.LeaseRequestSerializer,
+        responses={
+            200: serializers.AssignmentSerializer,
+            204: OpenApiResponse(description="Nothing to rank."),
+        },
+    )
+    @action(detail=False, methods=["post"], filterset_class=None)
+    def next(self, request):
+        """Lease the next comparison (or renew the live lease you hold): the same queue as the browser."""
+        data = serializers.LeaseRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        project = get_object_or_404(Project, slug=data.validated_data["project"])
+        assignment = assignment_lease_next(project=project, annotator=request.user)
+        if assignment is None:
+            return ApiResponse(status=status.HTTP_204_NO_CONTENT)
+        return ApiResponse(serializers.AssignmentSerializer(_assignment_payload(assignment)).data)
+
+    @extend_schema(request=serializers.SubmitSerializer, responses={201: serializers.RankingSerializer})
+    @action(detail=False, methods=["post"], filterset_class=None)
+    def submit(self, request):
+        """Submit a ranking of your leased item; the errors are the annotator UI's, word for word."""
+        data = serializers.SubmitSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        ranking = ranking_submit(
+            assignment_id=values["assignment"],
+            annotator=request.user,
+            choice=values.get("choice") or None,
+            ranks=values.get("ranks"),
+            flags=values.get("flags", []),
+            rationale=values.get("rationale", ""),
+        )
+        return ApiResponse(serializers.RankingSerializer(ranking).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=serializers.SkipSerializer, responses={204: None})
+    @action(detail=False, methods=["post"], filterset_class=None)
+    def skip(self, request):
+        """Give your leased item back with a reason; it never comes back to you."""
+        data = serializers.SkipSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        assignment_skip(
+            assignment_id=data.validated_data["assignment"],
+            annotator=request.user,
+            reason=data.validated_data["reason"],
+        )
+        return ApiResponse(status=status.HTTP_204_NO_CONTENT)
+
+
+class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = ModelVersion.objects.all()
+    serializer_class = serializers.ModelVersionSerializer
+    permission_classes = [IsResearcherOrAdmin]
+    filterset_class = filters.ModelVersionFilter
+    ordering_fields = ["id", "created_at"]
+
+
+class TrainingRunViewSet(viewsets.ReadOnlyModelViewSet):
+    """Training runs with their stages (read-only here; admins launch runs from the training pages)."""
+
+    queryset = TrainingRun.objects.select_related("project").prefetch_related(
+        Prefetch("stages", queryset=StageRun.objects.order_by("position"))
+    )
+    serializer_class = serializers.TrainingRunSerializer
+    permission_classes = [IsResearcherOrAdmin]
+    filterset_class = filters.TrainingRunFilter
+    ordering_fields = ["id", "created_at"]
+
+
+class ExportViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
+):
+    """Dataset exports: create one (a Celery task on the `default` queue writes it), watch it, download it."""
+
+    queryset = Export.objects.select_related("project", "created_by")
+    serializer_class = serializers.ExportSerializer
+    permission_classes = [IsResearcherOrAdmin]
+    filterset_class = filters.ExportFilter
+    ordering_fields = ["id", "created_at"]
+
+    def perform_create(self, serializer):
+        values = serializer.validated_data
+        serializer.instance = export_create(
+            project=values["project"],
+            format=values["format"],
+            file_type=values["file_type"],
+            filters=values.get("filters") or {},
+            created_by=self.request.user,
+        )
+
+    def create(self, request, *args, **kwargs):
+        response = super().create(request, *args, **kwargs)
+        response.status_code = status.HTTP_202_ACCEPTED
+        return response
+
+    @extend_schema(
+        responses={
+            (200, "application/octet-stream"): OpenApiTypes.BINARY,
+            400: OpenApiResponse(description="The export is not finished."),
+        }
+    )
+    @action(detail=True, methods=["get"], filterset_class=None)
+    def download(self, request, pk=None):
+        """The data file (JSONL or Parquet), or a tar of the Hugging Face dataset directory and its card."""
+        export = self.get_object()
+        path = export_file_path(export=export)
+        name = f"{export.project.slug}-{export.format}-{export.pk}"
+        if path.is_dir():
+            response = StreamingHttpResponse(
+                iter_directory_tar(Path(path).parent, arcname=name), content_type="application/x-tar"
+            )
+            response["Content-Disposition"] = f'attachment; filename="{name}.tar"'
+            return response
+        return FileResponse(open(path, "rb"), as_attachment=True, filename=f"{name}{path.suffix}")
