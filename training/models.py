@@ -81,6 +81,9 @@ class TrainingRun(models.Model):
     dataset_hash = models.CharField(max_length=64, blank=True)
     dataset_counts = models.JSONField(default=dict, blank=True)
     cancel_requested = models.BooleanField(default=False)
+    sample_after = models.JSONField(
+        null=True, blank=True, help_text="Sampling options: when set, the final policy generates new comparisons."
+    )
     error = models.TextField(blank=True)
     created_by = models.ForeignKey(
         "auth.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="training_runs"

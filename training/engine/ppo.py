@@ -297,7 +297,8 @@ def prompt_rows_for_iteration(data: Dataset, iteration: int, batch_size: int, se
 
 
 def save_checkpoint(checkpoint_dir: Path, iteration: int, policy, value_head, optimizer, kl_controller,
-                    sampling_generator: torch.Generator, shuffle_generator: torch.Generator) -> Path:
+                    sampling_generator: torch.Generator, shuffle_generator: torch.Generator,
+                    history: list[dict[str, float]]) -> Path:
     """Written into a temp folder and renamed, so a crash never leaves a half checkpoint; older ones are removed."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     trainable_names = set(trainable_parameters(policy))
@@ -310,6 +311,7 @@ def save_checkpoint(checkpoint_dir: Path, iteration: int, policy, value_head, op
         "sampling_rng": sampling_generator.get_state(),
         "shuffle_rng": shuffle_generator.get_state(),
         "torch_rng": torch.get_rng_state(),
+        "history": history,  # so the artifact's metrics.json covers the whole run after a resume
     }
     staging = Path(tempfile.mkdtemp(prefix=".tmp-step-", dir=checkpoint_dir))
     torch.save(state, staging / CHECKPOINT_FILE)
@@ -326,7 +328,9 @@ def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
     return candidates[-1] if candidates else None
 
 
-def load_checkpoint(path: Path, policy, value_head, optimizer, kl_controller, sampling_generator, shuffle_generator) -> int:
+def load_checkpoint(path: Path, policy, value_head, optimizer, kl_controller, sampling_generator, shuffle_generator
+                    ) -> tuple[int, list[dict[str, float]]]:
+    """Restore everything `save_checkpoint` wrote; returns (iterations done, metrics history so far)."""
     state = torch.load(path / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     missing = policy.load_state_dict(state["policy"], strict=False)
     if missing.unexpected_keys:
@@ -337,7 +341,7 @@ def load_checkpoint(path: Path, policy, value_head, optimizer, kl_controller, sa
     sampling_generator.set_state(state["sampling_rng"])
     shuffle_generator.set_state(state["shuffle_rng"])
     torch.set_rng_state(state["torch_rng"])
-    return state["iteration"]
+    return state["iteration"], state["history"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -353,10 +357,13 @@ def run_stage(
     should_stop: StopCallback,
     reward_model: ModelRef | None = None,
 ) -> StageResult:
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        # Found now rather than when the finished artifact is moved into place, after all the training.
+        raise FileExistsError(f"{out_dir} already exists; artifacts are immutable")
     check_inputs(data, config, reward_model)
     seed_everything(config.seed)
     device = pick_device(config.device)
-    out_dir = Path(out_dir)
     checkpoint_dir = checkpoint_dir_for(out_dir)
 
     # Policy in fp32 (its master weights); on CUDA the forward passes run under bf16 autocast.
@@ -381,13 +388,12 @@ def run_stage(
     sampling_generator = torch.Generator(device=device).manual_seed(config.seed)
     shuffle_generator = torch.Generator().manual_seed(config.seed + 1)
 
-    start_iteration = 0
+    start_iteration, history = 0, []
     if (checkpoint := latest_checkpoint(checkpoint_dir)) is not None:
-        start_iteration = load_checkpoint(checkpoint, policy, value_head, optimizer, kl_controller,
-                                          sampling_generator, shuffle_generator)
+        start_iteration, history = load_checkpoint(checkpoint, policy, value_head, optimizer, kl_controller,
+                                                   sampling_generator, shuffle_generator)
 
     sampling = config.sampling
-    history: list[dict[str, float]] = []
     try:
         for iteration in range(start_iteration, config.max_steps):
             _stop_if_asked(should_stop)
@@ -448,7 +454,7 @@ def run_stage(
             if config.checkpoint_every > 0 and (iteration + 1) % config.checkpoint_every == 0 \
                     and iteration + 1 < config.max_steps:
                 save_checkpoint(checkpoint_dir, iteration + 1, policy, value_head, optimizer, kl_controller,
-                                sampling_generator, shuffle_generator)
+                                sampling_generator, shuffle_generator, history)
     except StageCancelled:
         last = history[-1] if history else {}
         return StageResult(status="cancelled", artifact_path=None,

@@ -18,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from training.engine import stages as engine_stages
@@ -27,6 +27,7 @@ from training.engine.common import ModelRef, StepMetrics, checkpoint_dir_for, pi
 from training.models import ModelVersion, StageRun, TrainingRun
 from training.services import datasets
 from training.services.registry import model_version_register
+from training.signals import training_run_succeeded
 
 logger = logging.getLogger(__name__)
 
@@ -124,9 +125,12 @@ class _Heartbeat(threading.Thread):
     def run(self) -> None:
         try:
             while not self.stopped.wait(self.interval):
-                StageRun.objects.filter(pk=self.stage_id, status=StageRun.Status.RUNNING).update(
-                    heartbeat_at=timezone.now()
-                )
+                try:
+                    StageRun.objects.filter(pk=self.stage_id, status=StageRun.Status.RUNNING).update(
+                        heartbeat_at=timezone.now()
+                    )
+                except DatabaseError:  # a busy database must not kill the stage: the next beat tries again
+                    logger.warning("heartbeat of stage %s not written this time", self.stage_id, exc_info=True)
         finally:
             connection.close()  # this thread's own connection
 
@@ -255,6 +259,8 @@ def _finish_succeeded(*, stage: StageRun, start: ModelVersion, out_dir: Path, me
         following = stage.run.stages.filter(position__gt=stage.position).order_by("position").first()
         if following is None:
             TrainingRun.objects.filter(pk=stage.run_id).update(status=TrainingRun.Status.SUCCEEDED, finished_at=now)
+            run = TrainingRun.objects.get(pk=stage.run_id)
+            transaction.on_commit(lambda: training_run_succeeded.send(sender=TrainingRun, run=run))
         else:
             transaction.on_commit(lambda: stage_enqueue(stage_run=following))
     return StageRun.Status.SUCCEEDED

@@ -22,6 +22,8 @@ PRESET_STAGES: dict[str, tuple[str, ...]] = {
     TrainingRun.Preset.REWARD: ("reward",),
     TrainingRun.Preset.SFT: ("sft",),
 }
+# What `sample_after` may hold: the keyword arguments of loop.services.sampling.sampling_job_create it passes on.
+SAMPLE_AFTER_OPTIONS = {"pool", "limit", "params", "make_comparisons", "uncertain_share"}
 # What a preset fixes in a stage's config, whatever the form says.
 PRESET_FIXED: dict[tuple[str, str], dict] = {
     (TrainingRun.Preset.RLHF, "ppo"): {"reward_source": "reward_model"},
@@ -111,12 +113,17 @@ def training_run_launch(
     peft: str | dict[str, str] = "full",
     stage_configs: dict | None = None,
     filters: dict | None = None,
+    sample_after: dict | None = None,
 ) -> TrainingRun:
     """Validate, freeze the dataset, create the run and its stages, and enqueue the first stage on `gpu`.
 
     Returns at once; on invalid input raises ValidationError and creates and enqueues nothing.
     """
     plan = launch_plan_validate(preset=preset, peft=peft, stage_configs=stage_configs, filters=filters)
+    if sample_after is not None:
+        unknown = set(sample_after) - SAMPLE_AFTER_OPTIONS
+        if unknown:
+            raise ValidationError({"sample_after": [f"Unknown sampling options: {', '.join(sorted(unknown))}."]})
     base_model = base_model or default_base_model()
     if base_model is None:
         raise ValidationError({"base_model": ["No base model is registered: run `manage.py import_base_model`."]})
@@ -138,6 +145,7 @@ def training_run_launch(
             dataset_filters=plan.filters.to_dict(),
             dataset_hash=snapshot.content_hash,
             dataset_counts=snapshot.counts,
+            sample_after=sample_after,
         )
         run.full_clean()
         run.save()

@@ -1,0 +1,12 @@
+from django.apps import AppConfig
+
+
+class LoopConfig(AppConfig):
+    """Closing the loop: trained policies generate new comparisons (uncertain first), simulated annotators for
+    headless runs, and the leaderboard of model versions from human rankings."""
+
+    name = "loop"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from loop import signals  # noqa: F401  (connects "sample after a successful training run")

@@ -1,0 +1,22 @@
+"""Sample from a run's final policy when the run asked for it (TrainingRun.sample_after)."""
+
+from django.dispatch import receiver
+
+from training.signals import training_run_succeeded
+
+
+@receiver(training_run_succeeded)
+def sample_after_training_run(sender, run, **kwargs) -> None:
+    if not run.sample_after:
+        return
+    from loop.services.sampling import sampling_job_create
+    from training.models import ModelVersion
+
+    final = (
+        ModelVersion.objects.filter(stage_run__run=run, kind=ModelVersion.Kind.POLICY)
+        .order_by("-stage_run__position")
+        .first()
+    )
+    if final is None:  # e.g. a reward-model-only run: nothing generates text
+        return
+    sampling_job_create(project=run.project, model_version=final, created_by=run.created_by, **(run.sample_after or {}))

@@ -1,0 +1,72 @@
+"""Loop pages: sampling jobs (admins) and the model leaderboard (admins, researchers)."""
+
+from django.contrib import messages
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET
+
+from core.permissions import role_required
+from core.roles import Role
+from labeling.models import Project
+from loop.forms import SamplingForm
+from loop.models import SamplingJob
+from loop.selectors import leaderboard
+from loop.services.sampling import sampling_job_create
+
+admin_required = role_required(Role.ADMIN)
+reader_required = role_required(Role.ADMIN, Role.RESEARCHER)
+
+
+@admin_required
+def sampling(request: HttpRequest) -> HttpResponse:
+    form = SamplingForm(request.POST or None, initial={"model_version": request.GET.get("model_version")})
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            job = sampling_job_create(
+                project=data["project"], model_version=data["model_version"], pool=data["pool"], limit=data["limit"],
+                params=form.params(), make_comparisons=data["make_comparisons"],
+                uncertain_share=data["uncertain_share"], created_by=request.user,
+            )  # fmt: skip
+        except ValidationError as exc:
+            for field, errors in exc.message_dict.items():
+                for error in errors:
+                    form.add_error(field if field in form.fields else None, error)
+        else:
+            messages.success(request, f"Sampling job #{job.pk} is queued.")
+            return redirect("loop:sampling")
+    status = 422 if request.method == "POST" else 200
+    context = {"form": form, "jobs": SamplingJob.objects.select_related("project", "model_version")[:50]}
+    return render(request, "loop/sampling.html", context, status=status)
+
+
+@admin_required
+@require_GET
+def sampling_jobs(request: HttpRequest) -> HttpResponse:
+    jobs = SamplingJob.objects.select_related("project", "model_version")[:50]
+    return render(request, "loop/partials/sampling_jobs.html", {"jobs": jobs})
+
+
+@reader_required
+def leaderboard_page(request: HttpRequest, slug: str) -> HttpResponse:
+    project = get_object_or_404(Project, slug=slug)
+    board = leaderboard(project=project)
+    models = board.models
+    matrix = [
+        (row, [board.win_rates.get((row, column)) if row != column else None for column in models]) for row in models
+    ]
+    chart = [{"model": r.model, "elo": r.elo, "low": r.elo_low, "high": r.elo_high} for r in board.ratings]
+    return render(
+        request, "loop/leaderboard.html",
+        {"project": project, "board": board, "matrix": matrix, "chart": chart, "projects": Project.objects.order_by("name")},
+    )  # fmt: skip
+
+
+@reader_required
+def leaderboard_index(request: HttpRequest) -> HttpResponse:
+    project = Project.objects.order_by("name").first()
+    if project is None:
+        messages.info(request, "No project yet.")
+        return redirect("home")
+    return redirect("loop:leaderboard", slug=project.slug)
