@@ -244,6 +244,50 @@ class TrainingRunSerializer(serializers.ModelSerializer):
         ]
 
 
+class TrainingRunLaunchSerializer(serializers.Serializer):
+    """Launch a training run (admins). Only the shapes are checked here: `training_run_launch` validates the
+    values and answers 400 with one list of messages per field (`preset`, `filters`, `sample_after`,
+    `base_model`, `config`, `<stage>.peft.method`, `<stage>.<config field>` such as `sft.max_steps`, `ppo.rules`)."""
+
+    project = serializers.SlugRelatedField(slug_field="slug", queryset=Project.objects.all())
+    preset = serializers.CharField(
+        help_text="rlhf | rft | preference | reward | sft (its stages run in order)."
+    )
+    base_model = serializers.PrimaryKeyRelatedField(
+        queryset=ModelVersion.objects.all(),
+        required=False,
+        allow_null=True,
+        help_text="A policy model version; by default the registry's base model.",
+    )
+    peft = serializers.JSONField(
+        required=False,
+        default="full",
+        help_text='"full" | "lora" | "adapter" for every stage, or {stage kind: method}.',
+    )
+    stage_configs = serializers.DictField(
+        child=serializers.DictField(),
+        required=False,
+        default=dict,
+        help_text='{stage kind: {engine config field: value}}, e.g. {"sft": {"max_steps": 100}}.',
+    )
+    filters = serializers.DictField(
+        required=False, default=dict, help_text="Dataset filters (see the exports' `filters`)."
+    )
+    sample_after = serializers.DictField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Sample the new policy's answers for ranking when the run succeeds (sampling job options).",
+    )
+
+    def validate_peft(self, value):
+        if isinstance(value, str) or (
+            isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+        ):
+            return value
+        raise serializers.ValidationError('A method name, or an object {"stage kind": "method"}.')
+
+
 class FiltersSerializer(serializers.Serializer):
     """labeling.selectors.preferences.PreferenceFilters."""
 

@@ -9,7 +9,7 @@ import pytest
 from labeling.models import Ranking
 from labeling.services.exports import export_create, export_run
 from labeling.services.leasing import assignment_lease_next
-from training.models import ModelVersion, TrainingRun
+from training.models import ModelVersion, StageRun, TrainingRun
 
 from .conftest import PASSWORD, ROLES, make_comparison, make_project, make_user
 
@@ -18,6 +18,7 @@ pytestmark = pytest.mark.django_db
 # expected status per role: (anonymous, annotator, researcher, admin)
 READ_ANY = (401, 200, 200, 200)
 READ_RESEARCH = (401, 403, 200, 200)
+ADMIN_ONLY = (401, 403, 403, 200)
 
 
 @pytest.fixture
@@ -31,6 +32,17 @@ def world(users, tmp_path):
     foreign = ranking_submit(assignment_id=lease.pk, annotator=other, choice="a")
     version = ModelVersion.objects.create(name="base", artifact_path="models/base", sha256="0" * 64)
     run = TrainingRun.objects.create(project=project, preset="sft", base_model=version)
+    # Failed stages to resume and to retry (on-commit hooks never run here: nothing is enqueued).
+    failed = []
+    for _ in range(2):
+        stopped = TrainingRun.objects.create(
+            project=project, preset="sft", base_model=version, status=TrainingRun.Status.FAILED
+        )
+        failed.append(
+            StageRun.objects.create(
+                run=stopped, position=0, kind="sft", status=StageRun.Status.FAILED, config={}, total_steps=3
+            )
+        )
     export = export_create(
         project=project, format="pairwise", file_type="jsonl", created_by=users["researcher"], enqueue=False
     )
@@ -47,6 +59,8 @@ def world(users, tmp_path):
         "foreign_ranking": foreign,
         "version": version,
         "run": run,
+        "resumable": failed[0],
+        "retryable": failed[1],
         "export": export,
         "hf_export": hf,
     }
@@ -106,6 +120,28 @@ def _matrix(world, users):
         ("model version detail", "get", f"/api/v1/model-versions/{w['version'].pk}/", None, READ_RESEARCH),
         ("training runs list", "get", "/api/v1/training-runs/", None, READ_RESEARCH),
         ("training run detail", "get", f"/api/v1/training-runs/{w['run'].pk}/", None, READ_RESEARCH),
+        (
+            "training run launch",
+            "post",
+            "/api/v1/training-runs/",
+            {"project": p.slug, "preset": "sft", "base_model": w["version"].pk},
+            (401, 403, 403, 201),
+        ),
+        ("training run cancel", "post", f"/api/v1/training-runs/{w['run'].pk}/cancel/", None, ADMIN_ONLY),
+        (
+            "training stage resume",
+            "post",
+            f"/api/v1/training-runs/{w['resumable'].run_id}/stages/{w['resumable'].pk}/resume/",
+            None,
+            ADMIN_ONLY,
+        ),
+        (
+            "training stage retry",
+            "post",
+            f"/api/v1/training-runs/{w['retryable'].run_id}/stages/{w['retryable'].pk}/retry/",
+            None,
+            ADMIN_ONLY,
+        ),
         ("exports list", "get", "/api/v1/exports/", None, READ_RESEARCH),
         ("export detail", "get", f"/api/v1/exports/{w['export'].pk}/", None, READ_RESEARCH),
         (

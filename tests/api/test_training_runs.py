@@ -1,0 +1,132 @@
+"""Launching and steering training runs through the API (admins): 201 with the stages, 400 with the service's
+per-field errors and nothing created or enqueued, cancel / resume / retry."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import transaction
+
+from tests.training.factories import TINY_STAGE_CONFIGS, ranked_project, register_tiny_base
+from training.models import StageRun, TrainingRun
+from training.services import runs as run_services
+
+pytestmark = pytest.mark.django_db
+
+URL = "/api/v1/training-runs/"
+
+
+@pytest.fixture
+def queued(monkeypatch):
+    """Stage ids that would have been enqueued; on-commit hooks run at once (the test transaction never commits)."""
+    sent: list[int] = []
+    monkeypatch.setattr(run_services, "stage_enqueue", lambda *, stage_run: sent.append(stage_run.pk))
+    monkeypatch.setattr(transaction, "on_commit", lambda callback, using=None, robust=False: callback())
+    return sent
+
+
+@pytest.fixture
+def launchable(tiny_model_dir):
+    project = ranked_project(slug="api-train", prompts=4)
+    base = register_tiny_base(tiny_model_dir)
+    return project, base
+
+
+def test_admin_launches_a_run_with_its_stages(clients, launchable, queued):
+    project, base = launchable
+    response = clients["admin"].post(
+        URL,
+        {
+            "project": project.slug,
+            "preset": "rlhf",
+            "base_model": base.pk,
+            "peft": {"sft": "lora", "reward": "full", "ppo": "lora"},
+            "stage_configs": {kind: TINY_STAGE_CONFIGS[kind] for kind in ("sft", "reward", "ppo")},
+            "filters": {"aggregation": "all"},
+        },
+        format="json",
+    )
+    assert response.status_code == 201, response.json()
+    body = response.json()
+    run = TrainingRun.objects.get()
+    assert body["id"] == run.pk and body["preset"] == "rlhf" and body["base_model"] == base.pk
+    assert [(s["kind"], s["peft"], s["status"]) for s in body["stages"]] == [
+        ("sft", "lora", "pending"),
+        ("reward", "full", "pending"),
+        ("ppo", "lora", "pending"),
+    ]
+    assert body["stages"][0]["total_steps"] == TINY_STAGE_CONFIGS["sft"]["max_steps"]
+    assert body["dataset_filters"]["aggregation"] == "all" and len(body["dataset_hash"]) == 64
+    assert queued == [body["stages"][0]["id"]]  # only the first stage, on commit
+    # Researchers see it; the default base model is used when none is given.
+    assert clients["researcher"].get(f"{URL}{run.pk}/").json()["stages"][2]["kind"] == "ppo"
+    second = clients["admin"].post(URL, {"project": project.slug, "preset": "sft"}, format="json")
+    assert second.status_code == 201 and second.json()["base_model"] == base.pk
+
+
+def test_invalid_launch_answers_400_per_field_and_creates_nothing(clients, launchable, queued):
+    project, _ = launchable
+    response = clients["admin"].post(
+        URL,
+        {
+            "project": project.slug,
+            "preset": "rlhf",
+            "peft": {"sft": "full", "reward": "bogus", "ppo": "lora"},
+            "stage_configs": {"sft": {"max_steps": 0, "nope": 1}, "ppo": {"learning_rate": "fast"}},
+            "filters": {"min_agreement": 3},
+        },
+        format="json",
+    )
+    assert response.status_code == 400
+    errors = response.json()
+    assert errors["sft.max_steps"] == ["must be greater than 0"]
+    assert errors["ppo.learning_rate"] == ["must be a number"]
+    assert "sft.nope" in errors and "reward.peft.method" in errors and "filters" in errors
+    cases = [
+        ({"preset": "bogus"}, "preset"),
+        ({"preset": "rft"}, "ppo.rules"),  # rule-based rewards need rules
+        ({"preset": "sft", "filters": {"adjudicated_only": True}}, "filters"),  # no rows to train on
+        ({"preset": "sft", "filters": {"colour": "red"}}, "filters"),  # unknown filter
+        ({"preset": "sft", "sample_after": {"nope": 1}}, "sample_after"),
+        ({"preset": "sft", "peft": 3}, "peft"),
+        ({"preset": "sft", "stage_configs": {"sft": 5}}, "stage_configs"),
+        ({"preset": "sft", "project": "missing"}, "project"),
+        ({"preset": "sft", "base_model": 999999}, "base_model"),
+    ]
+    for payload, field in cases:
+        response = clients["admin"].post(URL, {"project": project.slug, **payload}, format="json")
+        assert response.status_code == 400, payload
+        body = response.json()
+        assert any(key == field or key.startswith(f"{field}") for key in body), (payload, body)
+    assert TrainingRun.objects.count() == 0 and StageRun.objects.count() == 0
+    assert queued == []
+
+
+def test_cancel_resume_retry(clients, launchable, queued):
+    project, base = launchable
+    launched = (
+        clients["admin"].post(URL, {"project": project.slug, "preset": "preference"}, format="json").json()
+    )
+    run_id, (first, second) = launched["id"], [s["id"] for s in launched["stages"]]
+    assert queued == [first]
+    for role in ("researcher", "annotator"):
+        assert clients[role].post(f"{URL}{run_id}/cancel/").status_code == 403
+    cancelled = clients["admin"].post(f"{URL}{run_id}/cancel/").json()
+    assert cancelled["status"] == "cancelled"
+    assert {s["status"] for s in cancelled["stages"]} == {"cancelled"}
+    # Resume the first stage: it and the later cancelled stage wait again; it is enqueued.
+    resumed = clients["admin"].post(f"{URL}{run_id}/stages/{first}/resume/").json()
+    assert resumed["status"] == "queued" and [s["status"] for s in resumed["stages"]] == [
+        "pending",
+        "pending",
+    ]
+    assert queued == [first, first]
+    # A pending stage cannot restart: the service's message, per field.
+    again = clients["admin"].post(f"{URL}{run_id}/stages/{first}/retry/")
+    assert again.status_code == 400 and "status" in again.json()
+    StageRun.objects.filter(pk=second).update(status=StageRun.Status.FAILED, step=2)
+    retried = clients["admin"].post(f"{URL}{run_id}/stages/{second}/retry/").json()
+    assert retried["stages"][1]["status"] == "pending" and retried["stages"][1]["step"] == 0
+    assert queued == [first, first, second]
+    # A stage of another run is not found.
+    other = TrainingRun.objects.create(project=project, preset="sft", base_model=base)
+    assert clients["admin"].post(f"{URL}{other.pk}/stages/{second}/resume/").status_code == 404
