@@ -10,6 +10,7 @@ from training.engine.generation import (
     completion_mask_from_ids,
     encode_prompts,
     generate,
+    pick_next_tokens,
 )
 
 PROMPTS = [
@@ -99,6 +100,24 @@ def test_sampling_is_reproducible_with_a_seeded_generator_and_top_p_near_zero_is
     nucleus_of_one = generate(model, tokenizer, PROMPTS, SamplingSettings(max_new_tokens=8, top_p=1e-6),
                               torch.Generator().manual_seed(7))
     assert nucleus_of_one.completion_ids.tolist() == greedy.completion_ids.tolist()
+
+
+def test_sampling_follows_the_temperature_and_top_p_distribution():
+    logits = torch.tensor([[0.0, 1.0, 2.0, float("-inf")]]).repeat(100_000, 1)
+    generator = torch.Generator().manual_seed(0)
+    drawn = pick_next_tokens(logits, SamplingSettings(), generator)
+    frequencies = torch.bincount(drawn, minlength=4).float() / len(drawn)
+    assert frequencies.tolist() == pytest.approx(logits[0].softmax(dim=0).tolist(), abs=0.01)
+
+    hot = pick_next_tokens(logits, SamplingSettings(temperature=2.0), generator)
+    hot_frequencies = torch.bincount(hot, minlength=4).float() / len(hot)
+    assert hot_frequencies.tolist() == pytest.approx((logits[0] / 2).softmax(dim=0).tolist(), abs=0.01)
+
+    # Probabilities 0.665, 0.245, 0.090: the top two hold 0.91 ≥ 0.7, so the third is cut and the rest renormalised.
+    nucleus = pick_next_tokens(logits, SamplingSettings(top_p=0.7), generator)
+    nucleus_frequencies = torch.bincount(nucleus, minlength=4).float() / len(nucleus)
+    kept = logits[0, :3].softmax(dim=0)[1:]
+    assert nucleus_frequencies.tolist() == pytest.approx([0.0, *(kept / kept.sum()).tolist(), 0.0], abs=0.01)
 
 
 @pytest.mark.parametrize(

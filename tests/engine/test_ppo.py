@@ -23,6 +23,7 @@ from training.engine.ppo import (
     PPOConfig,
     generalized_advantages,
     masked_whiten,
+    prompt_rows_for_iteration,
     run_stage,
 )
 from training.engine.rewards import RuleSpecError
@@ -168,6 +169,18 @@ def test_ppo_raises_rule_reward(few_words_policy_dir, tmp_path):
     assert max(report.values["kl"] for report in reports) < 10.0
 
 
+def test_mixed_reward_is_the_weighted_sum_of_reward_model_and_rules(few_words_policy_dir, yes_reward_model_dir,
+                                                                    tmp_path):
+    config = small_config(max_steps=1, checkpoint_every=0, reward_source="mixed", reward_model_weight=0.5,
+                          rules_weight=2.0)
+    result, reports = run_collecting(config, few_words_policy_dir, tmp_path / "ppo",
+                                     reward_model=ModelRef(path=yes_reward_model_dir))
+    assert result.status == "completed"
+    values = reports[0].values
+    assert values["reward_mean"] == pytest.approx(
+        0.5 * values["reward_model_score_mean"] + 2.0 * values["rules_score_mean"], abs=1e-5)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Cancel and resume
 
@@ -227,6 +240,8 @@ def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(few
         for key, value in straight_report.values.items():
             assert resumed_report.values[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
     assert resumed.metrics == pytest.approx(uninterrupted.metrics, rel=1e-4, abs=1e-5)
+    history = json.loads((resumed.artifact_path / "metrics.json").read_text())["history"]
+    assert [entry["step"] for entry in history] == [1, 2, 3, 4]  # steps 1–2 came from the checkpoint
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -314,6 +329,14 @@ def test_adaptive_kl_controller_moves_towards_the_target_and_clips_its_step():
     fixed = AdaptiveKLController(init_coef=0.1, target=None, horizon=100)
     fixed.update(observed_kl=50.0, num_samples=10)
     assert fixed.coef == 0.1
+
+
+def test_rollout_prompts_cover_each_pass_once_and_depend_only_on_seed_and_iteration():
+    data = Dataset.from_list([{"prompt": index} for index in range(5)])
+    drawn = [row["prompt"] for iteration in range(5) for row in prompt_rows_for_iteration(data, iteration, 3, seed=1)]
+    assert sorted(drawn[:5]) == sorted(drawn[5:10]) == sorted(drawn[10:]) == list(range(5))
+    assert drawn[:5] != drawn[5:10]  # each pass is shuffled afresh
+    assert [row["prompt"] for row in prompt_rows_for_iteration(data, 3, 3, seed=1)] == drawn[9:12]
 
 
 def test_config_rejects_bad_reward_settings():

@@ -39,6 +39,7 @@ from typing import Literal
 
 import torch
 from datasets import Dataset
+from safetensors.torch import save_file
 from torch import nn
 
 from training.engine.common import (
@@ -284,11 +285,13 @@ def check_inputs(data: Dataset, config: PPOConfig, reward_model: ModelRef | None
 def prompt_rows_for_iteration(data: Dataset, iteration: int, batch_size: int, seed: int) -> list[dict]:
     """The rows of one rollout: a fresh seeded shuffle per pass over the data, so any iteration can be rebuilt
     from (seed, iteration) alone, which is what makes resume exact without saving a sampler."""
+    orders: dict[int, torch.Tensor] = {}
     rows = []
     for position in range(iteration * batch_size, (iteration + 1) * batch_size):
         data_pass, index = divmod(position, len(data))
-        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed * 1_000_003 + data_pass))
-        rows.append(data[int(order[index])])
+        if data_pass not in orders:
+            orders[data_pass] = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed * 1_000_003 + data_pass))
+        rows.append(data[int(orders[data_pass][index])])
     return rows
 
 
@@ -465,8 +468,6 @@ def run_stage(
     with staged_output(out_dir) as staging:
         save_stage_artifact(policy, tokenizer, config.peft, staging, stage=STAGE_NAME, base=base,
                             config=config.to_dict(), metrics=final_metrics)
-        from safetensors.torch import save_file
-
         # The critic is not part of the policy; kept beside it so a later PPO stage can warm-start its values.
         save_file({key: value.detach().cpu().contiguous() for key, value in value_head.state_dict().items()},
                   str(staging / VALUE_HEAD_FILE))
