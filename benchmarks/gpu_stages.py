@@ -16,6 +16,7 @@ import random
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -55,7 +56,26 @@ def build_random_model(model_dir: Path, out: Path) -> Path:
 
 def synchronize() -> None:
     if torch.cuda.is_available():
-        synchronize()
+        torch.cuda.synchronize()
+
+
+def tolerate_unpicklable_fingerprints() -> None:
+    """On the GPU image (Python 3.12), dill cannot pickle pyarrow's MonthDayNano type, which `datasets` hashes to
+    fingerprint a new Dataset. A fingerprint only keys `datasets`' cache, so fall back to a random one there."""
+    import pickle
+    import uuid
+
+    from datasets import arrow_dataset
+
+    original = arrow_dataset.generate_fingerprint
+
+    def generate_fingerprint(dataset):
+        try:
+            return original(dataset)
+        except (pickle.PicklingError, RecursionError):
+            return uuid.uuid4().hex
+
+    arrow_dataset.generate_fingerprint = generate_fingerprint
 
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -196,6 +216,7 @@ def main() -> None:
         "--smoke", action="store_true", help="Tiny sizes: checks the script on a CPU in a minute."
     )
     args = parser.parse_args()
+    tolerate_unpicklable_fingerprints()
     from transformers import AutoTokenizer
 
     from training.engine.contrastive import ContrastiveStageConfig
@@ -232,7 +253,7 @@ def main() -> None:
             try:
                 record(f"generation_bs{batch}", generation_benchmark(model_path, batch, size["new"]))
             except Exception as exc:  # one failing part must not hide the others' numbers
-                record(f"generation_bs{batch}", {"error": repr(exc)})
+                record(f"generation_bs{batch}", {"error": repr(exc), "where": traceback.format_exc()[-1500:]})
     plans = {
         "sft": (SftStageConfig(max_steps=args.steps, batch_size=size["batch"], max_length=size["max_length"], learning_rate=1e-5, checkpoint_every=0),
                 Dataset.from_list([{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows]), ("chosen",)),
@@ -253,12 +274,14 @@ def main() -> None:
             entry["ours_batch"] = config.batch_size
         except Exception as exc:
             entry["ours_error"] = repr(exc)
+            entry["ours_where"] = traceback.format_exc()[-1500:]
         try:
             steps_per_s, batch = trl_baseline(kind, model_path, rows, args.steps, work)
             entry["trl_defaults_tokens_per_s"] = steps_per_s * batch * per_row
             entry["trl_defaults_batch"] = batch
         except Exception as exc:
             entry["trl_error"] = repr(exc)
+            entry["trl_where"] = traceback.format_exc()[-1500:]
         if "ours_tokens_per_s" in entry and "trl_defaults_tokens_per_s" in entry:
             entry["ratio_vs_trl_defaults"] = entry["ours_tokens_per_s"] / entry["trl_defaults_tokens_per_s"]
         record(kind, entry)
@@ -278,7 +301,7 @@ def main() -> None:
                            "new_tokens": config.max_new_tokens, "seconds_total": time.perf_counter() - start,
                            "iterations_per_s_after_first": clock.steps_per_s()})  # fmt: skip
         except Exception as exc:
-            record("ppo", {"error": repr(exc)})
+            record("ppo", {"error": repr(exc), "where": traceback.format_exc()[-1500:]})
     print(json.dumps(results))
 
 

@@ -7,7 +7,7 @@ from training.signals import training_run_succeeded
 
 @receiver(training_run_succeeded)
 def sample_after_training_run(sender, run, **kwargs) -> None:
-    if not run.sample_after:
+    if run.sample_after is None:  # {} means "sample, with the default options"
         return
     from loop.services.sampling import sampling_job_create
     from training.models import ModelVersion

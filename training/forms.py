@@ -31,6 +31,10 @@ class LaunchForm(forms.Form):
         label="Advanced (JSON per stage)", required=False, widget=forms.Textarea(attrs={"rows": 8, "spellcheck": "false"}),
         help_text='e.g. {"ppo": {"init_kl_coef": 0.05, "rules": [{"kind": "keyword", "keywords": ["because"]}]}}',
     )  # fmt: skip
+    sample_after = forms.BooleanField(
+        label="When it succeeds, sample from the new policy", required=False, initial=True,
+        help_text="Its answers become new comparisons for the annotators, uncertain pairs first.",
+    )  # fmt: skip
     min_agreement = forms.FloatField(required=False, min_value=0, max_value=1)
     exclude_flagged = forms.BooleanField(required=False, initial=True)
     adjudicated_only = forms.BooleanField(required=False)

@@ -53,6 +53,7 @@ def launch(request: HttpRequest) -> HttpResponse:
                 peft=form.peft_methods(),
                 stage_configs=form.stage_configs(),
                 filters=form.filters(),
+                sample_after={} if form.cleaned_data["sample_after"] else None,
                 created_by=request.user,
             )
         except ValidationError as exc:

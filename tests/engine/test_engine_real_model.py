@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from datasets import Dataset
 
-from training.engine import contrastive, reward, sft
+from training.engine import contrastive, ppo, reward, sft
 from training.engine.common import ModelRef, PeftSettings
 
 pytestmark = pytest.mark.slow
@@ -34,6 +34,9 @@ def test_each_stage_runs_two_steps_on_the_real_model(bundled_model_dir, tmp_path
         (sft, sft.SftStageConfig(**common), sft_rows),
         (reward, reward.RewardStageConfig(held_out_fraction=0.25, **common), PAIRS),
         (contrastive, contrastive.ContrastiveStageConfig(**common), PAIRS),
+        (ppo, ppo.PPOConfig(mini_batch_size=2, ppo_epochs=1, max_new_tokens=8, reward_source="rules",
+                            rules=[{"kind": "keyword", "keywords": ["blue"]}], **common),
+         Dataset.from_list([{"prompt": PROMPT}] * 2)),
     ]
     for stage, config, data in runs:
         result = stage.run_stage(config, data, base, tmp_path / stage.STAGE_NAME, lambda m: None, lambda: False)

@@ -116,20 +116,31 @@ def test_redelivered_task_for_finished_stage_does_nothing(tiny_model_dir, no_enq
     assert stage.worker == "test"
 
 
-def test_cancel_before_start_and_resume(tiny_model_dir, no_enqueue):
+def test_cancel_before_start_and_resume_then_sample_after(tiny_model_dir, no_enqueue, monkeypatch):
+    from loop.models import SamplingJob
+    from loop.services import sampling
+
+    sampling_jobs: list[int] = []
+    monkeypatch.setattr(sampling, "sampling_job_enqueue", lambda *, job: sampling_jobs.append(job.pk))
     project = ranked_project(prompts=4)
     register_tiny_base(tiny_model_dir)
-    run = run_services.training_run_launch(project=project, preset="sft", stage_configs={"sft": TINY_STAGE_CONFIGS["sft"]})
+    run = run_services.training_run_launch(
+        project=project, preset="sft", stage_configs={"sft": TINY_STAGE_CONFIGS["sft"]}, sample_after={}
+    )
     run_services.training_run_cancel(run=run)
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.CANCELLED
     _drain(no_enqueue)  # the already-queued message finds the run cancelled and does nothing
     stage = run.stages.get()
     assert stage.status == StageRun.Status.CANCELLED
+    assert sampling_jobs == []  # a cancelled run samples nothing
     run_services.stage_run_resume(stage_run=stage)
     _drain(no_enqueue)
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.SUCCEEDED
+    # sample_after={} asked for sampling with default options: the new policy's job is queued.
+    job = SamplingJob.objects.get()
+    assert sampling_jobs == [job.pk] and job.model_version == run.stages.get().output_model
 
 
 def test_stale_heartbeat_marks_running_stage_failed(tiny_model_dir, no_enqueue, settings):

@@ -95,7 +95,10 @@ def test_launch_creates_run_enqueues_first_stage_and_redirects(client, world, qu
     assert [s.kind for s in run.stages.all()] == ["sft", "contrastive"]
     assert run.config["contrastive"]["beta"] == 0.2 and run.config["sft"]["max_steps"] == 2
     assert run.stages.get(kind="contrastive").peft == "lora"
+    assert run.sample_after is None  # the box was not ticked
     assert queued == [run.stages.get(position=0).pk]
+    client.post("/training/launch/", _form(project, sample_after="on"))
+    assert TrainingRun.objects.order_by("-id").first().sample_after == {}
 
 
 def test_live_count_partial(client, world):
@@ -150,8 +153,12 @@ def test_model_pages_download_and_use_for_sampling(client, world):
 
 def test_launch_round_and_run_status_commands(world, queued, capsys):
     project, _, _ = world
-    call_command("launch_round", "--project", project.slug, "--preset", "sft", "--config", '{"sft": {"max_steps": 2}}')
+    call_command(
+        "launch_round", "--project", project.slug, "--preset", "sft", "--config", '{"sft": {"max_steps": 2}}',
+        "--sample-after",
+    )
     run = TrainingRun.objects.get()
+    assert run.sample_after == {}
     assert f"Launched run #{run.pk}" in capsys.readouterr().out
     call_command("run_status", str(run.pk))
     out = capsys.readouterr().out

@@ -24,9 +24,13 @@ class Command(BaseCommand):
         )
         parser.add_argument("--filters", help='Data filters as JSON, e.g. {"min_agreement": 0.5}.')
         parser.add_argument("--user", help="Username recorded as the run's creator.")
+        parser.add_argument(
+            "--sample-after", nargs="?", const="{}", metavar="JSON",
+            help='Sample from the final policy when the run succeeds; optional options, e.g. {"limit": 100}.',
+        )  # fmt: skip
         parser.add_argument("--wait", action="store_true", help="Wait for the run to finish, with progress bars.")
 
-    def handle(self, *args, project, preset, peft, config, filters, user, wait, **options):
+    def handle(self, *args, project, preset, peft, config, filters, user, wait, sample_after, **options):
         project_obj = Project.objects.filter(slug=project).first()
         if project_obj is None:
             raise CommandError(f"No project with slug {project!r}.")
@@ -39,6 +43,7 @@ class Command(BaseCommand):
             run = training_run_launch(
                 project=project_obj, preset=preset, peft=peft, created_by=created_by,
                 stage_configs=_json_argument(config, "--config"), filters=_json_argument(filters, "--filters"),
+                sample_after=_json_argument(sample_after, "--sample-after", allow_empty=True),
             )  # fmt: skip
         except ValidationError as exc:
             lines = [f"  {field}: {'; '.join(messages)}" for field, messages in exc.message_dict.items()]
@@ -54,8 +59,8 @@ class Command(BaseCommand):
                 raise CommandError(f"Run #{run.pk} ended {run.status}: {run.error}")
 
 
-def _json_argument(raw: str | None, name: str) -> dict | None:
-    if not raw:
+def _json_argument(raw: str | None, name: str, allow_empty: bool = False) -> dict | None:
+    if raw is None or (not raw and not allow_empty):
         return None
     if raw.startswith("@"):
         raw = Path(raw[1:]).read_text()
