@@ -192,7 +192,9 @@ else:
 CELERY_TASK_DEFAULT_QUEUE = "default"
 # Training stages hold an accelerator: route them to the `gpu` queue, everything else stays on `default`.
 CELERY_TASK_ROUTES = {
-    "training.tasks.fail_stale_stages": {"queue": "default"},  # bookkeeping, must not wait behind a training stage
+    "training.tasks.fail_stale_stages": {
+        "queue": "default"
+    },  # bookkeeping, must not wait behind a training stage
     "training.tasks.*": {"queue": "gpu"},
 }
 # A stage that dies with its worker is redelivered rather than lost; one long task per worker process at a time.

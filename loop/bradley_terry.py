@@ -35,7 +35,9 @@ class Rating:
     games: int
 
 
-def _matrices(outcomes: Sequence[Outcome], index: dict[str, int], prior_games: float) -> tuple[np.ndarray, np.ndarray]:
+def _matrices(
+    outcomes: Sequence[Outcome], index: dict[str, int], prior_games: float
+) -> tuple[np.ndarray, np.ndarray]:
     size = len(index)
     wins = np.zeros((size, size))
     games = np.zeros((size, size))
@@ -53,7 +55,11 @@ def _matrices(outcomes: Sequence[Outcome], index: dict[str, int], prior_games: f
 
 
 def fit_strengths(
-    outcomes: Sequence[Outcome], models: Sequence[str], prior_games: float = 1.0, iterations: int = 10_000, tol: float = 1e-12
+    outcomes: Sequence[Outcome],
+    models: Sequence[str],
+    prior_games: float = 1.0,
+    iterations: int = 10_000,
+    tol: float = 1e-12,
 ) -> np.ndarray:
     """Strengths in the order of `models`, normalised to geometric mean 1."""
     index = {model: position for position, model in enumerate(models)}
@@ -89,8 +95,10 @@ def rate(
     rng = np.random.default_rng(seed)
     for b in range(bootstrap):
         picked = rng.integers(0, len(outcomes), size=len(outcomes))
-        samples[b] = elo(fit_strengths([outcomes[i] for i in picked], models, prior_games, iterations=2000, tol=1e-9))
-    low, high = (np.percentile(samples, [2.5, 97.5], axis=0) if bootstrap else (point, point))
+        samples[b] = elo(
+            fit_strengths([outcomes[i] for i in picked], models, prior_games, iterations=2000, tol=1e-9)
+        )
+    low, high = np.percentile(samples, [2.5, 97.5], axis=0) if bootstrap else (point, point)
     games = {model: 0 for model in models}
     for outcome in outcomes:
         games[outcome.first] += 1
@@ -107,7 +115,10 @@ def win_rates(outcomes: Sequence[Outcome]) -> dict[tuple[str, str], tuple[float,
     """Observed (win rate of row over column, games) for every pair that played; ties count half."""
     table: dict[tuple[str, str], list[float]] = {}
     for outcome in outcomes:
-        for row, column, score in ((outcome.first, outcome.second, outcome.score), (outcome.second, outcome.first, 1 - outcome.score)):
+        for row, column, score in (
+            (outcome.first, outcome.second, outcome.score),
+            (outcome.second, outcome.first, 1 - outcome.score),
+        ):
             cell = table.setdefault((row, column), [0.0, 0])
             cell[0] += score
             cell[1] += 1

@@ -17,17 +17,22 @@ class SamplingJob(models.Model):
         FAILED = "failed", "Failed"
 
     project = models.ForeignKey("labeling.Project", on_delete=models.CASCADE, related_name="sampling_jobs")
-    model_version = models.ForeignKey("training.ModelVersion", on_delete=models.PROTECT, related_name="sampling_jobs")
+    model_version = models.ForeignKey(
+        "training.ModelVersion", on_delete=models.PROTECT, related_name="sampling_jobs"
+    )
     reward_model = models.ForeignKey(
         "training.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
         help_text="Scores candidate pairs for active selection; the newest reward model when empty.",
     )  # fmt: skip
     pool = models.CharField(max_length=16, choices=Pool.choices, default=Pool.NEW)
     limit = models.PositiveIntegerField(null=True, blank=True, help_text="At most this many prompts.")
-    params = models.JSONField(default=dict, blank=True, help_text="Generation parameters, recorded on each response.")
+    params = models.JSONField(
+        default=dict, blank=True, help_text="Generation parameters, recorded on each response."
+    )
     make_comparisons = models.BooleanField(default=True)
     uncertain_share = models.FloatField(
-        default=0.5, help_text="Share of new comparisons pushed to the front of the queue (most uncertain first)."
+        default=0.5,
+        help_text="Share of new comparisons pushed to the front of the queue (most uncertain first).",
     )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     total = models.PositiveIntegerField(default=0)
@@ -49,7 +54,9 @@ class SamplingJob(models.Model):
                 condition=models.Q(uncertain_share__gte=0) & models.Q(uncertain_share__lte=1),
                 name="samplingjob_uncertain_share_range",
             ),
-            models.CheckConstraint(condition=models.Q(done__lte=models.F("total")), name="samplingjob_done_le_total"),
+            models.CheckConstraint(
+                condition=models.Q(done__lte=models.F("total")), name="samplingjob_done_le_total"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -57,7 +57,12 @@ def scorer_for(rule: str) -> Scorer:
 
 
 def oracle_ranks(
-    *, rule: str | Scorer, prompt: str, responses: Responses, allow_ties: bool, noise: float = 0.0,
+    *,
+    rule: str | Scorer,
+    prompt: str,
+    responses: Responses,
+    allow_ties: bool,
+    noise: float = 0.0,
     rng: random.Random | None = None,
 ) -> dict[str, int]:
     """Ranks by the rule's score (equal scores tie when allowed); with probability `noise` a random ranking."""

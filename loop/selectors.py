@@ -19,7 +19,10 @@ def ranking_outcomes(*, project: Project) -> list[bradley_terry.Outcome]:
     """Every pair of differently-sourced responses inside every ranking, as one game (ties are half wins)."""
     rankings = Ranking.objects.filter(comparison__project=project, comparison__is_gold=False).order_by("id")
     response_ids = {int(rid) for ranks in rankings.values_list("ranks", flat=True) for rid in ranks}
-    labels = {r.pk: model_label(r) for r in Response.objects.filter(pk__in=response_ids).select_related("model_version")}
+    labels = {
+        r.pk: model_label(r)
+        for r in Response.objects.filter(pk__in=response_ids).select_related("model_version")
+    }
     outcomes: list[bradley_terry.Outcome] = []
     for ranks in rankings.values_list("ranks", flat=True).iterator(chunk_size=2000):
         items = sorted((int(rid), rank) for rid, rank in ranks.items())

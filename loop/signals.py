@@ -19,4 +19,6 @@ def sample_after_training_run(sender, run, **kwargs) -> None:
     )
     if final is None:  # e.g. a reward-model-only run: nothing generates text
         return
-    sampling_job_create(project=run.project, model_version=final, created_by=run.created_by, **(run.sample_after or {}))
+    sampling_job_create(
+        project=run.project, model_version=final, created_by=run.created_by, **(run.sample_after or {})
+    )

@@ -54,7 +54,8 @@ def leaderboard_page(request: HttpRequest, slug: str) -> HttpResponse:
     board = leaderboard(project=project)
     models = board.models
     matrix = [
-        (row, [board.win_rates.get((row, column)) if row != column else None for column in models]) for row in models
+        (row, [board.win_rates.get((row, column)) if row != column else None for column in models])
+        for row in models
     ]
     chart = [{"model": r.model, "elo": r.elo, "low": r.elo_low, "high": r.elo_high} for r in board.ratings]
     return render(

@@ -45,7 +45,9 @@ def _login(base_url: str, username: str, password: str) -> str:
     page = opener.open(f"{base_url}/accounts/login/", timeout=10).read().decode()
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
     form = urllib.parse.urlencode({"username": username, "password": password, "csrfmiddlewaretoken": token})
-    request = urllib.request.Request(f"{base_url}/accounts/login/", data=form.encode(), headers={"Referer": base_url})
+    request = urllib.request.Request(
+        f"{base_url}/accounts/login/", data=form.encode(), headers={"Referer": base_url}
+    )
     return opener.open(request, timeout=10).read().decode()
 
 
@@ -100,6 +102,8 @@ def test_make_demo_serves_login_and_demo_users_log_in(tmp_path):
             break
         time.sleep(0.2)
     else:
-        left = subprocess.run(["ps", "-o", "pid,args", "-g", str(process.pid)], capture_output=True, text=True).stdout
+        left = subprocess.run(
+            ["ps", "-o", "pid,args", "-g", str(process.pid)], capture_output=True, text=True
+        ).stdout
         os.killpg(process.pid, signal.SIGKILL)
         raise AssertionError(f"processes left after Ctrl-C:\n{left}")

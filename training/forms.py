@@ -24,7 +24,9 @@ class LaunchForm(forms.Form):
     peft_reward = forms.ChoiceField(label="Reward model", choices=StageRun.Peft.choices, initial="full")
     peft_ppo = forms.ChoiceField(label="PPO", choices=StageRun.Peft.choices, initial="lora")
     peft_contrastive = forms.ChoiceField(label="Contrastive", choices=StageRun.Peft.choices, initial="lora")
-    max_steps = forms.IntegerField(required=False, min_value=1, help_text="Optimizer steps (PPO: iterations).")
+    max_steps = forms.IntegerField(
+        required=False, min_value=1, help_text="Optimizer steps (PPO: iterations)."
+    )
     learning_rate = forms.FloatField(required=False, min_value=0)
     batch_size = forms.IntegerField(required=False, min_value=1)
     advanced = forms.CharField(
@@ -49,7 +51,9 @@ class LaunchForm(forms.Form):
         try:
             value = json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise forms.ValidationError(f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from exc
+            raise forms.ValidationError(
+                f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})."
+            ) from exc
         if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
             raise forms.ValidationError('Give an object of stage objects, e.g. {"sft": {"max_steps": 50}}.')
         return value

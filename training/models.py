@@ -38,10 +38,13 @@ class ModelVersion(models.Model):
         ordering = ["id"]
         constraints = [
             models.UniqueConstraint(
-                fields=["use_for_sampling"], condition=models.Q(use_for_sampling=True), name="one_sampling_policy"
+                fields=["use_for_sampling"],
+                condition=models.Q(use_for_sampling=True),
+                name="one_sampling_policy",
             ),
             models.CheckConstraint(
-                condition=models.Q(use_for_sampling=False) | models.Q(kind="policy"), name="sampling_model_is_policy"
+                condition=models.Q(use_for_sampling=False) | models.Q(kind="policy"),
+                name="sampling_model_is_policy",
             ),
             models.CheckConstraint(
                 condition=models.Q(sha256__regex=r"^[0-9a-f]{64}$"), name="modelversion_sha256_hex"
@@ -82,7 +85,9 @@ class TrainingRun(models.Model):
     dataset_counts = models.JSONField(default=dict, blank=True)
     cancel_requested = models.BooleanField(default=False)
     sample_after = models.JSONField(
-        null=True, blank=True, help_text="Sampling options: when set, the final policy generates new comparisons."
+        null=True,
+        blank=True,
+        help_text="Sampling options: when set, the final policy generates new comparisons.",
     )
     error = models.TextField(blank=True)
     created_by = models.ForeignKey(

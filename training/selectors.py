@@ -14,7 +14,9 @@ FINISHED_RUN_STATES = (TrainingRun.Status.SUCCEEDED, TrainingRun.Status.FAILED, 
 
 
 def runs_list(*, project=None) -> QuerySet[TrainingRun]:
-    runs = TrainingRun.objects.select_related("project", "base_model", "created_by").prefetch_related("stages")
+    runs = TrainingRun.objects.select_related("project", "base_model", "created_by").prefetch_related(
+        "stages"
+    )
     return runs.filter(project=project) if project is not None else runs
 
 

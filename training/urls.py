@@ -15,5 +15,9 @@ urlpatterns = [
     path("models/", views.model_list, name="models"),
     path("models/<int:version_id>/", views.model_detail, name="model"),
     path("models/<int:version_id>/files/<path:filename>", views.model_file_download, name="model_file"),
-    path("models/<int:version_id>/use-for-sampling/", views.model_use_for_sampling, name="model_use_for_sampling"),
+    path(
+        "models/<int:version_id>/use-for-sampling/",
+        views.model_use_for_sampling,
+        name="model_use_for_sampling",
+    ),
 ]

@@ -38,7 +38,9 @@ def _is_admin(request: HttpRequest) -> bool:
 
 @reader_required
 def run_list(request: HttpRequest) -> HttpResponse:
-    return render(request, "training/run_list.html", {"runs": runs_list()[:200], "is_admin": _is_admin(request)})
+    return render(
+        request, "training/run_list.html", {"runs": runs_list()[:200], "is_admin": _is_admin(request)}
+    )
 
 
 @admin_required
@@ -77,7 +79,9 @@ def launch_count(request: HttpRequest) -> HttpResponse:
         from labeling.selectors.preferences import PreferenceFilters
         from training.engine.stages import stage_spec
 
-        formats = sorted({stage_spec(kind).data_format for kind in run_services.PRESET_STAGES[data["preset"]]})
+        formats = sorted(
+            {stage_spec(kind).data_format for kind in run_services.PRESET_STAGES[data["preset"]]}
+        )
         try:
             filters = PreferenceFilters.from_dict(form.filters())
             context["counts"] = snapshot_counts(project=data["project"], filters=filters, formats=formats)
@@ -107,7 +111,9 @@ def _run_context(request: HttpRequest, run: TrainingRun) -> dict:
 
 @reader_required
 def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
-    run = get_object_or_404(TrainingRun.objects.select_related("project", "base_model", "created_by"), pk=run_id)
+    run = get_object_or_404(
+        TrainingRun.objects.select_related("project", "base_model", "created_by"), pk=run_id
+    )
     return render(request, "training/run_detail.html", _run_context(request, run))
 
 
@@ -155,7 +161,9 @@ def _after_action(request: HttpRequest, run: TrainingRun, message: str | None) -
 @reader_required
 def model_list(request: HttpRequest) -> HttpResponse:
     return render(
-        request, "training/model_list.html", {"versions": model_versions_list()[:500], "is_admin": _is_admin(request)}
+        request,
+        "training/model_list.html",
+        {"versions": model_versions_list()[:500], "is_admin": _is_admin(request)},
     )
 
 

@@ -6,44 +6,129 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('labeling', '0002_export'),
-        ('training', '0003_sample_after'),
+        ("labeling", "0002_export"),
+        ("training", "0003_sample_after"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='SamplingJob',
+            name="SamplingJob",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('pool', models.CharField(choices=[('new', 'Prompts this model has not answered yet'), ('all', 'All prompts'), ('held_out', 'Held-out prompts (metadata held_out = true)')], default='new', max_length=16)),
-                ('limit', models.PositiveIntegerField(blank=True, help_text='At most this many prompts.', null=True)),
-                ('params', models.JSONField(blank=True, default=dict, help_text='Generation parameters, recorded on each response.')),
-                ('make_comparisons', models.BooleanField(default=True)),
-                ('uncertain_share', models.FloatField(default=0.5, help_text='Share of new comparisons pushed to the front of the queue (most uncertain first).')),
-                ('status', models.CharField(choices=[('queued', 'Queued'), ('running', 'Running'), ('succeeded', 'Succeeded'), ('failed', 'Failed')], default='queued', max_length=16)),
-                ('total', models.PositiveIntegerField(default=0)),
-                ('done', models.PositiveIntegerField(default=0)),
-                ('responses_created', models.PositiveIntegerField(default=0)),
-                ('comparisons_created', models.PositiveIntegerField(default=0)),
-                ('device', models.CharField(blank=True, max_length=64)),
-                ('error', models.TextField(blank=True)),
-                ('celery_task_id', models.CharField(blank=True, max_length=255)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('created_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, to=settings.AUTH_USER_MODEL)),
-                ('model_version', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='sampling_jobs', to='training.modelversion')),
-                ('project', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='sampling_jobs', to='labeling.project')),
-                ('reward_model', models.ForeignKey(blank=True, help_text='Scores candidate pairs for active selection; the newest reward model when empty.', null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='training.modelversion')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "pool",
+                    models.CharField(
+                        choices=[
+                            ("new", "Prompts this model has not answered yet"),
+                            ("all", "All prompts"),
+                            ("held_out", "Held-out prompts (metadata held_out = true)"),
+                        ],
+                        default="new",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "limit",
+                    models.PositiveIntegerField(
+                        blank=True, help_text="At most this many prompts.", null=True
+                    ),
+                ),
+                (
+                    "params",
+                    models.JSONField(
+                        blank=True,
+                        default=dict,
+                        help_text="Generation parameters, recorded on each response.",
+                    ),
+                ),
+                ("make_comparisons", models.BooleanField(default=True)),
+                (
+                    "uncertain_share",
+                    models.FloatField(
+                        default=0.5,
+                        help_text="Share of new comparisons pushed to the front of the queue (most uncertain first).",
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued"),
+                            ("running", "Running"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                        ],
+                        default="queued",
+                        max_length=16,
+                    ),
+                ),
+                ("total", models.PositiveIntegerField(default=0)),
+                ("done", models.PositiveIntegerField(default=0)),
+                ("responses_created", models.PositiveIntegerField(default=0)),
+                ("comparisons_created", models.PositiveIntegerField(default=0)),
+                ("device", models.CharField(blank=True, max_length=64)),
+                ("error", models.TextField(blank=True)),
+                ("celery_task_id", models.CharField(blank=True, max_length=255)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "model_version",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="sampling_jobs",
+                        to="training.modelversion",
+                    ),
+                ),
+                (
+                    "project",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="sampling_jobs",
+                        to="labeling.project",
+                    ),
+                ),
+                (
+                    "reward_model",
+                    models.ForeignKey(
+                        blank=True,
+                        help_text="Scores candidate pairs for active selection; the newest reward model when empty.",
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="training.modelversion",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-id'],
-                'constraints': [models.CheckConstraint(condition=models.Q(('uncertain_share__gte', 0), ('uncertain_share__lte', 1)), name='samplingjob_uncertain_share_range'), models.CheckConstraint(condition=models.Q(('done__lte', models.F('total'))), name='samplingjob_done_le_total')],
+                "ordering": ["-id"],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(("uncertain_share__gte", 0), ("uncertain_share__lte", 1)),
+                        name="samplingjob_uncertain_share_range",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(("done__lte", models.F("total"))), name="samplingjob_done_le_total"
+                    ),
+                ],
             },
         ),
     ]

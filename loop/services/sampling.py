@@ -49,9 +49,17 @@ def sampling_params_validate(params: dict | None) -> dict:
 
 
 def sampling_job_create(
-    *, project: Project, model_version: ModelVersion, pool: str = SamplingJob.Pool.NEW, limit: int | None = None,
-    params: dict | None = None, make_comparisons: bool = True, uncertain_share: float = 0.5,
-    reward_model: ModelVersion | None = None, created_by=None, enqueue: bool = True,
+    *,
+    project: Project,
+    model_version: ModelVersion,
+    pool: str = SamplingJob.Pool.NEW,
+    limit: int | None = None,
+    params: dict | None = None,
+    make_comparisons: bool = True,
+    uncertain_share: float = 0.5,
+    reward_model: ModelVersion | None = None,
+    created_by=None,
+    enqueue: bool = True,
 ) -> SamplingJob:
     """Validate and enqueue a sampling job on the `default` queue (unless `enqueue=False`); returns at once."""
     if model_version.kind != ModelVersion.Kind.POLICY:
@@ -105,7 +113,9 @@ def generate_responses(*, job: SamplingJob, prompts: Sequence[Prompt], progress=
     params = job.params
     device = pick_device("auto")
     version = job.model_version
-    model, tokenizer = load_model_ref(ModelRef(Path(settings.ARTIFACT_ROOT) / version.artifact_path, version.name), device)
+    model, tokenizer = load_model_ref(
+        ModelRef(Path(settings.ARTIFACT_ROOT) / version.artifact_path, version.name), device
+    )
     model.eval()
     sampling = SamplingSettings(
         max_new_tokens=params["max_new_tokens"], temperature=params["temperature"], top_p=params["top_p"]
@@ -146,7 +156,9 @@ def opponents_for(*, response: Response, version: ModelVersion) -> list[Response
     return chosen
 
 
-def candidates_for(*, project: Project, responses: Sequence[Response], version: ModelVersion) -> list[Candidate]:
+def candidates_for(
+    *, project: Project, responses: Sequence[Response], version: ModelVersion
+) -> list[Candidate]:
     """Pairwise projects: the new answer against each opponent. Ranking projects: one k-way set per prompt."""
     candidates: list[Candidate] = []
     for response in responses:
@@ -178,13 +190,19 @@ def comparisons_create(*, job: SamplingJob, responses: Sequence[Response]) -> in
     with transaction.atomic():
         for candidate, priority in zip(candidates, values, strict=True):
             prompt = candidate.responses[0].prompt
-            _, was_created = comparison_get_or_create(prompt=prompt, responses=candidate.responses, priority=priority)
+            _, was_created = comparison_get_or_create(
+                prompt=prompt, responses=candidate.responses, priority=priority
+            )
             created += was_created
     return created
 
 
 def sampling_job_execute(*, job_id: int) -> str:
-    job = SamplingJob.objects.select_related("project", "model_version", "reward_model").filter(pk=job_id).first()
+    job = (
+        SamplingJob.objects.select_related("project", "model_version", "reward_model")
+        .filter(pk=job_id)
+        .first()
+    )
     if job is None or job.status in (SamplingJob.Status.SUCCEEDED, SamplingJob.Status.RUNNING):
         return "skipped"
     from training.engine.common import pick_device

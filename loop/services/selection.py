@@ -27,7 +27,9 @@ class Candidate:
     responses: tuple[Response, ...]
 
 
-def uncertainty(*, candidate: Candidate, scores: Mapping[int, float] | None, disagreement: Mapping[int, float]) -> float:
+def uncertainty(
+    *, candidate: Candidate, scores: Mapping[int, float] | None, disagreement: Mapping[int, float]
+) -> float:
     """1 / (1 + reward margin) for the closest pair in the candidate, plus the prompt's annotator disagreement."""
     value = disagreement.get(candidate.prompt_id, 0.0)
     if scores:
@@ -38,7 +40,10 @@ def uncertainty(*, candidate: Candidate, scores: Mapping[int, float] | None, dis
 
 
 def priorities(
-    *, candidates: Sequence[Candidate], scores: Mapping[int, float] | None, disagreement: Mapping[int, float],
+    *,
+    candidates: Sequence[Candidate],
+    scores: Mapping[int, float] | None,
+    disagreement: Mapping[int, float],
     uncertain_share: float,
 ) -> list[float]:
     """Priority of each candidate, in input order."""
@@ -68,7 +73,9 @@ def reward_model_scorer(version: ModelVersion, *, batch_size: int = 16) -> Score
     from training.engine.common import pick_device
     from training.engine.reward import load_reward_model, score_texts
 
-    model, tokenizer = load_reward_model(Path(settings.ARTIFACT_ROOT) / version.artifact_path, pick_device("auto"))
+    model, tokenizer = load_reward_model(
+        Path(settings.ARTIFACT_ROOT) / version.artifact_path, pick_device("auto")
+    )
 
     def score(responses: Sequence[Response]) -> dict[int, float]:
         prompts = [response.prompt.messages for response in responses]

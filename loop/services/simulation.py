@@ -29,7 +29,13 @@ def simulated_annotator(index: int):
 
 
 def annotators_simulate(
-    *, project: Project, oracle: str, annotators: int = 1, noise: float = 0.0, max_items: int | None = None, seed: int = 0
+    *,
+    project: Project,
+    oracle: str,
+    annotators: int = 1,
+    noise: float = 0.0,
+    max_items: int | None = None,
+    seed: int = 0,
 ) -> SimulationReport:
     """Each simulated annotator leases and ranks until the queue is empty for them (or `max_items`).
 

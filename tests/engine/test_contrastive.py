@@ -21,10 +21,14 @@ def preference_rows(domains=("math", "poetry")) -> Dataset:
     rows = []
     for domain in domains:
         for topic in TOPICS[domain]:
-            rows.append({"prompt": [{"role": "user", "content": topic}],
-                         "chosen": [{"role": "assistant", "content": "That is great"}],
-                         "rejected": [{"role": "assistant", "content": "That is awful"}],
-                         "domain": domain})
+            rows.append(
+                {
+                    "prompt": [{"role": "user", "content": topic}],
+                    "chosen": [{"role": "assistant", "content": "That is great"}],
+                    "rejected": [{"role": "assistant", "content": "That is awful"}],
+                    "domain": domain,
+                }
+            )
     return Dataset.from_list(rows)
 
 
@@ -35,8 +39,15 @@ def margin_of(model, tokenizer, data: Dataset) -> float:
 
 
 def config(**overrides) -> contrastive.ContrastiveStageConfig:
-    values = dict(max_steps=8, learning_rate=5e-3, batch_size=8, max_length=64, checkpoint_every=0, device="cpu",
-                  beta=0.5)
+    values = dict(
+        max_steps=8,
+        learning_rate=5e-3,
+        batch_size=8,
+        max_length=64,
+        checkpoint_every=0,
+        device="cpu",
+        beta=0.5,
+    )
     values.update(overrides)
     return contrastive.ContrastiveStageConfig(**values)
 
@@ -46,8 +57,9 @@ def test_full_training_widens_chosen_over_rejected_margin(tiny_model_dir, tmp_pa
     data = preference_rows(("math",))
     base_model, tokenizer = load_model_ref(ModelRef(tiny_model_dir), "cpu")
     before = margin_of(base_model.eval(), tokenizer, data)
-    result = contrastive.run_stage(config(loss=loss), data, ModelRef(tiny_model_dir), tmp_path / loss,
-                                   lambda m: None, lambda: False)
+    result = contrastive.run_stage(
+        config(loss=loss), data, ModelRef(tiny_model_dir), tmp_path / loss, lambda m: None, lambda: False
+    )
     trained, _ = contrastive.load_policy(result.artifact_path)
     after = margin_of(trained, tokenizer, data)
     assert after > before + 1.0, (before, after)
@@ -61,8 +73,14 @@ def test_expert_mixture_router_routes_domains_apart_and_base_is_untouched(tiny_m
     base_state = {name: tensor.clone() for name, tensor in base_model.state_dict().items()}
     settings = PeftSettings(method="lora", lora_r=4, lora_alpha=8)
     progress = []
-    result = contrastive.run_stage(config(max_steps=12, peft=settings, router_loss_weight=1.0), data,
-                                   ModelRef(tiny_model_dir), tmp_path / "mix", progress.append, lambda: False)
+    result = contrastive.run_stage(
+        config(max_steps=12, peft=settings, router_loss_weight=1.0),
+        data,
+        ModelRef(tiny_model_dir),
+        tmp_path / "mix",
+        progress.append,
+        lambda: False,
+    )
     assert progress[-1].values["router_loss"] < progress[0].values["router_loss"]
 
     policy, _ = contrastive.load_policy(result.artifact_path)
@@ -81,12 +99,22 @@ def test_expert_mixture_router_routes_domains_apart_and_base_is_untouched(tiny_m
 
 def test_one_domain_means_one_expert_and_generation_routes_itself(tiny_model_dir, tmp_path):
     data = preference_rows(("poetry",)).remove_columns("domain")
-    result = contrastive.run_stage(config(max_steps=2, peft=PeftSettings(method="lora", lora_r=4)), data,
-                                   ModelRef(tiny_model_dir), tmp_path / "single", lambda m: None, lambda: False)
+    result = contrastive.run_stage(
+        config(max_steps=2, peft=PeftSettings(method="lora", lora_r=4)),
+        data,
+        ModelRef(tiny_model_dir),
+        tmp_path / "single",
+        lambda m: None,
+        lambda: False,
+    )
     policy, tokenizer = contrastive.load_policy(result.artifact_path)
     assert policy.expert_mixture.domains == ["default"]
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "a verse on autumn"}],
-                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "a verse on autumn"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     generated = policy.generate(**prompt, max_new_tokens=3, do_sample=False)
     assert generated.shape[1] == prompt["input_ids"].shape[1] + 3
     assert torch.allclose(policy.expert_mixture.routing.weights, torch.ones(1, 1))
@@ -96,11 +124,23 @@ def test_cancel_then_resume_continues_at_saved_step(tiny_model_dir, tmp_path):
     data = preference_rows(("math",))
     out_dir = tmp_path / "dpo"
     calls = []
-    cancelled = contrastive.run_stage(config(max_steps=5, checkpoint_every=2), data, ModelRef(tiny_model_dir),
-                                      out_dir, lambda m: None, lambda: calls.append(1) or len(calls) >= 3)
+    cancelled = contrastive.run_stage(
+        config(max_steps=5, checkpoint_every=2),
+        data,
+        ModelRef(tiny_model_dir),
+        out_dir,
+        lambda m: None,
+        lambda: calls.append(1) or len(calls) >= 3,
+    )
     assert cancelled.status == "cancelled" and cancelled.steps_completed == 3 and not out_dir.exists()
     progress = []
-    resumed = contrastive.run_stage(config(max_steps=5, checkpoint_every=2), data, ModelRef(tiny_model_dir),
-                                    out_dir, progress.append, lambda: False)
+    resumed = contrastive.run_stage(
+        config(max_steps=5, checkpoint_every=2),
+        data,
+        ModelRef(tiny_model_dir),
+        out_dir,
+        progress.append,
+        lambda: False,
+    )
     assert [m.step for m in progress] == [4, 5]
     assert resumed.status == "completed" and (out_dir / "stage.json").is_file()

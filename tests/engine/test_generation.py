@@ -15,7 +15,12 @@ from training.engine.generation import (
 
 PROMPTS = [
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
-    [{"role": "user", "content": "A much longer question, about the weather tomorrow in three different cities?"}],
+    [
+        {
+            "role": "user",
+            "content": "A much longer question, about the weather tomorrow in three different cities?",
+        }
+    ],
     "plain text prompt without a template",
 ]
 
@@ -51,9 +56,10 @@ def test_batched_greedy_matches_each_prompt_alone_and_hf_generate(tiny):
         assert alone.completion_ids[0].tolist() == batch.completion_ids[row].tolist()
         assert alone.texts[0] == batch.texts[row]
 
-    reference = model.generate(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, max_new_tokens=12,
-                               do_sample=False)
-    assert reference[:, batch.prompt_ids.shape[1]:].tolist() == batch.completion_ids.tolist()
+    reference = model.generate(
+        input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, max_new_tokens=12, do_sample=False
+    )
+    assert reference[:, batch.prompt_ids.shape[1] :].tolist() == batch.completion_ids.tolist()
 
 
 def test_generation_stops_at_end_of_sequence_and_masks_what_follows(tiny):
@@ -72,7 +78,9 @@ def test_generation_stops_at_end_of_sequence_and_masks_what_follows(tiny):
     finally:
         model.generation_config.eos_token_id = original
 
-    assert batch.completion_mask[0].tolist() == [1] + [0] * 9  # the stop token itself is part of the completion
+    assert (
+        batch.completion_mask[0].tolist() == [1] + [0] * 9
+    )  # the stop token itself is part of the completion
     assert batch.completion_ids[0, 1:].eq(tokenizer.pad_token_id).all()
     assert batch.ended_with_eos.tolist() == [True, False]
     assert batch.completion_mask[1].sum() == 10  # the other row ran to max_new_tokens
@@ -97,8 +105,13 @@ def test_sampling_is_reproducible_with_a_seeded_generator_and_top_p_near_zero_is
     assert first.completion_ids.tolist() != other.completion_ids.tolist()
 
     greedy = generate(model, tokenizer, PROMPTS, SamplingSettings(max_new_tokens=8, temperature=0))
-    nucleus_of_one = generate(model, tokenizer, PROMPTS, SamplingSettings(max_new_tokens=8, top_p=1e-6),
-                              torch.Generator().manual_seed(7))
+    nucleus_of_one = generate(
+        model,
+        tokenizer,
+        PROMPTS,
+        SamplingSettings(max_new_tokens=8, top_p=1e-6),
+        torch.Generator().manual_seed(7),
+    )
     assert nucleus_of_one.completion_ids.tolist() == greedy.completion_ids.tolist()
 
 
@@ -122,7 +135,13 @@ def test_sampling_follows_the_temperature_and_top_p_distribution():
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("max_new_tokens", 0), ("temperature", -1.0), ("top_p", 0.0), ("top_p", 1.5), ("finished_check_every", 0)],
+    [
+        ("max_new_tokens", 0),
+        ("temperature", -1.0),
+        ("top_p", 0.0),
+        ("top_p", 1.5),
+        ("finished_check_every", 0),
+    ],
 )
 def test_sampling_settings_reject_nonsense(field, value):
     with pytest.raises(ValueError, match=field):

@@ -54,7 +54,9 @@ def test_each_method_trains_exactly_its_parameters(tiny_model_dir):
     # A reward model's new score head is always trained, whatever the method.
     for method in ("lora", "adapter"):
         reward_model, _ = tiny(tiny_model_dir, task="reward")
-        reward_model = prepare_model(reward_model, PeftSettings(method=method, lora_r=4, adapter_bottleneck=8))
+        reward_model = prepare_model(
+            reward_model, PeftSettings(method=method, lora_r=4, adapter_bottleneck=8)
+        )
         assert any("score" in name for name in trainable_parameters(reward_model)), method
 
 

@@ -29,8 +29,16 @@ from training.engine.ppo import (
 from training.engine.rewards import RuleSpecError
 
 WORDS = ["yes", "no", "maybe", "sure", "ok", "fine"]
-QUESTIONS = ["Is it raining?", "Shall we go?", "Do you agree?", "Is this right?", "Can you help?", "Ready?",
-             "Done?", "Are you sure?"]
+QUESTIONS = [
+    "Is it raining?",
+    "Shall we go?",
+    "Do you agree?",
+    "Is this right?",
+    "Can you help?",
+    "Ready?",
+    "Done?",
+    "Are you sure?",
+]
 # A short system message replaces SmolLM2's long default one: shorter sequences, faster tests.
 SYSTEM = {"role": "system", "content": "Answer briefly."}
 SAY_YES_RULE = {"kind": "keyword", "keywords": ["yes"], "match": "count", "max_count": 3, "whole_word": True}
@@ -54,15 +62,25 @@ def few_words_policy_dir(tmp_path_factory) -> Path:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()
     for _ in range(20):
-        prompts = [tokenizer.apply_chat_template(chat_prompt(rng.choice(QUESTIONS)), tokenize=False,
-                                                 add_generation_prompt=True) for _ in range(8)]
-        replies = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 5))) + tokenizer.eos_token
-                   for _ in range(8)]
+        prompts = [
+            tokenizer.apply_chat_template(
+                chat_prompt(rng.choice(QUESTIONS)), tokenize=False, add_generation_prompt=True
+            )
+            for _ in range(8)
+        ]
+        replies = [
+            " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 5))) + tokenizer.eos_token
+            for _ in range(8)
+        ]
         reply_lengths = [len(tokenizer(reply, add_special_tokens=False)["input_ids"]) for reply in replies]
         # Left padding puts every reply at the end, so only the last positions need the (large) LM head.
         tokenizer.padding_side = "left"
-        batch = tokenizer([p + r for p, r in zip(prompts, replies, strict=True)], return_tensors="pt",
-                          padding=True, add_special_tokens=False)
+        batch = tokenizer(
+            [p + r for p, r in zip(prompts, replies, strict=True)],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
+        )
         tokenizer.padding_side = "right"
         keep = max(reply_lengths) + 1
         labels = torch.full((len(replies), keep - 1), -100)
@@ -95,31 +113,64 @@ def yes_reward_model_dir(few_words_policy_dir, tmp_path_factory) -> Path:
         length = rng.randint(2, 6)
         more = rng.randint(1, length)
         fewer = rng.randint(0, more - 1)
-        rows.append({"prompt": chat_prompt(rng.choice(QUESTIONS)),
-                     "chosen": [{"role": "assistant", "content": reply(more, length)}],
-                     "rejected": [{"role": "assistant", "content": reply(fewer, length)}]})
+        rows.append(
+            {
+                "prompt": chat_prompt(rng.choice(QUESTIONS)),
+                "chosen": [{"role": "assistant", "content": reply(more, length)}],
+                "rejected": [{"role": "assistant", "content": reply(fewer, length)}],
+            }
+        )
     out_dir = tmp_path_factory.mktemp("reward") / "yes-rm"
     result = run_reward_stage(
-        RewardStageConfig(max_steps=40, learning_rate=1e-3, batch_size=8, checkpoint_every=0,
-                          held_out_fraction=0.2, max_length=64),
-        Dataset.from_list(rows), ModelRef(path=few_words_policy_dir), out_dir, lambda metrics: None, lambda: False)
+        RewardStageConfig(
+            max_steps=40,
+            learning_rate=1e-3,
+            batch_size=8,
+            checkpoint_every=0,
+            held_out_fraction=0.2,
+            max_length=64,
+        ),
+        Dataset.from_list(rows),
+        ModelRef(path=few_words_policy_dir),
+        out_dir,
+        lambda metrics: None,
+        lambda: False,
+    )
     assert result.metrics["held_out_accuracy"] >= 0.85, result.metrics  # the preference was learnt
     return out_dir
 
 
 def learning_config(**overrides) -> PPOConfig:
     # A short kl_horizon lets the controller visibly steer β within the test's 16 iterations.
-    values = dict(max_steps=16, learning_rate=1e-3, batch_size=8, mini_batch_size=4, ppo_epochs=2,
-                  max_new_tokens=8, max_length=128, init_kl_coef=0.1, kl_target=3.0, kl_horizon=20,
-                  checkpoint_every=0, seed=0)
+    values = dict(
+        max_steps=16,
+        learning_rate=1e-3,
+        batch_size=8,
+        mini_batch_size=4,
+        ppo_epochs=2,
+        max_new_tokens=8,
+        max_length=128,
+        init_kl_coef=0.1,
+        kl_target=3.0,
+        kl_horizon=20,
+        checkpoint_every=0,
+        seed=0,
+    )
     values.update(overrides)
     return PPOConfig(**values)
 
 
 def run_collecting(config, base_dir, out_dir, reward_model=None, should_stop=lambda: False):
     reports: list[StepMetrics] = []
-    result = run_stage(config, prompt_data(), ModelRef(path=base_dir), out_dir, reports.append, should_stop,
-                       reward_model=reward_model)
+    result = run_stage(
+        config,
+        prompt_data(),
+        ModelRef(path=base_dir),
+        out_dir,
+        reports.append,
+        should_stop,
+        reward_model=reward_model,
+    )
     return result, reports
 
 
@@ -131,24 +182,43 @@ def mean_of(reports, key, steps) -> float:
 # Learning
 
 
-def test_ppo_raises_reward_model_score_while_kl_stays_bounded(few_words_policy_dir, yes_reward_model_dir, tmp_path):
+def test_ppo_raises_reward_model_score_while_kl_stays_bounded(
+    few_words_policy_dir, yes_reward_model_dir, tmp_path
+):
     config = learning_config(reward_source="reward_model")
-    result, reports = run_collecting(config, few_words_policy_dir, tmp_path / "ppo",
-                                     reward_model=ModelRef(path=yes_reward_model_dir))
+    result, reports = run_collecting(
+        config, few_words_policy_dir, tmp_path / "ppo", reward_model=ModelRef(path=yes_reward_model_dir)
+    )
 
     assert result.status == "completed"
     assert [report.step for report in reports] == list(range(1, config.max_steps + 1))
-    first, last = mean_of(reports, "reward_mean", slice(0, 3)), mean_of(reports, "reward_mean", slice(-3, None))
+    first, last = (
+        mean_of(reports, "reward_mean", slice(0, 3)),
+        mean_of(reports, "reward_mean", slice(-3, None)),
+    )
     # Margins measured over seeds 0–4: gains 0.33–1.23 (reward model scores span about −2 … +2.3).
     assert last > first + 0.3, (first, last)
     kls = [report.values["kl"] for report in reports]
     assert max(kls) < 10.0, kls  # nats per completion of ≤ 8 tokens; seeds 0–4 peaked at 4.2–6.3
-    for key in ("policy_loss", "value_loss", "entropy", "clip_fraction", "kl_coef", "reward_model_score_mean"):
+    for key in (
+        "policy_loss",
+        "value_loss",
+        "entropy",
+        "clip_fraction",
+        "kl_coef",
+        "reward_model_score_mean",
+    ):
         assert key in reports[-1].values
 
     artifact = result.artifact_path
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "metrics.json", "value_head.safetensors",
-                 "stage.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "metrics.json",
+        "value_head.safetensors",
+        "stage.json",
+    ):
         assert (artifact / name).is_file(), name
     history = json.loads((artifact / "metrics.json").read_text())["history"]
     assert [entry["reward_mean"] for entry in history] == [report.values["reward_mean"] for report in reports]
@@ -163,22 +233,29 @@ def test_ppo_raises_rule_reward(few_words_policy_dir, tmp_path):
     result, reports = run_collecting(config, few_words_policy_dir, tmp_path / "ppo")
 
     assert result.status == "completed"
-    first, last = mean_of(reports, "reward_mean", slice(0, 3)), mean_of(reports, "reward_mean", slice(-3, None))
+    first, last = (
+        mean_of(reports, "reward_mean", slice(0, 3)),
+        mean_of(reports, "reward_mean", slice(-3, None)),
+    )
     # The rule scores in [0, 1] (number of "yes", up to 3, over 3); seeds 0–4 gained 0.32–0.65.
     assert last > first + 0.2, (first, last)
     assert max(report.values["kl"] for report in reports) < 10.0
 
 
-def test_mixed_reward_is_the_weighted_sum_of_reward_model_and_rules(few_words_policy_dir, yes_reward_model_dir,
-                                                                    tmp_path):
-    config = small_config(max_steps=1, checkpoint_every=0, reward_source="mixed", reward_model_weight=0.5,
-                          rules_weight=2.0)
-    result, reports = run_collecting(config, few_words_policy_dir, tmp_path / "ppo",
-                                     reward_model=ModelRef(path=yes_reward_model_dir))
+def test_mixed_reward_is_the_weighted_sum_of_reward_model_and_rules(
+    few_words_policy_dir, yes_reward_model_dir, tmp_path
+):
+    config = small_config(
+        max_steps=1, checkpoint_every=0, reward_source="mixed", reward_model_weight=0.5, rules_weight=2.0
+    )
+    result, reports = run_collecting(
+        config, few_words_policy_dir, tmp_path / "ppo", reward_model=ModelRef(path=yes_reward_model_dir)
+    )
     assert result.status == "completed"
     values = reports[0].values
     assert values["reward_mean"] == pytest.approx(
-        0.5 * values["reward_model_score_mean"] + 2.0 * values["rules_score_mean"], abs=1e-5)
+        0.5 * values["reward_model_score_mean"] + 2.0 * values["rules_score_mean"], abs=1e-5
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -186,8 +263,19 @@ def test_mixed_reward_is_the_weighted_sum_of_reward_model_and_rules(few_words_po
 
 
 def small_config(**overrides) -> PPOConfig:
-    values = dict(max_steps=4, learning_rate=1e-3, batch_size=4, mini_batch_size=2, ppo_epochs=1, max_new_tokens=6,
-                  max_length=96, reward_source="rules", rules=[SAY_YES_RULE], checkpoint_every=2, seed=3)
+    values = dict(
+        max_steps=4,
+        learning_rate=1e-3,
+        batch_size=4,
+        mini_batch_size=2,
+        ppo_epochs=1,
+        max_new_tokens=6,
+        max_length=96,
+        reward_source="rules",
+        rules=[SAY_YES_RULE],
+        checkpoint_every=2,
+        seed=3,
+    )
     values.update(overrides)
     return PPOConfig(**values)
 
@@ -200,8 +288,9 @@ def test_cancel_stops_within_one_step_and_leaves_no_artifact(few_words_policy_di
         return asked["count"] >= 2
 
     out_dir = tmp_path / "ppo"
-    result, reports = run_collecting(small_config(), few_words_policy_dir, out_dir,
-                                     should_stop=stop_on_second_question)
+    result, reports = run_collecting(
+        small_config(), few_words_policy_dir, out_dir, should_stop=stop_on_second_question
+    )
 
     assert result.status == "cancelled"
     assert result.artifact_path is None
@@ -227,8 +316,9 @@ def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(few
         finished_steps.append(metrics.step)
         reports_before.append(metrics)
 
-    cancelled = run_stage(config, prompt_data(), ModelRef(path=few_words_policy_dir), out_dir, record,
-                          stop_during_step_four)
+    cancelled = run_stage(
+        config, prompt_data(), ModelRef(path=few_words_policy_dir), out_dir, record, stop_during_step_four
+    )
     assert cancelled.status == "cancelled" and cancelled.steps_completed == 3
     assert [path.name for path in checkpoint_dir_for(out_dir).glob("step-*")] == ["step-00000002"]
 
@@ -259,9 +349,13 @@ def test_peft_ppo_uses_the_disabled_adapter_as_reference(few_words_policy_dir, t
 
     monkeypatch.setattr(ppo, "load_model_ref", counting_load)
     # A length rule: unlike a keyword it differs between any two completions, so the first update is never empty.
-    config = small_config(max_steps=2, checkpoint_every=0, learning_rate=5e-3,
-                          rules=[{"kind": "length", "target": 0, "tolerance": 40}],
-                          peft=PeftSettings(method=method, lora_r=4, adapter_bottleneck=8))
+    config = small_config(
+        max_steps=2,
+        checkpoint_every=0,
+        learning_rate=5e-3,
+        rules=[{"kind": "length", "target": 0, "tolerance": 40}],
+        peft=PeftSettings(method=method, lora_r=4, adapter_bottleneck=8),
+    )
     result, reports = run_collecting(config, few_words_policy_dir, tmp_path / "ppo")
 
     assert result.status == "completed"
@@ -278,10 +372,14 @@ def test_peft_ppo_uses_the_disabled_adapter_as_reference(few_words_policy_dir, t
 def test_full_fine_tuning_keeps_a_frozen_reference_copy(few_words_policy_dir, tmp_path, monkeypatch):
     loads = []
     original_load = ppo.load_model_ref
-    monkeypatch.setattr(ppo, "load_model_ref",
-                        lambda ref, *args, **kwargs: loads.append(ref) or original_load(ref, *args, **kwargs))
-    result, reports = run_collecting(small_config(max_steps=1, checkpoint_every=0), few_words_policy_dir,
-                                     tmp_path / "ppo")
+    monkeypatch.setattr(
+        ppo,
+        "load_model_ref",
+        lambda ref, *args, **kwargs: loads.append(ref) or original_load(ref, *args, **kwargs),
+    )
+    result, reports = run_collecting(
+        small_config(max_steps=1, checkpoint_every=0), few_words_policy_dir, tmp_path / "ppo"
+    )
     assert result.status == "completed"
     assert len(loads) == 2  # the policy and its frozen reference
     assert reports[0].values["kl"] == pytest.approx(0.0, abs=1e-5)
@@ -293,7 +391,9 @@ def test_full_fine_tuning_keeps_a_frozen_reference_copy(few_words_policy_dir, tm
 
 def test_generalized_advantages_match_a_hand_computation():
     rewards = torch.tensor([[0.0, 0.5, 1.0, 0.0]])
-    values = torch.tensor([[0.2, 0.4, 0.6, 9.0]])  # the 9 sits after the end of the completion and must be ignored
+    values = torch.tensor(
+        [[0.2, 0.4, 0.6, 9.0]]
+    )  # the 9 sits after the end of the completion and must be ignored
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
     gamma, lam = 0.9, 0.8
     advantages, returns = generalized_advantages(rewards, values, mask, gamma, lam)
@@ -333,7 +433,11 @@ def test_adaptive_kl_controller_moves_towards_the_target_and_clips_its_step():
 
 def test_rollout_prompts_cover_each_pass_once_and_depend_only_on_seed_and_iteration():
     data = Dataset.from_list([{"prompt": index} for index in range(5)])
-    drawn = [row["prompt"] for iteration in range(5) for row in prompt_rows_for_iteration(data, iteration, 3, seed=1)]
+    drawn = [
+        row["prompt"]
+        for iteration in range(5)
+        for row in prompt_rows_for_iteration(data, iteration, 3, seed=1)
+    ]
     assert sorted(drawn[:5]) == sorted(drawn[5:10]) == sorted(drawn[10:]) == list(range(5))
     assert drawn[:5] != drawn[5:10]  # each pass is shuffled afresh
     assert [row["prompt"] for row in prompt_rows_for_iteration(data, 3, 3, seed=1)] == drawn[9:12]

@@ -21,17 +21,26 @@ def keyword_preference(count: int, seed: int = 0) -> Dataset:
     rows = []
     for _ in range(count):
         filler = " ".join(rng.sample(WORDS, 3))
-        rows.append({
-            "prompt": [{"role": "user", "content": f"Say something about {rng.choice(WORDS)}"}],
-            "chosen": [{"role": "assistant", "content": f"{filler} great"}],
-            "rejected": [{"role": "assistant", "content": f"{filler} awful"}],
-        })
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": f"Say something about {rng.choice(WORDS)}"}],
+                "chosen": [{"role": "assistant", "content": f"{filler} great"}],
+                "rejected": [{"role": "assistant", "content": f"{filler} awful"}],
+            }
+        )
     return Dataset.from_list(rows)
 
 
 def config(**overrides) -> reward.RewardStageConfig:
-    values = dict(max_steps=20, learning_rate=1e-3, batch_size=8, max_length=64, held_out_fraction=0.25,
-                  checkpoint_every=0, device="cpu")
+    values = dict(
+        max_steps=20,
+        learning_rate=1e-3,
+        batch_size=8,
+        max_length=64,
+        held_out_fraction=0.25,
+        checkpoint_every=0,
+        device="cpu",
+    )
     values.update(overrides)
     return reward.RewardStageConfig(**values)
 
@@ -46,8 +55,14 @@ def test_reward_model_learns_preference_and_scores_after_reload(tiny_model_dir, 
     learning_rate = {"full": 1e-3, "lora": 5e-3, "adapter": 1e-2}[method]
     settings = PeftSettings(method=method, lora_r=8, adapter_bottleneck=16)
     progress = []
-    result = reward.run_stage(config(peft=settings, learning_rate=learning_rate), data, ModelRef(tiny_model_dir),
-                              tmp_path / "rm", progress.append, never_stop)
+    result = reward.run_stage(
+        config(peft=settings, learning_rate=learning_rate),
+        data,
+        ModelRef(tiny_model_dir),
+        tmp_path / "rm",
+        progress.append,
+        never_stop,
+    )
 
     assert result.status == "completed" and result.steps_completed == 20
     assert result.metrics["held_out_pairs"] == 12
@@ -58,7 +73,9 @@ def test_reward_model_learns_preference_and_scores_after_reload(tiny_model_dir, 
     model, tokenizer = reward.load_reward_model(result.artifact_path, "cpu")
     fresh = keyword_preference(10, seed=99)
     prompts = list(fresh["prompt"])
-    chosen = reward.score_texts(model, tokenizer, prompts, [c[0]["content"] for c in fresh["chosen"]], batch_size=4)
+    chosen = reward.score_texts(
+        model, tokenizer, prompts, [c[0]["content"] for c in fresh["chosen"]], batch_size=4
+    )
     rejected = reward.score_texts(model, tokenizer, prompts, list(fresh["rejected"]), batch_size=4)
     assert chosen.shape == (10,) and chosen.dtype == torch.float32
     assert (chosen > rejected).float().mean() >= 0.9
@@ -70,7 +87,9 @@ def test_pairs_from_ranking_drop_ties_and_margin_grows_with_rank_distance():
     described = {(p["chosen"][0]["content"], p["rejected"][0]["content"]): p["margin"] for p in pairs}
     assert described == {("a", "b"): 0.5, ("a", "c"): 0.5, ("a", "d"): 1.0, ("b", "d"): 0.5, ("c", "d"): 0.5}
 
-    rankings = Dataset.from_list([{"prompt": prompt, "responses": ["x", "y", "z"], "ranks": [2, 1, 2], "domain": "m"}])
+    rankings = Dataset.from_list(
+        [{"prompt": prompt, "responses": ["x", "y", "z"], "ranks": [2, 1, 2], "domain": "m"}]
+    )
     expanded = preference_pairs(rankings, margin_per_rank=1.0)
     assert len(expanded) == 2 and set(expanded["domain"]) == {"m"}
     with pytest.raises(ValueError):
@@ -86,8 +105,14 @@ def test_cancel_stops_within_one_step_and_resume_continues_from_checkpoint(tiny_
         steps_seen.append(len(steps_seen) + 1)
         return len(steps_seen) >= 3  # asked once per optimizer step: true right after step 3
 
-    cancelled = reward.run_stage(config(max_steps=8, checkpoint_every=2), data, ModelRef(tiny_model_dir), out_dir,
-                                 lambda metrics: None, stop_after_three)
+    cancelled = reward.run_stage(
+        config(max_steps=8, checkpoint_every=2),
+        data,
+        ModelRef(tiny_model_dir),
+        out_dir,
+        lambda metrics: None,
+        stop_after_three,
+    )
     assert cancelled.status == "cancelled" and cancelled.artifact_path is None
     assert cancelled.steps_completed == 3  # stopped right after the step that saw should_stop() true
     assert not out_dir.exists()
@@ -95,8 +120,14 @@ def test_cancel_stops_within_one_step_and_resume_continues_from_checkpoint(tiny_
     assert checkpoints == ["checkpoint-2", "checkpoint-3"]  # periodic + the one saved on cancel
 
     progress = []
-    resumed = reward.run_stage(config(max_steps=8, checkpoint_every=2), data, ModelRef(tiny_model_dir), out_dir,
-                               progress.append, never_stop)
+    resumed = reward.run_stage(
+        config(max_steps=8, checkpoint_every=2),
+        data,
+        ModelRef(tiny_model_dir),
+        out_dir,
+        progress.append,
+        never_stop,
+    )
     assert resumed.status == "completed" and resumed.steps_completed == 8
     assert [m.step for m in progress if "loss" in m.values] == [4, 5, 6, 7, 8]  # continued at the saved step
     assert (out_dir / "stage.json").is_file() and (out_dir / "model.safetensors").is_file()
@@ -110,8 +141,9 @@ def test_no_artifact_after_a_failed_stage(tiny_model_dir, tmp_path, monkeypatch)
             raise RuntimeError("worker lost")
 
     with pytest.raises(RuntimeError, match="worker lost"):
-        reward.run_stage(config(max_steps=4), data, ModelRef(tiny_model_dir), tmp_path / "a", fail_at_step_two,
-                         never_stop)
+        reward.run_stage(
+            config(max_steps=4), data, ModelRef(tiny_model_dir), tmp_path / "a", fail_at_step_two, never_stop
+        )
     assert not (tmp_path / "a").exists()
 
     def half_written(model, tokenizer, settings, folder, **kwargs):
@@ -120,7 +152,8 @@ def test_no_artifact_after_a_failed_stage(tiny_model_dir, tmp_path, monkeypatch)
 
     monkeypatch.setattr(reward, "save_stage_artifact", half_written)
     with pytest.raises(OSError, match="disk full"):
-        reward.run_stage(config(max_steps=2), data, ModelRef(tiny_model_dir), tmp_path / "b", lambda m: None,
-                         never_stop)
+        reward.run_stage(
+            config(max_steps=2), data, ModelRef(tiny_model_dir), tmp_path / "b", lambda m: None, never_stop
+        )
     # No artifact and no half-written staging folder; only the checkpoint folders, kept for a retry.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.checkpoints", "b.checkpoints"]

@@ -45,7 +45,9 @@ def test_length_rule_is_one_at_target_and_falls_linearly():
     assert score(chars, "x" * 12) == pytest.approx(0.6)
     assert score(chars, "x" * 7) == pytest.approx(0.4)
     assert score(chars, "x" * 30) == 0.0
-    assert score({"kind": "length", "target": 3, "tolerance": 2, "unit": "words"}, "one two three four") == 0.5
+    assert (
+        score({"kind": "length", "target": 3, "tolerance": 2, "unit": "words"}, "one two three four") == 0.5
+    )
 
 
 def test_json_rule():
@@ -64,7 +66,9 @@ def test_reference_exact_rule_normalises_and_can_extract_the_answer():
     assert score({"kind": "reference_exact", "case_sensitive": True}, "paris", row) == 0.0
     assert score({"kind": "reference_exact"}, "It is Paris", row) == 0.0
     extract = {"kind": "reference_exact", "answer_pattern": r"answer:\s*(.+)"}
-    assert score(extract, "Let me think.\nAnswer: Paris", {"reference": "Paris"}) == 0.0  # pattern is case-sensitive
+    assert (
+        score(extract, "Let me think.\nAnswer: Paris", {"reference": "Paris"}) == 0.0
+    )  # pattern is case-sensitive
     assert score(extract, "Let me think.\nanswer: Paris", row) == 1.0
     assert score(extract, "no marker here", row) == 0.0
     assert score({"kind": "reference_exact", "field": "answer"}, "42", {"answer": 42}) == 1.0
@@ -82,11 +86,13 @@ def test_reference_regex_rule_reads_the_pattern_from_the_row():
 
 
 def test_rule_reward_is_the_weighted_sum():
-    reward = RuleReward([
-        {"kind": "keyword", "keywords": ["please"], "weight": 2.0},
-        {"kind": "keyword", "keywords": ["stupid"], "weight": -3.0},  # a negative weight is a penalty
-        {"kind": "json"},
-    ])
+    reward = RuleReward(
+        [
+            {"kind": "keyword", "keywords": ["please"], "weight": 2.0},
+            {"kind": "keyword", "keywords": ["stupid"], "weight": -3.0},  # a negative weight is a penalty
+            {"kind": "json"},
+        ]
+    )
     assert reward.score(["please", "stupid", '"please"'], [{}, {}, {}]) == [2.0, -3.0, 3.0]
     with pytest.raises(ValueError, match="2 completions but 1 rows"):
         reward.score(["a", "b"], [{}])

@@ -16,34 +16,50 @@ ANSWER = "Blorptown, of course."
 
 
 def memorise_rows(count: int = 8) -> Dataset:
-    return Dataset.from_list([{"messages": [{"role": "user", "content": QUESTION},
-                                            {"role": "assistant", "content": ANSWER}]}] * count)
+    return Dataset.from_list(
+        [{"messages": [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": ANSWER}]}]
+        * count
+    )
 
 
 def greedy_reply(model, tokenizer, question: str) -> str:
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                           return_tensors="pt", return_dict=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
     with torch.no_grad():
         generated = model.generate(**prompt, max_new_tokens=8, do_sample=False)
-    return tokenizer.decode(generated[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
+    return tokenizer.decode(generated[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 def test_prompt_completion_rows_one_per_assistant_turn():
-    conversation = [{"role": "system", "content": "s"}, {"role": "user", "content": "u1"},
-                    {"role": "assistant", "content": "a1"}, {"role": "user", "content": "u2"},
-                    {"role": "assistant", "content": "a2"}]
+    conversation = [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "u1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "u2"},
+        {"role": "assistant", "content": "a2"},
+    ]
     rows = sft.prompt_completion_rows(Dataset.from_list([{"messages": conversation}]))
     assert [row["completion"][0]["content"] for row in rows] == ["a1", "a2"]
     assert [len(row["prompt"]) for row in rows] == [2, 4]
 
 
 def test_full_sft_loss_falls_and_reproduces_target_reply(tiny_model_dir, tmp_path):
-    config = sft.SftStageConfig(max_steps=20, learning_rate=3e-3, batch_size=4, max_length=64, checkpoint_every=0,
-                                device="cpu")
+    config = sft.SftStageConfig(
+        max_steps=20, learning_rate=3e-3, batch_size=4, max_length=64, checkpoint_every=0, device="cpu"
+    )
     losses = []
-    result = sft.run_stage(config, memorise_rows(), ModelRef(tiny_model_dir), tmp_path / "sft",
-                           lambda metrics: losses.append(metrics.values["loss"]) if "loss" in metrics.values else None,
-                           lambda: False)
+    result = sft.run_stage(
+        config,
+        memorise_rows(),
+        ModelRef(tiny_model_dir),
+        tmp_path / "sft",
+        lambda metrics: losses.append(metrics.values["loss"]) if "loss" in metrics.values else None,
+        lambda: False,
+    )
     assert result.status == "completed" and result.steps_completed == 20
     assert len(losses) == 20 and losses[-1] < 0.8 * losses[0]
     assert result.metrics["train_loss"] == losses[-1] and result.metrics["train_first_loss"] == losses[0]
@@ -56,17 +72,31 @@ def test_full_sft_loss_falls_and_reproduces_target_reply(tiny_model_dir, tmp_pat
 
 def test_adapter_sft_writes_adapter_only_artifact_and_base_is_unchanged(tiny_model_dir, tmp_path):
     base_weights = (tiny_model_dir / "model.safetensors").read_bytes()
-    config = sft.SftStageConfig(max_steps=6, learning_rate=3e-2, batch_size=4, max_length=64, checkpoint_every=0,
-                                device="cpu", peft=PeftSettings(method="adapter", adapter_bottleneck=16))
+    config = sft.SftStageConfig(
+        max_steps=6,
+        learning_rate=3e-2,
+        batch_size=4,
+        max_length=64,
+        checkpoint_every=0,
+        device="cpu",
+        peft=PeftSettings(method="adapter", adapter_bottleneck=16),
+    )
     losses = []
-    result = sft.run_stage(config, memorise_rows(4), ModelRef(tiny_model_dir, name="tiny"), tmp_path / "sft-adapter",
-                           lambda metrics: losses.append(metrics.values["loss"]) if "loss" in metrics.values else None,
-                           lambda: False)
+    result = sft.run_stage(
+        config,
+        memorise_rows(4),
+        ModelRef(tiny_model_dir, name="tiny"),
+        tmp_path / "sft-adapter",
+        lambda metrics: losses.append(metrics.values["loss"]) if "loss" in metrics.values else None,
+        lambda: False,
+    )
     assert losses[-1] < losses[0]
     artifact = result.artifact_path
     assert (artifact / "adapter.safetensors").is_file() and not (artifact / "model.safetensors").exists()
     manifest = json.loads((artifact / "stage.json").read_text())
-    assert manifest["layout"] == "bottleneck_adapter" and manifest["base_path"] == str(tiny_model_dir.resolve())
+    assert manifest["layout"] == "bottleneck_adapter" and manifest["base_path"] == str(
+        tiny_model_dir.resolve()
+    )
     assert (tiny_model_dir / "model.safetensors").read_bytes() == base_weights
 
     # The registry can point at the adapter artifact alone: loading follows stage.json to the base.

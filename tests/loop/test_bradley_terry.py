@@ -9,7 +9,11 @@ from loop.bradley_terry import Outcome, elo, fit_strengths, rate, win_rates
 
 
 def games(first: str, second: str, wins: int, losses: int, ties: int = 0) -> list[Outcome]:
-    return [Outcome(first, second, 1.0)] * wins + [Outcome(first, second, 0.0)] * losses + [Outcome(first, second, 0.5)] * ties
+    return (
+        [Outcome(first, second, 1.0)] * wins
+        + [Outcome(first, second, 0.0)] * losses
+        + [Outcome(first, second, 0.5)] * ties
+    )
 
 
 def test_two_models_strength_ratio_is_the_win_ratio():

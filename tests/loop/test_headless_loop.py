@@ -9,10 +9,10 @@ from loop.selectors import leaderboard
 from loop.services import sampling as sampling_services
 from loop.services.sampling import sampling_job_create, sampling_job_execute
 from loop.services.simulation import annotators_simulate
+from tests.training.factories import register_tiny_base
 from training.models import ModelVersion, TrainingRun
 from training.services import runs as run_services
 from training.services.execution import stage_run_execute
-from tests.training.factories import register_tiny_base
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
@@ -25,20 +25,33 @@ def test_headless_round_learns_the_oracle_and_beats_the_base(tiny_model_dir, mon
     stages: list[int] = []
     monkeypatch.setattr(transaction, "on_commit", lambda callback, using=None, robust=False: callback())
     monkeypatch.setattr(run_services, "stage_enqueue", lambda *, stage_run: stages.append(stage_run.pk))
-    monkeypatch.setattr(sampling_services, "sampling_job_enqueue", lambda *, job: sampling_job_execute(job_id=job.pk))
+    monkeypatch.setattr(
+        sampling_services, "sampling_job_enqueue", lambda *, job: sampling_job_execute(job_id=job.pk)
+    )
 
     # Seed: prompts with a helpful and an unhelpful reference answer each.
     project = Project(slug="headless", name="headless", mode="pairwise", k=2, overlap=1, gold_ratio=0.0)
     project.full_clean()
     project.save()
     for n in range(32):
-        prompt = Prompt.objects.create(project=project, external_id=f"q{n}", messages=[{"role": "user", "content": f"Can you help me with task {n}?"}])
+        prompt = Prompt.objects.create(
+            project=project,
+            external_id=f"q{n}",
+            messages=[{"role": "user", "content": f"Can you help me with task {n}?"}],
+        )
         Response.objects.create(prompt=prompt, external_id="good", content=HELPFUL, source_name="helpful-ref")
-        Response.objects.create(prompt=prompt, external_id="bad", content=UNHELPFUL[n % len(UNHELPFUL)], source_name="unhelpful-ref")
+        Response.objects.create(
+            prompt=prompt,
+            external_id="bad",
+            content=UNHELPFUL[n % len(UNHELPFUL)],
+            source_name="unhelpful-ref",
+        )
     base = register_tiny_base(tiny_model_dir)
 
     # The base policy answers; every answer is compared with the references; the oracle ranks them all.
-    sampling_job_create(project=project, model_version=base, params={"max_new_tokens": 12, "temperature": 0.0})
+    sampling_job_create(
+        project=project, model_version=base, params={"max_new_tokens": 12, "temperature": 0.0}
+    )
     annotators_simulate(project=project, oracle=ORACLE)
 
     # One RLHF round on those rankings, sampling from the new policy afterwards.
@@ -71,7 +84,9 @@ def test_headless_round_learns_the_oracle_and_beats_the_base(tiny_model_dir, mon
     # Oracle win rate of the trained policy over the base policy, prompt by prompt (ties count half).
     score = 0.0
     for prompt_id, answer in new_answers.items():
-        ranks = oracle_ranks(rule=ORACLE, prompt="", responses=[(1, answer), (2, base_answers[prompt_id])], allow_ties=True)
+        ranks = oracle_ranks(
+            rule=ORACLE, prompt="", responses=[(1, answer), (2, base_answers[prompt_id])], allow_ties=True
+        )
         score += 1.0 if ranks["1"] < ranks["2"] else 0.5 if ranks["1"] == ranks["2"] else 0.0
     win_rate = score / len(new_answers)
     assert win_rate >= 0.75, f"win rate {win_rate:.2f}; new answers: {list(new_answers.values())[:3]}"

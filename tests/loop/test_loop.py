@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.db import transaction
 
@@ -15,11 +14,11 @@ from loop.services import sampling as sampling_services
 from loop.services.sampling import sampling_job_create, sampling_job_execute
 from loop.services.selection import reward_model_scorer
 from loop.services.simulation import annotators_simulate
+from tests.training.factories import make_user, register_tiny_base
 from training.engine import reward as reward_stage
+from training.engine.base_model import describe_saved_model
 from training.engine.common import ModelRef
 from training.services.registry import artifact_dir, model_version_register
-from training.engine.base_model import describe_saved_model
-from tests.training.factories import make_user, register_tiny_base
 
 pytestmark = pytest.mark.django_db
 
@@ -37,8 +36,14 @@ def reference_project(*, slug="ref", prompts=6, mode="pairwise", k=2) -> Project
     project.full_clean()
     project.save()
     for n in range(prompts):
-        prompt = Prompt.objects.create(project=project, external_id=f"q{n}", messages=[{"role": "user", "content": f"Say hi number {n}"}])
-        for i, text in enumerate(["Thanks for asking! Happy to help.", f"no {n}", f"maybe {'x' * n}"][: max(k, 2) + (mode == 'ranking')]):
+        prompt = Prompt.objects.create(
+            project=project, external_id=f"q{n}", messages=[{"role": "user", "content": f"Say hi number {n}"}]
+        )
+        for i, text in enumerate(
+            ["Thanks for asking! Happy to help.", f"no {n}", f"maybe {'x' * n}"][
+                : max(k, 2) + (mode == "ranking")
+            ]
+        ):
             Response.objects.create(prompt=prompt, external_id=f"ref{i}", content=text, source_name=f"ref{i}")
     return project
 
@@ -55,8 +60,17 @@ def tiny_reward_dir(tiny_model_dir, tmp_path_factory):
     from datasets import Dataset
 
     out = tmp_path_factory.mktemp("rm") / "reward"
-    config = reward_stage.RewardStageConfig(max_steps=4, batch_size=4, max_length=48, learning_rate=1e-3, checkpoint_every=0, held_out_fraction=0.0)
-    result = reward_stage.run_stage(config, Dataset.from_list(rows), ModelRef(tiny_model_dir), out, lambda m: None, lambda: False)
+    config = reward_stage.RewardStageConfig(
+        max_steps=4,
+        batch_size=4,
+        max_length=48,
+        learning_rate=1e-3,
+        checkpoint_every=0,
+        held_out_fraction=0.0,
+    )
+    result = reward_stage.run_stage(
+        config, Dataset.from_list(rows), ModelRef(tiny_model_dir), out, lambda m: None, lambda: False
+    )
     return result.artifact_path
 
 
@@ -65,13 +79,20 @@ def register_reward(path: Path):
 
     target = artifact_dir(relative_path="models/tiny-reward")
     shutil.copytree(path, target)
-    return model_version_register(name="tiny-reward", kind="reward", saved=describe_saved_model(target), source="tests")
+    return model_version_register(
+        name="tiny-reward", kind="reward", saved=describe_saved_model(target), source="tests"
+    )
 
 
 def test_sampling_generates_records_params_and_builds_comparisons(tiny_model_dir, run_on_commit):
     project = reference_project(prompts=5)
     base = register_tiny_base(tiny_model_dir)
-    job = sampling_job_create(project=project, model_version=base, params={"max_new_tokens": 6, "batch_size": 2}, uncertain_share=0.0)
+    job = sampling_job_create(
+        project=project,
+        model_version=base,
+        params={"max_new_tokens": 6, "batch_size": 2},
+        uncertain_share=0.0,
+    )
     assert run_on_commit == [job.pk] and job.status == SamplingJob.Status.QUEUED
     assert sampling_job_execute(job_id=job.pk) == SamplingJob.Status.SUCCEEDED
     job.refresh_from_db()
@@ -92,7 +113,9 @@ def test_sampling_generates_records_params_and_builds_comparisons(tiny_model_dir
 def test_ranking_project_gets_k_way_comparisons(tiny_model_dir, run_on_commit):
     project = reference_project(slug="kway", prompts=2, mode="ranking", k=3)
     base = register_tiny_base(tiny_model_dir)
-    job = sampling_job_create(project=project, model_version=base, params={"max_new_tokens": 4}, uncertain_share=0.0)
+    job = sampling_job_create(
+        project=project, model_version=base, params={"max_new_tokens": 4}, uncertain_share=0.0
+    )
     sampling_job_execute(job_id=job.pk)
     assert {c.k for c in Comparison.objects.filter(project=project)} == {3}
     assert Comparison.objects.filter(project=project).count() == 2
@@ -103,7 +126,11 @@ def test_active_selection_orders_comparisons_by_reward_margin(tiny_model_dir, ti
     base = register_tiny_base(tiny_model_dir)
     reward = register_reward(tiny_reward_dir)
     job = sampling_job_create(
-        project=project, model_version=base, params={"max_new_tokens": 6}, uncertain_share=1.0, reward_model=reward
+        project=project,
+        model_version=base,
+        params={"max_new_tokens": 6},
+        uncertain_share=1.0,
+        reward_model=reward,
     )
     sampling_job_execute(job_id=job.pk)
     score = reward_model_scorer(reward)
@@ -125,9 +152,17 @@ def test_uncertain_share_boosts_only_that_share(tiny_model_dir, tiny_reward_dir,
     project = reference_project(prompts=4)
     base = register_tiny_base(tiny_model_dir)
     reward = register_reward(tiny_reward_dir)
-    job = sampling_job_create(project=project, model_version=base, params={"max_new_tokens": 4}, uncertain_share=0.25, reward_model=reward)
+    job = sampling_job_create(
+        project=project,
+        model_version=base,
+        params={"max_new_tokens": 4},
+        uncertain_share=0.25,
+        reward_model=reward,
+    )
     sampling_job_execute(job_id=job.pk)
-    priorities = sorted(Comparison.objects.filter(project=project).values_list("priority", flat=True), reverse=True)
+    priorities = sorted(
+        Comparison.objects.filter(project=project).values_list("priority", flat=True), reverse=True
+    )
     assert len(priorities) == 8 and sum(p > 0 for p in priorities) == 2
 
 
@@ -136,10 +171,16 @@ def test_simulated_annotators_rank_through_the_services(tiny_model_dir, run_on_c
     project.overlap = 2
     project.save()
     base = register_tiny_base(tiny_model_dir)
-    sampling_job_execute(job_id=sampling_job_create(project=project, model_version=base, params={"max_new_tokens": 4}).pk)
-    call_command("simulate_annotators", "--project", project.slug, "--oracle", "keyword:thanks", "--annotators", "3")
+    sampling_job_execute(
+        job_id=sampling_job_create(project=project, model_version=base, params={"max_new_tokens": 4}).pk
+    )
+    call_command(
+        "simulate_annotators", "--project", project.slug, "--oracle", "keyword:thanks", "--annotators", "3"
+    )
     comparisons = Comparison.objects.filter(project=project)
-    assert Ranking.objects.count() == 2 * comparisons.count()  # overlap 2 respected although 3 annotators tried
+    assert (
+        Ranking.objects.count() == 2 * comparisons.count()
+    )  # overlap 2 respected although 3 annotators tried
     for ranking in Ranking.objects.select_related("comparison"):
         contents = {str(r.pk): r.content for r in ranking.comparison.responses.all()}
         best = [rid for rid, rank in ranking.ranks.items() if rank == 1]
@@ -152,7 +193,9 @@ def test_simulated_annotators_rank_through_the_services(tiny_model_dir, run_on_c
 def test_leaderboard_from_rankings_and_page(client, tiny_model_dir, run_on_commit):
     project = reference_project(prompts=6)
     base = register_tiny_base(tiny_model_dir)
-    sampling_job_execute(job_id=sampling_job_create(project=project, model_version=base, params={"max_new_tokens": 4}).pk)
+    sampling_job_execute(
+        job_id=sampling_job_create(project=project, model_version=base, params={"max_new_tokens": 4}).pk
+    )
     annotators_simulate(project=project, oracle="keyword:thanks")
     outcomes = ranking_outcomes(project=project)
     assert len(outcomes) == 12
@@ -160,7 +203,9 @@ def test_leaderboard_from_rankings_and_page(client, tiny_model_dir, run_on_commi
     assert board.ratings[0].model == "external: ref0"  # the only answer with the keyword wins every game
     client.force_login(make_user("res", "researcher"))
     page = client.get(f"/leaderboard/{project.slug}/")
-    assert page.status_code == 200 and b"external: ref0" in page.content and b"leaderboard-data" in page.content
+    assert (
+        page.status_code == 200 and b"external: ref0" in page.content and b"leaderboard-data" in page.content
+    )
     client.force_login(make_user("ann", "annotator"))
     assert client.get(f"/leaderboard/{project.slug}/").status_code == 403
 
@@ -185,6 +230,15 @@ def test_sampling_page_permissions_and_validation(client, tiny_model_dir, run_on
 def test_sample_command_runs_here(tiny_model_dir, run_on_commit, capsys):
     project = reference_project(prompts=2)
     base = register_tiny_base(tiny_model_dir)
-    call_command("sample", "--model-version", str(base.pk), "--project", project.slug, "--here", "--params", '{"max_new_tokens": 4}')
+    call_command(
+        "sample",
+        "--model-version",
+        str(base.pk),
+        "--project",
+        project.slug,
+        "--here",
+        "--params",
+        '{"max_new_tokens": 4}',
+    )
     assert "2 responses, 4 new comparisons" in capsys.readouterr().out
     assert run_on_commit == []  # --here does not also enqueue it

@@ -9,7 +9,7 @@ from labeling.models import Project, Prompt, Response
 from labeling.services.leasing import assignment_lease_next
 from labeling.services.projects import comparison_get_or_create
 from labeling.services.rankings import ranking_submit
-from training.engine.base_model import build_tiny_model, save_model_atomically
+from training.engine.base_model import save_model_atomically
 from training.services.registry import artifact_dir, model_version_register
 
 GOOD = "Sure! The answer is {n}, because {n} is right."
@@ -32,7 +32,9 @@ def ranked_project(*, slug: str = "loop", prompts: int = 12, annotators: int = 1
             project=project, external_id=f"q{n}", messages=[{"role": "user", "content": f"What is {n} plus 0?"}],
             metadata={"reference": str(n)},
         )  # fmt: skip
-        good = Response.objects.create(prompt=prompt, external_id=f"g{n}", content=GOOD.format(n=n), source_name="a")
+        good = Response.objects.create(
+            prompt=prompt, external_id=f"g{n}", content=GOOD.format(n=n), source_name="a"
+        )
         bad = Response.objects.create(prompt=prompt, external_id=f"b{n}", content=BAD, source_name="b")
         comparison_get_or_create(prompt=prompt, responses=[good, bad])
     for index in range(annotators):

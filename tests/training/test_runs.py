@@ -7,11 +7,11 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from tests.training.factories import TINY_STAGE_CONFIGS, ranked_project, register_tiny_base
 from training.engine.peft import load_model_ref
 from training.models import ModelVersion, StageRun, TrainingRun
 from training.services import runs as run_services
 from training.services.execution import model_ref, stage_run_execute, stale_stages_fail
-from tests.training.factories import TINY_STAGE_CONFIGS, ranked_project, register_tiny_base
 
 pytestmark = pytest.mark.django_db
 
@@ -56,7 +56,9 @@ def test_rft_needs_rules_and_rejects_bad_ones(tiny_model_dir, no_enqueue):
         run_services.training_run_launch(project=project, preset="rft")
     with pytest.raises(ValidationError) as excinfo:
         run_services.training_run_launch(
-            project=project, preset="rft", stage_configs={"ppo": {"rules": [{"kind": "execute", "code": "1"}]}}
+            project=project,
+            preset="rft",
+            stage_configs={"ppo": {"rules": [{"kind": "execute", "code": "1"}]}},
         )
     assert "ppo.rules" in excinfo.value.message_dict
     assert TrainingRun.objects.count() == 0
@@ -106,7 +108,9 @@ def test_sft_then_contrastive_run_registers_lineage_and_snapshot(tiny_model_dir,
 def test_redelivered_task_for_finished_stage_does_nothing(tiny_model_dir, no_enqueue):
     project = ranked_project(prompts=4)
     register_tiny_base(tiny_model_dir)
-    run = run_services.training_run_launch(project=project, preset="sft", stage_configs={"sft": TINY_STAGE_CONFIGS["sft"]})
+    run = run_services.training_run_launch(
+        project=project, preset="sft", stage_configs={"sft": TINY_STAGE_CONFIGS["sft"]}
+    )
     _drain(no_enqueue)
     versions = ModelVersion.objects.count()
     stage = run.stages.get()
@@ -150,10 +154,14 @@ def test_stale_heartbeat_marks_running_stage_failed(tiny_model_dir, no_enqueue, 
 
     project = ranked_project(prompts=4)
     register_tiny_base(tiny_model_dir)
-    run = run_services.training_run_launch(project=project, preset="sft", stage_configs={"sft": TINY_STAGE_CONFIGS["sft"]})
+    run = run_services.training_run_launch(
+        project=project, preset="sft", stage_configs={"sft": TINY_STAGE_CONFIGS["sft"]}
+    )
     stage = run.stages.get()
     old = timezone.now() - timedelta(seconds=settings.TRAINING_STALE_AFTER_S + 5)
-    StageRun.objects.filter(pk=stage.pk).update(status=StageRun.Status.RUNNING, heartbeat_at=old, worker="gone@host")
+    StageRun.objects.filter(pk=stage.pk).update(
+        status=StageRun.Status.RUNNING, heartbeat_at=old, worker="gone@host"
+    )
     fresh = StageRun.objects.filter(pk=stage.pk)
     assert stale_stages_fail() == [stage.pk]
     assert fresh.get().status == StageRun.Status.FAILED

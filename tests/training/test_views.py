@@ -4,9 +4,9 @@ import pytest
 from django.core.management import call_command
 from django.db import transaction
 
+from tests.training.factories import make_user, ranked_project, register_tiny_base
 from training.models import ModelVersion, StageRun, TrainingRun
 from training.services import runs as run_services
-from tests.training.factories import make_user, ranked_project, register_tiny_base
 
 pytestmark = pytest.mark.django_db
 
@@ -35,7 +35,9 @@ def _client(client, user):
 READ_PAGES = ["/training/runs/", "/models/"]
 
 
-@pytest.mark.parametrize("role, read, launch", [("admin", 200, 200), ("researcher", 200, 403), ("annotator", 403, 403)])
+@pytest.mark.parametrize(
+    "role, read, launch", [("admin", 200, 200), ("researcher", 200, 403), ("annotator", 403, 403)]
+)
 def test_permissions_by_role(client, world, role, read, launch):
     _, base, users = world
     _client(client, users[role])
@@ -67,7 +69,8 @@ def test_launch_form_shows_errors_per_field_and_enqueues_nothing(client, world, 
     assert response.status_code == 422
     assert "peft_reward" in response.context["form"].errors
     response = client.post(
-        "/training/launch/", _form(project, preset="rlhf", advanced='{"ppo": {"clip_range": "wide", "oops": 1}}')
+        "/training/launch/",
+        _form(project, preset="rlhf", advanced='{"ppo": {"clip_range": "wide", "oops": 1}}'),
     )
     assert response.status_code == 422
     form = response.context["form"]
@@ -88,7 +91,9 @@ def test_launch_form_shows_errors_per_field_and_enqueues_nothing(client, world, 
 def test_launch_creates_run_enqueues_first_stage_and_redirects(client, world, queued):
     project, base, users = world
     _client(client, users["admin"])
-    response = client.post("/training/launch/", _form(project, preset="preference", advanced='{"contrastive": {"beta": 0.2}}'))
+    response = client.post(
+        "/training/launch/", _form(project, preset="preference", advanced='{"contrastive": {"beta": 0.2}}')
+    )
     run = TrainingRun.objects.get()
     assert response.status_code == 302 and response["Location"] == f"/training/runs/{run.pk}/"
     assert run.created_by == users["admin"] and run.base_model == base
@@ -104,19 +109,27 @@ def test_launch_creates_run_enqueues_first_stage_and_redirects(client, world, qu
 def test_live_count_partial(client, world):
     project, _, users = world
     _client(client, users["admin"])
-    response = client.get("/training/launch/count/", {"project": project.slug, "preset": "reward"}, HTTP_HX_REQUEST="true")
+    response = client.get(
+        "/training/launch/count/", {"project": project.slug, "preset": "reward"}, HTTP_HX_REQUEST="true"
+    )
     assert response.status_code == 200
     assert b'data-format="pairwise">6<' in response.content
-    response = client.get("/training/launch/count/", {"project": project.slug, "preset": "reward", "adjudicated_only": "on"})
+    response = client.get(
+        "/training/launch/count/", {"project": project.slug, "preset": "reward", "adjudicated_only": "on"}
+    )
     assert b'data-format="pairwise">0<' in response.content
 
 
 def test_run_page_live_partial_and_htmx_cancel(client, world, queued):
     project, _, users = world
-    run = run_services.training_run_launch(project=project, preset="rlhf", stage_configs={"sft": {"max_steps": 5}})
+    run = run_services.training_run_launch(
+        project=project, preset="rlhf", stage_configs={"sft": {"max_steps": 5}}
+    )
     stage = run.stages.get(position=0)
     StageRun.objects.filter(pk=stage.pk).update(
-        status="running", step=2, metrics=[{"step": 1, "values": {"loss": 2.0}}, {"step": 2, "values": {"loss": 1.5}}]
+        status="running",
+        step=2,
+        metrics=[{"step": 1, "values": {"loss": 2.0}}, {"step": 2, "values": {"loss": 1.5}}],
     )
     _client(client, users["researcher"])
     page = client.get(f"/training/runs/{run.pk}/")
@@ -154,7 +167,13 @@ def test_model_pages_download_and_use_for_sampling(client, world):
 def test_launch_round_and_run_status_commands(world, queued, capsys):
     project, _, _ = world
     call_command(
-        "launch_round", "--project", project.slug, "--preset", "sft", "--config", '{"sft": {"max_steps": 2}}',
+        "launch_round",
+        "--project",
+        project.slug,
+        "--preset",
+        "sft",
+        "--config",
+        '{"sft": {"max_steps": 2}}',
         "--sample-after",
     )
     run = TrainingRun.objects.get()
@@ -166,6 +185,14 @@ def test_launch_round_and_run_status_commands(world, queued, capsys):
     from django.core.management import CommandError
 
     with pytest.raises(CommandError, match="sft.max_steps: must be greater than 0"):
-        call_command("launch_round", "--project", project.slug, "--preset", "sft", "--config", '{"sft": {"max_steps": -1}}')
+        call_command(
+            "launch_round",
+            "--project",
+            project.slug,
+            "--preset",
+            "sft",
+            "--config",
+            '{"sft": {"max_steps": -1}}',
+        )
     with pytest.raises(CommandError, match="No project"):
         call_command("launch_round", "--project", "nope", "--preset", "sft")

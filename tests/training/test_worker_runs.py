@@ -9,13 +9,13 @@ import pytest
 import torch
 from django.conf import settings as django_settings
 
+from tests.training.factories import TINY_STAGE_CONFIGS, ranked_project, register_tiny_base
+from tests.workers import celery_worker, wait_until
 from training.engine.peft import load_model_ref
 from training.engine.reward import load_reward_model, score_texts
 from training.models import ModelVersion, StageRun, TrainingRun
 from training.services import runs as run_services
 from training.services.execution import model_ref, stage_output_dir, stale_stages_fail
-from tests.training.factories import TINY_STAGE_CONFIGS, ranked_project, register_tiny_base
-from tests.workers import celery_worker, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
 
@@ -74,20 +74,31 @@ def test_rlhf_preset_end_to_end_registers_three_models_that_load_and_generate(re
         assert stage.step == stage.total_steps and stage.metrics, stage.kind
         assert stage.heartbeat_at is not None and stage.celery_task_id
     assert sft.output_model.parent == base and sft.output_model.kind == ModelVersion.Kind.POLICY
-    assert reward.output_model.parent == sft.output_model and reward.output_model.kind == ModelVersion.Kind.REWARD
+    assert (
+        reward.output_model.parent == sft.output_model
+        and reward.output_model.kind == ModelVersion.Kind.REWARD
+    )
     assert ppo.output_model.parent == sft.output_model and ppo.output_model.base == base
     assert "held_out_accuracy" in reward.output_model.metrics
-    assert {v.dataset_hash for v in (sft.output_model, reward.output_model, ppo.output_model)} == {run.dataset_hash}
+    assert {v.dataset_hash for v in (sft.output_model, reward.output_model, ppo.output_model)} == {
+        run.dataset_hash
+    }
     assert any("kl" in point["values"] for point in ppo.metrics)
 
     prompt = [{"role": "user", "content": "What is 3 plus 0?"}]
     for version in (sft.output_model, ppo.output_model):
         model, tokenizer = load_model_ref(model_ref(version), "cpu")
-        inputs = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        inputs = tokenizer.apply_chat_template(
+            prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         output = model.generate(**inputs, max_new_tokens=4, do_sample=False)
         assert output.shape[1] > inputs["input_ids"].shape[1]
-    reward_model, reward_tokenizer = load_reward_model(Path(django_settings.ARTIFACT_ROOT) / reward.output_model.artifact_path, "cpu")
-    scores = score_texts(reward_model, reward_tokenizer, [prompt, prompt], ["The answer is 3, because.", "no"])
+    reward_model, reward_tokenizer = load_reward_model(
+        Path(django_settings.ARTIFACT_ROOT) / reward.output_model.artifact_path, "cpu"
+    )
+    scores = score_texts(
+        reward_model, reward_tokenizer, [prompt, prompt], ["The answer is 3, because.", "no"]
+    )
     assert scores.shape == (2,) and torch.isfinite(scores).all()
 
 

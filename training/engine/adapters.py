@@ -27,7 +27,9 @@ ADAPTER_WEIGHTS_FILE = "adapter.safetensors"
 ADAPTER_CONFIG_FILE = "adapter.json"
 ADAPTER_FORMAT = "bottleneck-adapter/1"
 
-_ADAPTERS_ATTRIBUTE = "bottleneck_adapters"  # nn.ModuleDict on each MLP: its parameters follow .to() and state_dict
+_ADAPTERS_ATTRIBUTE = (
+    "bottleneck_adapters"  # nn.ModuleDict on each MLP: its parameters follow .to() and state_dict
+)
 _ACTIVE_ATTRIBUTE = "active_bottleneck_adapter"
 _HOOK_ATTRIBUTE = "_bottleneck_adapter_hook"
 
@@ -51,7 +53,12 @@ class BottleneckAdapter(nn.Module):
 def transformer_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder blocks of a Llama-like model, also when wrapped (ForCausalLM, ForSequenceClassification, PEFT)."""
     for name, module in model.named_modules():
-        if name.endswith("layers") and isinstance(module, nn.ModuleList) and len(module) and hasattr(module[0], "mlp"):
+        if (
+            name.endswith("layers")
+            and isinstance(module, nn.ModuleList)
+            and len(module)
+            and hasattr(module[0], "mlp")
+        ):
             return module
     raise ValueError(f"{type(model).__name__} has no `layers` ModuleList of blocks with an `mlp`")
 
@@ -64,8 +71,11 @@ def _apply_active_adapter(mlp: nn.Module, inputs, output):
 
 
 def _adapter_containers(model: nn.Module) -> list[nn.ModuleDict]:
-    return [getattr(layer.mlp, _ADAPTERS_ATTRIBUTE) for layer in transformer_layers(model)
-            if hasattr(layer.mlp, _ADAPTERS_ATTRIBUTE)]
+    return [
+        getattr(layer.mlp, _ADAPTERS_ATTRIBUTE)
+        for layer in transformer_layers(model)
+        if hasattr(layer.mlp, _ADAPTERS_ATTRIBUTE)
+    ]
 
 
 def adapter_names(model: nn.Module) -> list[str]:
@@ -147,7 +157,10 @@ def save_adapter(model: nn.Module, name: str, directory: Path) -> Path:
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {key: parameter.detach().to("cpu").contiguous() for key, parameter in adapter_parameters(model, name).items()}
+    tensors = {
+        key: parameter.detach().to("cpu").contiguous()
+        for key, parameter in adapter_parameters(model, name).items()
+    }
     save_file(tensors, str(directory / ADAPTER_WEIGHTS_FILE))
     first = transformer_layers(model)[0].mlp
     bottleneck = getattr(first, _ADAPTERS_ATTRIBUTE)[name].down.out_features
@@ -180,7 +193,9 @@ def load_adapter(model: nn.Module, directory: Path, name: str | None = None, act
     if description.get("format") != ADAPTER_FORMAT:
         raise ValueError(f"{directory} does not hold a bottleneck adapter")
     hidden_size = model.config.get_text_config().hidden_size
-    if description["hidden_size"] != hidden_size or description["num_layers"] != len(transformer_layers(model)):
+    if description["hidden_size"] != hidden_size or description["num_layers"] != len(
+        transformer_layers(model)
+    ):
         raise ValueError(
             f"adapter was made for hidden_size={description['hidden_size']}, {description['num_layers']} layers; "
             f"the model has hidden_size={hidden_size}, {len(transformer_layers(model))} layers"
@@ -190,7 +205,9 @@ def load_adapter(model: nn.Module, directory: Path, name: str | None = None, act
     saved = load_file(str(directory / ADAPTER_WEIGHTS_FILE))
     parameters = adapter_parameters(model, name)
     if set(saved) != set(parameters):
-        raise ValueError(f"{directory} does not match the adapter layout: {sorted(set(saved) ^ set(parameters))}")
+        raise ValueError(
+            f"{directory} does not match the adapter layout: {sorted(set(saved) ^ set(parameters))}"
+        )
     with torch.no_grad():
         for key, parameter in parameters.items():
             parameter.copy_(saved[key])

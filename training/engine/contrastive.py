@@ -76,6 +76,7 @@ class ContrastiveStageConfig(StageConfig):
 
 # --- mixture of LoRA experts ------------------------------------------------------------------------------------
 
+
 class Routing:
     """Per-sample mixing weights shared by every expert layer of one model; `None` switches the experts off."""
 
@@ -91,9 +92,15 @@ class LoraExpertsLinear(nn.Module):
         self.base = base
         self.routing = routing
         self.scaling = alpha / rank
-        self.lora_A = nn.Parameter(torch.empty(num_experts, rank, base.in_features, device=base.weight.device))
-        self.lora_B = nn.Parameter(torch.zeros(num_experts, base.out_features, rank, device=base.weight.device))
-        for expert in range(num_experts):  # same init as PEFT's LoRA: A random, B zero, so training starts at the base
+        self.lora_A = nn.Parameter(
+            torch.empty(num_experts, rank, base.in_features, device=base.weight.device)
+        )
+        self.lora_B = nn.Parameter(
+            torch.zeros(num_experts, base.out_features, rank, device=base.weight.device)
+        )
+        for expert in range(
+            num_experts
+        ):  # same init as PEFT's LoRA: A random, B zero, so training starts at the base
             nn.init.kaiming_uniform_(self.lora_A.data[expert], a=math.sqrt(5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,14 +116,18 @@ class LoraExpertsLinear(nn.Module):
 class MixtureOfLoraExperts:
     """Installs expert layers and a router on a causal LM; the model keeps its usual forward and generate."""
 
-    def __init__(self, model: nn.Module, domains: list[str], rank: int, alpha: float, target_modules: tuple[str, ...]):
+    def __init__(
+        self, model: nn.Module, domains: list[str], rank: int, alpha: float, target_modules: tuple[str, ...]
+    ):
         self.model = model
         self.domains = list(domains)
         self.rank = rank
         self.alpha = alpha
         self.target_modules = tuple(target_modules)
         self.routing = Routing()
-        self.auto_route = False  # inference: route from the prompt on every multi-token forward (see route_hook)
+        self.auto_route = (
+            False  # inference: route from the prompt on every multi-token forward (see route_hook)
+        )
         model.requires_grad_(False)
         self.expert_layers: dict[str, LoraExpertsLinear] = {}
         for name, module in list(model.named_modules()):
@@ -170,12 +181,22 @@ class MixtureOfLoraExperts:
     def save(self, folder: Path) -> None:
         from safetensors.torch import save_file
 
-        tensors = {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in self.parameters().items()}
+        tensors = {
+            key: value.detach().to("cpu", torch.float32).contiguous()
+            for key, value in self.parameters().items()
+        }
         save_file(tensors, str(Path(folder) / MIXTURE_WEIGHTS_FILE))
-        write_json(Path(folder) / MIXTURE_CONFIG_FILE, {
-            "format": "lora-mixture/1", "domains": self.domains, "rank": self.rank, "alpha": self.alpha,
-            "target_modules": list(self.target_modules), "router_input": "RMS-normalised mean of prompt token embeddings",
-        })
+        write_json(
+            Path(folder) / MIXTURE_CONFIG_FILE,
+            {
+                "format": "lora-mixture/1",
+                "domains": self.domains,
+                "rank": self.rank,
+                "alpha": self.alpha,
+                "target_modules": list(self.target_modules),
+                "router_input": "RMS-normalised mean of prompt token embeddings",
+            },
+        )
 
 
 def attach_mixture(model: nn.Module, folder: Path) -> MixtureOfLoraExperts:
@@ -183,8 +204,13 @@ def attach_mixture(model: nn.Module, folder: Path) -> MixtureOfLoraExperts:
     from safetensors.torch import load_file
 
     description = json.loads((Path(folder) / MIXTURE_CONFIG_FILE).read_text())
-    mixture = MixtureOfLoraExperts(model, description["domains"], description["rank"], description["alpha"],
-                                   tuple(description["target_modules"]))
+    mixture = MixtureOfLoraExperts(
+        model,
+        description["domains"],
+        description["rank"],
+        description["alpha"],
+        tuple(description["target_modules"]),
+    )
     saved = load_file(str(Path(folder) / MIXTURE_WEIGHTS_FILE))
     with torch.no_grad():
         for key, parameter in mixture.parameters().items():
@@ -202,15 +228,20 @@ def load_policy(path: Path, device="cpu"):
 
 # --- data -------------------------------------------------------------------------------------------------------
 
+
 def tokenize_pairs(tokenizer, pairs: Dataset, max_length: int, domains: list[str]) -> list[dict]:
     """Token ids of prompt+chosen and prompt+rejected, the prompt length, and the domain index of each pair."""
     examples = []
     for row in pairs:
         prompt_ids = tokenizer(prompt_text(tokenizer, row["prompt"]), add_special_tokens=False)["input_ids"]
-        example = {"prompt_length": min(len(prompt_ids), max_length - 1),
-                   "domain": domains.index(row.get("domain") or NO_DOMAIN) if len(domains) > 1 else 0}
+        example = {
+            "prompt_length": min(len(prompt_ids), max_length - 1),
+            "domain": domains.index(row.get("domain") or NO_DOMAIN) if len(domains) > 1 else 0,
+        }
         for side in ("chosen", "rejected"):
-            ids = tokenizer(conversation_text(tokenizer, row["prompt"], row[side]), add_special_tokens=False)["input_ids"]
+            ids = tokenizer(conversation_text(tokenizer, row["prompt"], row[side]), add_special_tokens=False)[
+                "input_ids"
+            ]
             example[side] = ids[:max_length]
         examples.append(example)
     return examples
@@ -226,18 +257,25 @@ def collate(examples: list[dict], pad_token_id: int, device) -> dict[str, torch.
     completion_mask = torch.zeros_like(input_ids)
     prompt_mask = torch.zeros_like(input_ids)
     for row, (sequence, prompt_length) in enumerate(zip(sequences, prompt_lengths, strict=True)):
-        input_ids[row, :len(sequence)] = torch.tensor(sequence)
-        attention_mask[row, :len(sequence)] = 1
-        completion_mask[row, prompt_length:len(sequence)] = 1
+        input_ids[row, : len(sequence)] = torch.tensor(sequence)
+        attention_mask[row, : len(sequence)] = 1
+        completion_mask[row, prompt_length : len(sequence)] = 1
         prompt_mask[row, :prompt_length] = 1
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask,
-             "prompt_mask": prompt_mask, "domain": torch.tensor([e["domain"] for e in examples] * 2)}
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "completion_mask": completion_mask,
+        "prompt_mask": prompt_mask,
+        "domain": torch.tensor([e["domain"] for e in examples] * 2),
+    }
     return {key: value.to(device) for key, value in batch.items()}
 
 
 def sequence_log_probs(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of log π(token) over each row's response tokens, and the mean token NLL (for CPO's SFT term)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    logits = (
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    )
     targets = batch["input_ids"][:, 1:]
     mask = batch["completion_mask"][:, 1:].float()
     token_log_probs = torch.gather(logits.log_softmax(-1), 2, targets.unsqueeze(-1)).squeeze(-1) * mask
@@ -245,6 +283,7 @@ def sequence_log_probs(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # --- the stage --------------------------------------------------------------------------------------------------
+
 
 class Policy:
     """The model being trained, its frozen reference, and (with LoRA) its expert mixture, behind one interface."""
@@ -258,7 +297,9 @@ class Policy:
         return self.mixture.parameters() if self.mixture else trainable_parameters(self.model)
 
     def log_probs(self, batch):
-        router_logits = self.mixture.set_route(batch["input_ids"], batch["prompt_mask"]) if self.mixture else None
+        router_logits = (
+            self.mixture.set_route(batch["input_ids"], batch["prompt_mask"]) if self.mixture else None
+        )
         log_probs, chosen_nll = sequence_log_probs(self.model, batch)
         return log_probs, chosen_nll, router_logits
 
@@ -276,24 +317,34 @@ class Policy:
             return sequence_log_probs(self.model, batch)[0]
 
 
-def build_policy(config: ContrastiveStageConfig, base: ModelRef, domains: list[str], device) -> tuple[Policy, object]:
+def build_policy(
+    config: ContrastiveStageConfig, base: ModelRef, domains: list[str], device
+) -> tuple[Policy, object]:
     model, tokenizer = load_model_ref(base, device, task="causal_lm", adapter_name=config.peft.adapter_name)
     if config.peft.method == "lora":
         settings = config.peft
-        mixture = MixtureOfLoraExperts(model, domains, settings.lora_r, settings.lora_alpha,
-                                       settings.lora_target_modules)
+        mixture = MixtureOfLoraExperts(
+            model, domains, settings.lora_r, settings.lora_alpha, settings.lora_target_modules
+        )
         return Policy(model.to(device), mixture, None), tokenizer
     # The reference must be the parent: a frozen copy for full training; with an adapter, the base with the adapter
     # switched off (exact when the adapter is new; a continued adapter's parent lives in its own stage artifact).
-    reference_copy = copy.deepcopy(model).eval().requires_grad_(False) if config.peft.method == "full" else None
+    reference_copy = (
+        copy.deepcopy(model).eval().requires_grad_(False) if config.peft.method == "full" else None
+    )
     model = prepare_model(model, config.peft)
     return Policy(model, None, reference_copy), tokenizer
 
 
-def preference_loss(config: ContrastiveStageConfig, policy_log_probs, reference_log_probs, chosen_nll, batch_size):
+def preference_loss(
+    config: ContrastiveStageConfig, policy_log_probs, reference_log_probs, chosen_nll, batch_size
+):
     policy_chosen, policy_rejected = policy_log_probs[:batch_size], policy_log_probs[batch_size:]
     if config.loss == "dpo":
-        reference_chosen, reference_rejected = reference_log_probs[:batch_size], reference_log_probs[batch_size:]
+        reference_chosen, reference_rejected = (
+            reference_log_probs[:batch_size],
+            reference_log_probs[batch_size:],
+        )
         logits = config.beta * ((policy_chosen - policy_rejected) - (reference_chosen - reference_rejected))
         return -F.logsigmoid(logits).mean()
     if config.loss == "cpo":
@@ -303,22 +354,36 @@ def preference_loss(config: ContrastiveStageConfig, policy_log_probs, reference_
 
 
 def _latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    steps = [(int(match.group(1)), path) for path in checkpoint_dir.glob("checkpoint-*")
-             if (match := re.fullmatch(r"checkpoint-(\d+)", path.name)) and (path / "state.pt").is_file()]
+    steps = [
+        (int(match.group(1)), path)
+        for path in checkpoint_dir.glob("checkpoint-*")
+        if (match := re.fullmatch(r"checkpoint-(\d+)", path.name)) and (path / "state.pt").is_file()
+    ]
     return max(steps)[1] if steps else None
 
 
 def _save_checkpoint(checkpoint_dir: Path, step: int, trainable: dict, optimizer) -> None:
     folder = checkpoint_dir / f"checkpoint-{step}"
     folder.mkdir(parents=True, exist_ok=True)
-    state = {"step": step, "trainable": {k: v.detach().cpu() for k, v in trainable.items()},
-             "optimizer": optimizer.state_dict()}
+    state = {
+        "step": step,
+        "trainable": {k: v.detach().cpu() for k, v in trainable.items()},
+        "optimizer": optimizer.state_dict(),
+    }
     torch.save(state, folder / "state.pt.tmp")
-    (folder / "state.pt.tmp").replace(folder / "state.pt")  # a crash mid-write never leaves a readable half state
+    (folder / "state.pt.tmp").replace(
+        folder / "state.pt"
+    )  # a crash mid-write never leaves a readable half state
 
 
-def run_stage(config: ContrastiveStageConfig, data: Dataset, base: ModelRef, out_dir: Path,
-              on_progress: ProgressCallback, should_stop: StopCallback) -> StageResult:
+def run_stage(
+    config: ContrastiveStageConfig,
+    data: Dataset,
+    base: ModelRef,
+    out_dir: Path,
+    on_progress: ProgressCallback,
+    should_stop: StopCallback,
+) -> StageResult:
     seed_everything(config.seed)
     device = pick_device(config.device)
     pairs = preference_pairs(data)
@@ -348,8 +413,10 @@ def run_stage(config: ContrastiveStageConfig, data: Dataset, base: ModelRef, out
             # The batch order depends only on (seed, step), so a resumed run sees the batches the first would have.
             index = step * config.gradient_accumulation_steps + micro_step
             epoch, position = divmod(index, batches_per_epoch)
-            order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(config.seed + epoch))
-            chosen = order[position * batch_size:(position + 1) * batch_size].tolist()
+            order = torch.randperm(
+                len(examples), generator=torch.Generator().manual_seed(config.seed + epoch)
+            )
+            chosen = order[position * batch_size : (position + 1) * batch_size].tolist()
             batch = collate([examples[i] for i in chosen], tokenizer.pad_token_id, device)
             with autocast_for(device):
                 reference = policy.reference_log_probs(batch) if config.loss == "dpo" else None
@@ -364,9 +431,13 @@ def run_stage(config: ContrastiveStageConfig, data: Dataset, base: ModelRef, out
         step += 1
 
         if step % config.log_every == 0 or step == config.max_steps:
-            margin = (log_probs[:len(chosen)] - log_probs[len(chosen):]).detach()
-            metrics = {"loss": float(loss), "router_loss": float(router_loss),
-                       "log_prob_margin": float(margin.mean()), "preference_accuracy": float((margin > 0).float().mean())}
+            margin = (log_probs[: len(chosen)] - log_probs[len(chosen) :]).detach()
+            metrics = {
+                "loss": float(loss),
+                "router_loss": float(router_loss),
+                "log_prob_margin": float(margin.mean()),
+                "preference_accuracy": float((margin > 0).float().mean()),
+            }
             on_progress(StepMetrics(step=step, total_steps=config.max_steps, values=metrics))
         stop = should_stop()
         if config.checkpoint_every > 0 and (step % config.checkpoint_every == 0 or stop):
@@ -381,14 +452,30 @@ def run_stage(config: ContrastiveStageConfig, data: Dataset, base: ModelRef, out
         if policy.mixture is not None:
             policy.mixture.save(staging)
             tokenizer.save_pretrained(str(staging))
-            write_json(staging / STAGE_MANIFEST, {
-                "stage": STAGE_NAME, "peft": "lora", "layout": "lora_mixture",
-                "base_path": str(Path(resolve_model_ref(base).path).resolve()), "base_name": base.name,
-                "domains": domains, "config": config.to_dict(), "metrics": metrics,
-            })
+            write_json(
+                staging / STAGE_MANIFEST,
+                {
+                    "stage": STAGE_NAME,
+                    "peft": "lora",
+                    "layout": "lora_mixture",
+                    "base_path": str(Path(resolve_model_ref(base).path).resolve()),
+                    "base_name": base.name,
+                    "domains": domains,
+                    "config": config.to_dict(),
+                    "metrics": metrics,
+                },
+            )
         else:
-            save_stage_artifact(policy.model, tokenizer, config.peft, staging, stage=STAGE_NAME, base=base,
-                                config=config.to_dict(), metrics=metrics)
+            save_stage_artifact(
+                policy.model,
+                tokenizer,
+                config.peft,
+                staging,
+                stage=STAGE_NAME,
+                base=base,
+                config=config.to_dict(),
+                metrics=metrics,
+            )
     return StageResult(status="completed", artifact_path=Path(out_dir), metrics=metrics, steps_completed=step)
 
 
@@ -397,11 +484,14 @@ def evaluate_margin(policy: Policy, examples: list[dict], pad_token_id: int, dev
     """Mean chosen-over-rejected log-prob margin and how often it is positive, over `examples`."""
     margins = []
     for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
+        chunk = examples[start : start + batch_size]
         log_probs, _, _ = policy.log_probs(collate(chunk, pad_token_id, device))
-        margins.append(log_probs[:len(chunk)] - log_probs[len(chunk):])
+        margins.append(log_probs[: len(chunk)] - log_probs[len(chunk) :])
     margin = torch.cat(margins)
-    return {"log_prob_margin": float(margin.mean()), "preference_accuracy": float((margin > 0).float().mean())}
+    return {
+        "log_prob_margin": float(margin.mean()),
+        "preference_accuracy": float((margin > 0).float().mean()),
+    }
 
 
 def route_of(model, tokenizer, prompts: list[list[dict]]) -> torch.Tensor:
@@ -411,4 +501,3 @@ def route_of(model, tokenizer, prompts: list[list[dict]]) -> torch.Tensor:
     batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
     with torch.no_grad():
         return mixture.router_logits(batch["input_ids"], batch["attention_mask"]).softmax(-1)
-

@@ -21,8 +21,13 @@ def as_assistant_messages(response) -> list[dict]:
     return list(response)
 
 
-def pairs_from_ranking(prompt: list[dict], responses: list, ranks: list[int], margin_per_rank: float = 0.0,
-                       extra: dict | None = None) -> list[dict]:
+def pairs_from_ranking(
+    prompt: list[dict],
+    responses: list,
+    ranks: list[int],
+    margin_per_rank: float = 0.0,
+    extra: dict | None = None,
+) -> list[dict]:
     """Every (better, worse) pair of a k-way ranking; ties give no preference and are dropped.
 
     The margin grows with the rank distance (`margin_per_rank * (worse_rank - better_rank)`), so a response ranked
@@ -35,13 +40,15 @@ def pairs_from_ranking(prompt: list[dict], responses: list, ranks: list[int], ma
         if ranks[first] == ranks[second]:
             continue
         better, worse = (first, second) if ranks[first] < ranks[second] else (second, first)
-        pairs.append({
-            "prompt": prompt,
-            "chosen": as_assistant_messages(responses[better]),
-            "rejected": as_assistant_messages(responses[worse]),
-            "margin": float(margin_per_rank * (ranks[worse] - ranks[better])),
-            **(extra or {}),
-        })
+        pairs.append(
+            {
+                "prompt": prompt,
+                "chosen": as_assistant_messages(responses[better]),
+                "rejected": as_assistant_messages(responses[worse]),
+                "margin": float(margin_per_rank * (ranks[worse] - ranks[better])),
+                **(extra or {}),
+            }
+        )
     return pairs
 
 
@@ -52,8 +59,15 @@ def preference_pairs(data: Dataset, margin_per_rank: float = 0.0) -> Dataset:
     carried = [name for name in data.column_names if name not in ("prompt", "responses", "ranks")]
     rows = []
     for row in data:
-        rows.extend(pairs_from_ranking(row["prompt"], row["responses"], row["ranks"], margin_per_rank,
-                                       {name: row[name] for name in carried}))
+        rows.extend(
+            pairs_from_ranking(
+                row["prompt"],
+                row["responses"],
+                row["ranks"],
+                margin_per_rank,
+                {name: row[name] for name in carried},
+            )
+        )
     if not rows:
         raise ValueError("the rankings hold no strict preference (all ties)")
     return Dataset.from_list(rows)

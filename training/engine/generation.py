@@ -76,12 +76,17 @@ def render_prompt(tokenizer, prompt: PromptInput) -> str:
     return tokenizer.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
 
 
-def encode_prompts(tokenizer, prompts: Sequence[PromptInput], max_prompt_length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompts(
+    tokenizer, prompts: Sequence[PromptInput], max_prompt_length: int, device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded prompt ids and attention mask; over-long prompts are cut from the left."""
     if len(prompts) == 0:
         raise ValueError("no prompts to encode")
     # The chat template already contains the special tokens, so the tokenizer must not add another BOS.
-    encoded = [tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"] for prompt in prompts]
+    encoded = [
+        tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+        for prompt in prompts
+    ]
     encoded = [ids[-max_prompt_length:] for ids in encoded]
     width = max(len(ids) for ids in encoded)
     pad = pad_token_id(tokenizer)
@@ -124,7 +129,9 @@ def completion_mask_from_ids(completion_ids: torch.Tensor, stop_ids: torch.Tenso
     return (stops_before == 0).long()
 
 
-def pick_next_tokens(logits: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None) -> torch.Tensor:
+def pick_next_tokens(
+    logits: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None
+) -> torch.Tensor:
     """Greedy when temperature is 0, else temperature + nucleus (top-p) sampling. logits: [batch, vocab]."""
     if settings.temperature == 0:
         return logits.argmax(dim=-1)
@@ -218,7 +225,8 @@ def generate(
     lengths = completion_mask.sum(dim=1)
     ids_on_host = completion_ids.tolist()
     texts = tokenizer.batch_decode(
-        [row[:length] for row, length in zip(ids_on_host, lengths.tolist(), strict=True)], skip_special_tokens=True
+        [row[:length] for row, length in zip(ids_on_host, lengths.tolist(), strict=True)],
+        skip_special_tokens=True,
     )
     last_tokens = completion_ids.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
     ended_with_eos = torch.isin(last_tokens, torch.tensor(stop_ids, device=device)) & (lengths > 0)

@@ -20,8 +20,13 @@ class ProgressAndCancelCallback(TrainerCallback):
     cancelled one stopped instead of at the previous multiple of `checkpoint_every`.
     """
 
-    def __init__(self, on_progress: ProgressCallback, should_stop: StopCallback, total_steps: int,
-                 checkpoints_enabled: bool):
+    def __init__(
+        self,
+        on_progress: ProgressCallback,
+        should_stop: StopCallback,
+        total_steps: int,
+        checkpoints_enabled: bool,
+    ):
         self.on_progress = on_progress
         self.should_stop = should_stop
         self.total_steps = total_steps
@@ -39,8 +44,11 @@ class ProgressAndCancelCallback(TrainerCallback):
         return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        values = {key: float(value) for key, value in (logs or {}).items()
-                  if isinstance(value, int | float) and not isinstance(value, bool)}
+        values = {
+            key: float(value)
+            for key, value in (logs or {}).items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        }
         if not values:
             return control
         if "train_runtime" in values:
@@ -111,5 +119,7 @@ def latest_checkpoint(checkpoint_dir: Path) -> str | None:
 
 
 def numeric_log_history(trainer) -> list[dict[str, float]]:
-    return [{key: float(value) for key, value in entry.items() if isinstance(value, int | float)}
-            for entry in trainer.state.log_history]
+    return [
+        {key: float(value) for key, value in entry.items() if isinstance(value, int | float)}
+        for entry in trainer.state.log_history
+    ]

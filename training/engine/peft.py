@@ -46,7 +46,11 @@ def _is_peft_model(model: nn.Module) -> bool:
 
 
 def _head_modules(model: nn.Module) -> dict[str, nn.Module]:
-    return {name: getattr(model, name) for name in HEAD_MODULE_NAMES if isinstance(getattr(model, name, None), nn.Module)}
+    return {
+        name: getattr(model, name)
+        for name in HEAD_MODULE_NAMES
+        if isinstance(getattr(model, name, None), nn.Module)
+    }
 
 
 def prepare_model(model: nn.Module, settings: PeftSettings) -> nn.Module:
@@ -124,16 +128,20 @@ def save_trainable(model: nn.Module, out_dir: Path) -> Path:
         if heads:
             from safetensors.torch import save_file
 
-            tensors = {f"{head_name}.{key}": value.detach().to("cpu").contiguous()
-                       for head_name, head in heads.items() for key, value in head.state_dict().items()}
+            tensors = {
+                f"{head_name}.{key}": value.detach().to("cpu").contiguous()
+                for head_name, head in heads.items()
+                for key, value in head.state_dict().items()
+            }
             save_file(tensors, str(out_dir / HEAD_WEIGHTS_FILE))
     else:
         model.save_pretrained(str(out_dir), safe_serialization=True)
     return out_dir
 
 
-def load_trainable(model: nn.Module, directory: Path, adapter_name: str | None = None,
-                   is_trainable: bool = False) -> nn.Module:
+def load_trainable(
+    model: nn.Module, directory: Path, adapter_name: str | None = None, is_trainable: bool = False
+) -> nn.Module:
     """Counterpart of `save_trainable` for adapters: apply the PEFT or bottleneck adapter in `directory` to `model`.
 
     A full-model folder is not "applied" to anything; load it with `load_model_ref` instead.
@@ -167,12 +175,16 @@ def resolve_model_ref(ref: ModelRef) -> ModelRef:
     manifest = read_stage_manifest(ref.path)
     if manifest and manifest.get("layout") == "bottleneck_adapter":
         if ref.adapter_path is not None:
-            raise ValueError(f"{ref.path} is an adapter artifact; it cannot take a second adapter {ref.adapter_path}")
+            raise ValueError(
+                f"{ref.path} is an adapter artifact; it cannot take a second adapter {ref.adapter_path}"
+            )
         return ModelRef(path=Path(manifest["base_path"]), name=ref.name, adapter_path=Path(ref.path))
     return ref
 
 
-def load_model_ref(ref: ModelRef, device, task: Task = "causal_lm", dtype=None, adapter_name: str | None = None):
+def load_model_ref(
+    ref: ModelRef, device, task: Task = "causal_lm", dtype=None, adapter_name: str | None = None
+):
     """Load a registry model (full folder, merged LoRA folder or adapter artifact) as a causal LM or reward model.
 
     For `task="reward"` from a causal-LM folder, a new one-output score head is created (num_labels=1).
@@ -207,8 +219,17 @@ def load_model_ref(ref: ModelRef, device, task: Task = "causal_lm", dtype=None, 
     return model.to(device), tokenizer
 
 
-def save_stage_artifact(model: nn.Module, tokenizer, settings: PeftSettings, folder: Path, *, stage: str,
-                        base: ModelRef, config: dict, metrics: dict) -> Path:
+def save_stage_artifact(
+    model: nn.Module,
+    tokenizer,
+    settings: PeftSettings,
+    folder: Path,
+    *,
+    stage: str,
+    base: ModelRef,
+    config: dict,
+    metrics: dict,
+) -> Path:
     """Write the stage's artifact into `folder` (a `staged_output` staging folder) in the layout of its method."""
     folder = Path(folder)
     base = resolve_model_ref(base)

@@ -114,11 +114,20 @@ class PPOConfig(StageConfig):
 
     def __post_init__(self) -> None:
         if self.reward_source not in ("reward_model", "rules", "mixed"):
-            raise ValueError(f"reward_source must be 'reward_model', 'rules' or 'mixed', got {self.reward_source!r}")
+            raise ValueError(
+                f"reward_source must be 'reward_model', 'rules' or 'mixed', got {self.reward_source!r}"
+            )
         if self.reward_source in ("rules", "mixed"):
             parse_rules(self.rules)  # raises RuleSpecError naming the bad rule and field
-        for name in ("max_steps", "batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens",
-                     "gradient_accumulation_steps", "reward_batch_size"):
+        for name in (
+            "max_steps",
+            "batch_size",
+            "mini_batch_size",
+            "ppo_epochs",
+            "max_new_tokens",
+            "gradient_accumulation_steps",
+            "reward_batch_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.mini_batch_size > self.batch_size:
@@ -190,8 +199,14 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = T
     return whitened * mask
 
 
-def completion_forward(model, value_head: ValueHead | None, sequence_ids, sequence_mask, completion_width: int,
-                       temperature: float):
+def completion_forward(
+    model,
+    value_head: ValueHead | None,
+    sequence_ids,
+    sequence_mask,
+    completion_width: int,
+    temperature: float,
+):
     """Log-probs, entropies and values of the completion tokens of `sequence_ids` = [prompt | completion].
 
     Only the last `completion_width + 1` positions go through the LM head: position t-1 predicts token t, so the
@@ -219,8 +234,9 @@ def completion_forward(model, value_head: ValueHead | None, sequence_ids, sequen
     return log_probs, entropy, values
 
 
-def generalized_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
-                           lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def generalized_advantages(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """GAE over the completion tokens (right-padded: after a row's last token, value and reward are 0)."""
     values = values * mask
     advantages = torch.zeros_like(rewards)
@@ -248,7 +264,9 @@ class SequenceScorer:
         self.rule_reward = RuleReward(config.rules) if config.reward_source in ("rules", "mixed") else None
         self.reward_model = self.reward_tokenizer = None
         if config.reward_source in ("reward_model", "mixed"):
-            model, tokenizer = load_model_ref(reward_model, device, task="reward", dtype=training_dtype(device))
+            model, tokenizer = load_model_ref(
+                reward_model, device, task="reward", dtype=training_dtype(device)
+            )
             self.reward_model = model.eval().requires_grad_(False)
             self.reward_tokenizer = tokenizer
 
@@ -256,12 +274,20 @@ class SequenceScorer:
         total = torch.zeros(len(texts), device=self.device)
         parts = {}
         if self.reward_model is not None:
-            model_scores = score_texts(self.reward_model, self.reward_tokenizer, [row["prompt"] for row in rows], texts,
-                                       self.config.reward_batch_size, self.config.max_length).to(self.device)
+            model_scores = score_texts(
+                self.reward_model,
+                self.reward_tokenizer,
+                [row["prompt"] for row in rows],
+                texts,
+                self.config.reward_batch_size,
+                self.config.max_length,
+            ).to(self.device)
             parts["reward_model_score"] = model_scores.mean()
             total = total + self.config.reward_model_weight * model_scores
         if self.rule_reward is not None:
-            rule_scores = torch.tensor(self.rule_reward.score(texts, rows), dtype=torch.float32, device=self.device)
+            rule_scores = torch.tensor(
+                self.rule_reward.score(texts, rows), dtype=torch.float32, device=self.device
+            )
             parts["rules_score"] = rule_scores.mean()
             total = total + self.config.rules_weight * rule_scores
         return total, parts
@@ -277,9 +303,14 @@ def check_inputs(data: Dataset, config: PPOConfig, reward_model: ModelRef | None
         raise ValueError(f"reward_source={config.reward_source!r} needs a reward model")
     if config.reward_source in ("rules", "mixed"):
         for rule in parse_rules(config.rules):
-            if isinstance(rule, ReferenceExactRule | ReferenceRegexRule) and rule.field not in data.column_names:
-                raise ValueError(f"rule {rule.kind} reads column {rule.field!r}, which the data lacks "
-                                 f"(columns: {data.column_names})")
+            if (
+                isinstance(rule, ReferenceExactRule | ReferenceRegexRule)
+                and rule.field not in data.column_names
+            ):
+                raise ValueError(
+                    f"rule {rule.kind} reads column {rule.field!r}, which the data lacks "
+                    f"(columns: {data.column_names})"
+                )
 
 
 def prompt_rows_for_iteration(data: Dataset, iteration: int, batch_size: int, seed: int) -> list[dict]:
@@ -290,7 +321,9 @@ def prompt_rows_for_iteration(data: Dataset, iteration: int, batch_size: int, se
     for position in range(iteration * batch_size, (iteration + 1) * batch_size):
         data_pass, index = divmod(position, len(data))
         if data_pass not in orders:
-            orders[data_pass] = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed * 1_000_003 + data_pass))
+            orders[data_pass] = torch.randperm(
+                len(data), generator=torch.Generator().manual_seed(seed * 1_000_003 + data_pass)
+            )
         rows.append(data[int(orders[data_pass][index])])
     return rows
 
@@ -299,9 +332,17 @@ def prompt_rows_for_iteration(data: Dataset, iteration: int, batch_size: int, se
 # Checkpoints: policy (trainable part) + value head + optimizer + KL controller + RNG + iteration
 
 
-def save_checkpoint(checkpoint_dir: Path, iteration: int, policy, value_head, optimizer, kl_controller,
-                    sampling_generator: torch.Generator, shuffle_generator: torch.Generator,
-                    history: list[dict[str, float]]) -> Path:
+def save_checkpoint(
+    checkpoint_dir: Path,
+    iteration: int,
+    policy,
+    value_head,
+    optimizer,
+    kl_controller,
+    sampling_generator: torch.Generator,
+    shuffle_generator: torch.Generator,
+    history: list[dict[str, float]],
+) -> Path:
     """Written into a temp folder and renamed, so a crash never leaves a half checkpoint; older ones are removed."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     trainable_names = set(trainable_parameters(policy))
@@ -327,12 +368,15 @@ def save_checkpoint(checkpoint_dir: Path, iteration: int, policy, value_head, op
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    candidates = sorted(path for path in Path(checkpoint_dir).glob("step-*") if (path / CHECKPOINT_FILE).is_file())
+    candidates = sorted(
+        path for path in Path(checkpoint_dir).glob("step-*") if (path / CHECKPOINT_FILE).is_file()
+    )
     return candidates[-1] if candidates else None
 
 
-def load_checkpoint(path: Path, policy, value_head, optimizer, kl_controller, sampling_generator, shuffle_generator
-                    ) -> tuple[int, list[dict[str, float]]]:
+def load_checkpoint(
+    path: Path, policy, value_head, optimizer, kl_controller, sampling_generator, shuffle_generator
+) -> tuple[int, list[dict[str, float]]]:
     """Restore everything `save_checkpoint` wrote; returns (iterations done, metrics history so far)."""
     state = torch.load(path / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     missing = policy.load_state_dict(state["policy"], strict=False)
@@ -393,8 +437,9 @@ def run_stage(
 
     start_iteration, history = 0, []
     if (checkpoint := latest_checkpoint(checkpoint_dir)) is not None:
-        start_iteration, history = load_checkpoint(checkpoint, policy, value_head, optimizer, kl_controller,
-                                                   sampling_generator, shuffle_generator)
+        start_iteration, history = load_checkpoint(
+            checkpoint, policy, value_head, optimizer, kl_controller, sampling_generator, shuffle_generator
+        )
 
     sampling = config.sampling
     try:
@@ -404,14 +449,17 @@ def run_stage(
 
             # ---- rollout: sample completions with the current policy
             with autocast_for(device):
-                batch = generate(policy, tokenizer, [row["prompt"] for row in rows], sampling, sampling_generator)
+                batch = generate(
+                    policy, tokenizer, [row["prompt"] for row in rows], sampling, sampling_generator
+                )
             scores, score_parts = scorer.score(rows, batch.texts)
             if config.missing_eos_penalty is not None:
                 scores = scores - config.missing_eos_penalty * (~batch.ended_with_eos).float()
 
             # ---- evaluate the rollout: old log-probs and values, reference log-probs
             old_log_probs, old_values, reference_log_probs = evaluate_rollout(
-                policy, value_head, reference, reference_context, batch, config, device)
+                policy, value_head, reference, reference_context, batch, config, device
+            )
             mask = batch.completion_mask.float()
 
             # ---- per-token reward: KL penalty everywhere, sequence score on the last token
@@ -429,8 +477,22 @@ def run_stage(
             advantages = masked_whiten(advantages, mask)
 
             # ---- PPO epochs over shuffled minibatches
-            update_stats = ppo_update(policy, value_head, optimizer, parameters, batch, old_log_probs, old_values,
-                                      advantages, returns, mask, config, shuffle_generator, should_stop, device)
+            update_stats = ppo_update(
+                policy,
+                value_head,
+                optimizer,
+                parameters,
+                batch,
+                old_log_probs,
+                old_values,
+                advantages,
+                returns,
+                mask,
+                config,
+                shuffle_generator,
+                should_stop,
+                device,
+            )
 
             # ---- bookkeeping: one host sync for all metrics of this iteration
             sequence_kl = kl_per_token.sum(dim=1).mean()
@@ -447,64 +509,118 @@ def run_stage(
                 **update_stats,
             }
             names = list(device_metrics)
-            values = dict(zip(names, torch.stack([device_metrics[name].float() for name in names]).tolist(),
-                              strict=True))
+            values = dict(
+                zip(
+                    names, torch.stack([device_metrics[name].float() for name in names]).tolist(), strict=True
+                )
+            )
             values["kl_coef"] = kl_controller.coef
             kl_controller.update(values["kl"], len(rows))
             history.append({"step": iteration + 1, **values})
             on_progress(StepMetrics(step=iteration + 1, total_steps=config.max_steps, values=values))
 
-            if config.checkpoint_every > 0 and (iteration + 1) % config.checkpoint_every == 0 \
-                    and iteration + 1 < config.max_steps:
-                save_checkpoint(checkpoint_dir, iteration + 1, policy, value_head, optimizer, kl_controller,
-                                sampling_generator, shuffle_generator, history)
+            if (
+                config.checkpoint_every > 0
+                and (iteration + 1) % config.checkpoint_every == 0
+                and iteration + 1 < config.max_steps
+            ):
+                save_checkpoint(
+                    checkpoint_dir,
+                    iteration + 1,
+                    policy,
+                    value_head,
+                    optimizer,
+                    kl_controller,
+                    sampling_generator,
+                    shuffle_generator,
+                    history,
+                )
     except StageCancelled:
         last = history[-1] if history else {}
-        return StageResult(status="cancelled", artifact_path=None,
-                           metrics={key: value for key, value in last.items() if key != "step"},
-                           steps_completed=int(last.get("step", start_iteration)))
+        return StageResult(
+            status="cancelled",
+            artifact_path=None,
+            metrics={key: value for key, value in last.items() if key != "step"},
+            steps_completed=int(last.get("step", start_iteration)),
+        )
 
     final_metrics = {key: value for key, value in history[-1].items() if key != "step"} if history else {}
     with staged_output(out_dir) as staging:
-        save_stage_artifact(policy, tokenizer, config.peft, staging, stage=STAGE_NAME, base=base,
-                            config=config.to_dict(), metrics=final_metrics)
+        save_stage_artifact(
+            policy,
+            tokenizer,
+            config.peft,
+            staging,
+            stage=STAGE_NAME,
+            base=base,
+            config=config.to_dict(),
+            metrics=final_metrics,
+        )
         # The critic is not part of the policy; kept beside it so a later PPO stage can warm-start its values.
-        save_file({key: value.detach().cpu().contiguous() for key, value in value_head.state_dict().items()},
-                  str(staging / VALUE_HEAD_FILE))
+        save_file(
+            {key: value.detach().cpu().contiguous() for key, value in value_head.state_dict().items()},
+            str(staging / VALUE_HEAD_FILE),
+        )
         write_json(staging / METRICS_FILE, {"final": final_metrics, "history": history})
-    return StageResult(status="completed", artifact_path=out_dir, metrics=final_metrics,
-                       steps_completed=config.max_steps)
+    return StageResult(
+        status="completed", artifact_path=out_dir, metrics=final_metrics, steps_completed=config.max_steps
+    )
 
 
 @torch.no_grad()
-def evaluate_rollout(policy, value_head, reference, reference_context, batch: GeneratedBatch, config: PPOConfig,
-                     device):
+def evaluate_rollout(
+    policy, value_head, reference, reference_context, batch: GeneratedBatch, config: PPOConfig, device
+):
     """Log-probs and values under the sampling policy, and reference log-probs, in minibatch-sized chunks."""
     sequence_ids, sequence_mask = batch.sequence_ids, batch.sequence_mask
     width = batch.completion_ids.shape[1]
     old_log_probs, old_values, reference_log_probs = [], [], []
     for rows in torch.arange(len(sequence_ids), device=device).split(config.mini_batch_size):
         with autocast_for(device):
-            log_probs, _, values = completion_forward(policy, value_head, sequence_ids[rows], sequence_mask[rows],
-                                                      width, config.temperature)
+            log_probs, _, values = completion_forward(
+                policy, value_head, sequence_ids[rows], sequence_mask[rows], width, config.temperature
+            )
             with reference_context():
-                ref_log_probs, _, _ = completion_forward(reference, None, sequence_ids[rows], sequence_mask[rows],
-                                                         width, config.temperature)
+                ref_log_probs, _, _ = completion_forward(
+                    reference, None, sequence_ids[rows], sequence_mask[rows], width, config.temperature
+                )
         old_log_probs.append(log_probs)
         old_values.append(values)
         reference_log_probs.append(ref_log_probs)
     return torch.cat(old_log_probs), torch.cat(old_values), torch.cat(reference_log_probs)
 
 
-def ppo_update(policy, value_head, optimizer, parameters, batch: GeneratedBatch, old_log_probs, old_values,
-               advantages, returns, mask, config: PPOConfig, shuffle_generator, should_stop, device
-               ) -> dict[str, torch.Tensor]:
+def ppo_update(
+    policy,
+    value_head,
+    optimizer,
+    parameters,
+    batch: GeneratedBatch,
+    old_log_probs,
+    old_values,
+    advantages,
+    returns,
+    mask,
+    config: PPOConfig,
+    shuffle_generator,
+    should_stop,
+    device,
+) -> dict[str, torch.Tensor]:
     """`ppo_epochs` passes of clipped-surrogate + clipped-value updates; returns device-side mean statistics."""
     sequence_ids, sequence_mask = batch.sequence_ids, batch.sequence_mask
     width = batch.completion_ids.shape[1]
     rollout_size = len(sequence_ids)
-    totals = {name: torch.zeros((), device=device) for name in
-              ("policy_loss", "value_loss", "entropy", "clip_fraction", "value_clip_fraction", "approx_kl")}
+    totals = {
+        name: torch.zeros((), device=device)
+        for name in (
+            "policy_loss",
+            "value_loss",
+            "entropy",
+            "clip_fraction",
+            "value_clip_fraction",
+            "approx_kl",
+        )
+    }
     micro_batches_seen = 0
     for _ in range(config.ppo_epochs):
         order = torch.randperm(rollout_size, generator=shuffle_generator).to(device)
@@ -514,21 +630,27 @@ def ppo_update(policy, value_head, optimizer, parameters, batch: GeneratedBatch,
             for rows in micro_batches:
                 with autocast_for(device):
                     log_probs, entropy, values = completion_forward(
-                        policy, value_head, sequence_ids[rows], sequence_mask[rows], width, config.temperature)
+                        policy, value_head, sequence_ids[rows], sequence_mask[rows], width, config.temperature
+                    )
                 row_mask = mask[rows]
                 row_advantages, row_returns = advantages[rows], returns[rows]
 
                 log_ratio = log_probs - old_log_probs[rows]
                 ratio = torch.exp(log_ratio)
                 policy_loss_unclipped = -row_advantages * ratio
-                policy_loss_clipped = -row_advantages * ratio.clamp(1 - config.clip_range, 1 + config.clip_range)
+                policy_loss_clipped = -row_advantages * ratio.clamp(
+                    1 - config.clip_range, 1 + config.clip_range
+                )
                 policy_loss = masked_mean(torch.maximum(policy_loss_unclipped, policy_loss_clipped), row_mask)
 
                 values_clipped = old_values[rows] + (values - old_values[rows]).clamp(
-                    -config.value_clip_range, config.value_clip_range)
+                    -config.value_clip_range, config.value_clip_range
+                )
                 value_error_unclipped = (values - row_returns) ** 2
                 value_error_clipped = (values_clipped - row_returns) ** 2
-                value_loss = 0.5 * masked_mean(torch.maximum(value_error_unclipped, value_error_clipped), row_mask)
+                value_loss = 0.5 * masked_mean(
+                    torch.maximum(value_error_unclipped, value_error_clipped), row_mask
+                )
 
                 loss = policy_loss + config.value_loss_coef * value_loss
                 (loss / len(micro_batches)).backward()
@@ -538,9 +660,11 @@ def ppo_update(policy, value_head, optimizer, parameters, batch: GeneratedBatch,
                     totals["value_loss"] += value_loss
                     totals["entropy"] += masked_mean(entropy, row_mask)
                     totals["clip_fraction"] += masked_mean(
-                        ((ratio - 1).abs() > config.clip_range).float(), row_mask)
+                        ((ratio - 1).abs() > config.clip_range).float(), row_mask
+                    )
                     totals["value_clip_fraction"] += masked_mean(
-                        (value_error_clipped > value_error_unclipped).float(), row_mask)
+                        (value_error_clipped > value_error_unclipped).float(), row_mask
+                    )
                     # Schulman's low-variance estimator of KL(π_old ‖ π_θ): how far this update moved the policy.
                     totals["approx_kl"] += masked_mean(0.5 * log_ratio**2, row_mask)
                 micro_batches_seen += 1
@@ -553,4 +677,3 @@ def ppo_update(policy, value_head, optimizer, parameters, batch: GeneratedBatch,
 def _stop_if_asked(should_stop: StopCallback) -> None:
     if should_stop():
         raise StageCancelled()
-

@@ -52,8 +52,14 @@ def load_reward_model(path: Path, device="cpu", dtype=None):
 
 
 @torch.no_grad()
-def score_texts(model, tokenizer, prompts_messages: list[list[dict]], completions: list, batch_size: int = 16,
-                max_length: int | None = None) -> torch.Tensor:
+def score_texts(
+    model,
+    tokenizer,
+    prompts_messages: list[list[dict]],
+    completions: list,
+    batch_size: int = 16,
+    max_length: int | None = None,
+) -> torch.Tensor:
     """Scalar reward for each (prompt messages, completion) pair; completions are strings or assistant messages.
 
     Texts are formatted exactly as RewardTrainer formats them (chat template of prompt + completion). Long texts are
@@ -65,13 +71,22 @@ def score_texts(model, tokenizer, prompts_messages: list[list[dict]], completion
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    texts = [conversation_text(tokenizer, prompt, completion) for prompt, completion in zip(prompts_messages, completions, strict=True)]
+    texts = [
+        conversation_text(tokenizer, prompt, completion)
+        for prompt, completion in zip(prompts_messages, completions, strict=True)
+    ]
     previous_truncation_side, tokenizer.truncation_side = tokenizer.truncation_side, "left"
     scores = []
     try:
         for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start:start + batch_size], add_special_tokens=False, padding=True,
-                              truncation=max_length is not None, max_length=max_length, return_tensors="pt").to(device)
+            batch = tokenizer(
+                texts[start : start + batch_size],
+                add_special_tokens=False,
+                padding=True,
+                truncation=max_length is not None,
+                max_length=max_length,
+                return_tensors="pt",
+            ).to(device)
             with autocast_for(device):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             scores.append(logits[:, 0].float())
@@ -81,7 +96,9 @@ def score_texts(model, tokenizer, prompts_messages: list[list[dict]], completion
     return torch.cat(scores) if scores else torch.empty(0, device=device)
 
 
-def pairwise_accuracy(model, tokenizer, pairs: Dataset, batch_size: int = 16, max_length: int | None = None) -> dict:
+def pairwise_accuracy(
+    model, tokenizer, pairs: Dataset, batch_size: int = 16, max_length: int | None = None
+) -> dict:
     """How often chosen outscores rejected, and by how much on average (ties count as wrong)."""
     prompts = list(pairs["prompt"])
     chosen = score_texts(model, tokenizer, prompts, list(pairs["chosen"]), batch_size, max_length)
@@ -90,8 +107,14 @@ def pairwise_accuracy(model, tokenizer, pairs: Dataset, batch_size: int = 16, ma
     return {"accuracy": float((margins > 0).float().mean()), "mean_margin": float(margins.mean())}
 
 
-def run_stage(config: RewardStageConfig, data: Dataset, base: ModelRef, out_dir: Path,
-              on_progress: ProgressCallback, should_stop: StopCallback) -> StageResult:
+def run_stage(
+    config: RewardStageConfig,
+    data: Dataset,
+    base: ModelRef,
+    out_dir: Path,
+    on_progress: ProgressCallback,
+    should_stop: StopCallback,
+) -> StageResult:
     from trl import RewardConfig, RewardTrainer
 
     from training.engine.hf_stage import (
@@ -113,28 +136,50 @@ def run_stage(config: RewardStageConfig, data: Dataset, base: ModelRef, out_dir:
     model, tokenizer = load_model_ref(base, device, task="reward")
     model = prepare_model(model, config.peft)
     checkpoint_dir = checkpoint_dir_for(out_dir)
-    callback = ProgressAndCancelCallback(on_progress, should_stop, config.max_steps, config.checkpoint_every > 0)
+    callback = ProgressAndCancelCallback(
+        on_progress, should_stop, config.max_steps, config.checkpoint_every > 0
+    )
     arguments = RewardConfig(
         **trainer_arguments(config, checkpoint_dir, config.log_every),
         center_rewards_coefficient=config.center_rewards_coefficient,
         disable_dropout=True,
     )
-    trainer = quiet(RewardTrainer(model=model, args=arguments, train_dataset=train_pairs, processing_class=tokenizer,
-                                  callbacks=[callback]))
+    trainer = quiet(
+        RewardTrainer(
+            model=model,
+            args=arguments,
+            train_dataset=train_pairs,
+            processing_class=tokenizer,
+            callbacks=[callback],
+        )
+    )
     trainer.train(resume_from_checkpoint=latest_checkpoint(checkpoint_dir))
     steps_completed = trainer.state.global_step
     metrics = callback.final_metrics()
     if callback.cancelled:
-        return StageResult(status="cancelled", artifact_path=None, metrics=metrics, steps_completed=steps_completed)
+        return StageResult(
+            status="cancelled", artifact_path=None, metrics=metrics, steps_completed=steps_completed
+        )
 
     model = trainer.model
     if held_out_pairs is not None:
-        held_out = pairwise_accuracy(model, tokenizer, held_out_pairs, config.eval_batch_size, config.max_length)
+        held_out = pairwise_accuracy(
+            model, tokenizer, held_out_pairs, config.eval_batch_size, config.max_length
+        )
         metrics.update({f"held_out_{key}": value for key, value in held_out.items()})
         metrics["held_out_pairs"] = float(len(held_out_pairs))
     metrics["train_pairs"] = float(len(train_pairs))
     with staged_output(out_dir) as staging:
-        save_stage_artifact(model, tokenizer, config.peft, staging, stage=STAGE_NAME, base=base,
-                            config=config.to_dict(), metrics=metrics)
-    return StageResult(status="completed", artifact_path=Path(out_dir), metrics=metrics,
-                       steps_completed=steps_completed)
+        save_stage_artifact(
+            model,
+            tokenizer,
+            config.peft,
+            staging,
+            stage=STAGE_NAME,
+            base=base,
+            config=config.to_dict(),
+            metrics=metrics,
+        )
+    return StageResult(
+        status="completed", artifact_path=Path(out_dir), metrics=metrics, steps_completed=steps_completed
+    )

@@ -169,7 +169,9 @@ class ReferenceExactRule:
         if self.answer_pattern is not None:
             compiled = _compile("reference_exact rule 'answer_pattern'", self.answer_pattern, 0)
             if compiled.groups != 1:
-                raise RuleSpecError("reference_exact rule: 'answer_pattern' must have exactly one capture group")
+                raise RuleSpecError(
+                    "reference_exact rule: 'answer_pattern' must have exactly one capture group"
+                )
             object.__setattr__(self, "_answer", compiled)
 
     def _normalise(self, text: str) -> str:
@@ -205,7 +207,11 @@ class ReferenceRegexRule:
         pattern = str(_reference(row, self.field, self.kind))
         cache: dict[str, re.Pattern] = self._compiled_by_pattern  # type: ignore[attr-defined]
         if pattern not in cache:
-            cache[pattern] = _compile(f"reference_regex rule (pattern from field {self.field!r})", pattern, re.IGNORECASE if self.ignore_case else 0)
+            cache[pattern] = _compile(
+                f"reference_regex rule (pattern from field {self.field!r})",
+                pattern,
+                re.IGNORECASE if self.ignore_case else 0,
+            )
         if self.full_match:
             return float(cache[pattern].fullmatch(completion.strip()) is not None)
         return float(cache[pattern].search(completion) is not None)
@@ -261,7 +267,10 @@ def parse_rules(specs: Sequence[Mapping[str, Any] | Rule]) -> list[Rule]:
 
 def rule_to_dict(rule: Rule) -> dict[str, Any]:
     values = asdict(rule)
-    return {"kind": rule.kind, **{key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}}
+    return {
+        "kind": rule.kind,
+        **{key: list(value) if isinstance(value, tuple) else value for key, value in values.items()},
+    }
 
 
 class RuleReward:

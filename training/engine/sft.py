@@ -55,8 +55,14 @@ def prompt_completion_rows(data: Dataset) -> Dataset:
     return Dataset.from_list(rows)
 
 
-def run_stage(config: SftStageConfig, data: Dataset, base: ModelRef, out_dir: Path,
-              on_progress: ProgressCallback, should_stop: StopCallback) -> StageResult:
+def run_stage(
+    config: SftStageConfig,
+    data: Dataset,
+    base: ModelRef,
+    out_dir: Path,
+    on_progress: ProgressCallback,
+    should_stop: StopCallback,
+) -> StageResult:
     from trl import SFTConfig, SFTTrainer
 
     from training.engine.hf_stage import (
@@ -72,23 +78,39 @@ def run_stage(config: SftStageConfig, data: Dataset, base: ModelRef, out_dir: Pa
     model, tokenizer = load_model_ref(base, device, task="causal_lm")
     model = prepare_model(model, config.peft)
     checkpoint_dir = checkpoint_dir_for(out_dir)
-    callback = ProgressAndCancelCallback(on_progress, should_stop, config.max_steps, config.checkpoint_every > 0)
+    callback = ProgressAndCancelCallback(
+        on_progress, should_stop, config.max_steps, config.checkpoint_every > 0
+    )
     arguments = SFTConfig(
         **trainer_arguments(config, checkpoint_dir, config.log_every),
         completion_only_loss=True,
         packing=config.packing,
     )
-    trainer = quiet(SFTTrainer(model=model, args=arguments, train_dataset=rows, processing_class=tokenizer,
-                               callbacks=[callback]))
+    trainer = quiet(
+        SFTTrainer(
+            model=model, args=arguments, train_dataset=rows, processing_class=tokenizer, callbacks=[callback]
+        )
+    )
     trainer.train(resume_from_checkpoint=latest_checkpoint(checkpoint_dir))
     steps_completed = trainer.state.global_step
     metrics = callback.final_metrics()
     if callback.cancelled:
-        return StageResult(status="cancelled", artifact_path=None, metrics=metrics, steps_completed=steps_completed)
+        return StageResult(
+            status="cancelled", artifact_path=None, metrics=metrics, steps_completed=steps_completed
+        )
 
     metrics["train_examples"] = float(len(rows))
     with staged_output(out_dir) as staging:
-        save_stage_artifact(trainer.model, tokenizer, config.peft, staging, stage=STAGE_NAME, base=base,
-                            config=config.to_dict(), metrics=metrics)
-    return StageResult(status="completed", artifact_path=Path(out_dir), metrics=metrics,
-                       steps_completed=steps_completed)
+        save_stage_artifact(
+            trainer.model,
+            tokenizer,
+            config.peft,
+            staging,
+            stage=STAGE_NAME,
+            base=base,
+            config=config.to_dict(),
+            metrics=metrics,
+        )
+    return StageResult(
+        status="completed", artifact_path=Path(out_dir), metrics=metrics, steps_completed=steps_completed
+    )

@@ -57,7 +57,9 @@ def stage_spec(kind: str) -> StageSpec:
     try:
         return STAGES[kind]
     except KeyError:
-        raise StageConfigError({"kind": f"unknown stage {kind!r}; choose one of {', '.join(STAGES)}"}) from None
+        raise StageConfigError(
+            {"kind": f"unknown stage {kind!r}; choose one of {', '.join(STAGES)}"}
+        ) from None
 
 
 def config_class(kind: str) -> type[StageConfig]:
@@ -193,4 +195,12 @@ def _convert(value, annotation) -> tuple[Any, str | None]:
     return value, None
 
 
-__all__ = ["STAGES", "PeftSettings", "StageConfigError", "config_defaults", "config_from_dict", "run", "stage_spec"]
+__all__ = [
+    "STAGES",
+    "PeftSettings",
+    "StageConfigError",
+    "config_defaults",
+    "config_from_dict",
+    "run",
+    "stage_spec",
+]

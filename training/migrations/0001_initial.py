@@ -5,32 +5,72 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='ModelVersion',
+            name="ModelVersion",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=200, unique=True)),
-                ('kind', models.CharField(choices=[('policy', 'Policy'), ('reward', 'Reward model'), ('adapter', 'Adapter')], default='policy', max_length=16)),
-                ('artifact_path', models.CharField(help_text='Relative to ARTIFACT_ROOT.', max_length=500)),
-                ('sha256', models.CharField(max_length=64)),
-                ('source', models.CharField(blank=True, help_text='Where the weights came from.', max_length=300)),
-                ('config', models.JSONField(blank=True, default=dict)),
-                ('metrics', models.JSONField(blank=True, default=dict)),
-                ('num_parameters', models.BigIntegerField(default=0)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('base', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='derived', to='training.modelversion')),
-                ('parent', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='children', to='training.modelversion')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=200, unique=True)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("policy", "Policy"), ("reward", "Reward model"), ("adapter", "Adapter")],
+                        default="policy",
+                        max_length=16,
+                    ),
+                ),
+                ("artifact_path", models.CharField(help_text="Relative to ARTIFACT_ROOT.", max_length=500)),
+                ("sha256", models.CharField(max_length=64)),
+                (
+                    "source",
+                    models.CharField(blank=True, help_text="Where the weights came from.", max_length=300),
+                ),
+                ("config", models.JSONField(blank=True, default=dict)),
+                ("metrics", models.JSONField(blank=True, default=dict)),
+                ("num_parameters", models.BigIntegerField(default=0)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "base",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="derived",
+                        to="training.modelversion",
+                    ),
+                ),
+                (
+                    "parent",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="children",
+                        to="training.modelversion",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['id'],
-                'constraints': [models.CheckConstraint(condition=models.Q(('sha256__regex', '^[0-9a-f]{64}$')), name='modelversion_sha256_hex'), models.CheckConstraint(condition=models.Q(('artifact_path', ''), _negated=True), name='modelversion_artifact_path_set')],
+                "ordering": ["id"],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(("sha256__regex", "^[0-9a-f]{64}$")),
+                        name="modelversion_sha256_hex",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(("artifact_path", ""), _negated=True),
+                        name="modelversion_artifact_path_set",
+                    ),
+                ],
             },
         ),
     ]

@@ -6,110 +6,234 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('labeling', '0001_initial'),
-        ('training', '0001_initial'),
+        ("labeling", "0001_initial"),
+        ("training", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='TrainingRun',
+            name="TrainingRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('preset', models.CharField(choices=[('rlhf', 'RLHF: SFT → reward model → PPO'), ('rft', 'RFT: SFT → PPO on predefined reward rules'), ('preference', 'Preference: SFT → contrastive'), ('reward', 'Reward model only'), ('sft', 'SFT only')], max_length=16)),
-                ('status', models.CharField(choices=[('queued', 'Queued'), ('running', 'Running'), ('succeeded', 'Succeeded'), ('failed', 'Failed'), ('cancelled', 'Cancelled')], default='queued', max_length=16)),
-                ('config', models.JSONField(blank=True, default=dict, help_text='Validated per-stage engine configs.')),
-                ('dataset_filters', models.JSONField(blank=True, default=dict)),
-                ('dataset_hash', models.CharField(blank=True, max_length=64)),
-                ('dataset_counts', models.JSONField(blank=True, default=dict)),
-                ('cancel_requested', models.BooleanField(default=False)),
-                ('error', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "preset",
+                    models.CharField(
+                        choices=[
+                            ("rlhf", "RLHF: SFT → reward model → PPO"),
+                            ("rft", "RFT: SFT → PPO on predefined reward rules"),
+                            ("preference", "Preference: SFT → contrastive"),
+                            ("reward", "Reward model only"),
+                            ("sft", "SFT only"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("queued", "Queued"),
+                            ("running", "Running"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        default="queued",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "config",
+                    models.JSONField(
+                        blank=True, default=dict, help_text="Validated per-stage engine configs."
+                    ),
+                ),
+                ("dataset_filters", models.JSONField(blank=True, default=dict)),
+                ("dataset_hash", models.CharField(blank=True, max_length=64)),
+                ("dataset_counts", models.JSONField(blank=True, default=dict)),
+                ("cancel_requested", models.BooleanField(default=False)),
+                ("error", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
             ],
             options={
-                'ordering': ['-id'],
+                "ordering": ["-id"],
             },
         ),
         migrations.AddField(
-            model_name='modelversion',
-            name='dataset_hash',
-            field=models.CharField(blank=True, help_text='Content hash of the training data.', max_length=64),
+            model_name="modelversion",
+            name="dataset_hash",
+            field=models.CharField(blank=True, help_text="Content hash of the training data.", max_length=64),
         ),
         migrations.AddField(
-            model_name='modelversion',
-            name='use_for_sampling',
-            field=models.BooleanField(default=False, help_text='The policy whose responses feed the annotators (one at a time).'),
+            model_name="modelversion",
+            name="use_for_sampling",
+            field=models.BooleanField(
+                default=False, help_text="The policy whose responses feed the annotators (one at a time)."
+            ),
         ),
         migrations.CreateModel(
-            name='StageRun',
+            name="StageRun",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('position', models.PositiveSmallIntegerField()),
-                ('kind', models.CharField(choices=[('sft', 'SFT'), ('reward', 'Reward model'), ('ppo', 'PPO'), ('contrastive', 'Contrastive (DPO/CPO)')], max_length=16)),
-                ('peft', models.CharField(choices=[('full', 'Full fine-tuning'), ('lora', 'LoRA'), ('adapter', 'Bottleneck adapter')], default='full', max_length=16)),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('running', 'Running'), ('succeeded', 'Succeeded'), ('failed', 'Failed'), ('cancelled', 'Cancelled')], default='pending', max_length=16)),
-                ('config', models.JSONField(blank=True, default=dict)),
-                ('step', models.PositiveIntegerField(default=0)),
-                ('total_steps', models.PositiveIntegerField(default=0)),
-                ('metrics', models.JSONField(blank=True, default=list, help_text='[{step, values: {name: number}}], in order.')),
-                ('log_tail', models.TextField(blank=True)),
-                ('checkpoint_path', models.CharField(blank=True, max_length=500)),
-                ('celery_task_id', models.CharField(blank=True, max_length=255)),
-                ('worker', models.CharField(blank=True, max_length=255)),
-                ('device', models.CharField(blank=True, max_length=128)),
-                ('heartbeat_at', models.DateTimeField(blank=True, null=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('error', models.TextField(blank=True)),
-                ('output_model', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='produced_by_stages', to='training.modelversion')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("position", models.PositiveSmallIntegerField()),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("sft", "SFT"),
+                            ("reward", "Reward model"),
+                            ("ppo", "PPO"),
+                            ("contrastive", "Contrastive (DPO/CPO)"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "peft",
+                    models.CharField(
+                        choices=[
+                            ("full", "Full fine-tuning"),
+                            ("lora", "LoRA"),
+                            ("adapter", "Bottleneck adapter"),
+                        ],
+                        default="full",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("running", "Running"),
+                            ("succeeded", "Succeeded"),
+                            ("failed", "Failed"),
+                            ("cancelled", "Cancelled"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                ("config", models.JSONField(blank=True, default=dict)),
+                ("step", models.PositiveIntegerField(default=0)),
+                ("total_steps", models.PositiveIntegerField(default=0)),
+                (
+                    "metrics",
+                    models.JSONField(
+                        blank=True, default=list, help_text="[{step, values: {name: number}}], in order."
+                    ),
+                ),
+                ("log_tail", models.TextField(blank=True)),
+                ("checkpoint_path", models.CharField(blank=True, max_length=500)),
+                ("celery_task_id", models.CharField(blank=True, max_length=255)),
+                ("worker", models.CharField(blank=True, max_length=255)),
+                ("device", models.CharField(blank=True, max_length=128)),
+                ("heartbeat_at", models.DateTimeField(blank=True, null=True)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("error", models.TextField(blank=True)),
+                (
+                    "output_model",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="produced_by_stages",
+                        to="training.modelversion",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['run_id', 'position'],
+                "ordering": ["run_id", "position"],
             },
         ),
         migrations.AddField(
-            model_name='modelversion',
-            name='stage_run',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='model_versions', to='training.stagerun'),
+            model_name="modelversion",
+            name="stage_run",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="model_versions",
+                to="training.stagerun",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='modelversion',
-            constraint=models.UniqueConstraint(condition=models.Q(('use_for_sampling', True)), fields=('use_for_sampling',), name='one_sampling_policy'),
+            model_name="modelversion",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("use_for_sampling", True)),
+                fields=("use_for_sampling",),
+                name="one_sampling_policy",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='modelversion',
-            constraint=models.CheckConstraint(condition=models.Q(('use_for_sampling', False), ('kind', 'policy'), _connector='OR'), name='sampling_model_is_policy'),
+            model_name="modelversion",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("use_for_sampling", False), ("kind", "policy"), _connector="OR"),
+                name="sampling_model_is_policy",
+            ),
         ),
         migrations.AddField(
-            model_name='trainingrun',
-            name='base_model',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='training_runs', to='training.modelversion'),
+            model_name="trainingrun",
+            name="base_model",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="training_runs",
+                to="training.modelversion",
+            ),
         ),
         migrations.AddField(
-            model_name='trainingrun',
-            name='created_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='training_runs', to=settings.AUTH_USER_MODEL),
+            model_name="trainingrun",
+            name="created_by",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="training_runs",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AddField(
-            model_name='trainingrun',
-            name='project',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='training_runs', to='labeling.project'),
+            model_name="trainingrun",
+            name="project",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="training_runs",
+                to="labeling.project",
+            ),
         ),
         migrations.AddField(
-            model_name='stagerun',
-            name='run',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='stages', to='training.trainingrun'),
+            model_name="stagerun",
+            name="run",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="stages", to="training.trainingrun"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='stagerun',
-            constraint=models.UniqueConstraint(fields=('run', 'position'), name='stagerun_unique_position'),
+            model_name="stagerun",
+            constraint=models.UniqueConstraint(fields=("run", "position"), name="stagerun_unique_position"),
         ),
         migrations.AddConstraint(
-            model_name='stagerun',
-            constraint=models.CheckConstraint(condition=models.Q(('step__lte', models.F('total_steps')), ('total_steps', 0), _connector='OR'), name='stagerun_step_within_total'),
+            model_name="stagerun",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("step__lte", models.F("total_steps")), ("total_steps", 0), _connector="OR"
+                ),
+                name="stagerun_step_within_total",
+            ),
         ),
     ]

@@ -4,15 +4,18 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('training', '0002_runs_and_stages'),
+        ("training", "0002_runs_and_stages"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='trainingrun',
-            name='sample_after',
-            field=models.JSONField(blank=True, help_text='Sampling options: when set, the final policy generates new comparisons.', null=True),
+            model_name="trainingrun",
+            name="sample_after",
+            field=models.JSONField(
+                blank=True,
+                help_text="Sampling options: when set, the final policy generates new comparisons.",
+                null=True,
+            ),
         ),
     ]

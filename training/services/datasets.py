@@ -45,7 +45,9 @@ def _canonical(row: dict) -> str:
     return json.dumps(row, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
-def snapshot_counts(*, project: Project, filters: PreferenceFilters, formats: Iterable[str]) -> dict[str, int]:
+def snapshot_counts(
+    *, project: Project, filters: PreferenceFilters, formats: Iterable[str]
+) -> dict[str, int]:
     """How many rows each format would hold now (the launch form's live count)."""
     return {fmt: sum(1 for _ in _rows(project=project, filters=filters, data_format=fmt)) for fmt in formats}
 
@@ -70,7 +72,12 @@ def snapshot_create(*, project: Project, filters: PreferenceFilters, formats: It
             counts[fmt] = count
             digest.update(f"{fmt}:{format_digest.hexdigest()}\n".encode())
         content_hash = digest.hexdigest()
-        manifest = {"project": project.slug, "filters": filters.to_dict(), "counts": counts, "sha256": content_hash}
+        manifest = {
+            "project": project.slug,
+            "filters": filters.to_dict(),
+            "counts": counts,
+            "sha256": content_hash,
+        }
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         target = root / content_hash
         if target.exists():

@@ -130,7 +130,9 @@ class _Heartbeat(threading.Thread):
                         heartbeat_at=timezone.now()
                     )
                 except DatabaseError:  # a busy database must not kill the stage: the next beat tries again
-                    logger.warning("heartbeat of stage %s not written this time", self.stage_id, exc_info=True)
+                    logger.warning(
+                        "heartbeat of stage %s not written this time", self.stage_id, exc_info=True
+                    )
         finally:
             connection.close()  # this thread's own connection
 
@@ -145,9 +147,15 @@ def _claim(*, stage_run_id: int, worker: str, task_id: str) -> StageRun | None:
     with transaction.atomic():
         stage = StageRun.objects.select_for_update().select_related("run").filter(pk=stage_run_id).first()
         if stage is None or stage.status in (StageRun.Status.SUCCEEDED, StageRun.Status.FAILED):
-            return None  # a redelivered message for a finished stage, or one already marked failed: do nothing
+            return (
+                None  # a redelivered message for a finished stage, or one already marked failed: do nothing
+            )
         now = timezone.now()
-        if stage.status == StageRun.Status.RUNNING and stage.heartbeat_at and now - stage.heartbeat_at < stale_after:
+        if (
+            stage.status == StageRun.Status.RUNNING
+            and stage.heartbeat_at
+            and now - stage.heartbeat_at < stale_after
+        ):
             return None  # another worker is on it
         run = stage.run
         if run.cancel_requested or stage.status == StageRun.Status.CANCELLED:
@@ -173,7 +181,9 @@ def _claim(*, stage_run_id: int, worker: str, task_id: str) -> StageRun | None:
 
 def _finish_cancelled(stage: StageRun, now) -> None:
     StageRun.objects.filter(pk=stage.pk).update(status=StageRun.Status.CANCELLED, finished_at=now)
-    stage.run.stages.filter(status=StageRun.Status.PENDING).update(status=StageRun.Status.CANCELLED, finished_at=now)
+    stage.run.stages.filter(status=StageRun.Status.PENDING).update(
+        status=StageRun.Status.CANCELLED, finished_at=now
+    )
     TrainingRun.objects.filter(pk=stage.run_id).update(status=TrainingRun.Status.CANCELLED, finished_at=now)
 
 
@@ -202,7 +212,9 @@ def stage_run_execute(*, stage_run_id: int, worker: str = "", task_id: str = "")
             spec = engine_stages.stage_spec(stage.kind)
             config = engine_stages.config_from_dict(stage.kind, stage.config)
             data = datasets.snapshot_load(content_hash=stage.run.dataset_hash, data_format=spec.data_format)
-            log_lines.append(f"stage {stage.kind}/{stage.peft} on {len(data)} {spec.data_format} rows from {start.name}")
+            log_lines.append(
+                f"stage {stage.kind}/{stage.peft} on {len(data)} {spec.data_format} rows from {start.name}"
+            )
             result = engine_stages.run(
                 stage.kind, config, data, model_ref(start), out_dir, reporter.on_progress, reporter.should_stop,
                 reward_model=model_ref(reward) if reward else None,
@@ -222,9 +234,13 @@ def stage_run_execute(*, stage_run_id: int, worker: str = "", task_id: str = "")
         reporter.flush()
         now = timezone.now()
         message = f"{type(exc).__name__}: {exc}"
-        StageRun.objects.filter(pk=stage.pk).update(status=StageRun.Status.FAILED, error=message, finished_at=now)
+        StageRun.objects.filter(pk=stage.pk).update(
+            status=StageRun.Status.FAILED, error=message, finished_at=now
+        )
         TrainingRun.objects.filter(pk=stage.run_id).update(
-            status=TrainingRun.Status.FAILED, error=f"stage {stage.position} ({stage.kind}): {message}", finished_at=now
+            status=TrainingRun.Status.FAILED,
+            error=f"stage {stage.position} ({stage.kind}): {message}",
+            finished_at=now,
         )
         return StageRun.Status.FAILED
     finally:
@@ -237,7 +253,11 @@ def _finish_succeeded(*, stage: StageRun, start: ModelVersion, out_dir: Path, me
     from training.services.runs import stage_enqueue
 
     spec = engine_stages.stage_spec(stage.kind)
-    saved = describe_saved_model(out_dir) if (out_dir / "model.safetensors").exists() else _describe_adapter(out_dir)
+    saved = (
+        describe_saved_model(out_dir)
+        if (out_dir / "model.safetensors").exists()
+        else _describe_adapter(out_dir)
+    )
     now = timezone.now()
     with transaction.atomic():
         stage = StageRun.objects.select_for_update().select_related("run").get(pk=stage.pk)
@@ -258,7 +278,9 @@ def _finish_succeeded(*, stage: StageRun, start: ModelVersion, out_dir: Path, me
         stage.save(update_fields=["status", "output_model", "finished_at", "heartbeat_at"])
         following = stage.run.stages.filter(position__gt=stage.position).order_by("position").first()
         if following is None:
-            TrainingRun.objects.filter(pk=stage.run_id).update(status=TrainingRun.Status.SUCCEEDED, finished_at=now)
+            TrainingRun.objects.filter(pk=stage.run_id).update(
+                status=TrainingRun.Status.SUCCEEDED, finished_at=now
+            )
             run = TrainingRun.objects.get(pk=stage.run_id)
             transaction.on_commit(lambda: training_run_succeeded.send(sender=TrainingRun, run=run))
         else:
@@ -292,7 +314,10 @@ def _describe_adapter(out_dir: Path):
                     count *= dim
                 num_parameters += count
     return SavedModel(
-        path=out_dir, sha256=sha256_file(weights[0]), config=_stage_manifest(out_dir), num_parameters=num_parameters
+        path=out_dir,
+        sha256=sha256_file(weights[0]),
+        config=_stage_manifest(out_dir),
+        num_parameters=num_parameters,
     )
 
 
@@ -302,10 +327,14 @@ def stale_stages_fail(*, now=None) -> list[int]:
     cutoff = now - timedelta(seconds=settings.TRAINING_STALE_AFTER_S)
     failed: list[int] = []
     with transaction.atomic():
-        stale = StageRun.objects.select_for_update(skip_locked=connection.features.has_select_for_update_skip_locked)
+        stale = StageRun.objects.select_for_update(
+            skip_locked=connection.features.has_select_for_update_skip_locked
+        )
         for stage in stale.filter(status=StageRun.Status.RUNNING, heartbeat_at__lt=cutoff):
             message = f"worker {stage.worker or '?'} stopped sending heartbeats (last {stage.heartbeat_at:%H:%M:%S})"
-            StageRun.objects.filter(pk=stage.pk).update(status=StageRun.Status.FAILED, error=message, finished_at=now)
+            StageRun.objects.filter(pk=stage.pk).update(
+                status=StageRun.Status.FAILED, error=message, finished_at=now
+            )
             TrainingRun.objects.filter(pk=stage.run_id).update(
                 status=TrainingRun.Status.FAILED, error=f"stage {stage.position} ({stage.kind}): {message}",
                 finished_at=now,

@@ -40,7 +40,11 @@ class LaunchPlan:
 
 
 def launch_plan_validate(
-    *, preset: str, peft: str | dict[str, str] = "full", stage_configs: dict | None = None, filters: dict | None = None
+    *,
+    preset: str,
+    peft: str | dict[str, str] = "full",
+    stage_configs: dict | None = None,
+    filters: dict | None = None,
 ) -> LaunchPlan:
     """Validate everything a launch needs; raise ValidationError with one message per bad field.
 
@@ -49,17 +53,23 @@ def launch_plan_validate(
     """
     errors: dict[str, list[str]] = {}
     if preset not in PRESET_STAGES:
-        raise ValidationError({"preset": [f"Unknown preset {preset!r}; choose one of {', '.join(PRESET_STAGES)}."]})
+        raise ValidationError(
+            {"preset": [f"Unknown preset {preset!r}; choose one of {', '.join(PRESET_STAGES)}."]}
+        )
     kinds = PRESET_STAGES[preset]
     stage_configs = dict(stage_configs or {})
     for kind in stage_configs:
         if kind not in kinds:
-            errors.setdefault("config", []).append(f"Preset {preset} has no {kind} stage (it runs {', '.join(kinds)}).")
+            errors.setdefault("config", []).append(
+                f"Preset {preset} has no {kind} stage (it runs {', '.join(kinds)})."
+            )
     planned: list[tuple[str, str, dict]] = []
     for kind in kinds:
         method = peft.get(kind, "full") if isinstance(peft, dict) else peft
         if method not in StageRun.Peft.values:
-            errors.setdefault(f"{kind}.peft.method", []).append(f"Choose one of {', '.join(StageRun.Peft.values)}.")
+            errors.setdefault(f"{kind}.peft.method", []).append(
+                f"Choose one of {', '.join(StageRun.Peft.values)}."
+            )
             continue
         values = dict(stage_configs.get(kind) or {})
         values["peft"] = {**(values.get("peft") or {}), "method": method}
@@ -123,17 +133,25 @@ def training_run_launch(
     if sample_after is not None:
         unknown = set(sample_after) - SAMPLE_AFTER_OPTIONS
         if unknown:
-            raise ValidationError({"sample_after": [f"Unknown sampling options: {', '.join(sorted(unknown))}."]})
+            raise ValidationError(
+                {"sample_after": [f"Unknown sampling options: {', '.join(sorted(unknown))}."]}
+            )
     base_model = base_model or default_base_model()
     if base_model is None:
-        raise ValidationError({"base_model": ["No base model is registered: run `manage.py import_base_model`."]})
+        raise ValidationError(
+            {"base_model": ["No base model is registered: run `manage.py import_base_model`."]}
+        )
     if base_model.kind != ModelVersion.Kind.POLICY:
         raise ValidationError({"base_model": ["The base model must be a policy."]})
     snapshot = datasets.snapshot_create(project=project, filters=plan.filters, formats=plan.formats)
     empty = [fmt for fmt in plan.formats if snapshot.counts.get(fmt, 0) == 0]
     if empty:
         raise ValidationError(
-            {"filters": [f"No {', '.join(empty)} rows match these filters in project {project.slug}; nothing to train on."]}
+            {
+                "filters": [
+                    f"No {', '.join(empty)} rows match these filters in project {project.slug}; nothing to train on."
+                ]
+            }
         )
     with transaction.atomic():
         run = TrainingRun(
@@ -151,7 +169,12 @@ def training_run_launch(
         run.save()
         for position, (kind, method, config) in enumerate(plan.stages):
             stage = StageRun(
-                run=run, position=position, kind=kind, peft=method, config=config, total_steps=config["max_steps"]
+                run=run,
+                position=position,
+                kind=kind,
+                peft=method,
+                config=config,
+                total_steps=config["max_steps"],
             )
             stage.full_clean()
             stage.save()
@@ -176,7 +199,9 @@ def training_run_cancel(*, run: TrainingRun) -> TrainingRun:
     run.cancel_requested = True
     now = timezone.now()
     running = run.stages.filter(status=StageRun.Status.RUNNING).exists()
-    run.stages.filter(status=StageRun.Status.PENDING).update(status=StageRun.Status.CANCELLED, finished_at=now)
+    run.stages.filter(status=StageRun.Status.PENDING).update(
+        status=StageRun.Status.CANCELLED, finished_at=now
+    )
     if not running:
         run.status = TrainingRun.Status.CANCELLED
         run.finished_at = now
@@ -188,7 +213,9 @@ def _restart(*, stage_run: StageRun, from_checkpoint: bool) -> StageRun:
     with transaction.atomic():
         stage = StageRun.objects.select_for_update().select_related("run").get(pk=stage_run.pk)
         if stage.status not in (StageRun.Status.FAILED, StageRun.Status.CANCELLED):
-            raise ValidationError({"status": [f"Only a failed or cancelled stage can restart; this one is {stage.status}."]})
+            raise ValidationError(
+                {"status": [f"Only a failed or cancelled stage can restart; this one is {stage.status}."]}
+            )
         run = stage.run
         if not from_checkpoint:
             import shutil

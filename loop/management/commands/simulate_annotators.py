@@ -16,7 +16,9 @@ class Command(BaseCommand):
         parser.add_argument("--project", required=True)
         parser.add_argument("--oracle", required=True, help="shorter | longer | keyword:<word> | arithmetic")
         parser.add_argument("--annotators", type=int, default=1)
-        parser.add_argument("--noise", type=float, default=0.0, help="Probability of a random ranking instead.")
+        parser.add_argument(
+            "--noise", type=float, default=0.0, help="Probability of a random ranking instead."
+        )
         parser.add_argument("--max-items", type=int, help="Per annotator.")
         parser.add_argument("--seed", type=int, default=0)
 
@@ -26,10 +28,17 @@ class Command(BaseCommand):
             raise CommandError(f"No project with slug {project!r}.")
         try:
             report = annotators_simulate(
-                project=project_obj, oracle=oracle, annotators=annotators, noise=noise, max_items=max_items, seed=seed
+                project=project_obj,
+                oracle=oracle,
+                annotators=annotators,
+                noise=noise,
+                max_items=max_items,
+                seed=seed,
             )
         except (OracleError, ValueError, ValidationError) as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(
-            self.style.SUCCESS(f"{report.annotators} simulated annotator(s) submitted {report.rankings} rankings.")
+            self.style.SUCCESS(
+                f"{report.annotators} simulated annotator(s) submitted {report.rankings} rankings."
+            )
         )

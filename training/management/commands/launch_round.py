@@ -28,7 +28,9 @@ class Command(BaseCommand):
             "--sample-after", nargs="?", const="{}", metavar="JSON",
             help='Sample from the final policy when the run succeeds; optional options, e.g. {"limit": 100}.',
         )  # fmt: skip
-        parser.add_argument("--wait", action="store_true", help="Wait for the run to finish, with progress bars.")
+        parser.add_argument(
+            "--wait", action="store_true", help="Wait for the run to finish, with progress bars."
+        )
 
     def handle(self, *args, project, preset, peft, config, filters, user, wait, sample_after, **options):
         project_obj = Project.objects.filter(slug=project).first()

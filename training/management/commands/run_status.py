@@ -23,7 +23,9 @@ def wait_for_run(*, run_id: int, stdout, poll_s: float = 1.0) -> TrainingRun:
                 bar.total = max(stage.total_steps, 1)
                 bar.n = stage.step
                 last = stage.metrics[-1]["values"] if stage.metrics else {}
-                bar.set_postfix({"status": stage.status, **{k: f"{v:.3g}" for k, v in list(last.items())[:3]}})
+                bar.set_postfix(
+                    {"status": stage.status, **{k: f"{v:.3g}" for k, v in list(last.items())[:3]}}
+                )
                 bar.refresh()
             if run_is_finished(run=run):
                 return run
