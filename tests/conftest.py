@@ -20,3 +20,19 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def _isolated_artifact_root(settings, tmp_path) -> None:
     """Every test writes artifacts into its own folder, never into var/."""
     settings.ARTIFACT_ROOT = tmp_path / "artifacts"
+
+
+@pytest.fixture
+def enqueued_stages(monkeypatch) -> list[int]:
+    """Training stages run in the test's own process: collect the stage ids that would have gone to the gpu queue.
+
+    On-commit hooks run at once, as a real commit would run them (the test's transaction never commits).
+    """
+    from django.db import transaction
+
+    from training.services import runs as run_services
+
+    sent: list[int] = []
+    monkeypatch.setattr(run_services, "stage_enqueue", lambda *, stage_run: sent.append(stage_run.pk))
+    monkeypatch.setattr(transaction, "on_commit", lambda callback, using=None, robust=False: callback())
+    return sent

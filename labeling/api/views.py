@@ -248,6 +248,18 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
     ordering_fields = ["id", "created_at"]
 
 
+def _stage_restart_schema():
+    """The OpenAPI description shared by the resume and retry actions of a stage."""
+    return extend_schema(
+        request=None,
+        parameters=[_stage_path_parameter()],
+        responses={
+            200: serializers.TrainingRunSerializer,
+            400: OpenApiResponse(description="Only a failed or cancelled stage can restart."),
+        },
+    )
+
+
 def _stage_path_parameter() -> OpenApiParameter:
     return OpenApiParameter(
         "stage_id", OpenApiTypes.INT, OpenApiParameter.PATH, description="A stage of this run."
@@ -310,14 +322,7 @@ class TrainingRunViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet)
     def _stage(self, stage_id) -> StageRun:
         return get_object_or_404(StageRun, pk=stage_id, run=self.get_object())
 
-    @extend_schema(
-        request=None,
-        parameters=[_stage_path_parameter()],
-        responses={
-            200: serializers.TrainingRunSerializer,
-            400: OpenApiResponse(description="Only a failed or cancelled stage can restart."),
-        },
-    )
+    @_stage_restart_schema()
     @action(
         detail=True, methods=["post"], url_path=r"stages/(?P<stage_id>[0-9]+)/resume", filterset_class=None
     )
@@ -326,14 +331,7 @@ class TrainingRunViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet)
         stage = stage_run_resume(stage_run=self._stage(stage_id))
         return self._run_payload(stage.run)
 
-    @extend_schema(
-        request=None,
-        parameters=[_stage_path_parameter()],
-        responses={
-            200: serializers.TrainingRunSerializer,
-            400: OpenApiResponse(description="Only a failed or cancelled stage can restart."),
-        },
-    )
+    @_stage_restart_schema()
     @action(
         detail=True, methods=["post"], url_path=r"stages/(?P<stage_id>[0-9]+)/retry", filterset_class=None
     )

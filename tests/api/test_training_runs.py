@@ -4,24 +4,13 @@ per-field errors and nothing created or enqueued, cancel / resume / retry."""
 from __future__ import annotations
 
 import pytest
-from django.db import transaction
 
 from tests.training.factories import TINY_STAGE_CONFIGS, ranked_project, register_tiny_base
 from training.models import StageRun, TrainingRun
-from training.services import runs as run_services
 
 pytestmark = pytest.mark.django_db
 
 URL = "/api/v1/training-runs/"
-
-
-@pytest.fixture
-def queued(monkeypatch):
-    """Stage ids that would have been enqueued; on-commit hooks run at once (the test transaction never commits)."""
-    sent: list[int] = []
-    monkeypatch.setattr(run_services, "stage_enqueue", lambda *, stage_run: sent.append(stage_run.pk))
-    monkeypatch.setattr(transaction, "on_commit", lambda callback, using=None, robust=False: callback())
-    return sent
 
 
 @pytest.fixture
@@ -31,7 +20,7 @@ def launchable(tiny_model_dir):
     return project, base
 
 
-def test_admin_launches_a_run_with_its_stages(clients, launchable, queued):
+def test_admin_launches_a_run_with_its_stages(clients, launchable, enqueued_stages):
     project, base = launchable
     response = clients["admin"].post(
         URL,
@@ -56,14 +45,14 @@ def test_admin_launches_a_run_with_its_stages(clients, launchable, queued):
     ]
     assert body["stages"][0]["total_steps"] == TINY_STAGE_CONFIGS["sft"]["max_steps"]
     assert body["dataset_filters"]["aggregation"] == "all" and len(body["dataset_hash"]) == 64
-    assert queued == [body["stages"][0]["id"]]  # only the first stage, on commit
+    assert enqueued_stages == [body["stages"][0]["id"]]  # only the first stage, on commit
     # Researchers see it; the default base model is used when none is given.
     assert clients["researcher"].get(f"{URL}{run.pk}/").json()["stages"][2]["kind"] == "ppo"
     second = clients["admin"].post(URL, {"project": project.slug, "preset": "sft"}, format="json")
     assert second.status_code == 201 and second.json()["base_model"] == base.pk
 
 
-def test_invalid_launch_answers_400_per_field_and_creates_nothing(clients, launchable, queued):
+def test_invalid_launch_answers_400_per_field_and_creates_nothing(clients, launchable, enqueued_stages):
     project, _ = launchable
     response = clients["admin"].post(
         URL,
@@ -98,16 +87,16 @@ def test_invalid_launch_answers_400_per_field_and_creates_nothing(clients, launc
         body = response.json()
         assert any(key == field or key.startswith(f"{field}") for key in body), (payload, body)
     assert TrainingRun.objects.count() == 0 and StageRun.objects.count() == 0
-    assert queued == []
+    assert enqueued_stages == []
 
 
-def test_cancel_resume_retry(clients, launchable, queued):
+def test_cancel_resume_retry(clients, launchable, enqueued_stages):
     project, base = launchable
     launched = (
         clients["admin"].post(URL, {"project": project.slug, "preset": "preference"}, format="json").json()
     )
     run_id, (first, second) = launched["id"], [s["id"] for s in launched["stages"]]
-    assert queued == [first]
+    assert enqueued_stages == [first]
     for role in ("researcher", "annotator"):
         assert clients[role].post(f"{URL}{run_id}/cancel/").status_code == 403
     cancelled = clients["admin"].post(f"{URL}{run_id}/cancel/").json()
@@ -119,14 +108,14 @@ def test_cancel_resume_retry(clients, launchable, queued):
         "pending",
         "pending",
     ]
-    assert queued == [first, first]
+    assert enqueued_stages == [first, first]
     # A pending stage cannot restart: the service's message, per field.
     again = clients["admin"].post(f"{URL}{run_id}/stages/{first}/retry/")
     assert again.status_code == 400 and "status" in again.json()
     StageRun.objects.filter(pk=second).update(status=StageRun.Status.FAILED, step=2)
     retried = clients["admin"].post(f"{URL}{run_id}/stages/{second}/retry/").json()
     assert retried["stages"][1]["status"] == "pending" and retried["stages"][1]["step"] == 0
-    assert queued == [first, first, second]
+    assert enqueued_stages == [first, first, second]
     # A stage of another run is not found.
     other = TrainingRun.objects.create(project=project, preset="sft", base_model=base)
     assert clients["admin"].post(f"{URL}{other.pk}/stages/{second}/resume/").status_code == 404

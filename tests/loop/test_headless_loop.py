@@ -1,7 +1,6 @@
 """The whole loop headless on the tiny model: seed → simulate → train round → sample → simulate → leaderboard."""
 
 import pytest
-from django.db import transaction
 
 from labeling.models import Project, Prompt, Response
 from loop.oracles import oracle_ranks
@@ -21,10 +20,8 @@ HELPFUL = "Thanks for asking! Happy to help."
 UNHELPFUL = ["no", "Go away.", "I will not answer that.", "Whatever.", "Ask someone else.", "Not my problem."]
 
 
-def test_headless_round_learns_the_oracle_and_beats_the_base(tiny_model_dir, monkeypatch):
-    stages: list[int] = []
-    monkeypatch.setattr(transaction, "on_commit", lambda callback, using=None, robust=False: callback())
-    monkeypatch.setattr(run_services, "stage_enqueue", lambda *, stage_run: stages.append(stage_run.pk))
+def test_headless_round_learns_the_oracle_and_beats_the_base(tiny_model_dir, enqueued_stages, monkeypatch):
+    stages = enqueued_stages
     monkeypatch.setattr(
         sampling_services, "sampling_job_enqueue", lambda *, job: sampling_job_execute(job_id=job.pk)
     )

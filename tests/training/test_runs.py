@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
 
 from tests.training.factories import TINY_STAGE_CONFIGS, ranked_project, register_tiny_base
 from training.engine.peft import load_model_ref
@@ -16,22 +15,12 @@ from training.services.execution import model_ref, stage_run_execute, stale_stag
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def no_enqueue(monkeypatch):
-    """Run stages in this process: record what would have been enqueued instead of sending it to a broker."""
-    queued: list[int] = []
-    monkeypatch.setattr(run_services, "stage_enqueue", lambda *, stage_run: queued.append(stage_run.pk))
-    # The test's own transaction never commits: run on-commit hooks at once, as a real commit would.
-    monkeypatch.setattr(transaction, "on_commit", lambda callback, using=None, robust=False: callback())
-    return queued
-
-
 def _drain(queued: list[int]) -> None:
     while queued:
         stage_run_execute(stage_run_id=queued.pop(0), worker="test", task_id="local")
 
 
-def test_launch_validates_every_field_and_creates_nothing(tiny_model_dir, no_enqueue):
+def test_launch_validates_every_field_and_creates_nothing(tiny_model_dir, enqueued_stages):
     project = ranked_project(prompts=4)
     register_tiny_base(tiny_model_dir)
     with pytest.raises(ValidationError) as excinfo:
@@ -46,10 +35,10 @@ def test_launch_validates_every_field_and_creates_nothing(tiny_model_dir, no_enq
     assert "sft.nope" in errors
     assert errors["ppo.learning_rate"] == ["must be a number"]
     assert "filters" in errors
-    assert TrainingRun.objects.count() == 0 and not no_enqueue
+    assert TrainingRun.objects.count() == 0 and not enqueued_stages
 
 
-def test_rft_needs_rules_and_rejects_bad_ones(tiny_model_dir, no_enqueue):
+def test_rft_needs_rules_and_rejects_bad_ones(tiny_model_dir, enqueued_stages):
     project = ranked_project(prompts=4)
     register_tiny_base(tiny_model_dir)
     with pytest.raises(ValidationError, match="at least one rule"):
@@ -64,7 +53,7 @@ def test_rft_needs_rules_and_rejects_bad_ones(tiny_model_dir, no_enqueue):
     assert TrainingRun.objects.count() == 0
 
 
-def test_launch_with_no_matching_rows_is_refused(tiny_model_dir, no_enqueue):
+def test_launch_with_no_matching_rows_is_refused(tiny_model_dir, enqueued_stages):
     project = ranked_project(prompts=4)
     register_tiny_base(tiny_model_dir)
     with pytest.raises(ValidationError, match="No pairwise"):
@@ -72,7 +61,7 @@ def test_launch_with_no_matching_rows_is_refused(tiny_model_dir, no_enqueue):
     assert TrainingRun.objects.count() == 0
 
 
-def test_sft_then_contrastive_run_registers_lineage_and_snapshot(tiny_model_dir, no_enqueue):
+def test_sft_then_contrastive_run_registers_lineage_and_snapshot(tiny_model_dir, enqueued_stages):
     project = ranked_project(prompts=8)
     base = register_tiny_base(tiny_model_dir)
     run = run_services.training_run_launch(
@@ -82,8 +71,8 @@ def test_sft_then_contrastive_run_registers_lineage_and_snapshot(tiny_model_dir,
     assert run.dataset_counts["pairwise"] == 8 and run.dataset_counts["sft"] == 8
     snapshot = Path(settings.ARTIFACT_ROOT) / "datasets" / run.dataset_hash
     assert (snapshot / "pairwise.jsonl").read_text().count("\n") == 8
-    assert no_enqueue == [run.stages.get(position=0).pk]
-    _drain(no_enqueue)
+    assert enqueued_stages == [run.stages.get(position=0).pk]
+    _drain(enqueued_stages)
 
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.SUCCEEDED, run.error
@@ -105,13 +94,13 @@ def test_sft_then_contrastive_run_registers_lineage_and_snapshot(tiny_model_dir,
     assert len(list((Path(settings.ARTIFACT_ROOT) / "datasets").iterdir())) == 1
 
 
-def test_redelivered_task_for_finished_stage_does_nothing(tiny_model_dir, no_enqueue):
+def test_redelivered_task_for_finished_stage_does_nothing(tiny_model_dir, enqueued_stages):
     project = ranked_project(prompts=4)
     register_tiny_base(tiny_model_dir)
     run = run_services.training_run_launch(
         project=project, preset="sft", stage_configs={"sft": TINY_STAGE_CONFIGS["sft"]}
     )
-    _drain(no_enqueue)
+    _drain(enqueued_stages)
     versions = ModelVersion.objects.count()
     stage = run.stages.get()
     assert stage_run_execute(stage_run_id=stage.pk, worker="again", task_id="again") == "skipped"
@@ -120,7 +109,7 @@ def test_redelivered_task_for_finished_stage_does_nothing(tiny_model_dir, no_enq
     assert stage.worker == "test"
 
 
-def test_cancel_before_start_and_resume_then_sample_after(tiny_model_dir, no_enqueue, monkeypatch):
+def test_cancel_before_start_and_resume_then_sample_after(tiny_model_dir, enqueued_stages, monkeypatch):
     from loop.models import SamplingJob
     from loop.services import sampling
 
@@ -134,12 +123,12 @@ def test_cancel_before_start_and_resume_then_sample_after(tiny_model_dir, no_enq
     run_services.training_run_cancel(run=run)
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.CANCELLED
-    _drain(no_enqueue)  # the already-queued message finds the run cancelled and does nothing
+    _drain(enqueued_stages)  # the already-queued message finds the run cancelled and does nothing
     stage = run.stages.get()
     assert stage.status == StageRun.Status.CANCELLED
     assert sampling_jobs == []  # a cancelled run samples nothing
     run_services.stage_run_resume(stage_run=stage)
-    _drain(no_enqueue)
+    _drain(enqueued_stages)
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.SUCCEEDED
     # sample_after={} asked for sampling with default options: the new policy's job is queued.
@@ -147,7 +136,7 @@ def test_cancel_before_start_and_resume_then_sample_after(tiny_model_dir, no_enq
     assert sampling_jobs == [job.pk] and job.model_version == run.stages.get().output_model
 
 
-def test_stale_heartbeat_marks_running_stage_failed(tiny_model_dir, no_enqueue, settings):
+def test_stale_heartbeat_marks_running_stage_failed(tiny_model_dir, enqueued_stages, settings):
     from datetime import timedelta
 
     from django.utils import timezone

@@ -2,21 +2,12 @@
 
 import pytest
 from django.core.management import call_command
-from django.db import transaction
 
 from tests.training.factories import make_user, ranked_project, register_tiny_base
 from training.models import ModelVersion, StageRun, TrainingRun
 from training.services import runs as run_services
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def queued(monkeypatch):
-    sent: list[int] = []
-    monkeypatch.setattr(run_services, "stage_enqueue", lambda *, stage_run: sent.append(stage_run.pk))
-    monkeypatch.setattr(transaction, "on_commit", lambda callback, using=None, robust=False: callback())
-    return sent
 
 
 @pytest.fixture
@@ -62,7 +53,7 @@ def _form(project, **overrides):
     return data
 
 
-def test_launch_form_shows_errors_per_field_and_enqueues_nothing(client, world, queued):
+def test_launch_form_shows_errors_per_field_and_enqueues_nothing(client, world, enqueued_stages):
     project, _, users = world
     _client(client, users["admin"])
     response = client.post("/training/launch/", _form(project, preset="rlhf", peft_reward="bogus"))
@@ -77,7 +68,7 @@ def test_launch_form_shows_errors_per_field_and_enqueues_nothing(client, world, 
     assert b"ppo.clip_range: must be a number" in response.content
     assert any("ppo.clip_range" in error for error in form.errors["advanced"])
     assert any("ppo.oops" in error for error in form.errors["advanced"])
-    assert TrainingRun.objects.count() == 0 and queued == []
+    assert TrainingRun.objects.count() == 0 and enqueued_stages == []
 
     response = client.post("/training/launch/", _form(project, advanced="{not json"))
     assert response.status_code == 422
@@ -85,10 +76,10 @@ def test_launch_form_shows_errors_per_field_and_enqueues_nothing(client, world, 
 
     response = client.post("/training/launch/", _form(project, max_steps="0"))
     assert response.status_code == 422 and "max_steps" in response.context["form"].errors
-    assert TrainingRun.objects.count() == 0 and queued == []
+    assert TrainingRun.objects.count() == 0 and enqueued_stages == []
 
 
-def test_launch_creates_run_enqueues_first_stage_and_redirects(client, world, queued):
+def test_launch_creates_run_enqueues_first_stage_and_redirects(client, world, enqueued_stages):
     project, base, users = world
     _client(client, users["admin"])
     response = client.post(
@@ -101,7 +92,7 @@ def test_launch_creates_run_enqueues_first_stage_and_redirects(client, world, qu
     assert run.config["contrastive"]["beta"] == 0.2 and run.config["sft"]["max_steps"] == 2
     assert run.stages.get(kind="contrastive").peft == "lora"
     assert run.sample_after is None  # the box was not ticked
-    assert queued == [run.stages.get(position=0).pk]
+    assert enqueued_stages == [run.stages.get(position=0).pk]
     client.post("/training/launch/", _form(project, sample_after="on"))
     assert TrainingRun.objects.order_by("-id").first().sample_after == {}
 
@@ -120,7 +111,7 @@ def test_live_count_partial(client, world):
     assert b'data-format="pairwise">0<' in response.content
 
 
-def test_run_page_live_partial_and_htmx_cancel(client, world, queued):
+def test_run_page_live_partial_and_htmx_cancel(client, world, enqueued_stages):
     project, _, users = world
     run = run_services.training_run_launch(
         project=project, preset="rlhf", stage_configs={"sft": {"max_steps": 5}}
@@ -164,7 +155,7 @@ def test_model_pages_download_and_use_for_sampling(client, world):
     assert ModelVersion.objects.get(pk=base.pk).use_for_sampling
 
 
-def test_launch_round_and_run_status_commands(world, queued, capsys):
+def test_launch_round_and_run_status_commands(world, enqueued_stages, capsys):
     project, _, _ = world
     call_command(
         "launch_round",
