@@ -213,6 +213,8 @@ HEALTH_BROKER_TIMEOUT_S = float(env_str("HEALTH_BROKER_TIMEOUT_S", "2"))
 TRAINING_HEARTBEAT_S = float(env_str("TRAINING_HEARTBEAT_S", "10"))
 TRAINING_STALE_AFTER_S = float(env_str("TRAINING_STALE_AFTER_S", "120"))
 TRAINING_STALE_CHECK_S = float(env_str("TRAINING_STALE_CHECK_S", "60"))
+# Live progress (step, metrics, log tail) is written at most this often; the final state is always written.
+TRAINING_PROGRESS_WRITE_S = float(env_str("TRAINING_PROGRESS_WRITE_S", "1"))
 CELERY_BEAT_SCHEDULE = {
     "fail-stale-training-stages": {
         "task": "training.tasks.fail_stale_stages",

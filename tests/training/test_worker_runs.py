@@ -32,7 +32,13 @@ def redis_broker(settings) -> str:
 
 
 def _worker(broker: str, **env):
-    extra = {"ARTIFACT_ROOT": str(django_settings.ARTIFACT_ROOT), "TRAINING_HEARTBEAT_S": "0.5", **env}
+    # Progress written at every step, so the step the test reads is the step the worker is at.
+    extra = {
+        "ARTIFACT_ROOT": str(django_settings.ARTIFACT_ROOT),
+        "TRAINING_HEARTBEAT_S": "0.5",
+        "TRAINING_PROGRESS_WRITE_S": "0",
+        **env,
+    }
     return celery_worker(broker_url=broker, queues="gpu", extra_env=extra, ready_timeout=90)
 
 
@@ -115,7 +121,8 @@ def test_cancel_stops_within_a_step_and_resume_continues_from_the_checkpoint(red
         assert run.status == TrainingRun.Status.CANCELLED
         stage.refresh_from_db()
         assert stage.status == StageRun.Status.CANCELLED
-        assert asked_at <= stage.step <= asked_at + 2  # the cancel poll runs once a second, a step takes less
+        # should_stop is asked after every optimizer step: at most the step in flight finishes.
+        assert asked_at <= stage.step <= asked_at + 1
         assert not stage_output_dir(stage=stage).exists(), "no artifact after a cancelled stage"
         cancelled_at = stage.step
 
@@ -157,5 +164,6 @@ def test_killed_worker_is_detected_by_heartbeat_and_the_stage_resumes(redis_brok
     stage.refresh_from_db()
     steps = [point["step"] for point in stage.metrics if "loss" in point["values"]]
     first_after_kill = steps[steps.index(killed_at) + 1]
-    assert 2 <= first_after_kill <= killed_at, f"expected a restart from the last checkpoint, got {steps}"
+    # Resumed from the newest complete checkpoint (every 2 steps): not from scratch, not past the kill.
+    assert 2 <= first_after_kill <= killed_at + 1, f"expected a restart from the last checkpoint, got {steps}"
     assert stage.output_model is not None

@@ -6,6 +6,8 @@ checkpoint. With a `transformers.Trainer` that is one callback plus `resume_from
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -109,13 +111,29 @@ def trainer_arguments(config: StageConfig, checkpoint_dir: Path, log_every: int)
 
 
 def latest_checkpoint(checkpoint_dir: Path) -> str | None:
-    """The newest `checkpoint-N` folder a previous (cancelled or crashed) run of this stage left, if any."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete `checkpoint-N` folder a previous (cancelled or crashed) run of this stage left, if any.
 
+    A worker killed while the Trainer writes a checkpoint leaves a folder without `trainer_state.json`, which the
+    Trainer writes last (after weights, optimizer and RNG state); such a folder is skipped, not resumed from.
+    """
     checkpoint_dir = Path(checkpoint_dir)
     if not checkpoint_dir.is_dir():
         return None
-    return get_last_checkpoint(str(checkpoint_dir))
+    complete = [
+        (int(match.group(1)), path)
+        for path in checkpoint_dir.iterdir()
+        if (match := re.fullmatch(r"checkpoint-(\d+)", path.name))
+        and _readable_json(path / "trainer_state.json")
+    ]
+    return str(max(complete)[1]) if complete else None
+
+
+def _readable_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def numeric_log_history(trainer) -> list[dict[str, float]]:
