@@ -1,0 +1,62 @@
+"""Jobs of the `default` queue through a real Celery worker on Redis: sampling and dataset exports."""
+
+import os
+from pathlib import Path
+
+import pytest
+from django.conf import settings as django_settings
+
+from labeling.models import Comparison, Export, Response
+from labeling.services.exports import export_create
+from loop.models import SamplingJob
+from loop.services.sampling import sampling_job_create
+from tests.loop.test_loop import reference_project
+from tests.training.factories import make_user, ranked_project, register_tiny_base
+from tests.workers import celery_worker, wait_until
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
+
+
+@pytest.fixture
+def default_worker(settings):
+    url = os.environ.get("REDIS_TEST_URL")
+    if not url:
+        pytest.skip("REDIS_TEST_URL is not set; `make test` starts Redis and sets it")
+    assert settings.CELERY_BROKER_URL == url
+    with celery_worker(
+        broker_url=url, queues="default", extra_env={"ARTIFACT_ROOT": str(django_settings.ARTIFACT_ROOT)}
+    ) as worker:
+        yield worker
+
+
+def test_sampling_job_runs_on_the_default_queue_worker(tiny_model_dir, default_worker):
+    project = reference_project(slug="worker-sampling", prompts=3)
+    base = register_tiny_base(tiny_model_dir)
+    job = sampling_job_create(project=project, model_version=base, params={"max_new_tokens": 4})
+
+    def finished():
+        job.refresh_from_db()
+        return job.status in (SamplingJob.Status.SUCCEEDED, SamplingJob.Status.FAILED)
+
+    wait_until(finished, timeout=120, message="the sampling job")
+    assert job.status == SamplingJob.Status.SUCCEEDED, job.error
+    assert job.celery_task_id and job.device == "cpu"
+    assert Response.objects.filter(model_version=base).count() == 3
+    assert Comparison.objects.filter(project=project).count() == job.comparisons_created == 6
+
+
+def test_export_job_runs_on_the_default_queue_worker(default_worker):
+    project = ranked_project(slug="worker-export", prompts=5)
+    researcher = make_user("res", "researcher")
+    export = export_create(project=project, format="pairwise", file_type="jsonl", created_by=researcher)
+
+    def finished():
+        export.refresh_from_db()
+        return export.status in (Export.Status.DONE, Export.Status.FAILED)
+
+    wait_until(finished, timeout=120, message="the export job")
+    assert export.status == Export.Status.DONE, export.error
+    assert export.rows == 5
+    exported = Path(django_settings.ARTIFACT_ROOT) / export.path
+    assert exported.is_file() and len(exported.read_text().splitlines()) == 5
+    assert len(export.content_hash) == 64
