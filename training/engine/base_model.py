@@ -148,16 +148,22 @@ def save_model_atomically(model, tokenizer, target: Path) -> SavedModel:
 
 
 def describe_saved_model(path: Path) -> SavedModel:
-    path = Path(path)
-    weights = path / "model.safetensors"
-    if not weights.is_file():
-        raise BaseModelError(f"{path} holds no model.safetensors")
-    config = json.loads((path / "config.json").read_text())
+    """Hash, config and size of an artifact folder: a full model (model.safetensors + config.json), or an
+    adapter-only stage artifact (its *.safetensors files + stage.json), whose hash is that of its first weights file."""
     from safetensors import safe_open
 
-    with safe_open(str(weights), framework="pt") as handle:
-        num_parameters = sum(_numel(handle.get_slice(key).get_shape()) for key in handle.keys())
-    return SavedModel(path=path, sha256=sha256_file(weights), config=config, num_parameters=num_parameters)
+    path = Path(path)
+    full = path / "model.safetensors"
+    weights = [full] if full.is_file() else sorted(path.glob("*.safetensors"))
+    if not weights:
+        raise BaseModelError(f"{path} holds no safetensors file")
+    config_file = path / "config.json" if full.is_file() else path / "stage.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    num_parameters = 0
+    for file in weights:
+        with safe_open(str(file), framework="pt") as handle:
+            num_parameters += sum(_numel(handle.get_slice(key).get_shape()) for key in handle.keys())
+    return SavedModel(path=path, sha256=sha256_file(weights[0]), config=config, num_parameters=num_parameters)
 
 
 def load_saved_model(path: Path, device: str = "cpu"):

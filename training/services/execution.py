@@ -204,7 +204,11 @@ def stage_run_execute(*, stage_run_id: int, worker: str = "", task_id: str = "")
         if out_dir.exists():
             # The artifact was completed before the worker died between writing it and registering it.
             log_lines.append("artifact already complete on disk; registering it without training again")
-            metrics = _stage_manifest(out_dir).get("metrics", {})
+            from training.engine.peft import (
+                read_stage_manifest,  # torch: loaded where stages run, not at start-up
+            )
+
+            metrics = (read_stage_manifest(out_dir) or {}).get("metrics", {})
             status, steps = "completed", stage.total_steps
         else:
             spec = engine_stages.stage_spec(stage.kind)
@@ -251,11 +255,7 @@ def _finish_succeeded(*, stage: StageRun, start: ModelVersion, out_dir: Path, me
     from training.services.runs import stage_enqueue
 
     spec = engine_stages.stage_spec(stage.kind)
-    saved = (
-        describe_saved_model(out_dir)
-        if (out_dir / "model.safetensors").exists()
-        else _describe_adapter(out_dir)
-    )
+    saved = describe_saved_model(out_dir)
     now = timezone.now()
     with transaction.atomic():
         stage = StageRun.objects.select_for_update().select_related("run").get(pk=stage.pk)
@@ -284,39 +284,6 @@ def _finish_succeeded(*, stage: StageRun, start: ModelVersion, out_dir: Path, me
         else:
             transaction.on_commit(lambda: stage_enqueue(stage_run=following))
     return StageRun.Status.SUCCEEDED
-
-
-def _stage_manifest(out_dir: Path) -> dict:
-    import json
-
-    path = out_dir / "stage.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _describe_adapter(out_dir: Path):
-    """Adapter-only artifacts (bottleneck adapters, LoRA mixtures): hash the adapter weights instead."""
-    from safetensors import safe_open
-
-    from training.engine.base_model import SavedModel, sha256_file
-
-    weights = sorted(out_dir.glob("*.safetensors"))
-    if not weights:
-        raise FileNotFoundError(f"{out_dir} holds no safetensors file")
-    num_parameters = 0
-    for path in weights:
-        with safe_open(str(path), framework="pt") as handle:
-            for key in handle.keys():
-                shape = handle.get_slice(key).get_shape()
-                count = 1
-                for dim in shape:
-                    count *= dim
-                num_parameters += count
-    return SavedModel(
-        path=out_dir,
-        sha256=sha256_file(weights[0]),
-        config=_stage_manifest(out_dir),
-        num_parameters=num_parameters,
-    )
 
 
 def stale_stages_fail(*, now=None) -> list[int]:
