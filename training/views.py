@@ -77,11 +77,8 @@ def launch_count(request: HttpRequest) -> HttpResponse:
     context: dict = {"counts": None, "error": None}
     if data.get("project") and data.get("preset"):
         from labeling.selectors.preferences import PreferenceFilters
-        from training.engine.stages import stage_spec
 
-        formats = sorted(
-            {stage_spec(kind).data_format for kind in run_services.PRESET_STAGES[data["preset"]]}
-        )
+        formats = run_services.preset_data_formats(data["preset"])
         try:
             filters = PreferenceFilters.from_dict(form.filters())
             context["counts"] = snapshot_counts(project=data["project"], filters=filters, formats=formats)

@@ -91,8 +91,14 @@ def launch_plan_validate(
         parsed_filters = None
     if errors:
         raise ValidationError(errors)
-    formats = tuple(sorted({engine_stages.stage_spec(kind).data_format for kind in kinds}))
-    return LaunchPlan(preset=preset, stages=planned, filters=parsed_filters, formats=formats)
+    return LaunchPlan(
+        preset=preset, stages=planned, filters=parsed_filters, formats=preset_data_formats(preset)
+    )
+
+
+def preset_data_formats(preset: str) -> tuple[str, ...]:
+    """The snapshot files (sft, pairwise, prompts) the stages of a preset train on."""
+    return tuple(sorted({engine_stages.stage_spec(kind).data_format for kind in PRESET_STAGES[preset]}))
 
 
 def _validate_reward_rules(config, errors: dict[str, list[str]]) -> None:
