@@ -45,9 +45,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, date, datetime, time, timedelta
 from itertools import combinations, islice
 from json.encoder import encode_basestring as _encode_str
@@ -56,7 +56,7 @@ from typing import Any, NamedTuple
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connections
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models import BooleanField, Count, Exists, ExpressionWrapper, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from labeling.models import Adjudication, Comparison, ComparisonResponse, Project, Prompt, Ranking, Response
@@ -188,6 +188,11 @@ class ContentHasher:
         self._sha.update(b"\n")
         self.rows += 1
 
+    def update_block(self, data: bytes, rows: int) -> None:
+        """A block of canonical lines as UTF-8 bytes, each with its newline (what the JSONL writer writes)."""
+        self._sha.update(data)
+        self.rows += rows
+
     def update_lines(self, lines: list[str]) -> None:
         """Many canonical lines at once (one encode and one digest update: the fast path of the writers)."""
         if lines:
@@ -278,7 +283,7 @@ class _Item:
     @property
     def agreement(self) -> float | None:
         if self._agreement is _UNSET:
-            self._agreement = _agreement([ranks for _, ranks in self.votes], self.response_ids)
+            self._agreement = _agreement(self.votes, self.response_ids)
         return self._agreement
 
     def answers_json(self, cache: dict[int, str]) -> list[str]:
@@ -300,6 +305,8 @@ class _PromptData:
     domain: str
     _messages_json: str | None = None
     _domain_json: str | None = None
+    _pair_prompt: bytes | None = None
+    _domain_bytes: bytes | None = None
 
     @property
     def messages_json(self) -> str:
@@ -313,28 +320,61 @@ class _PromptData:
             self._domain_json = json.dumps(self.domain, ensure_ascii=False)
         return self._domain_json
 
+    @property
+    def domain_bytes(self) -> bytes:
+        if self._domain_bytes is None:
+            self._domain_bytes = self.domain_json.encode()
+        return self._domain_bytes
 
-def _comparison_queryset(*, project: Project, filters: PreferenceFilters, include_gold: bool) -> QuerySet:
+    def pair_prompt(self, prompt_id: int) -> bytes:
+        """`,"prompt":[…],"prompt_id":N,"rejected":` of a canonical pairwise line, as UTF-8."""
+        if self._pair_prompt is None:
+            self._pair_prompt = (
+                b',"prompt":' + self.messages_json.encode() + b',"prompt_id":%d,"rejected":' % prompt_id
+            )
+        return self._pair_prompt
+
+
+def _comparison_queryset(
+    *, project: Project, filters: PreferenceFilters, include_gold: bool, flagged_in_sql: bool = True
+) -> QuerySet:
+    """The project's comparisons after the comparison filters. `flagged_in_sql=False` leaves `exclude_flagged` to
+    the caller (the row iterator sees every vote of a chunk anyway: a per-comparison NOT EXISTS costs more)."""
     queryset = Comparison.objects.filter(project=project)
     if not include_gold:
         queryset = queryset.filter(is_gold=False)
     if filters.adjudicated_only:
         queryset = queryset.filter(adjudication__isnull=False)
-    if filters.exclude_flagged:
+    if filters.exclude_flagged and flagged_in_sql:
         flagged = Ranking.objects.filter(comparison=OuterRef("pk")).filter(~Q(flags=[]) | Q(both_bad=True))
         queryset = queryset.filter(~Exists(flagged))
     return queryset
 
 
-def _vote_queryset(*, filters: PreferenceFilters, qualified: set[int] | None) -> QuerySet:
-    queryset = Ranking.objects.all()
+_FLAGGED = ~Q(flags=[]) | Q(both_bad=True)
+
+
+def _vote_q(*, filters: PreferenceFilters, qualified: set[int] | None) -> Q | None:
+    """The vote filters (date range, qualified annotators) as one condition; None when there are none."""
+    conditions = []
     if filters.start is not None:
-        queryset = queryset.filter(created_at__gte=filters.start)
+        conditions.append(Q(created_at__gte=filters.start))
     if filters.stop is not None:
-        queryset = queryset.filter(created_at__lt=filters.stop)
+        conditions.append(Q(created_at__lt=filters.stop))
     if qualified is not None:
-        queryset = queryset.filter(annotator_id__in=qualified)
-    return queryset
+        conditions.append(Q(annotator_id__in=qualified))
+    if not conditions:
+        return None
+    condition = conditions[0]
+    for more in conditions[1:]:
+        condition &= more
+    return condition
+
+
+def _vote_queryset(*, filters: PreferenceFilters, qualified: set[int] | None) -> QuerySet:
+    condition = _vote_q(filters=filters, qualified=qualified)
+    queryset = Ranking.objects.all()
+    return queryset if condition is None else queryset.filter(condition)
 
 
 def _adjudication_queryset(*, filters: PreferenceFilters) -> QuerySet:
@@ -388,24 +428,69 @@ def _in_chunk(
     return queryset.filter(**{f"{column}__in": ids})
 
 
+class _Chunk:
+    """One chunk of comparisons as the database gave it, column by column (cheap to build; the pairwise fast path
+    reads it directly, the other formats turn it into `_Item`s).
+
+    `heads`: (id, prompt id, is gold, expected ranks) in iteration order; `response_ids`: comparison id -> response
+    ids in comparison order; `contents`: response id -> text; `votes`: comparison id -> kept (annotator id, ranks)
+    in annotator order; `flagged`: comparisons with any flagged or "both bad" vote (kept or not); `details`:
+    comparison id -> kept votes in full (raw format only)."""
+
+    __slots__ = (
+        "heads",
+        "prompts",
+        "response_ids",
+        "contents",
+        "votes",
+        "flagged",
+        "adjudications",
+        "details",
+    )
+
+    def __init__(self, heads: list[tuple]):
+        self.heads = heads
+        self.prompts: dict[int, _PromptData] = {}
+        self.response_ids: dict[int, list[int]] = {}
+        self.contents: dict[int, str] = {}
+        self.votes: dict[int, list[tuple[int, dict[str, int]]]] = {}
+        self.flagged: set[int] = set()
+        self.adjudications: dict[int, dict[str, int]] = {}
+        self.details: dict[int, list[_VoteDetail]] = {}
+
+    def items(self, *, exclude_flagged: bool) -> list[_Item]:
+        items = []
+        for cid, pid, is_gold, expected in self.heads:
+            if exclude_flagged and cid in self.flagged:
+                continue
+            item = _Item(cid, pid, is_gold, expected, self.prompts[pid])
+            item.response_ids = self.response_ids.get(cid, [])
+            item.contents = [self.contents[rid] for rid in item.response_ids]
+            item.votes = self.votes.get(cid, [])
+            item.details = self.details.get(cid, [])
+            item.adjudication = self.adjudications.get(cid)
+            items.append(item)
+        return items
+
+
 def _load_chunk(
     heads: list[tuple[int, int, bool, dict | None]],
     *,
-    votes: QuerySet,
+    kept: Q | None,
+    details: QuerySet | None,
     adjudications: QuerySet,
     contiguous: bool,
-    with_details: bool,
-) -> list[_Item]:
+) -> _Chunk:
+    """The chunk's prompts, responses, votes and adjudications: one query per table. Every vote of the chunk comes
+    back with a `flagged` flag and (when there are vote filters) a `kept` flag computed by the database."""
+    chunk = _Chunk(heads)
     ids = [head[0] for head in heads]
     prompt_rows = _fetch_by_ids(Prompt, ("id", "messages", "domain"), {head[1] for head in heads})
-    prompts = {
+    chunk.prompts = {
         pid: _PromptData(messages, domain)
         for (pid, _, domain), messages in zip(
             prompt_rows, _json_values([row[1] for row in prompt_rows]), strict=True
         )
-    }
-    items: dict[int, _Item] = {
-        cid: _Item(cid, pid, is_gold, expected, prompts[pid]) for cid, pid, is_gold, expected in heads
     }
     # Response ids in comparison order, then each response's text once (a response is in several comparisons).
     # Two index scans: joining the texts in one query made the planner scan the whole response table per chunk.
@@ -414,24 +499,36 @@ def _load_chunk(
         .order_by("comparison_id", "position")
         .values_list("comparison_id", "response_id")
     )
-    contents = dict(_fetch_by_ids(Response, ("id", "content"), {rid for _, rid in positions}))
+    response_ids = chunk.response_ids
     for cid, rid in positions:
-        item = items.get(cid)
-        if item is not None:
-            item.response_ids.append(rid)
-            item.contents.append(contents[rid])
-    vote_rows = _fetch(
-        _in_chunk(votes, ids, contiguous)
-        .order_by("comparison_id", "annotator_id")
-        .values_list("comparison_id", "annotator_id", "ranks")
+        rids = response_ids.get(cid)
+        if rids is None:
+            response_ids[cid] = [rid]
+        else:
+            rids.append(rid)
+    chunk.contents = dict(_fetch_by_ids(Response, ("id", "content"), {rid for _, rid in positions}))
+    votes = _in_chunk(Ranking.objects.all(), ids, contiguous).annotate(
+        flagged=ExpressionWrapper(_FLAGGED, output_field=BooleanField())
     )
-    for (cid, aid, _), ranks in zip(vote_rows, _json_values([row[2] for row in vote_rows]), strict=True):
-        item = items.get(cid)
-        if item is not None:
-            item.votes.append((aid, ranks))
-    if with_details:
+    columns = ["comparison_id", "annotator_id", "ranks", "flagged"]
+    if kept is not None:
+        votes = votes.annotate(kept=ExpressionWrapper(kept, output_field=BooleanField()))
+        columns.append("kept")
+    vote_rows = _fetch(votes.order_by("comparison_id", "annotator_id").values_list(*columns))
+    by_comparison, flagged = chunk.votes, chunk.flagged
+    for row, ranks in zip(vote_rows, _json_values([row[2] for row in vote_rows]), strict=True):
+        cid = row[0]
+        if row[3]:
+            flagged.add(cid)
+        if kept is None or row[4]:
+            kept_votes = by_comparison.get(cid)
+            if kept_votes is None:
+                by_comparison[cid] = [(row[1], ranks)]
+            else:
+                kept_votes.append((row[1], ranks))
+    if details is not None:
         for row in (
-            _in_chunk(votes, ids, contiguous)
+            _in_chunk(details, ids, contiguous)
             .order_by("comparison_id", "annotator_id")
             .values_list(
                 "id",
@@ -446,16 +543,14 @@ def _load_chunk(
                 "display_order",
             )
         ):
-            item = items.get(row[1])
-            if item is not None:
-                item.details.append(_VoteDetail(row[0], *row[2:]))
-    for cid, ranks in _in_chunk(adjudications, ids, contiguous).values_list("comparison_id", "ranks"):
-        if cid in items:
-            items[cid].adjudication = ranks
-    return [items[cid] for cid in ids]
+            chunk.details.setdefault(row[1], []).append(_VoteDetail(row[0], *row[2:]))
+    chunk.adjudications = dict(
+        _in_chunk(adjudications, ids, contiguous).values_list("comparison_id", "ranks")
+    )
+    return chunk
 
 
-def _iter_items(
+def _iter_chunks(
     *,
     project: Project,
     filters: PreferenceFilters,
@@ -463,32 +558,36 @@ def _iter_items(
     by_prompt: bool,
     chunk_size: int,
     with_details: bool,
-) -> Iterator[tuple[_Item, dict[int, str]]]:
-    """Comparisons (with their votes after the vote filters) in id order, or (prompt, id) order when `by_prompt`;
-    each with the chunk's cache of answer JSON fragments."""
+    key_range: tuple[int, int] | None = None,
+) -> Iterator[_Chunk]:
+    """The project's comparisons after the comparison filters (flagged ones are still in: `exclude_flagged` is
+    applied by the consumer, from `_Chunk.flagged`), in id order, or (prompt, id) order when `by_prompt`;
+    `key_range` (inclusive) keeps only comparison ids, or prompt ids when `by_prompt`, in that range."""
     qualified = qualified_annotator_ids(project=project) if filters.gold_qualified_only else None
-    votes = _vote_queryset(filters=filters, qualified=qualified)
+    kept = _vote_q(filters=filters, qualified=qualified)
+    details = _vote_queryset(filters=filters, qualified=qualified) if with_details else None
     adjudications = _adjudication_queryset(filters=filters)
     order = ("prompt_id", "id") if by_prompt else ("id",)
     heads = (
-        _comparison_queryset(project=project, filters=filters, include_gold=include_gold)
+        _comparison_queryset(
+            project=project, filters=filters, include_gold=include_gold, flagged_in_sql=False
+        )
         .order_by(*order)
         .values_list("id", "prompt_id", "is_gold", "expected_ranks")
         .iterator(chunk_size=chunk_size)
     )
-    chunk: list = []
-    while True:
-        chunk = list(islice(heads, chunk_size))
-        if not chunk:
-            return
-        cache: dict[int, str] = {}
-        for item in _load_chunk(
-            chunk,
-            votes=votes,
-            adjudications=adjudications,
-            contiguous=not by_prompt,
-            with_details=with_details,
-        ):
+    while heads_chunk := list(islice(heads, chunk_size)):
+        yield _load_chunk(
+            heads_chunk, kept=kept, details=details, adjudications=adjudications, contiguous=not by_prompt
+        )
+
+
+def _iter_items(*, filters: PreferenceFilters, **options) -> Iterator[tuple[_Item, dict]]:
+    """`_iter_chunks` item by item (flagged comparisons left out when the filters say so), each with its chunk's
+    cache of answer fragments."""
+    for chunk in _iter_chunks(filters=filters, **options):
+        cache: dict = {}
+        for item in chunk.items(exclude_flagged=filters.exclude_flagged):
             yield item, cache
 
 
@@ -503,9 +602,9 @@ class _Judgement(NamedTuple):
     agreement: float | None
 
 
-def _agreement(votes: list[dict[str, int]], response_ids: list[int]) -> float | None:
-    """Pairwise percent agreement of one comparison (as labeling.agreement defines it), by counting: for each
-    response pair, the annotator pairs that chose the same relation."""
+def _agreement(votes: list[tuple[int, dict[str, int]]], response_ids: list[int]) -> float | None:
+    """Pairwise percent agreement of one comparison's (annotator id, ranks) votes (as labeling.agreement defines
+    it), by counting: for each response pair, the annotator pairs that chose the same relation."""
     n = len(votes)
     if n < 2:
         return None
@@ -513,15 +612,20 @@ def _agreement(votes: list[dict[str, int]], response_ids: list[int]) -> float | 
     annotator_pairs = n * (n - 1) // 2
     if len(keys) == 2:  # the common pairwise case, without the generic loop
         x, y = keys
-        better = sum(1 for ranks in votes if ranks[x] < ranks[y])
-        worse = sum(1 for ranks in votes if ranks[x] > ranks[y])
+        better = worse = 0
+        for _, ranks in votes:
+            a, b = ranks[x], ranks[y]
+            if a < b:
+                better += 1
+            elif a > b:
+                worse += 1
         tied = n - better - worse
         agree = (better * (better - 1) + worse * (worse - 1) + tied * (tied - 1)) // 2
         return round(agree / annotator_pairs, 6)
     agree = 0
     for x, y in combinations(keys, 2):
         counts: dict[int, int] = {}
-        for ranks in votes:
+        for _, ranks in votes:
             a, b = ranks[x], ranks[y]
             relation = (a < b) - (a > b)
             counts[relation] = counts.get(relation, 0) + 1
@@ -541,18 +645,30 @@ def _consensus(votes: list[tuple[int, dict[str, int]]]) -> dict[str, int]:
 
 
 def _judgements(item: _Item, filters: PreferenceFilters, pseudonyms: _Pseudonyms) -> list[_Judgement]:
-    if item.adjudication is not None:
-        return [_Judgement("adjudication", item.adjudication, None, len(item.votes), item.agreement)]
-    if filters.adjudicated_only or not item.votes:
+    return _judge(item.adjudication, item.votes, item.response_ids, filters, pseudonyms)
+
+
+def _judge(
+    adjudication: dict[str, int] | None,
+    votes: list[tuple[int, dict[str, int]]],
+    response_ids: list[int],
+    filters: PreferenceFilters,
+    pseudonyms: _Pseudonyms,
+) -> list[_Judgement]:
+    """The judgements one comparison gives (see the module docstring), from its adjudication and kept votes."""
+    if adjudication is not None:
+        agreement = _agreement(votes, response_ids)
+        return [_Judgement("adjudication", adjudication, None, len(votes), agreement)]
+    if filters.adjudicated_only or not votes:
         return []
-    agreement = item.agreement
+    agreement = _agreement(votes, response_ids)
     if filters.min_agreement is not None and (agreement is None or agreement < filters.min_agreement):
         return []
     if filters.aggregation == "majority":
-        return [_Judgement("consensus", _consensus(item.votes), None, len(item.votes), agreement)]
+        return [_Judgement("consensus", _consensus(votes), None, len(votes), agreement)]
     return [
-        _Judgement("vote", ranks, pseudonyms(annotator_id), len(item.votes), agreement)
-        for annotator_id, ranks in item.votes
+        _Judgement("vote", ranks, pseudonyms(annotator_id), len(votes), agreement)
+        for annotator_id, ranks in votes
     ]
 
 
@@ -803,10 +919,12 @@ def iter_preference_records(
     filters: PreferenceFilters | None = None,
     format: str = "pairwise",  # noqa: A002 - the public name of the option
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    key_range: tuple[int, int] | None = None,
 ) -> Iterator[Any]:
     """The format's records in order; `RECORD_CODECS[format]` turns each into a row, a canonical line, stats.
 
-    For writers that need both rows and lines cheaply; everyone else uses `iter_preference_rows`.
+    For writers that need both rows and lines cheaply; everyone else uses `iter_preference_rows`. `key_range`
+    (inclusive) keeps one slice of the export: comparison ids, or prompt ids for sft and kto (`partition_key`).
     """
     filters = filters or PreferenceFilters()
     if format not in FORMATS:
@@ -821,6 +939,7 @@ def iter_preference_records(
         by_prompt=format in ("sft", "kto"),
         chunk_size=chunk_size,
         with_details=format == "raw",
+        key_range=key_range,
     )
     if format == "raw":
         for item, _ in items:
@@ -837,6 +956,228 @@ def iter_preference_records(
         make = _sft_rows if format == "sft" else _kto_rows
         for group in _prompt_groups(items):
             yield from make(group, filters, pseudonyms)
+
+
+def partition_key(format: str) -> str:  # noqa: A002 - the public name of the option
+    """What `key_range` slices: "prompt" for the formats that group by prompt (sft, kto), else "comparison"."""
+    return "prompt" if format in ("sft", "kto") else "comparison"
+
+
+@dataclass
+class CardStats:
+    """Dataset-card statistics, collected while rows stream by (rows are grouped by comparison or by prompt, so no
+    id set is kept). The agreement sum is kept in integer millionths (agreements are rounded to 6 decimals), so
+    that stats of consecutive slices merge into exactly the stats of the whole."""
+
+    rows: int = 0
+    comparisons: int = 0
+    prompts: int = 0
+    sources: Counter = field(default_factory=Counter)
+    labels: Counter = field(default_factory=Counter)
+    domains: Counter = field(default_factory=Counter)
+    agreement_micros: int = 0
+    agreement_n: int = 0
+    first_comparison: Any = None
+    first_prompt: Any = None
+    last_comparison: Any = None
+    last_prompt: Any = None
+
+    def add(self, meta: tuple, rows: int = 1) -> None:
+        """`meta` is RECORD_CODECS[format].meta(record): (group key, prompt id, source, label, domain, agreement);
+        `rows` consecutive rows with the same meta count as `rows` calls."""
+        key, prompt_id, source, label, domain, agreement = meta
+        if not self.rows:
+            self.first_comparison, self.first_prompt = key, prompt_id
+        self.rows += rows
+        if key != self.last_comparison:
+            self.last_comparison = key
+            self.comparisons += 1
+            if agreement is not None:
+                self.agreement_micros += round(agreement * 1_000_000)
+                self.agreement_n += 1
+        if prompt_id != self.last_prompt:
+            self.last_prompt = prompt_id
+            self.prompts += 1
+        if source is not None:
+            self.sources[source] += rows
+        if label is not None:
+            self.labels["desirable" if label else "undesirable"] += rows
+        self.domains[domain or "(none)"] += rows
+
+    def merge(self, after: CardStats) -> None:
+        """Add the stats of the rows that directly follow these rows (a group never spans two slices)."""
+        if not after.rows:
+            return
+        if not self.rows:
+            self.first_comparison, self.first_prompt = after.first_comparison, after.first_prompt
+        self.rows += after.rows
+        self.comparisons += after.comparisons - (after.first_comparison == self.last_comparison)
+        self.prompts += after.prompts - (after.first_prompt == self.last_prompt)
+        self.sources.update(after.sources)
+        self.labels.update(after.labels)
+        self.domains.update(after.domains)
+        self.agreement_micros += after.agreement_micros
+        self.agreement_n += after.agreement_n
+        self.last_comparison, self.last_prompt = after.last_comparison, after.last_prompt
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything, JSON-ready (for stats sent between processes); `from_json` reverses it."""
+        data = asdict(self)
+        for name in ("first_comparison", "last_comparison"):  # ("prompt", id) keys of sft / kto rows
+            if isinstance(data[name], tuple):
+                data[name] = {"prompt": data[name][1]}
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> CardStats:
+        data = dict(data)
+        for name in ("sources", "labels", "domains"):
+            data[name] = Counter(data[name])
+        for name in ("first_comparison", "last_comparison"):
+            if isinstance(data[name], dict):
+                data[name] = ("prompt", data[name]["prompt"])
+        return cls(**data)
+
+    def as_dict(self) -> dict[str, Any]:
+        mean = self.agreement_micros / self.agreement_n / 1_000_000 if self.agreement_n else None
+        return {
+            "rows": self.rows,
+            "comparisons": self.comparisons,
+            "prompt_groups": self.prompts,
+            "sources": dict(sorted(self.sources.items())),
+            "labels": dict(sorted(self.labels.items())),
+            "domains": dict(self.domains.most_common(20)),
+            "mean_agreement": None if mean is None else round(mean, 4),
+            "comparisons_with_agreement": self.agreement_n,
+        }
+
+
+_PAIR_INDEXES = {k: tuple(combinations(range(k), 2)) for k in range(2, 17)}
+_MARGINS = {d: float.__repr__(float(d)).encode() for d in range(1, 17)}
+
+
+def _pairwise_block(
+    chunk: _Chunk,
+    filters: PreferenceFilters,
+    pseudonyms: _Pseudonyms,
+    stats: CardStats,
+) -> tuple[bytes, int]:
+    """A chunk's pairwise rows as canonical JSON lines (UTF-8, each with its newline), assembled from byte
+    fragments cached per response, comparison and judgement: the bytes of `canonical_json_line(_pair_row(pair))`
+    for each pair, in `_pairs` order, without building a row, a line or an `_Item` per pair (the hot path of big
+    exports; `tests/exports/test_export_bytes.py` holds it to the definition)."""
+    parts: list[bytes] = []
+    rows = 0
+    answers: dict[
+        int, tuple[bytes, bytes]
+    ] = {}  # response id -> (chosen…"chosen_id":N, rejected…"rejected_id":N)
+    heads: dict[tuple, bytes] = {}  # (agreement, annotator) -> '{"agreement":…,"annotator":…,"chosen":'
+    tails: dict[tuple, bytes] = {}  # (source, votes) -> ',"source":…,"votes":…}\n'
+    exclude_flagged, flagged = filters.exclude_flagged, chunk.flagged
+    all_votes, adjudications, all_response_ids = chunk.votes, chunk.adjudications, chunk.response_ids
+    for cid, pid, _, _ in chunk.heads:
+        if exclude_flagged and cid in flagged:
+            continue
+        ids = all_response_ids.get(cid, [])
+        judgements = _judge(adjudications.get(cid), all_votes.get(cid, []), ids, filters, pseudonyms)
+        if not judgements:
+            continue
+        chosen, rejected = [], []
+        for rid in ids:
+            answer = answers.get(rid)
+            if answer is None:
+                text = _assistant_json(chunk.contents[rid]).encode()
+                answer = answers[rid] = (text + b',"chosen_id":%d' % rid, text + b',"rejected_id":%d' % rid)
+            chosen.append(answer[0])
+            rejected.append(answer[1])
+        prompt_data = chunk.prompts[pid]
+        middle = b',"comparison_id":%d,"domain":%b,"margin":' % (cid, prompt_data.domain_bytes)
+        prompt = prompt_data.pair_prompt(pid)
+        keys = [str(rid) for rid in ids]
+        pair_indexes = _PAIR_INDEXES.get(len(ids)) or tuple(combinations(range(len(ids)), 2))
+        first = judgements[0]  # all judgements of a comparison share source, vote count and agreement
+        tail = tails.get((first.source, first.votes))
+        if tail is None:
+            tail = tails[first.source, first.votes] = b',"source":"%b","votes":%d}\n' % (
+                first.source.encode(),
+                first.votes,
+            )
+        emitted = 0
+        for judgement in judgements:
+            head = heads.get((judgement.agreement, judgement.annotator))
+            if head is None:
+                annotator = b"null" if judgement.annotator is None else b'"%b"' % judgement.annotator.encode()
+                head = heads[judgement.agreement, judgement.annotator] = (
+                    b'{"agreement":%b,"annotator":%b,"chosen":'
+                    % (_json_number(judgement.agreement).encode(), annotator)
+                )
+            ranks = judgement.ranks
+            for i, j in pair_indexes:
+                a, b = ranks[keys[i]], ranks[keys[j]]
+                if a == b:
+                    continue
+                if a > b:
+                    i, j, a, b = j, i, b, a
+                margin = _MARGINS.get(b - a) or float.__repr__(float(b - a)).encode()
+                parts += (head, chosen[i], middle, margin, prompt, rejected[j], tail)
+                emitted += 1
+        if emitted:
+            stats.add((cid, pid, first.source, None, prompt_data.domain, first.agreement), emitted)
+            rows += emitted
+    return b"".join(parts), rows
+
+
+def iter_preference_blocks(
+    *,
+    project: Project,
+    filters: PreferenceFilters | None = None,
+    format: str = "pairwise",  # noqa: A002 - the public name of the option
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    stats: CardStats | None = None,
+    block_rows: int = 1000,
+    key_range: tuple[int, int] | None = None,
+) -> Iterator[tuple[bytes, int]]:
+    """The export's JSONL bytes in blocks of (data, rows): the concatenation of all blocks is exactly
+    `"".join(canonical_json_line(row) + "\n" for row in rows).encode()`. `stats` is updated as blocks are made.
+
+    pairwise is assembled from byte fragments a chunk at a time; the other formats join their canonical lines
+    about `block_rows` rows at a time. `key_range` as in `iter_preference_records`."""
+    filters = filters or PreferenceFilters()
+    stats = stats if stats is not None else CardStats()
+    if format not in FORMATS:
+        raise ValidationError({"format": f"Format is one of {', '.join(FORMATS)}."})
+    if format == "pairwise":
+        if chunk_size < 1:
+            raise ValidationError({"chunk_size": "Chunk size must be positive."})
+        pseudonyms = _Pseudonyms()
+        for chunk in _iter_chunks(
+            project=project,
+            filters=filters,
+            include_gold=False,
+            by_prompt=False,
+            chunk_size=chunk_size,
+            with_details=False,
+            key_range=key_range,
+        ):
+            data, rows = _pairwise_block(chunk, filters, pseudonyms, stats)
+            if rows:
+                yield data, rows
+        return
+    codec = RECORD_CODECS[format]
+    records = iter_preference_records(
+        project=project, filters=filters, format=format, chunk_size=chunk_size, key_range=key_range
+    )
+    lines: list[str] = []
+    for record in records:
+        lines.append(codec.to_line(record))
+        stats.add(codec.meta(record))
+        if len(lines) >= block_rows:
+            lines.append("")
+            yield "\n".join(lines).encode(), len(lines) - 1
+            lines = []
+    if lines:
+        lines.append("")
+        yield "\n".join(lines).encode(), len(lines) - 1
 
 
 def iter_preference_rows(

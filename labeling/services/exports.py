@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import tarfile
 import tempfile
+import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,11 @@ from labeling.models import Export, Project, Prompt, Ranking, Response
 from labeling.selectors.preferences import (
     FORMATS,
     RECORD_CODECS,
+    CardStats,
     ContentHasher,
     PreferenceFilters,
     RecordCodec,
+    iter_preference_blocks,
     iter_preference_records,
     preference_counts,
 )
@@ -146,53 +149,6 @@ def file_type_for_path(path: Path | str) -> str:
 # --- statistics for the dataset card -------------------------------------------------------------------------
 
 
-@dataclass
-class CardStats:
-    """Collected while rows stream by (rows are grouped by comparison or by prompt, so no id set is kept)."""
-
-    rows: int = 0
-    comparisons: int = 0
-    prompts: int = 0
-    sources: Counter = field(default_factory=Counter)
-    labels: Counter = field(default_factory=Counter)
-    domains: Counter = field(default_factory=Counter)
-    agreement_sum: float = 0.0
-    agreement_n: int = 0
-    _last_comparison: Any = None
-    _last_prompt: Any = None
-
-    def add(self, meta: tuple) -> None:
-        """`meta` is RECORD_CODECS[format].meta(record): (group key, prompt id, source, label, domain, agreement)."""
-        key, prompt_id, source, label, domain, agreement = meta
-        self.rows += 1
-        if key != self._last_comparison:
-            self._last_comparison = key
-            self.comparisons += 1
-            if agreement is not None:
-                self.agreement_sum += agreement
-                self.agreement_n += 1
-        if prompt_id != self._last_prompt:
-            self._last_prompt = prompt_id
-            self.prompts += 1
-        if source is not None:
-            self.sources[source] += 1
-        if label is not None:
-            self.labels["desirable" if label else "undesirable"] += 1
-        self.domains[domain or "(none)"] += 1
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "rows": self.rows,
-            "comparisons": self.comparisons,
-            "prompt_groups": self.prompts,
-            "sources": dict(sorted(self.sources.items())),
-            "labels": dict(sorted(self.labels.items())),
-            "domains": dict(self.domains.most_common(20)),
-            "mean_agreement": round(self.agreement_sum / self.agreement_n, 4) if self.agreement_n else None,
-            "comparisons_with_agreement": self.agreement_n,
-        }
-
-
 @dataclass(frozen=True)
 class ExportResult:
     path: Path
@@ -207,7 +163,7 @@ class ExportResult:
 
 
 class _Sink:
-    """Consumes records: turns them into canonical lines (hashed) and rows, collects card stats, reports progress."""
+    """Collects card stats and the content hash of what is written, and reports progress about once a second."""
 
     def __init__(self, codec: RecordCodec, on_progress: Callable[[int], None] | None):
         self.codec = codec
@@ -216,23 +172,7 @@ class _Sink:
         self.on_progress = on_progress
         self._last_report = time.monotonic()
 
-    def lines(self, records: Iterable[Any], block: int = 1000) -> Iterator[list[str]]:
-        """Blocks of canonical lines; the hash and the stats are updated block by block."""
-        to_line, meta, add = self.codec.to_line, self.codec.meta, self.stats.add
-        batch: list[str] = []
-        for record in records:
-            batch.append(to_line(record))
-            add(meta(record))
-            if len(batch) >= block:
-                self._block(batch)
-                yield batch
-                batch = []
-        if batch:
-            self._block(batch)
-            yield batch
-
-    def _block(self, batch: list[str]) -> None:
-        self.hasher.update_lines(batch)
+    def progress(self) -> None:
         if self.on_progress is not None:
             now = time.monotonic()
             if now - self._last_report >= PROGRESS_EVERY_S:
@@ -250,23 +190,60 @@ class _Sink:
             lines.append(to_line(record))
             add(meta(record))
             if len(lines) >= 1000:
-                self._block(lines)
+                self.hasher.update_lines(lines)
+                self.progress()
                 lines = []
             if len(rows) >= BATCH_ROWS:
                 yield pa.Table.from_pylist(rows, schema=schema)
                 wrote = True
                 rows = []
-        if lines:
-            self._block(lines)
+        self.hasher.update_lines(lines)
         if rows or not wrote:
             yield pa.Table.from_pylist(rows, schema=schema)
 
 
-def _write_jsonl(records: Iterable[Any], target: Path, sink: _Sink) -> None:
+class _HashingWriter:
+    """Hashes and writes byte blocks on a background thread, so that both overlap with building the next block
+    (sha256 and file writes release the GIL for large buffers). An error in the thread is raised by the next
+    `put` or by `close`; the thread then drains the queue so that the producer never blocks."""
+
+    def __init__(self, out, hasher: ContentHasher, depth: int = 4):
+        self._out, self._hasher = out, hasher
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="export-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (block := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._hasher.update_block(*block)
+                    self._out.write(block[0])
+                except BaseException as exc:  # noqa: BLE001 - handed to the producer thread
+                    self._error = exc
+
+    def put(self, data: bytes, rows: int) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((data, rows))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def _write_jsonl(blocks: Iterable[tuple[bytes, int]], target: Path, sink: _Sink) -> None:
     with open(target, "wb") as out:
-        for batch in sink.lines(records):
-            batch.append("")
-            out.write("\n".join(batch).encode())
+        writer = _HashingWriter(out, sink.hasher)
+        try:
+            for data, rows in blocks:
+                writer.put(data, rows)
+                sink.progress()
+        finally:
+            writer.close()
 
 
 def _write_parquet(records: Iterable[Any], target: Path, sink: _Sink, schema: pa.Schema) -> None:
@@ -462,17 +439,23 @@ def export_write(
     if card_path is None:
         card_path = dest / "README.md" if file_type == "hf" else dest.with_name(dest.name + ".README.md")
     started = timezone.now()
-    records = iter_preference_records(project=project, filters=filters, format=format, chunk_size=chunk_size)
     sink = _Sink(RECORD_CODECS[format], on_progress)
     scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         tmp = scratch / "out"
         if file_type == "jsonl":
-            _write_jsonl(records, tmp, sink)
-        elif file_type == "parquet":
-            _write_parquet(records, tmp, sink, SCHEMAS[format])
+            blocks = iter_preference_blocks(
+                project=project, filters=filters, format=format, chunk_size=chunk_size, stats=sink.stats
+            )
+            _write_jsonl(blocks, tmp, sink)
         else:
-            _write_hf(records, tmp, sink, SCHEMAS[format], scratch)
+            records = iter_preference_records(
+                project=project, filters=filters, format=format, chunk_size=chunk_size
+            )
+            if file_type == "parquet":
+                _write_parquet(records, tmp, sink, SCHEMAS[format])
+            else:
+                _write_hf(records, tmp, sink, SCHEMAS[format], scratch)
         stats = sink.stats.as_dict()
         card = dataset_card(
             project=project,
