@@ -6,8 +6,10 @@
 
 The data: prompts with 4 responses each, all 6 pairs as comparisons, 2 votes per comparison (a strict preference
 each), so N rankings give N pairwise rows with aggregation "all". With Postgres, a scratch database is created
-next to the one in DATABASE_URL and dropped at the end. The export runs in a fresh child process so that its peak
-RSS is the export's own; RSS is also sampled while it runs (flat memory = the samples stay level as rows grow).
+next to the one in DATABASE_URL and dropped at the end. The export runs once per `--workers` count (default 1 and
+the machine's cores; more than 1 = parallel export processes over one Postgres snapshot), each in a fresh child
+process so that its peak RSS is the export's own; RSS is also sampled while it runs (flat memory = the samples stay
+level as rows grow). `machine_cpu_s` is the CPU time of every process of the machine meanwhile, Postgres included.
 In the same process a raw reference loop then runs as the baseline (one SQL query + `json.dumps` per pairwise row
 to /dev/null): `export_vs_baseline` = reference seconds / export seconds, i.e. how close the export is to it.
 Postgres data is generated inside the database (`INSERT … SELECT generate_series`, then `VACUUM ANALYZE`);
@@ -349,10 +351,19 @@ def _reference_loop(project) -> dict:
     return {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds)}
 
 
-def run_export(out: Path, aggregation: str, baseline: bool = True) -> dict:
-    """The measured part (called in a fresh process): `export_write` (pairwise JSONL) with RSS sampling, then the
-    raw reference loop (`_reference_loop`) in the same process, after the export so that the export's peak RSS is
-    its own; with aggregation "all" both must give the same number of rows."""
+def _machine_busy_s() -> float:
+    """CPU seconds spent by every process of the machine so far (Postgres too): /proc/stat, all but idle/iowait."""
+    with open("/proc/stat") as handle:
+        user, nice, system, idle, iowait, irq, softirq, steal = (
+            int(v) for v in handle.readline().split()[1:9]
+        )
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def run_export(out: Path, aggregation: str, workers: int, baseline: bool = True) -> dict:
+    """The measured part (called in a fresh process): `export_write` (pairwise JSONL, `workers` processes) with
+    RSS sampling, then the raw reference loop (`_reference_loop`) in the same process, after the export so that
+    the export's peak RSS is its own; with aggregation "all" both must give the same number of rows."""
     from labeling.models import Project
     from labeling.selectors.preferences import PreferenceFilters
     from labeling.services.exports import export_write
@@ -370,7 +381,7 @@ def run_export(out: Path, aggregation: str, baseline: bool = True) -> dict:
     rss_start = _rss_mb()
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    started, cpu = time.perf_counter(), time.process_time()
+    started, cpu, busy = time.perf_counter(), time.process_time(), _machine_busy_s()
     result = export_write(
         project=project,
         format="pairwise",
@@ -378,18 +389,25 @@ def run_export(out: Path, aggregation: str, baseline: bool = True) -> dict:
         dest=out,
         filters=filters,
         on_progress=lambda rows: state.__setitem__("rows", rows),
+        workers=workers,
     )
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    busy = _machine_busy_s() - busy
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     state["stop"] = True
     sampler.join()
     peak_export = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out.unlink(missing_ok=True)
     step = max(1, len(samples) // 8)
     report = {
+        "workers": workers,
         "rows": result.rows,
         "seconds": round(seconds, 2),
         "rows_per_s": round(result.rows / seconds),
         "process_cpu_s": round(cpu, 2),
+        "worker_processes_cpu_s": round(children.ru_utime + children.ru_stime, 2),
+        "machine_cpu_s": round(busy, 2),
+        "worker_peak_rss_mb": round(children.ru_maxrss / 1024, 1) if workers > 1 else None,
         "bytes": result.size_bytes,
         "content_hash": result.content_hash,
         "rss_start_mb": round(rss_start, 1),
@@ -441,13 +459,22 @@ def main() -> None:
     parser.add_argument(
         "--no-baseline", action="store_true", help="Skip the in-process reference loop (the baseline)."
     )
+    parser.add_argument(
+        "--workers",
+        default=f"1,{min(os.cpu_count() or 1, 8)}",
+        help="Comma-separated worker-process counts, one export each (default: 1 and this machine's cores).",
+    )
     parser.add_argument("--export-only", metavar="DATABASE_URL", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.export_only:
         _django(args.export_only)
-        print(json.dumps(run_export(args.out, args.aggregation, baseline=not args.no_baseline)))
+        print(
+            json.dumps(
+                run_export(args.out, args.aggregation, int(args.workers), baseline=not args.no_baseline)
+            )
+        )
         return
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="export-bench-"))
@@ -476,25 +503,36 @@ def main() -> None:
         vendor = connection.vendor
         connection.close()
         out = workdir / "pairwise.jsonl"
-        child = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--export-only",
-                url,
-                "--out",
-                str(out),
-                "--aggregation",
-                args.aggregation,
-                *(["--no-baseline"] if args.no_baseline else []),
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-            env={**os.environ},
-        )
-        export = json.loads(child.stdout.strip().splitlines()[-1])
-        out.unlink(missing_ok=True)
+        exports = []
+        for index, workers in enumerate(int(w) for w in args.workers.split(",")):
+            child = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--export-only",
+                    url,
+                    "--out",
+                    str(out),
+                    "--aggregation",
+                    args.aggregation,
+                    "--workers",
+                    str(workers),
+                    # The reference loop runs once, beside the first export.
+                    *(["--no-baseline"] if args.no_baseline or index else []),
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+                env={**os.environ},
+            )
+            exports.append(json.loads(child.stdout.strip().splitlines()[-1]))
+            out.unlink(missing_ok=True)
+        base = exports[0].get("baseline_reference_loop")
+        for export in exports[1:]:
+            if base:
+                export["export_vs_baseline"] = round(base["seconds"] / export["seconds"], 2)
+        if len({export["content_hash"] for export in exports}) != 1:
+            raise SystemExit(f"exports with different worker counts differ: {exports}")
     finally:
         if drop is not None:
             drop()
@@ -506,7 +544,8 @@ def main() -> None:
                 **({"database_url": url} if args.keep_db else {}),
                 "aggregation": args.aggregation,
                 "created": data,
-                "export": export,
+                "exports": exports,
+                "best_rows_per_s": max(export["rows_per_s"] for export in exports),
                 "python": platform.python_version(),
                 "cpus": os.cpu_count(),
             },

@@ -56,7 +56,7 @@ from typing import Any, NamedTuple
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connections
-from django.db.models import BooleanField, Count, Exists, ExpressionWrapper, OuterRef, Q, QuerySet
+from django.db.models import BooleanField, Count, Exists, ExpressionWrapper, Max, Min, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from labeling.models import Adjudication, Comparison, ComparisonResponse, Project, Prompt, Ranking, Response
@@ -568,11 +568,14 @@ def _iter_chunks(
     details = _vote_queryset(filters=filters, qualified=qualified) if with_details else None
     adjudications = _adjudication_queryset(filters=filters)
     order = ("prompt_id", "id") if by_prompt else ("id",)
+    comparisons = _comparison_queryset(
+        project=project, filters=filters, include_gold=include_gold, flagged_in_sql=False
+    )
+    if key_range is not None:
+        low, high = key_range  # (`__range` is not a lookup of foreign keys)
+        comparisons = comparisons.filter(**{f"{order[0]}__gte": low, f"{order[0]}__lte": high})
     heads = (
-        _comparison_queryset(
-            project=project, filters=filters, include_gold=include_gold, flagged_in_sql=False
-        )
-        .order_by(*order)
+        comparisons.order_by(*order)
         .values_list("id", "prompt_id", "is_gold", "expected_ranks")
         .iterator(chunk_size=chunk_size)
     )
@@ -963,6 +966,27 @@ def partition_key(format: str) -> str:  # noqa: A002 - the public name of the op
     return "prompt" if format in ("sft", "kto") else "comparison"
 
 
+class KeySpan(NamedTuple):
+    low: int
+    high: int
+    comparisons: int
+
+
+def comparison_key_span(
+    *,
+    project: Project,
+    filters: PreferenceFilters,
+    format: str,  # noqa: A002 - the public name of the option
+) -> KeySpan | None:
+    """The smallest and largest `partition_key` value among the comparisons the export reads, and how many
+    comparisons that is (flagged ones included); None if there are none."""
+    field_name = "prompt_id" if partition_key(format) == "prompt" else "id"
+    span = _comparison_queryset(
+        project=project, filters=filters, include_gold=format == "raw", flagged_in_sql=False
+    ).aggregate(low=Min(field_name), high=Max(field_name), comparisons=Count("id"))
+    return None if span["low"] is None else KeySpan(**span)
+
+
 @dataclass
 class CardStats:
     """Dataset-card statistics, collected while rows stream by (rows are grouped by comparison or by prompt, so no
@@ -1022,7 +1046,9 @@ class CardStats:
 
     def to_json(self) -> dict[str, Any]:
         """Everything, JSON-ready (for stats sent between processes); `from_json` reverses it."""
-        data = asdict(self)
+        # Not `asdict`: it rebuilds a Counter from (key, count) pairs, counting the pairs.
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data.update({name: dict(data[name]) for name in ("sources", "labels", "domains")})
         for name in ("first_comparison", "last_comparison"):  # ("prompt", id) keys of sft / kto rows
             if isinstance(data[name], tuple):
                 data[name] = {"prompt": data[name][1]}

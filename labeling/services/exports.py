@@ -43,10 +43,12 @@ from labeling.selectors.preferences import (
     ContentHasher,
     PreferenceFilters,
     RecordCodec,
+    comparison_key_span,
     iter_preference_blocks,
     iter_preference_records,
     preference_counts,
 )
+from labeling.services.export_workers import iter_parallel_blocks, parallel_workers
 
 FILE_TYPES: tuple[str, ...] = ("jsonl", "parquet", "hf")
 BATCH_ROWS = 20_000  # rows per Parquet row group / Arrow record batch
@@ -411,6 +413,18 @@ def export_estimate(
     return counts["comparisons"]
 
 
+def _export_workers(
+    *, project: Project, filters: PreferenceFilters, format: str, requested: int | None
+) -> int:  # noqa: A002
+    """Worker processes for a JSONL export: `requested` as given; by default the setting, for big exports only."""
+    workers = parallel_workers(requested=requested)
+    if workers > 1 and requested is None:
+        span = comparison_key_span(project=project, filters=filters, format=format)
+        if span is None or span.comparisons < settings.LABELING_EXPORT_PARALLEL_MIN_COMPARISONS:
+            return 1
+    return workers
+
+
 def export_write(
     *,
     project: Project,
@@ -422,12 +436,14 @@ def export_write(
     on_progress: Callable[[int], None] | None = None,
     chunk_size: int = 2000,
     counts: dict[str, int] | None = None,
+    workers: int | None = None,
 ) -> ExportResult:
     """Write the export to `dest` (a file, or a directory for "hf") and its dataset card, both atomically.
 
     The card goes to `card_path`, by default `README.md` inside an hf directory and `<dest>.README.md` beside a
     file. `on_progress(rows)` is called about once a second. `counts` (from `preference_counts`, which callers
-    that show progress have anyway) go into the card when given.
+    that show progress have anyway) go into the card when given. A JSONL export on Postgres is built by `workers`
+    processes (`export_workers`; None: `LABELING_EXPORT_WORKERS` when it has enough comparisons), same bytes.
     """
     filters = filters or PreferenceFilters()
     if format not in FORMATS:
@@ -444,9 +460,21 @@ def export_write(
     try:
         tmp = scratch / "out"
         if file_type == "jsonl":
-            blocks = iter_preference_blocks(
-                project=project, filters=filters, format=format, chunk_size=chunk_size, stats=sink.stats
-            )
+            workers = _export_workers(project=project, filters=filters, format=format, requested=workers)
+            if workers > 1:
+                blocks = iter_parallel_blocks(
+                    project=project,
+                    filters=filters,
+                    format=format,
+                    chunk_size=chunk_size,
+                    stats=sink.stats,
+                    workers=workers,
+                    scratch=scratch,
+                )
+            else:
+                blocks = iter_preference_blocks(
+                    project=project, filters=filters, format=format, chunk_size=chunk_size, stats=sink.stats
+                )
             _write_jsonl(blocks, tmp, sink)
         else:
             records = iter_preference_records(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from django.conf import settings
 
 from labeling.models import Response
 from labeling.selectors.preferences import (
@@ -23,6 +24,8 @@ from labeling.selectors.preferences import (
     iter_preference_records,
     iter_preference_rows,
 )
+from labeling.services import export_workers
+from labeling.services.export_workers import key_ranges, parallel_workers
 from labeling.services.exports import CardStats, export_write
 from labeling.services.projects import comparison_get_or_create
 
@@ -116,3 +119,78 @@ def test_jsonl_export_is_byte_identical_for_every_format_and_aggregation(mixed_p
 def test_assistant_fragment_is_canonical_json():
     for text in TRICKY:
         assert _assistant_json(text) == canonical_json_line(_assistant(text))
+
+
+# --- parallel exports (worker processes over key ranges of one Postgres snapshot) --------------------------------
+
+postgres_only = pytest.mark.skipif(
+    "postgresql" not in settings.DATABASES["default"]["ENGINE"],
+    reason="parallel exports need Postgres snapshots",
+)
+
+
+def test_key_ranges_cover_the_span_once():
+    for low, high, count in [(1, 1, 4), (5, 100, 7), (10, 13, 64), (1, 10**6, 32)]:
+        ranges = key_ranges(low, high, count)
+        assert ranges[0][0] == low and ranges[-1][1] == high
+        assert len(ranges) == min(count, high - low + 1)
+        assert all(a <= b for a, b in ranges)
+        assert all(ranges[i][1] + 1 == ranges[i + 1][0] for i in range(len(ranges) - 1))
+
+
+def test_exports_inside_a_transaction_stay_sequential(mixed_project):
+    # The workers could not see this test's uncommitted rows; the export falls back to one process.
+    assert parallel_workers(requested=4) == 1
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_parallel_export_is_byte_identical_to_the_sequential_one(mixed_project, tmp_path):
+    """Many one-or-two-id ranges (so prompts and groups span range boundaries), every format and aggregation:
+    same bytes, hash and card statistics as one process."""
+    assert parallel_workers(requested=3) == 3
+    for index, fmt in enumerate(FORMATS):
+        for aggregation in AGGREGATIONS:
+            extra = {"exclude_flagged": False, "min_agreement": 0.3} if index % 2 else {}
+            filters = PreferenceFilters(aggregation=aggregation, **extra)
+            results = [
+                export_write(
+                    project=mixed_project,
+                    format=fmt,
+                    file_type="jsonl",
+                    dest=tmp_path / f"{fmt}-{aggregation}-{workers}.jsonl",
+                    filters=filters,
+                    chunk_size=2,
+                    workers=workers,
+                )
+                for workers in (1, 3)
+            ]
+            sequential, parallel = results
+            assert sequential.rows > 0
+            assert parallel.path.read_bytes() == sequential.path.read_bytes(), (fmt, aggregation)
+            assert parallel.content_hash == sequential.content_hash
+            assert parallel.stats == sequential.stats, (fmt, aggregation)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith("README.md")) == sorted(
+        f"{fmt}-{aggregation}-{workers}.jsonl"
+        for fmt in FORMATS
+        for aggregation in AGGREGATIONS
+        for workers in (1, 3)
+    )  # no range files or scratch folders left behind
+
+
+@postgres_only
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_worker_fails_the_export_and_leaves_nothing(mixed_project, tmp_path, monkeypatch):
+    parents_database = export_workers._worker_database
+    monkeypatch.setattr(
+        export_workers, "_worker_database", lambda: {**parents_database(), "NAME": "no_such_database"}
+    )
+    with pytest.raises(export_workers.ExportWorkerError, match="no_such_database"):
+        export_write(
+            project=mixed_project,
+            format="pairwise",
+            file_type="jsonl",
+            dest=tmp_path / "out.jsonl",
+            workers=2,
+        )
+    assert list(tmp_path.iterdir()) == []

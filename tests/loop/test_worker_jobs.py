@@ -7,7 +7,7 @@ import pytest
 from django.conf import settings as django_settings
 
 from labeling.models import Comparison, Export, Response
-from labeling.services.exports import export_create
+from labeling.services.exports import export_create, export_write
 from loop.models import SamplingJob
 from loop.services.sampling import sampling_job_create
 from tests.loop.test_loop import reference_project
@@ -23,9 +23,13 @@ def default_worker(settings):
     if not url:
         pytest.skip("REDIS_TEST_URL is not set; `make test` starts Redis and sets it")
     assert settings.CELERY_BROKER_URL == url
-    with celery_worker(
-        broker_url=url, queues="default", extra_env={"ARTIFACT_ROOT": str(django_settings.ARTIFACT_ROOT)}
-    ) as worker:
+    extra_env = {
+        "ARTIFACT_ROOT": str(django_settings.ARTIFACT_ROOT),
+        # Exports in this worker take the parallel path (Postgres) however small they are.
+        "LABELING_EXPORT_WORKERS": "2",
+        "LABELING_EXPORT_PARALLEL_MIN_COMPARISONS": "1",
+    }
+    with celery_worker(broker_url=url, queues="default", extra_env=extra_env) as worker:
         yield worker
 
 
@@ -45,7 +49,7 @@ def test_sampling_job_runs_on_the_default_queue_worker(tiny_model_dir, default_w
     assert Comparison.objects.filter(project=project).count() == job.comparisons_created == 6
 
 
-def test_export_job_runs_on_the_default_queue_worker(default_worker):
+def test_export_job_runs_on_the_default_queue_worker(default_worker, tmp_path):
     project = ranked_project(slug="worker-export", prompts=5)
     researcher = make_user("res", "researcher")
     export = export_create(project=project, format="pairwise", file_type="jsonl", created_by=researcher)
@@ -60,3 +64,9 @@ def test_export_job_runs_on_the_default_queue_worker(default_worker):
     exported = Path(django_settings.ARTIFACT_ROOT) / export.path
     assert exported.is_file() and len(exported.read_text().splitlines()) == 5
     assert len(export.content_hash) == 64
+    # The same file as one process here writes (the worker's export ran in worker processes on Postgres).
+    here = export_write(
+        project=project, format="pairwise", file_type="jsonl", dest=tmp_path / "here.jsonl", workers=1
+    )
+    assert export.content_hash == here.content_hash
+    assert exported.read_bytes() == here.path.read_bytes()

@@ -31,8 +31,16 @@ class Command(BaseCommand):
         parser.add_argument("--gold-qualified-only", action="store_true")
         parser.add_argument("--adjudicated-only", action="store_true")
         parser.add_argument("--no-progress", action="store_true")
+        parser.add_argument(
+            "--workers",
+            type=int,
+            help="Processes building a JSONL export on Postgres (default: LABELING_EXPORT_WORKERS for big exports; "
+            "1 = one process). The file is the same either way.",
+        )
 
-    def handle(self, *args, project: str, format: str, out: Path, no_progress: bool, **options):  # noqa: A002
+    def handle(
+        self, *args, project: str, format: str, out: Path, no_progress: bool, workers: int | None, **options
+    ):  # noqa: A002
         found = Project.objects.filter(slug=project).first()
         if found is None:
             raise CommandError(f"No project {project!r}.")
@@ -68,6 +76,7 @@ class Command(BaseCommand):
                 dest=out,
                 filters=filters,
                 on_progress=progress,
+                workers=workers,
             )
         self.stdout.write(
             self.style.SUCCESS(
