@@ -916,6 +916,23 @@ def _kto_rows(group: list[_Item], filters: PreferenceFilters, pseudonyms: _Pseud
         }
 
 
+def _reading(format: str) -> dict[str, bool]:  # noqa: A002 - the public name of the option
+    """How a format reads comparisons (`_iter_chunks` options): raw includes gold items and every vote's details;
+    sft and kto group rows by prompt, so they read in (prompt, id) order and slice by prompt id."""
+    return {
+        "include_gold": format == "raw",
+        "by_prompt": format in ("sft", "kto"),
+        "with_details": format == "raw",
+    }
+
+
+def _check_options(format: str, chunk_size: int) -> None:  # noqa: A002 - the public name of the option
+    if format not in FORMATS:
+        raise ValidationError({"format": f"Format is one of {', '.join(FORMATS)}."})
+    if chunk_size < 1:
+        raise ValidationError({"chunk_size": "Chunk size must be positive."})
+
+
 def iter_preference_records(
     *,
     project: Project,
@@ -930,19 +947,10 @@ def iter_preference_records(
     (inclusive) keeps one slice of the export: comparison ids, or prompt ids for sft and kto (`partition_key`).
     """
     filters = filters or PreferenceFilters()
-    if format not in FORMATS:
-        raise ValidationError({"format": f"Format is one of {', '.join(FORMATS)}."})
-    if chunk_size < 1:
-        raise ValidationError({"chunk_size": "Chunk size must be positive."})
+    _check_options(format, chunk_size)
     pseudonyms = _Pseudonyms()
     items = _iter_items(
-        project=project,
-        filters=filters,
-        include_gold=format == "raw",
-        by_prompt=format in ("sft", "kto"),
-        chunk_size=chunk_size,
-        with_details=format == "raw",
-        key_range=key_range,
+        project=project, filters=filters, chunk_size=chunk_size, key_range=key_range, **_reading(format)
     )
     if format == "raw":
         for item, _ in items:
@@ -963,7 +971,7 @@ def iter_preference_records(
 
 def partition_key(format: str) -> str:  # noqa: A002 - the public name of the option
     """What `key_range` slices: "prompt" for the formats that group by prompt (sft, kto), else "comparison"."""
-    return "prompt" if format in ("sft", "kto") else "comparison"
+    return "prompt" if _reading(format)["by_prompt"] else "comparison"
 
 
 class KeySpan(NamedTuple):
@@ -980,9 +988,10 @@ def comparison_key_span(
 ) -> KeySpan | None:
     """The smallest and largest `partition_key` value among the comparisons the export reads, and how many
     comparisons that is (flagged ones included); None if there are none."""
-    field_name = "prompt_id" if partition_key(format) == "prompt" else "id"
+    reading = _reading(format)
+    field_name = "prompt_id" if reading["by_prompt"] else "id"
     span = _comparison_queryset(
-        project=project, filters=filters, include_gold=format == "raw", flagged_in_sql=False
+        project=project, filters=filters, include_gold=reading["include_gold"], flagged_in_sql=False
     ).aggregate(low=Min(field_name), high=Max(field_name), comparisons=Count("id"))
     return None if span["low"] is None else KeySpan(**span)
 
@@ -1170,20 +1179,11 @@ def iter_preference_blocks(
     about `block_rows` rows at a time. `key_range` as in `iter_preference_records`."""
     filters = filters or PreferenceFilters()
     stats = stats if stats is not None else CardStats()
-    if format not in FORMATS:
-        raise ValidationError({"format": f"Format is one of {', '.join(FORMATS)}."})
+    _check_options(format, chunk_size)
     if format == "pairwise":
-        if chunk_size < 1:
-            raise ValidationError({"chunk_size": "Chunk size must be positive."})
         pseudonyms = _Pseudonyms()
         for chunk in _iter_chunks(
-            project=project,
-            filters=filters,
-            include_gold=False,
-            by_prompt=False,
-            chunk_size=chunk_size,
-            with_details=False,
-            key_range=key_range,
+            project=project, filters=filters, chunk_size=chunk_size, key_range=key_range, **_reading(format)
         ):
             data, rows = _pairwise_block(chunk, filters, pseudonyms, stats)
             if rows:

@@ -183,9 +183,8 @@ def run_worker(job: dict, out: TextIO) -> None:
         for index, low, high in job["ranges"]:
             stats = CardStats()
             path = Path(job["dir"]) / f"range-{index:05d}.jsonl"
-            rows = 0
             with open(path, "wb") as part:
-                for data, count in iter_preference_blocks(
+                for data, _ in iter_preference_blocks(
                     project=project,
                     filters=filters,
                     format=job["format"],
@@ -194,8 +193,8 @@ def run_worker(job: dict, out: TextIO) -> None:
                     key_range=(low, high),
                 ):
                     part.write(data)
-                    rows += count
             out.write(
-                json.dumps({"range": index, "path": str(path), "rows": rows, "stats": stats.to_json()}) + "\n"
+                json.dumps({"range": index, "path": str(path), "rows": stats.rows, "stats": stats.to_json()})
+                + "\n"
             )
             out.flush()

@@ -138,7 +138,7 @@ def test_key_ranges_cover_the_span_once():
         assert all(ranges[i][1] + 1 == ranges[i + 1][0] for i in range(len(ranges) - 1))
 
 
-def test_exports_inside_a_transaction_stay_sequential(mixed_project):
+def test_exports_inside_a_transaction_stay_sequential():
     # The workers could not see this test's uncommitted rows; the export falls back to one process.
     assert parallel_workers(requested=4) == 1
 
