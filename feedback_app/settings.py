@@ -275,6 +275,8 @@ SESSION_COOKIE_HTTPONLY = True
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 10 * 1024 * 1024)
 # Largest prompt/response/comparison import accepted (upload page and `import_data`); bigger files get a clear error.
 LABELING_IMPORT_MAX_BYTES = env_int("LABELING_IMPORT_MAX_BYTES", 20 * 1024 * 1024)
+# Uploads up to this size import during the request; larger ones run as a background ImportJob (`default` queue).
+LABELING_IMPORT_SYNC_MAX_BYTES = env_int("LABELING_IMPORT_SYNC_MAX_BYTES", 1024 * 1024)
 # JSONL exports on Postgres of at least LABELING_EXPORT_PARALLEL_MIN_COMPARISONS comparisons are built by this many
 # worker processes (one core each; 1 = always sequential). Same bytes and content hash either way.
 LABELING_EXPORT_WORKERS = env_int("LABELING_EXPORT_WORKERS", min(os.cpu_count() or 1, 8))

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from django import forms
+from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 
 from labeling.models import MAX_K, MIN_K
-from labeling.services.imports import import_max_bytes
+from labeling.services.imports import import_upload_check
 from labeling.services.projects import PAIRINGS
 from labeling.services.rankings import SKIP_REASONS
 
@@ -25,20 +26,13 @@ class ImportForm(forms.Form):
 
     def clean_file(self):
         upload = self.cleaned_data["file"]
-        limit = import_max_bytes()
-        if upload.size > limit:
-            raise forms.ValidationError(
-                f"The file is {upload.size / 1e6:.1f} MB; the limit is {limit / 1e6:.1f} MB. Split it or use "
-                "`manage.py import_data`."
+        try:
+            self.file_format = import_upload_check(
+                name=upload.name, size=upload.size, content_type=upload.content_type
             )
-        name = upload.name.lower()
-        if not (name.endswith(".jsonl") or name.endswith(".csv") or name.endswith(".ndjson")):
-            raise forms.ValidationError("Upload a .jsonl or .csv file.")
+        except ValidationError as error:
+            raise forms.ValidationError(error.message_dict["file"]) from None
         return upload
-
-    @property
-    def file_format(self) -> str:
-        return "csv" if self.cleaned_data["file"].name.lower().endswith(".csv") else "jsonl"
 
 
 class SkipForm(forms.Form):

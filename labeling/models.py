@@ -325,3 +325,83 @@ class Export(models.Model):
 
     def __str__(self) -> str:
         return f"export #{self.pk} {self.project_id} {self.format}.{self.file_type} ({self.status})"
+
+
+class ImportJob(models.Model):
+    """An uploaded import file, validated and written by a Celery task on the `default` queue, with its progress.
+
+    The upload is kept under ARTIFACT_ROOT/imports/ (`upload_path`) until the job has finished, so a worker that
+    dies half-way loses nothing: the task is redelivered and the import (one transaction) runs again from the file.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    class Phase(models.TextChoices):
+        WAITING = "", "Waiting"
+        VALIDATE = "validate", "Checking every line"
+        WRITE = "write", "Writing"
+
+    class Format(models.TextChoices):
+        JSONL = "jsonl", "JSON Lines"
+        CSV = "csv", "CSV"
+
+    project_slug = models.SlugField(
+        max_length=64, help_text="The project is created when the import succeeds."
+    )
+    file_name = models.CharField(max_length=255)
+    file_format = models.CharField(max_length=8, choices=Format.choices, default=Format.JSONL)
+    size_bytes = models.BigIntegerField(default=0)
+    upload_path = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="The kept upload, relative to ARTIFACT_ROOT; cleared when finished.",
+    )
+    build_k = models.PositiveSmallIntegerField(null=True, blank=True)
+    pairing = models.CharField(max_length=16, default="all")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    phase = models.CharField(max_length=16, choices=Phase.choices, default=Phase.WAITING, blank=True)
+    lines = models.PositiveIntegerField(default=0, help_text="Lines checked so far.")
+    rows_total = models.PositiveIntegerField(
+        default=0, help_text="Prompts, responses and comparisons to write."
+    )
+    rows_done = models.PositiveIntegerField(default=0)
+    progress = models.FloatField(default=0.0, help_text="0–1: checking is the first 40%, writing the rest.")
+    counts = models.JSONField(default=dict, blank=True, help_text="The import report once done.")
+    errors = models.JSONField(
+        default=list, blank=True, help_text="Bad lines (line, field, message) on failure."
+    )
+    error = models.TextField(blank=True)
+    celery_task_id = models.CharField(max_length=255, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="import_jobs"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(progress__gte=0) & Q(progress__lte=1), name="importjob_progress_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=["queued", "running"]) | Q(finished_at__isnull=False),
+                name="importjob_finished_at_set",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"import job #{self.pk} {self.file_name} → {self.project_slug} ({self.status})"
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (self.Status.DONE, self.Status.FAILED)
+
+    @property
+    def percent(self) -> int:
+        return round(self.progress * 100)

@@ -5,9 +5,16 @@ from __future__ import annotations
 from celery import shared_task
 
 from labeling.services.exports import export_run
+from labeling.services.imports import import_job_run
 
 
 @shared_task(name="labeling.export_run", ignore_result=True, queue="default")
 def export_run_task(export_id: int) -> None:
     """Write an export's files and record progress and the outcome on its `Export` row."""
     export_run(export_id=export_id)
+
+
+@shared_task(name="labeling.import_run", ignore_result=True, queue="default")
+def import_run_task(job_id: int) -> None:
+    """Validate and write an uploaded import file; progress and the outcome go on its `ImportJob` row."""
+    import_job_run(job_id=job_id)

@@ -12,6 +12,7 @@ urlpatterns = [
     path("annotate/<slug:slug>/undo/", views.undo, name="undo"),
     path("annotate/<slug:slug>/mine/", views.my_rankings, name="my_rankings"),
     path("labeling/import/", views.import_upload, name="import"),
+    path("labeling/import/jobs/<int:job_id>/", views.import_job, name="import_job"),
     path("projects/<slug:slug>/dashboard/", views.dashboard, name="dashboard"),
     path("projects/<slug:slug>/review/", views.review, name="review"),
     path("projects/<slug:slug>/review/<int:comparison_id>/", views.adjudicate, name="adjudicate"),

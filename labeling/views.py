@@ -7,13 +7,13 @@ from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from core.permissions import role_required
 from core.roles import Role
 from core.selectors import user_has_role
 from labeling.forms import ImportForm, SkipForm, ranks_from_post
-from labeling.models import Assignment, Comparison, Project, Ranking
+from labeling.models import Assignment, Comparison, ImportJob, Project, Ranking
 from labeling.selectors.annotation import (
     annotator_progress,
     annotator_rankings,
@@ -28,7 +28,12 @@ from labeling.selectors.quality import (
     review_queue,
     throughput_per_day,
 )
-from labeling.services.imports import ImportRejected, import_apply, import_plan
+from labeling.services.imports import (
+    import_job_create,
+    import_job_messages,
+    import_job_run,
+    import_sync_max_bytes,
+)
 from labeling.services.leasing import assignment_lease_next
 from labeling.services.projects import adjudication_record
 from labeling.services.rankings import (
@@ -199,29 +204,50 @@ def my_rankings(request: HttpRequest, slug: str) -> HttpResponse:
 @admin_required
 @require_http_methods(["GET", "POST"])
 def import_upload(request: HttpRequest) -> HttpResponse:
+    """Small files import during the request; larger ones become a background job whose page shows progress."""
     form = ImportForm(
         request.POST or None, request.FILES or None, initial={"project": request.GET.get("project", "")}
     )
     errors: list[str] = []
     if request.method == "POST" and form.is_valid():
-        data = form.cleaned_data["file"].read()
+        upload = form.cleaned_data["file"]
+        background = upload.size > import_sync_max_bytes()
         try:
-            plan = import_plan(data=data, fmt=form.file_format)
-            report = import_apply(
+            job = import_job_create(
                 project_slug=form.cleaned_data["project"],
-                plan=plan,
+                file_name=upload.name,
+                data=upload.read(),
+                file_format=form.file_format,
                 build_k=form.cleaned_data["build_k"],
                 pairing=form.cleaned_data["pairing"],
+                created_by=request.user,
+                enqueue=background,
             )
-        except ImportRejected as rejected:
-            errors = rejected.messages
         except ValidationError as error:
             errors = [_error_text(error)]
         else:
-            messages.success(request, f"Imported: {report.summary()}.")
-            return redirect(reverse("labeling:dashboard", args=[form.cleaned_data["project"]]))
+            if background:
+                messages.info(
+                    request, f"Import #{job.pk} is queued: every line is checked before anything is written."
+                )
+                return redirect("labeling:import_job", job_id=job.pk)
+            job = import_job_run(job_id=job.pk)
+            if job.status == ImportJob.Status.DONE:
+                messages.success(request, f"Imported: {job.counts['summary']}.")
+                return redirect(reverse("labeling:dashboard", args=[job.project_slug]))
+            errors = import_job_messages(job=job)
     status = 422 if request.method == "POST" and (errors or form.errors) else 200
-    return render(request, "labeling/import.html", {"form": form, "import_errors": errors}, status=status)
+    context = {"form": form, "import_errors": errors, "jobs": ImportJob.objects.all()[:10]}
+    return render(request, "labeling/import.html", context, status=status)
+
+
+@admin_required
+@require_GET
+def import_job(request: HttpRequest, job_id: int) -> HttpResponse:
+    """A background import's page; its status partial polls itself (htmx) until the job has finished."""
+    job = get_object_or_404(ImportJob, pk=job_id)
+    template = "labeling/partials/import_job.html" if request.htmx else "labeling/import_job.html"
+    return render(request, template, {"job": job, "job_errors": import_job_messages(job=job)})
 
 
 @admin_required

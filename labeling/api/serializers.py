@@ -58,7 +58,10 @@ class PromptImportSerializer(serializers.Serializer):
         required=False,
         help_text="Prompt, response or comparison objects, exactly as lines of a JSONL import file.",
     )
-    file = serializers.FileField(required=False, help_text="A .jsonl or .csv file (multipart upload).")
+    file = serializers.FileField(
+        required=False,
+        help_text="A .jsonl, .ndjson or .csv file (multipart upload), the upload page's rules.",
+    )
     build_k = serializers.IntegerField(required=False, allow_null=True, min_value=MIN_K, max_value=MAX_K)
     pairing = serializers.ChoiceField(choices=list(PAIRINGS), default="all")
 
@@ -78,6 +81,7 @@ class ImportReportSerializer(serializers.Serializer):
     comparisons_existing = serializers.IntegerField()
     comparisons_built = serializers.IntegerField()
     summary = serializers.CharField()
+    job = serializers.IntegerField(help_text="The import job that ran it (`/api/v1/import-jobs/{id}/`).")
 
 
 class ResponseSerializer(serializers.ModelSerializer):

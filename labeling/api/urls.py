@@ -5,7 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 from rest_framework.routers import DefaultRouter
 
-from labeling.api import views
+from labeling.api import import_jobs, views
 
 app_name = "api"
 
@@ -18,6 +18,7 @@ router.register("rankings", views.RankingViewSet, basename="ranking")
 router.register("model-versions", views.ModelVersionViewSet, basename="model-version")
 router.register("training-runs", views.TrainingRunViewSet, basename="training-run")
 router.register("exports", views.ExportViewSet, basename="export")
+router.register("import-jobs", import_jobs.ImportJobViewSet, basename="import-job")
 
 urlpatterns = [
     path("v1/auth/token/", views.TokenView.as_view(), name="token"),

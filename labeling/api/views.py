@@ -22,12 +22,28 @@ from rest_framework.views import APIView
 from core.roles import Role
 from core.selectors import user_roles
 from labeling.api import filters, serializers
+from labeling.api.import_jobs import ImportJobSerializer
 from labeling.api.permissions import IsAdmin, IsAnnotator, IsResearcherOrAdmin, ReadAnyRoleWriteAdmin
-from labeling.models import Comparison, ComparisonResponse, Export, Project, Prompt, Ranking, Response
+from labeling.models import (
+    Comparison,
+    ComparisonResponse,
+    Export,
+    ImportJob,
+    Project,
+    Prompt,
+    Ranking,
+    Response,
+)
 from labeling.selectors.annotation import assignment_responses
 from labeling.services.api_tokens import api_token_for_credentials
 from labeling.services.exports import export_create, export_file_path, iter_directory_tar
-from labeling.services.imports import import_apply, import_plan
+from labeling.services.imports import (
+    import_job_create,
+    import_job_messages,
+    import_job_run,
+    import_sync_max_bytes,
+    import_upload_check,
+)
 from labeling.services.leasing import assignment_lease_next
 from labeling.services.projects import project_get_or_create
 from labeling.services.rankings import assignment_skip, ranking_submit
@@ -96,6 +112,7 @@ class PromptViewSet(viewsets.ReadOnlyModelViewSet):
         },
         responses={
             201: serializers.ImportReportSerializer,
+            202: ImportJobSerializer,
             400: OpenApiResponse(description="Nothing imported: `errors` lists every bad line and field."),
         },
     )
@@ -109,25 +126,39 @@ class PromptViewSet(viewsets.ReadOnlyModelViewSet):
         filterset_class=None,
     )
     def bulk_import(self, request):
-        """The same whole-file validation as `manage.py import_data` and the upload page: all or nothing."""
+        """The same upload rules and whole-file validation as the upload page and `manage.py import_data`.
+
+        Up to LABELING_IMPORT_SYNC_MAX_BYTES the import runs now (201 with the report, or 400 with every bad
+        line); a larger one is queued as a background job (202): watch it at `/api/v1/import-jobs/{id}/`.
+        """
         data = serializers.PromptImportSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
         if values.get("file") is not None:
             upload = values["file"]
-            raw = upload.read()
-            fmt = "csv" if upload.name.lower().endswith(".csv") else "jsonl"
+            fmt = import_upload_check(name=upload.name, size=upload.size, content_type=upload.content_type)
+            name, raw = upload.name, upload.read()
         else:
             raw = "\n".join(json.dumps(record, ensure_ascii=False) for record in values["records"]).encode()
-            fmt = "jsonl"
-        plan = import_plan(data=raw, fmt=fmt)
-        report = import_apply(
+            name, fmt = "records.jsonl", "jsonl"
+            import_upload_check(name=name, size=len(raw))
+        background = len(raw) > import_sync_max_bytes()
+        job = import_job_create(
             project_slug=values["project"],
-            plan=plan,
+            file_name=name,
+            data=raw,
+            file_format=fmt,
             build_k=values.get("build_k"),
             pairing=values["pairing"],
+            created_by=request.user,
+            enqueue=background,
         )
-        payload = {**report.__dict__, "summary": report.summary()}
+        if background:
+            return ApiResponse(ImportJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+        job = import_job_run(job_id=job.pk)
+        if job.status != ImportJob.Status.DONE:
+            return ApiResponse({"errors": import_job_messages(job=job)}, status=status.HTTP_400_BAD_REQUEST)
+        payload = {**job.counts, "job": job.pk}
         return ApiResponse(serializers.ImportReportSerializer(payload).data, status=status.HTTP_201_CREATED)
 
 

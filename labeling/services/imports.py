@@ -21,15 +21,29 @@ import csv
 import hashlib
 import io
 import json
+import math
+import os
+import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import connection, transaction
+from django.utils import timezone
 
-from labeling.models import MAX_K, MIN_K, Comparison, Project, Prompt, Response
-from labeling.services.projects import comparison_get_or_create, comparisons_build, project_get_or_create
+from core.roles import Role
+from core.selectors import user_has_role
+from labeling.models import MAX_K, MIN_K, Comparison, ImportJob, Project, Prompt, Response
+from labeling.services.projects import (
+    ComparisonSpec,
+    comparisons_build,
+    comparisons_bulk_create,
+    project_get_or_create,
+)
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 MAX_ERRORS_REPORTED = 20
@@ -144,7 +158,7 @@ class ImportReport:
 
 
 def _digest(*parts: str) -> str:
-    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:24]
+    return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
 def derived_prompt_id(messages: list[dict]) -> str:
@@ -206,6 +220,33 @@ def _records(data: bytes, fmt: str) -> Iterator[tuple[int, dict | LineError]]:
         yield number, error or record
 
 
+def _unstorable(value: object) -> str | None:
+    """Why a JSON value cannot be stored as text or jsonb (NUL, lone surrogates, NaN/Infinity), or None."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "contains a NUL character (\\u0000), which cannot be stored"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return (
+                f"contains a lone surrogate (\\u{ord(value[exc.start]):04x}), which is not valid Unicode text"
+            )
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{value} is not a finite number"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = _unstorable(key) or _unstorable(item)
+            if problem:
+                return problem
+    elif isinstance(value, list):
+        for item in value:
+            problem = _unstorable(item)
+            if problem:
+                return problem
+    return None
+
+
 def _text(record: dict, key: str, line: int, errors: list[LineError], *, required: bool, limit: int) -> str:
     value = record.get(key)
     if value is None:
@@ -220,6 +261,9 @@ def _text(record: dict, key: str, line: int, errors: list[LineError], *, require
     value = value.strip()
     if required and not value:
         errors.append(LineError(line, key, "must not be empty"))
+    problem = _unstorable(value)
+    if problem:
+        errors.append(LineError(line, key, problem))
     if len(value) > limit:
         errors.append(LineError(line, key, f"is longer than {limit} characters"))
     return value
@@ -253,6 +297,10 @@ def _messages(record: dict, line: int, errors: list[LineError]) -> list[dict]:
         if not isinstance(content, str) or not content.strip():
             errors.append(LineError(line, f"messages[{index}].content", "must be a non-empty string"))
             return []
+        problem = _unstorable(content)
+        if problem:
+            errors.append(LineError(line, f"messages[{index}].content", problem))
+            return []
         cleaned.append({"role": role, "content": content})
     if cleaned[-1]["role"] != "user":
         errors.append(LineError(line, "messages", "the last message must be the user's"))
@@ -264,6 +312,10 @@ def _dict(record: dict, key: str, line: int, errors: list[LineError]) -> dict:
     value = record.get(key, {})
     if not isinstance(value, dict):
         errors.append(LineError(line, key, "must be a JSON object"))
+        return {}
+    problem = _unstorable(value)
+    if problem:
+        errors.append(LineError(line, key, problem))
         return {}
     return value
 
@@ -319,10 +371,14 @@ def _float(record: dict, key: str, line: int, errors: list[LineError]) -> float:
     try:
         if isinstance(value, bool):
             raise ValueError
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         errors.append(LineError(line, key, "must be a number"))
         return 0.0
+    if not math.isfinite(number):
+        errors.append(LineError(line, key, f"must be a finite number, not {value!r}"))
+        return 0.0
+    return number
 
 
 def import_plan(*, data: bytes, fmt: str, progress: Callable[[int], None] | None = None) -> ImportPlan:
@@ -439,54 +495,205 @@ def import_plan(*, data: bytes, fmt: str, progress: Callable[[int], None] | None
 
 # --- writing ----------------------------------------------------------------------------------------------
 
+CHUNK = 2000  # rows per lookup query and per insert
 
-def _check_against_database(*, project: Project, plan: ImportPlan) -> None:
-    """References and conflicts that need the database: unknown prompts, changed content under an old id."""
+
+def _chunks(items: list, size: int = CHUNK) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass
+class _Known:
+    """What the database already holds for the plan's ids: looked up with one query per chunk of rows."""
+
+    prompts: dict[str, int] = field(default_factory=dict)  # external_id -> pk
+    responses: dict[tuple[str, str], int] = field(default_factory=dict)  # (prompt ext id, ext id) -> pk
+
+
+def _check_against_database(*, project: Project, plan: ImportPlan) -> _Known:
+    """References and conflicts that need the database: unknown prompts, changed content under an old id.
+
+    Returns the pks of the prompts and responses that exist already; raises ImportRejected on any conflict.
+    """
     from training.models import ModelVersion
 
     errors: list[LineError] = []
-    prompt_ids = {row.external_id for row in plan.prompts}
-    existing_prompts = {
-        external_id: messages
-        for external_id, messages in Prompt.objects.filter(project=project).values_list(
-            "external_id", "messages"
-        )
-    }
+    known = _Known()
+    file_prompts = {row.external_id for row in plan.prompts}
+    wanted = sorted(file_prompts | {row.prompt_external_id for row in plan.responses})
+    stored_messages: dict[str, list] = {}
+    for chunk in _chunks(wanted):
+        for pk, external_id, messages in Prompt.objects.filter(
+            project=project, external_id__in=chunk
+        ).values_list("id", "external_id", "messages"):
+            known.prompts[external_id] = pk
+            stored_messages[external_id] = messages
     for row in plan.prompts:
-        if row.external_id in existing_prompts and existing_prompts[row.external_id] != row.messages:
+        if row.external_id in stored_messages and stored_messages[row.external_id] != row.messages:
             errors.append(
                 LineError(row.line, "external_id", f"prompt {row.external_id!r} exists with other messages")
             )
-    referenced = {row.prompt_external_id for row in plan.responses}
     for row in plan.responses:
-        if row.prompt_external_id not in prompt_ids and row.prompt_external_id not in existing_prompts:
+        if row.prompt_external_id not in file_prompts and row.prompt_external_id not in known.prompts:
             errors.append(
                 LineError(
                     row.line, "prompt_external_id", f"no prompt {row.prompt_external_id!r} in the project"
                 )
             )
-    existing_responses = {
-        (prompt_external_id, external_id): content
-        for prompt_external_id, external_id, content in Response.objects.filter(
-            prompt__project=project, prompt__external_id__in=referenced
-        ).values_list("prompt__external_id", "external_id", "content")
-    }
+    candidates = [row for row in plan.responses if row.prompt_external_id in known.prompts]
+    stored_content: dict[tuple[str, str], str] = {}
+    by_pk = {pk: external_id for external_id, pk in known.prompts.items()}
+    for chunk in _chunks(candidates):
+        for pk, prompt_id, external_id, content in Response.objects.filter(
+            prompt_id__in={known.prompts[row.prompt_external_id] for row in chunk},
+            external_id__in={row.external_id for row in chunk},
+        ).values_list("id", "prompt_id", "external_id", "content"):
+            key = (by_pk[prompt_id], external_id)
+            known.responses[key] = pk
+            stored_content[key] = content
     for row in plan.responses:
-        old = existing_responses.get((row.prompt_external_id, row.external_id))
+        old = stored_content.get((row.prompt_external_id, row.external_id))
         if old is not None and old != row.content:
             errors.append(
                 LineError(row.line, "external_id", f"response {row.external_id!r} exists with other content")
             )
-    versions = {row.model_version_id for row in plan.responses if row.model_version_id is not None}
+    versions = sorted({row.model_version_id for row in plan.responses if row.model_version_id is not None})
     if versions:
-        known = set(ModelVersion.objects.filter(id__in=versions).values_list("id", flat=True))
+        existing_versions = set(ModelVersion.objects.filter(id__in=versions).values_list("id", flat=True))
         for row in plan.responses:
-            if row.model_version_id is not None and row.model_version_id not in known:
+            if row.model_version_id is not None and row.model_version_id not in existing_versions:
                 errors.append(
                     LineError(row.line, "model_version", f"no model version #{row.model_version_id}")
                 )
     if errors:
         raise ImportRejected(sorted(errors, key=lambda e: e.line))
+    return known
+
+
+def _field_errors(error: ValidationError, line: int, prefix: str = "") -> list[LineError]:
+    return [
+        LineError(line, f"{prefix}{name}", message)
+        for name, messages in error.message_dict.items()
+        for message in messages
+    ]
+
+
+def _cleaned(instance, line: int, exclude: list[str], errors: list[LineError], prefix: str = ""):
+    """Field rules of the model (lengths, types) without the queries: foreign keys are resolved in bulk."""
+    try:
+        instance.full_clean(exclude=exclude, validate_unique=False, validate_constraints=False)
+    except ValidationError as error:
+        errors.extend(_field_errors(error, line, prefix))
+    return instance
+
+
+def _insert(model, objects: list, progress: Callable[[int], None] | None) -> None:
+    for chunk in _chunks(objects):
+        model.objects.bulk_create(chunk)
+        if progress:
+            progress(len(chunk))
+
+
+def _write_prompts(
+    *, project: Project, plan: ImportPlan, known: _Known, report: ImportReport, progress=None
+) -> None:
+    errors: list[LineError] = []
+    new = []
+    for row in plan.prompts:
+        if row.external_id in known.prompts:
+            report.prompts_existing += 1
+            continue
+        prompt = Prompt(
+            project=project,
+            external_id=row.external_id,
+            messages=row.messages,
+            domain=row.domain,
+            metadata=row.metadata,
+        )
+        new.append(_cleaned(prompt, row.line, ["project"], errors))
+    if errors:
+        raise ImportRejected(errors)
+    _insert(Prompt, new, progress)
+    if new and new[0].pk is None:  # backends without RETURNING on bulk insert
+        for chunk in _chunks([p.external_id for p in new]):
+            known.prompts.update(
+                Prompt.objects.filter(project=project, external_id__in=chunk).values_list("external_id", "id")
+            )
+    else:
+        known.prompts.update((prompt.external_id, prompt.pk) for prompt in new)
+    report.prompts_created = len(new)
+
+
+def _write_responses(*, plan: ImportPlan, known: _Known, report: ImportReport, progress=None) -> None:
+    errors: list[LineError] = []
+    new = []
+    for row in plan.responses:
+        key = (row.prompt_external_id, row.external_id)
+        if key in known.responses:
+            report.responses_existing += 1
+            continue
+        response = Response(
+            prompt_id=known.prompts[row.prompt_external_id],
+            external_id=row.external_id,
+            content=row.content,
+            source_name=row.source,
+            model_version_id=row.model_version_id,
+            generation_params=row.generation_params,
+        )
+        new.append(_cleaned(response, row.line, ["prompt", "model_version"], errors))
+    if errors:
+        raise ImportRejected(errors)
+    _insert(Response, new, progress)
+    by_pk = {pk: external_id for external_id, pk in known.prompts.items()}
+    if new and new[0].pk is None:
+        for chunk in _chunks(new):
+            for pk, prompt_id, external_id in Response.objects.filter(
+                prompt_id__in={r.prompt_id for r in chunk}, external_id__in={r.external_id for r in chunk}
+            ).values_list("id", "prompt_id", "external_id"):
+                known.responses[(by_pk[prompt_id], external_id)] = pk
+    else:
+        known.responses.update(((by_pk[r.prompt_id], r.external_id), r.pk) for r in new)
+    report.responses_created = len(new)
+
+
+def _write_comparisons(
+    *, project: Project, plan: ImportPlan, known: _Known, report: ImportReport, progress=None
+) -> None:
+    rows = plan.comparisons
+    with_ids = [row.external_id for row in rows if row.external_id]
+    taken: set[str] = set()
+    for chunk in _chunks(with_ids):
+        taken.update(
+            Comparison.objects.filter(project=project, external_id__in=chunk).values_list(
+                "external_id", flat=True
+            )
+        )
+    specs = []
+    for row in rows:
+        if row.external_id and row.external_id in taken:
+            report.comparisons_existing += 1
+            continue
+        ids = tuple(known.responses[(row.prompt_external_id, rid)] for rid in row.response_external_ids)
+        specs.append(
+            ComparisonSpec(
+                prompt_id=known.prompts[row.prompt_external_id],
+                response_ids=ids,
+                priority=row.priority,
+                is_gold=row.is_gold,
+                expected_ranks=(
+                    dict(zip(ids, row.expected_ranking, strict=True))
+                    if row.expected_ranking is not None
+                    else None
+                ),
+                external_id=row.external_id,
+            )
+        )
+    if progress and len(specs) < len(rows):
+        progress(len(rows) - len(specs))
+    created, existing = comparisons_bulk_create(project=project, specs=specs, progress=progress)
+    report.comparisons_created += created
+    report.comparisons_existing += existing
 
 
 @transaction.atomic
@@ -500,95 +707,21 @@ def import_apply(
 ) -> ImportReport:
     """Write a validated plan in one transaction (creating the project when missing).
 
-    With `build_k`, comparisons of that many responses are also built for the prompts this file touched.
-    `progress(n)` is called as rows are written; the total is plan.rows.
+    Foreign keys and existing rows are resolved with one query per chunk of rows and the new rows are inserted in
+    bulk (no query per row). With `build_k`, comparisons of that many responses are also built for the prompts
+    this file touched. `progress(n)` is called as rows are written; the total is plan.rows.
     """
     project, _ = project_get_or_create(slug=project_slug)
-    _check_against_database(project=project, plan=plan)
+    known = _check_against_database(project=project, plan=plan)
     report = ImportReport(lines=plan.lines)
-
-    prompts = {p.external_id: p for p in Prompt.objects.filter(project=project)}
-    new_prompts = []
-    for row in plan.prompts:
-        if row.external_id in prompts:
-            report.prompts_existing += 1
-            continue
-        prompt = Prompt(
-            project=project,
-            external_id=row.external_id,
-            messages=row.messages,
-            domain=row.domain,
-            metadata=row.metadata,
-        )
-        prompt.full_clean(validate_unique=False, validate_constraints=False)
-        new_prompts.append(prompt)
-    for prompt in Prompt.objects.bulk_create(new_prompts, batch_size=500):
-        prompts[prompt.external_id] = prompt
-        report.prompts_created += 1
-    if progress:
-        progress(len(plan.prompts))
-    if new_prompts and new_prompts[0].pk is None:  # backends without RETURNING on bulk insert
-        prompts = {p.external_id: p for p in Prompt.objects.filter(project=project)}
-
-    existing = set(
-        Response.objects.filter(prompt__project=project).values_list("prompt__external_id", "external_id")
-    )
-    new_responses = []
-    for row in plan.responses:
-        if (row.prompt_external_id, row.external_id) in existing:
-            report.responses_existing += 1
-            continue
-        response = Response(
-            prompt=prompts[row.prompt_external_id],
-            external_id=row.external_id,
-            content=row.content,
-            source_name=row.source,
-            model_version_id=row.model_version_id,
-            generation_params=row.generation_params,
-        )
-        response.full_clean(validate_unique=False, validate_constraints=False)
-        new_responses.append(response)
-    Response.objects.bulk_create(new_responses, batch_size=500)
-    report.responses_created = len(new_responses)
-    if progress:
-        progress(len(plan.responses))
-
+    _write_prompts(project=project, plan=plan, known=known, report=report, progress=progress)
+    if progress and report.prompts_existing:
+        progress(report.prompts_existing)
+    _write_responses(plan=plan, known=known, report=report, progress=progress)
+    if progress and report.responses_existing:
+        progress(report.responses_existing)
     if plan.comparisons:
-        by_key = {
-            (prompt_external_id, external_id): response
-            for response in Response.objects.filter(prompt__project=project).select_related("prompt")
-            for prompt_external_id, external_id in [(response.prompt.external_id, response.external_id)]
-        }
-        known_external = set(
-            Comparison.objects.filter(project=project)
-            .exclude(external_id="")
-            .values_list("external_id", flat=True)
-        )
-        for row in plan.comparisons:
-            if row.external_id and row.external_id in known_external:
-                report.comparisons_existing += 1
-                continue
-            responses = [by_key[(row.prompt_external_id, rid)] for rid in row.response_external_ids]
-            expected = (
-                {str(r.pk): rank for r, rank in zip(responses, row.expected_ranking, strict=True)}
-                if row.expected_ranking is not None
-                else None
-            )
-            _, created = comparison_get_or_create(
-                prompt=prompts[row.prompt_external_id],
-                responses=responses,
-                priority=row.priority,
-                is_gold=row.is_gold,
-                expected_ranks=expected,
-                external_id=row.external_id,
-            )
-            if created:
-                report.comparisons_created += 1
-            else:
-                report.comparisons_existing += 1
-        if progress:
-            progress(len(plan.comparisons))
-
+        _write_comparisons(project=project, plan=plan, known=known, report=report, progress=progress)
     if build_k:
         touched = {row.external_id for row in plan.prompts} | {
             row.prompt_external_id for row in plan.responses
@@ -597,7 +730,10 @@ def import_apply(
             project=project,
             k=build_k,
             pairing=pairing,
-            prompts=list(Prompt.objects.filter(project=project, external_id__in=touched).order_by("id")),
+            prompts=[
+                Prompt(pk=known.prompts[external_id])
+                for external_id in sorted(touched, key=lambda external_id: known.prompts[external_id])
+            ],
         )
     return report
 
@@ -608,3 +744,258 @@ def import_data(
     """Validate the whole file, then import it; raises ImportRejected (nothing imported) on any bad line."""
     plan = import_plan(data=data, fmt=fmt)
     return import_apply(project_slug=project_slug, plan=plan, build_k=build_k, pairing=pairing)
+
+
+# --- upload rules (the page, the API and `manage.py import_data`) ------------------------------------------
+
+UPLOAD_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+# What browsers and HTTP clients send for these files (a .jsonl is often unknown to them: octet-stream).
+UPLOAD_CONTENT_TYPES = {
+    "jsonl": {
+        "application/jsonl",
+        "application/x-jsonlines",
+        "application/jsonlines",
+        "application/x-ndjson",
+        "application/ndjson",
+        "application/json",
+        "text/plain",
+        "application/octet-stream",
+    },
+    "csv": {
+        "text/csv",
+        "application/csv",
+        "text/comma-separated-values",
+        "application/vnd.ms-excel",
+        "text/plain",
+        "application/octet-stream",
+    },
+}
+DEFAULT_SYNC_MAX_BYTES = 1024 * 1024
+
+
+def import_sync_max_bytes() -> int:
+    """Uploads up to this size import during the request; larger ones run as a background ImportJob."""
+    return int(getattr(settings, "LABELING_IMPORT_SYNC_MAX_BYTES", DEFAULT_SYNC_MAX_BYTES))
+
+
+def import_upload_check(*, name: str, size: int, content_type: str | None = None) -> str:
+    """The format ("jsonl" or "csv") of an upload, or ValidationError({"file": why}) (extension, type, size)."""
+    suffix = Path(name or "").suffix.lower()
+    fmt = UPLOAD_EXTENSIONS.get(suffix)
+    if fmt is None:
+        raise ValidationError({"file": f"Upload a .jsonl, .ndjson or .csv file, not {name!r}."})
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if kind and kind not in UPLOAD_CONTENT_TYPES[fmt]:
+        raise ValidationError({"file": f"A {suffix} file cannot have the content type {kind!r}."})
+    limit = import_max_bytes()
+    if size > limit:
+        raise ValidationError(
+            {
+                "file": f"The file is {size / 1e6:.1f} MB; the limit is {limit / 1e6:.1f} MB "
+                "(LABELING_IMPORT_MAX_BYTES). Split it."
+            }
+        )
+    if size == 0:
+        raise ValidationError({"file": "The file is empty."})
+    return fmt
+
+
+# --- import jobs -------------------------------------------------------------------------------------------
+
+MAX_ERRORS_KEPT = 200
+VALIDATE_SHARE = 0.4  # of a job's progress bar
+PROGRESS_WRITE_S = 1.0
+
+
+def user_can_import(*, user) -> bool:
+    return user is not None and user_has_role(user=user, role=Role.ADMIN)
+
+
+def import_job_create(
+    *,
+    project_slug: str,
+    file_name: str,
+    data: bytes,
+    file_format: str,
+    build_k: int | None = None,
+    pairing: str = "all",
+    created_by,
+    enqueue: bool = True,
+) -> ImportJob:
+    """Keep the upload under ARTIFACT_ROOT/imports/ and record a job; enqueue it on `default` after the commit."""
+    if not user_can_import(user=created_by):
+        raise PermissionDenied("Only admins import data.")
+    job = ImportJob(
+        project_slug=project_slug,
+        file_name=Path(file_name).name[:255] or "upload",
+        file_format=file_format,
+        size_bytes=len(data),
+        build_k=build_k,
+        pairing=pairing,
+        created_by=created_by,
+    )
+    job.full_clean(exclude=["upload_path"])
+    with transaction.atomic():
+        job.save()
+        relative = f"imports/{job.pk}-{uuid.uuid4().hex[:8]}.{file_format}"
+        path = Path(settings.ARTIFACT_ROOT) / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        ImportJob.objects.filter(pk=job.pk).update(upload_path=relative)
+        job.upload_path = relative
+        if enqueue:
+            transaction.on_commit(lambda: import_job_enqueue(job=job))
+    return job
+
+
+def import_job_enqueue(*, job: ImportJob) -> None:
+    from labeling.tasks import import_run_task
+
+    result = import_run_task.apply_async(args=[job.pk], queue="default")
+    ImportJob.objects.filter(pk=job.pk).update(celery_task_id=result.id or "")
+
+
+class _JobProgress:
+    """Writes a job's progress at most once a second, on its own connection while the import's transaction is
+    open (so pages see it before the commit). SQLite allows one writer: there, only phase changes are written."""
+
+    def __init__(self, job: ImportJob):
+        self.job_id = job.pk
+        self.lines_total = 0
+        self.lines = 0
+        self.rows_total = 0
+        self.rows_done = 0
+        self.phase = ImportJob.Phase.VALIDATE
+        self.writing = False  # inside the import's transaction: progress goes through another connection
+        self._last = 0.0
+
+    def fields(self) -> dict:
+        if self.phase == ImportJob.Phase.VALIDATE:
+            progress = VALIDATE_SHARE * self.lines / max(1, self.lines_total)
+        else:
+            progress = VALIDATE_SHARE + (1 - VALIDATE_SHARE) * self.rows_done / max(1, self.rows_total)
+        return {
+            "phase": self.phase,
+            "lines": self.lines,
+            "rows_total": self.rows_total,
+            "rows_done": min(self.rows_done, self.rows_total),
+            "progress": min(0.99, progress),
+        }
+
+    def write(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < PROGRESS_WRITE_S:
+            return
+        self._last = now
+        values = self.fields()
+        if not self.writing:
+            ImportJob.objects.filter(pk=self.job_id).update(**values)
+        elif connection.vendor != "sqlite":
+            thread = threading.Thread(target=_update_on_own_connection, args=(self.job_id, values))
+            thread.start()
+            thread.join()
+
+    def line(self, count: int) -> None:
+        self.lines += count
+        self.write()
+
+    def row(self, count: int) -> None:
+        self.rows_done += count
+        self.write()
+
+
+def _update_on_own_connection(job_id: int, values: dict) -> None:
+    try:
+        ImportJob.objects.filter(pk=job_id).update(**values)
+    finally:
+        connection.close()
+
+
+def _finish(job_id: int, **values) -> None:
+    ImportJob.objects.filter(pk=job_id).update(finished_at=timezone.now(), **values)
+
+
+def _drop_upload(job: ImportJob) -> None:
+    if job.upload_path:
+        (Path(settings.ARTIFACT_ROOT) / job.upload_path).unlink(missing_ok=True)
+        ImportJob.objects.filter(pk=job.pk).update(upload_path="")
+
+
+def import_job_run(*, job_id: int) -> ImportJob:
+    """Validate and write the job's kept upload; record progress, then the report or every bad line.
+
+    A finished job is left alone; a running one (its worker died) runs again from the kept file. The upload is
+    deleted once the job has finished either way.
+    """
+    job = ImportJob.objects.get(pk=job_id)
+    if job.finished:
+        return job
+    path = Path(settings.ARTIFACT_ROOT) / job.upload_path if job.upload_path else None
+    if path is None or not path.is_file():
+        _finish(job.pk, status=ImportJob.Status.FAILED, error="The uploaded file is gone; upload it again.")
+        job.refresh_from_db()
+        return job
+    data = path.read_bytes()
+    tracker = _JobProgress(job)
+    tracker.lines_total = max(1, data.count(b"\n") + (0 if data.endswith(b"\n") else 1))
+    ImportJob.objects.filter(pk=job.pk).update(
+        status=ImportJob.Status.RUNNING, started_at=timezone.now(), error="", errors=[], **tracker.fields()
+    )
+    try:
+        plan = import_plan(data=data, fmt=job.file_format, progress=tracker.line)
+        tracker.phase = ImportJob.Phase.WRITE
+        tracker.rows_total = plan.rows
+        tracker.write(force=True)
+        with transaction.atomic():
+            tracker.writing = True
+            report = import_apply(
+                project_slug=job.project_slug,
+                plan=plan,
+                build_k=job.build_k,
+                pairing=job.pairing,
+                progress=tracker.row,
+            )
+            _finish(
+                job.pk,
+                status=ImportJob.Status.DONE,
+                progress=1.0,
+                lines=plan.lines,
+                rows_total=plan.rows,
+                rows_done=plan.rows,
+                counts={**report.__dict__, "summary": report.summary()},
+            )
+    except ImportRejected as rejected:
+        _finish(
+            job.pk,
+            status=ImportJob.Status.FAILED,
+            errors=[error.__dict__ for error in rejected.line_errors[:MAX_ERRORS_KEPT]],
+            counts={"errors_total": len(rejected.line_errors)},
+            error="Nothing was imported: " + "; ".join(rejected.messages[:3]),
+        )
+    except ValidationError as invalid:
+        _finish(
+            job.pk,
+            status=ImportJob.Status.FAILED,
+            error="Nothing was imported: " + " ".join(invalid.messages),
+        )
+    except Exception as exc:
+        _finish(
+            job.pk,
+            status=ImportJob.Status.FAILED,
+            error=f"Nothing was imported: {type(exc).__name__}: {exc}"[:2000],
+        )
+        _drop_upload(job)
+        raise
+    _drop_upload(job)
+    job.refresh_from_db()
+    return job
+
+
+def import_job_messages(*, job: ImportJob) -> list[str]:
+    """What to show for a failed job: its bad lines (as the synchronous import words them), or the error."""
+    if job.errors:
+        errors = [LineError(**error) for error in job.errors]
+        return ImportRejected(errors, total=job.counts.get("errors_total", len(errors))).messages
+    return [job.error] if job.error else []

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import combinations
 
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -94,6 +95,102 @@ def comparison_get_or_create(
     return comparison, True
 
 
+@dataclass(frozen=True)
+class ComparisonSpec:
+    """One comparison to create in bulk: responses of one prompt, in their display order."""
+
+    prompt_id: int
+    response_ids: tuple[int, ...]
+    priority: float = 0.0
+    is_gold: bool = False
+    expected_ranks: Mapping | None = None  # response id (int or str) -> rank; required when is_gold
+    external_id: str = ""
+
+
+BULK_CHUNK = 2000
+
+
+@transaction.atomic
+def comparisons_bulk_create(
+    *, project: Project, specs: Iterable[ComparisonSpec], progress: Callable[[int], None] | None = None
+) -> tuple[int, int]:
+    """Create comparisons in bulk: one existence query and two inserts per chunk; returns (created, existing).
+
+    Same rules as `comparison_get_or_create` (the same set of responses is compared once per project, a set seen
+    earlier in `specs` counts as existing) without a query per comparison. The caller guarantees that each
+    spec's responses answer its prompt (imports and `comparisons_build` only pair responses of one prompt).
+    """
+    created = existing = 0
+    seen: set[str] = set()
+    specs = list(specs)
+    for start in range(0, len(specs), BULK_CHUNK):
+        chunk = specs[start : start + BULK_CHUNK]
+        keyed = []
+        for spec in chunk:
+            ids = list(spec.response_ids)
+            if not MIN_K <= len(ids) <= MAX_K or len(set(ids)) != len(ids):
+                raise ValidationError(
+                    {"responses": f"A comparison has {MIN_K} to {MAX_K} distinct responses."}
+                )
+            keyed.append((response_key(ids), spec))
+        taken = set(
+            Comparison.objects.filter(
+                project=project, response_key__in=[key for key, _ in keyed]
+            ).values_list("response_key", flat=True)
+        )
+        new: list[Comparison] = []
+        items: list[list[int]] = []
+        for key, spec in keyed:
+            if key in taken or key in seen:
+                existing += 1
+                continue
+            seen.add(key)
+            expected = None
+            if spec.is_gold:
+                if spec.expected_ranks is None:
+                    raise ValidationError({"expected_ranks": "A gold comparison needs its expected ranking."})
+                expected = ranks_validate(
+                    ranks=spec.expected_ranks,
+                    response_ids=spec.response_ids,
+                    allow_ties=True,
+                    field="expected_ranks",
+                )
+            comparison = Comparison(
+                project=project,
+                prompt_id=spec.prompt_id,
+                external_id=spec.external_id,
+                k=len(spec.response_ids),
+                response_key=key,
+                priority=spec.priority,
+                is_gold=spec.is_gold,
+                expected_ranks=expected,
+            )
+            # Field rules only: the foreign keys are known to exist, uniqueness was checked above.
+            comparison.full_clean(
+                exclude=["project", "prompt"], validate_unique=False, validate_constraints=False
+            )
+            new.append(comparison)
+            items.append(list(spec.response_ids))
+        Comparison.objects.bulk_create(new)
+        if new and new[0].pk is None:  # backends without RETURNING on bulk insert
+            pks = dict(
+                Comparison.objects.filter(
+                    project=project, response_key__in=[c.response_key for c in new]
+                ).values_list("response_key", "id")
+            )
+            for comparison in new:
+                comparison.pk = comparison.id = pks[comparison.response_key]
+        ComparisonResponse.objects.bulk_create(
+            ComparisonResponse(comparison_id=comparison.pk, response_id=rid, position=position)
+            for comparison, ids in zip(new, items, strict=True)
+            for position, rid in enumerate(ids)
+        )
+        created += len(new)
+        if progress:
+            progress(len(chunk))
+    return created, existing
+
+
 @transaction.atomic
 def comparisons_build(
     *,
@@ -108,7 +205,8 @@ def comparisons_build(
 
     pairing "all": every k-subset of a prompt's responses (every pair for k=2); "disjoint": the responses are
     shuffled (seeded) and split into groups of k, each response in one comparison. `max_per_prompt` caps both.
-    Idempotent: sets already compared are skipped.
+    Idempotent: sets already compared are skipped. Responses are read and comparisons written per chunk of
+    prompts (no query per prompt or per comparison).
     """
     k = k or project.k
     if not MIN_K <= k <= MAX_K:
@@ -116,23 +214,34 @@ def comparisons_build(
     if pairing not in PAIRINGS:
         raise ValidationError({"pairing": f"Pairing is one of {', '.join(PAIRINGS)}."})
     rng = random.Random(seed)
-    queryset = prompts if prompts is not None else Prompt.objects.filter(project=project).order_by("id")
+    prompt_ids = (
+        [prompt.pk for prompt in prompts]
+        if prompts is not None
+        else list(Prompt.objects.filter(project=project).order_by("id").values_list("id", flat=True))
+    )
     created = 0
-    for prompt in queryset:
-        responses = list(prompt.responses.order_by("id"))
-        if len(responses) < k:
-            continue
-        if pairing == "all":
-            groups = [list(group) for group in combinations(responses, k)]
-        else:
-            shuffled = responses[:]
-            rng.shuffle(shuffled)
-            groups = [shuffled[i : i + k] for i in range(0, len(shuffled) - k + 1, k)]
-        if max_per_prompt is not None:
-            groups = groups[:max_per_prompt]
-        for group in groups:
-            _, was_created = comparison_get_or_create(prompt=prompt, responses=group)
-            created += was_created
+    for start in range(0, len(prompt_ids), BULK_CHUNK):
+        chunk = prompt_ids[start : start + BULK_CHUNK]
+        answers: dict[int, list[int]] = {pid: [] for pid in chunk}
+        for prompt_id, response_id in (
+            Response.objects.filter(prompt_id__in=chunk).order_by("id").values_list("prompt_id", "id")
+        ):
+            answers[prompt_id].append(response_id)
+        specs = []
+        for prompt_id in chunk:
+            responses = answers[prompt_id]
+            if len(responses) < k:
+                continue
+            if pairing == "all":
+                groups = [list(group) for group in combinations(responses, k)]
+            else:
+                shuffled = responses[:]
+                rng.shuffle(shuffled)
+                groups = [shuffled[i : i + k] for i in range(0, len(shuffled) - k + 1, k)]
+            if max_per_prompt is not None:
+                groups = groups[:max_per_prompt]
+            specs.extend(ComparisonSpec(prompt_id=prompt_id, response_ids=tuple(group)) for group in groups)
+        created += comparisons_bulk_create(project=project, specs=specs)[0]
     return created
 
 

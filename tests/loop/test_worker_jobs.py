@@ -1,5 +1,6 @@
 """Jobs of the `default` queue through a real Celery worker on Redis: sampling and dataset exports."""
 
+import json
 import os
 from pathlib import Path
 
@@ -70,3 +71,39 @@ def test_export_job_runs_on_the_default_queue_worker(default_worker, tmp_path):
     )
     assert export.content_hash == here.content_hash
     assert exported.read_bytes() == here.path.read_bytes()
+
+
+def test_import_job_runs_on_the_default_queue_worker(default_worker):
+    """A large upload's job goes through the broker to a real worker, which imports from the kept file."""
+    from labeling.models import ImportJob, Prompt
+    from labeling.services.imports import import_job_create
+
+    lines = [{"external_id": f"q{i}", "prompt": f"Question {i}?"} for i in range(50)]
+    lines += [
+        {"prompt_external_id": f"q{i}", "content": f"answer {i} {s}", "source": s}
+        for i in range(50)
+        for s in "ab"
+    ]
+    data = ("\n".join(json.dumps(line) for line in lines) + "\n").encode()
+    admin = make_user("imp-admin", "admin")
+    job = import_job_create(
+        project_slug="worker-import",
+        file_name="big.jsonl",
+        data=data,
+        file_format="jsonl",
+        build_k=2,
+        created_by=admin,
+    )
+    kept = Path(django_settings.ARTIFACT_ROOT) / job.upload_path
+    assert kept.read_bytes() == data
+
+    def finished():
+        job.refresh_from_db()
+        return job.finished
+
+    wait_until(finished, timeout=120, message="the import job")
+    assert job.status == ImportJob.Status.DONE, (job.error, job.errors)
+    assert job.celery_task_id and job.progress == 1.0 and job.rows_done == 150
+    assert job.counts["prompts_created"] == 50 and job.counts["comparisons_built"] == 50
+    assert Prompt.objects.filter(project__slug="worker-import").count() == 50
+    assert not kept.exists() and job.upload_path == ""

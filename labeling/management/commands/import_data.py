@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from labeling.models import MAX_K, MIN_K
-from labeling.services.imports import ImportRejected, import_apply, import_max_bytes, import_plan
+from labeling.services.imports import ImportRejected, import_apply, import_plan, import_upload_check
 from labeling.services.projects import PAIRINGS
 
 
@@ -18,7 +19,11 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("file", type=Path)
         parser.add_argument("--project", required=True, help="Project slug (created when missing).")
-        parser.add_argument("--format", choices=["jsonl", "csv"], help="Default: from the file extension.")
+        parser.add_argument(
+            "--format",
+            choices=["jsonl", "csv"],
+            help="Default: from the file extension (.jsonl, .ndjson, .csv).",
+        )
         parser.add_argument(
             "--build-k", type=int, help=f"Also build comparisons of K ({MIN_K}-{MAX_K}) responses."
         )
@@ -30,12 +35,11 @@ class Command(BaseCommand):
     ):
         if not file.is_file():
             raise CommandError(f"{file} is not a file")
-        size, limit = file.stat().st_size, import_max_bytes()
-        if size > limit:
-            raise CommandError(
-                f"{file} is {size / 1e6:.1f} MB; the limit is {limit / 1e6:.1f} MB (LABELING_IMPORT_MAX_BYTES)"
-            )
-        fmt = format or ("csv" if file.suffix.lower() == ".csv" else "jsonl")
+        try:  # the upload page's and the API's rules: extension and size
+            detected = import_upload_check(name=file.name, size=file.stat().st_size)
+        except ValidationError as error:
+            raise CommandError(" ".join(error.message_dict["file"])) from None
+        fmt = format or detected
         data = file.read_bytes()
         lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
         disable = no_progress or options.get("verbosity", 1) < 1
