@@ -5,6 +5,7 @@ from labeling.models import (
     Assignment,
     Comparison,
     ComparisonResponse,
+    ImportJob,
     Project,
     Prompt,
     Ranking,
@@ -64,3 +65,10 @@ class RankingAdmin(admin.ModelAdmin):
 class AdjudicationAdmin(admin.ModelAdmin):
     list_display = ("comparison", "adjudicator", "updated_at")
     raw_id_fields = ("comparison",)
+
+
+@admin.register(ImportJob)
+class ImportJobAdmin(admin.ModelAdmin):
+    list_display = ("id", "file_name", "project_slug", "status", "progress", "created_by", "created_at")
+    list_filter = ("status",)
+    readonly_fields = ("counts", "errors", "upload_path", "celery_task_id")

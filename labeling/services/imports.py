@@ -3,7 +3,15 @@
 The whole file is parsed and validated before anything is written: one bad line and nothing is imported, with
 errors that name the line and the field. Re-importing the same file changes nothing: prompts and responses are
 matched by `external_id` (derived from the content when the file has none), comparisons by `external_id` or by
-their set of responses.
+their set of responses. Text the database cannot store (NUL characters, lone surrogates) and non-finite numbers
+(NaN, Infinity) are errors of their line and field.
+
+Writing is in bulk: foreign keys and existing rows are looked up with one query per chunk of rows, field rules are
+checked without queries, rows are inserted with bulk_create, all in one transaction.
+
+Uploads (the page, the API, `manage.py import_data`) follow one set of rules, `import_upload_check`. An upload
+becomes an `ImportJob`: its file is kept under ARTIFACT_ROOT/imports/ until the job has finished; large ones run
+in the `labeling.import_run` Celery task (queue `default`), small ones during the request, through the same code.
 
 Line kinds (detected per line, so one file may hold prompts followed by their responses):
 - prompt:     {"prompt": "text"} or {"messages": [{"role", "content"}, …]}, optional external_id, domain, metadata
