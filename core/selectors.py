@@ -57,6 +57,20 @@ def broker_health() -> ComponentHealth:
     return ComponentHealth(ok=True, detail=url.split("://", 1)[0])
 
 
+def pages_health() -> ComponentHealth:
+    """Render the login page's template the way a real page is rendered: with DEBUG=0 a missing static manifest
+    (collectstatic not run, or run with DEBUG=1), a missing template folder or a broken template fails here, so the
+    container healthcheck sees what a browser would see, not just a live process."""
+    from django.contrib.auth.forms import AuthenticationForm
+    from django.template.loader import render_to_string
+
+    try:
+        render_to_string("registration/login.html", {"form": AuthenticationForm()})
+    except Exception as exc:
+        return ComponentHealth(ok=False, detail=f"{type(exc).__name__}: {exc}".strip())
+    return ComponentHealth(ok=True, detail="login page renders")
+
+
 def _check_filesystem_folders(transport_options: dict) -> None:
     import os
 
