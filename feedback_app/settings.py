@@ -93,6 +93,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # prod-images: CSP on every response, `private, no-store` for signed-in users (core/middleware.py).
+    "core.middleware.SecurityHeadersMiddleware",
 ]
 
 ROOT_URLCONF = "feedback_app.urls"
@@ -281,6 +283,86 @@ LABELING_IMPORT_SYNC_MAX_BYTES = env_int("LABELING_IMPORT_SYNC_MAX_BYTES", 1024 
 # worker processes (one core each; 1 = always sequential). Same bytes and content hash either way.
 LABELING_EXPORT_WORKERS = env_int("LABELING_EXPORT_WORKERS", min(os.cpu_count() or 1, 8))
 LABELING_EXPORT_PARALLEL_MIN_COMPARISONS = env_int("LABELING_EXPORT_PARALLEL_MIN_COMPARISONS", 50_000)
+
+# --- prod-images: Content-Security-Policy and e-mail -------------------------------------------------------
+# Pages load only this origin's files: no inline <script>, no inline style attributes, no eval (htmx's
+# indicator <style> is switched off in base.html; the Swagger UI page is the CSP-friendly split view).
+CONTENT_SECURITY_POLICY = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    "img-src": ["'self'", "data:"],
+    "font-src": ["'self'"],
+    "connect-src": ["'self'"],
+    "object-src": ["'none'"],
+    "base-uri": ["'self'"],
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+}
+
+
+def email_settings() -> dict[str, object]:
+    """E-mail (password reset) from EMAIL_URL, else EMAIL_HOST and friends, else the console backend.
+
+    The default writes each message to the process log, so a password reset without a mail server still reaches
+    an operator instead of vanishing. EMAIL_URL: smtp://user:pass@host:25, smtp+tls://… (STARTTLS, port 587),
+    smtp+ssl://… (implicit TLS, port 465), console:// or file:///absolute/folder.
+    """
+    from urllib.parse import unquote, urlsplit
+
+    url = env_str("EMAIL_URL").strip()
+    smtp = "django.core.mail.backends.smtp.EmailBackend"
+    if not url:
+        host = env_str("EMAIL_HOST").strip()
+        if not host:
+            return {"EMAIL_BACKEND": "django.core.mail.backends.console.EmailBackend"}
+        return {
+            "EMAIL_BACKEND": smtp,
+            "EMAIL_HOST": host,
+            "EMAIL_PORT": env_int("EMAIL_PORT", 25),
+            "EMAIL_HOST_USER": env_str("EMAIL_HOST_USER"),
+            "EMAIL_HOST_PASSWORD": env_str("EMAIL_HOST_PASSWORD"),
+            "EMAIL_USE_TLS": env_bool("EMAIL_USE_TLS", False),
+            "EMAIL_USE_SSL": env_bool("EMAIL_USE_SSL", False),
+        }
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "console":
+        return {"EMAIL_BACKEND": "django.core.mail.backends.console.EmailBackend"}
+    if scheme == "file":
+        if not parts.path or parts.path == "/":
+            raise ImproperlyConfigured("EMAIL_URL=file:// needs a folder, e.g. file:///app/var/mail")
+        return {
+            "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+            "EMAIL_FILE_PATH": parts.path,
+        }
+    ports = {"smtp": 25, "smtp+tls": 587, "smtp+ssl": 465}
+    if scheme not in ports:
+        raise ImproperlyConfigured(
+            f"EMAIL_URL scheme {parts.scheme!r} is not one of smtp, smtp+tls, smtp+ssl, console, file"
+        )
+    if not parts.hostname:
+        raise ImproperlyConfigured(
+            "EMAIL_URL needs a host, e.g. smtp+tls://user:password@mail.example.org:587"
+        )
+    return {
+        "EMAIL_BACKEND": smtp,
+        "EMAIL_HOST": parts.hostname,
+        "EMAIL_PORT": parts.port or ports[scheme],
+        "EMAIL_HOST_USER": unquote(parts.username or ""),
+        "EMAIL_HOST_PASSWORD": unquote(parts.password or ""),
+        "EMAIL_USE_TLS": scheme == "smtp+tls",
+        "EMAIL_USE_SSL": scheme == "smtp+ssl",
+    }
+
+
+globals().update(email_settings())
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "feedback-loop@localhost")
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+# Files served at the site root (favicon.ico, which browsers and the admin request there) by WhiteNoise.
+WHITENOISE_ROOT = BASE_DIR / "static" / "root"
+# --- end prod-images ---------------------------------------------------------------------------------------
 
 LOGGING = {
     "version": 1,
