@@ -49,7 +49,7 @@ DATABASE_URL = os.environ.get("DATABASE_URL", "")
 REDIS_URL = os.environ.get("REDIS_TEST_URL", "")
 
 pytestmark = [
-    pytest.mark.slow,  # 45-80 s on 2 busy cores: pip install, collectstatic (compression), migrate, two servers
+    pytest.mark.slow,  # 30-80 s on 2 busy cores: pip install, collectstatic (compression), migrate, two servers
     pytest.mark.redis,
     pytest.mark.browser,
     pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is not installed"),
