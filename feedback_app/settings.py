@@ -211,19 +211,19 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TIMEZONE = TIME_ZONE
 HEALTH_BROKER_TIMEOUT_S = float(env_str("HEALTH_BROKER_TIMEOUT_S", "2"))
 # Training stages write a heartbeat every TRAINING_HEARTBEAT_S; a running stage silent for TRAINING_STALE_AFTER_S
-# is marked failed (resumable) by the periodic check that Celery beat runs every TRAINING_STALE_CHECK_S.
+# is marked failed (resumable). Every TRAINING_STALE_CHECK_S each web and worker process runs the job maintenance
+# pass (core.jobs.jobs_maintain): that check, then (re)sending queued jobs whose message never reached the broker.
+# It needs no Celery beat, no broker and no particular queue's worker: whichever process is alive runs it.
 TRAINING_HEARTBEAT_S = float(env_str("TRAINING_HEARTBEAT_S", "10"))
 TRAINING_STALE_AFTER_S = float(env_str("TRAINING_STALE_AFTER_S", "120"))
 TRAINING_STALE_CHECK_S = float(env_str("TRAINING_STALE_CHECK_S", "60"))
 # Live progress (step, metrics, log tail) is written at most this often; the final state is always written.
 TRAINING_PROGRESS_WRITE_S = float(env_str("TRAINING_PROGRESS_WRITE_S", "1"))
-CELERY_BEAT_SCHEDULE = {
-    "fail-stale-training-stages": {
-        "task": "training.tasks.fail_stale_stages",
-        "schedule": TRAINING_STALE_CHECK_S,
-        "options": {"queue": "default"},
-    },
-}
+# Publishing a job's task: a short bounded retry (about 1.5 s), then the caller hears that the broker is down.
+JOBS_PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
+# A job published this long ago and still not picked up is published again (its message may be lost, e.g. a
+# Redis restart without persistence); tasks claim their row atomically, so a duplicate message does nothing.
+JOBS_REDELIVER_AFTER_S = float(env_str("JOBS_REDELIVER_AFTER_S", "1800"))
 
 # --- REST API ---------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {

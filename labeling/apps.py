@@ -6,3 +6,6 @@ class LabelingConfig(AppConfig):
 
     name = "labeling"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from labeling import jobs  # noqa: F401  (registers exports with core.jobs)

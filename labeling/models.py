@@ -294,6 +294,7 @@ class Export(models.Model):
         RUNNING = "running", "Running"
         DONE = "done", "Done"
         FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="exports")
     format = models.CharField(max_length=16, choices=Format.choices, default=Format.PAIRWISE)
@@ -307,6 +308,12 @@ class Export(models.Model):
     content_hash = models.CharField(max_length=64, blank=True)
     stats = models.JSONField(default=dict, blank=True, help_text="What the dataset card says.")
     error = models.TextField(blank=True)
+    celery_task_id = models.CharField(max_length=255, blank=True)
+    enqueued_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When its task was last published; empty: not yet (core.jobs sends it).",
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="exports"
     )

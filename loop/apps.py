@@ -9,4 +9,4 @@ class LoopConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from loop import signals  # noqa: F401  (connects "sample after a successful training run")
+        from loop import jobs, signals  # noqa: F401  (sampling jobs for core.jobs; "sample after a training run")

@@ -19,6 +19,8 @@ def sample_after_training_run(sender, run, **kwargs) -> None:
     )
     if final is None:  # e.g. a reward-model-only run: nothing generates text
         return
+    # Quiet: this runs in the worker that finished the run; on a broker outage the job is sent later.
     sampling_job_create(
-        project=run.project, model_version=final, created_by=run.created_by, **(run.sample_after or {})
-    )
+        project=run.project, model_version=final, created_by=run.created_by, quiet=True,
+        **(run.sample_after or {}),
+    )  # fmt: skip

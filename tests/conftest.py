@@ -33,6 +33,8 @@ def enqueued_stages(monkeypatch) -> list[int]:
     from training.services import runs as run_services
 
     sent: list[int] = []
-    monkeypatch.setattr(run_services, "stage_enqueue", lambda *, stage_run: sent.append(stage_run.pk))
+    monkeypatch.setattr(
+        run_services, "stage_enqueue", lambda *, stage_run, quiet=False: sent.append(stage_run.pk)
+    )
     monkeypatch.setattr(transaction, "on_commit", lambda callback, using=None, robust=False: callback())
     return sent

@@ -6,3 +6,6 @@ class TrainingConfig(AppConfig):
 
     name = "training"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from training import jobs  # noqa: F401  (registers training stages with core.jobs)

@@ -139,6 +139,11 @@ class StageRun(models.Model):
     log_tail = models.TextField(blank=True)
     checkpoint_path = models.CharField(max_length=500, blank=True)
     celery_task_id = models.CharField(max_length=255, blank=True)
+    enqueued_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When its task was last published; empty: not yet (core.jobs sends it).",
+    )
     worker = models.CharField(max_length=255, blank=True)
     device = models.CharField(max_length=128, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)

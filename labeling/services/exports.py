@@ -22,6 +22,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +32,13 @@ import pyarrow as pa
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
+from core.jobs import job_send
 from core.roles import Role
 from core.selectors import user_has_role
+from labeling.jobs import EXPORT_JOB
 from labeling.models import Export, Project, Prompt, Ranking, Response
 from labeling.selectors.preferences import (
     FORMATS,
@@ -537,7 +541,11 @@ def export_create(
     created_by,
     enqueue: bool = True,
 ) -> Export:
-    """Record an export for a researcher or admin and run it on the `default` queue after the commit."""
+    """Record an export for a researcher or admin and run it on the `default` queue after the commit.
+
+    On a broker outage the export is saved and BrokerUnavailable is raised after the commit; it starts once the
+    broker is back (core.jobs).
+    """
     if not user_can_export(user=created_by):
         raise PermissionDenied("Only researchers and admins export datasets.")
     if not isinstance(filters, PreferenceFilters):
@@ -548,9 +556,48 @@ def export_create(
     export.full_clean()
     export.save()
     if enqueue:
-        from labeling.tasks import export_run_task
+        transaction.on_commit(lambda: export_enqueue(export=export))
+    return export
 
-        transaction.on_commit(lambda: export_run_task.apply_async(args=[export.pk], queue="default"))
+
+def export_enqueue(*, export: Export, quiet: bool = False) -> None:
+    job_send(kind=EXPORT_JOB, pk=export.pk, quiet=quiet)
+
+
+def export_cancel(*, export: Export) -> Export:
+    """Cancel a queued or running export. A queued one never starts; a running one stops at its next progress
+    report (about once a second) and its files are removed. Retry runs it again."""
+    cancelled = Export.objects.filter(
+        pk=export.pk, status__in=[Export.Status.QUEUED, Export.Status.RUNNING]
+    ).update(status=Export.Status.CANCELLED, finished_at=timezone.now())
+    export.refresh_from_db()
+    if not cancelled:
+        raise ValidationError(
+            {"status": [f"Only a queued or running export can be cancelled; this one is {export.status}."]}
+        )
+    return export
+
+
+def export_retry(*, export: Export) -> Export:
+    """Run a failed or cancelled export again from the start, or send a queued one again now."""
+    with transaction.atomic():
+        export = Export.objects.select_for_update().get(pk=export.pk)
+        if export.status not in (Export.Status.FAILED, Export.Status.CANCELLED, Export.Status.QUEUED):
+            raise ValidationError(
+                {
+                    "status": [
+                        f"Only a failed, cancelled or queued export can be retried; this one is {export.status}."
+                    ]
+                }
+            )
+        export.status = Export.Status.QUEUED
+        export.rows, export.progress, export.size_bytes = 0, 0.0, 0
+        export.path = export.content_hash = export.error = ""
+        export.stats = {}
+        export.started_at = export.finished_at = export.enqueued_at = None
+        export.full_clean()
+        export.save()
+        transaction.on_commit(lambda: export_enqueue(export=export))
     return export
 
 
@@ -565,22 +612,37 @@ def export_data_name(export: Export) -> str:
     ]
 
 
-def export_run(*, export_id: int) -> Export:
-    """Write the export's files (again, if a worker died half-way) and record the outcome. Done exports stay."""
+class ExportCancelled(Exception):
+    pass
+
+
+def export_run(*, export_id: int, task_id: str = "") -> Export:
+    """Write a queued export's files and record the outcome.
+
+    Idempotent: the row is claimed atomically, so a duplicate message for an export that is running, done, failed
+    or cancelled does nothing; the export's own message coming back (its worker died half-way) writes it again.
+    """
+    claim = task_id or f"local-{uuid.uuid4().hex}"
+    claimable = Q(status=Export.Status.QUEUED)
+    if task_id:
+        claimable |= Q(status=Export.Status.RUNNING, celery_task_id=task_id)
+    claimed = Export.objects.filter(claimable, pk=export_id).update(
+        status=Export.Status.RUNNING, started_at=timezone.now(), progress=0.0, rows=0, error="",
+        celery_task_id=claim,
+    )  # fmt: skip
     export = Export.objects.select_related("project").get(pk=export_id)
-    if export.status == Export.Status.DONE:
+    if not claimed:
         return export
+    ours = Export.objects.filter(pk=export.pk, status=Export.Status.RUNNING, celery_task_id=claim)
     filters = PreferenceFilters.from_dict(export.filters)
     counts = preference_counts(project=export.project, filters=filters)
     estimate = max(
         1, export_estimate(project=export.project, format=export.format, filters=filters, counts=counts)
     )
-    Export.objects.filter(pk=export.pk).update(
-        status=Export.Status.RUNNING, started_at=timezone.now(), progress=0.0, rows=0, error=""
-    )
 
     def on_progress(rows: int) -> None:
-        Export.objects.filter(pk=export.pk).update(rows=rows, progress=min(0.99, rows / estimate))
+        if not ours.update(rows=rows, progress=min(0.99, rows / estimate)):
+            raise ExportCancelled  # cancelled meanwhile: stop writing
 
     relative = export_relative_dir(export)
     folder = Path(settings.ARTIFACT_ROOT) / relative
@@ -596,14 +658,18 @@ def export_run(*, export_id: int) -> Export:
             on_progress=on_progress,
             counts=counts,
         )
+    except ExportCancelled:
+        shutil.rmtree(folder, ignore_errors=True)
+        export.refresh_from_db()
+        return export
     except Exception as exc:
-        Export.objects.filter(pk=export.pk).update(
+        ours.update(
             status=Export.Status.FAILED,
             error=f"{type(exc).__name__}: {exc}"[:2000],
             finished_at=timezone.now(),
         )
         raise
-    Export.objects.filter(pk=export.pk).update(
+    finished = ours.update(
         status=Export.Status.DONE,
         rows=result.rows,
         progress=1.0,
@@ -613,6 +679,8 @@ def export_run(*, export_id: int) -> Export:
         stats=result.stats,
         finished_at=timezone.now(),
     )
+    if not finished:  # cancelled after the last progress report: no files for a cancelled export
+        shutil.rmtree(folder, ignore_errors=True)
     export.refresh_from_db()
     return export
 

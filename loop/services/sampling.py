@@ -9,11 +9,13 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
+from core.jobs import job_send
 from labeling.models import Project, Prompt, Response
 from labeling.services.projects import comparison_get_or_create
+from loop.jobs import SAMPLING_JOB
 from loop.models import SamplingJob
 from loop.services.selection import (
     Candidate,
@@ -60,8 +62,13 @@ def sampling_job_create(
     reward_model: ModelVersion | None = None,
     created_by=None,
     enqueue: bool = True,
+    quiet: bool = False,
 ) -> SamplingJob:
-    """Validate and enqueue a sampling job on the `default` queue (unless `enqueue=False`); returns at once."""
+    """Validate and enqueue a sampling job on the `default` queue (unless `enqueue=False`); returns at once.
+
+    On a broker outage the job is saved and BrokerUnavailable is raised after the commit (a warning instead when
+    `quiet`); the job starts once the broker is back (core.jobs).
+    """
     if model_version.kind != ModelVersion.Kind.POLICY:
         raise ValidationError({"model_version": "Only a policy generates responses."})
     if reward_model is not None and reward_model.kind != ModelVersion.Kind.REWARD:
@@ -75,15 +82,12 @@ def sampling_job_create(
     with transaction.atomic():
         job.save()
         if enqueue:
-            transaction.on_commit(lambda: sampling_job_enqueue(job=job))
+            transaction.on_commit(lambda: sampling_job_enqueue(job=job, quiet=quiet))
     return job
 
 
-def sampling_job_enqueue(*, job: SamplingJob) -> None:
-    from loop.tasks import sample
-
-    result = sample.apply_async(args=[job.pk], queue="default")
-    SamplingJob.objects.filter(pk=job.pk).update(celery_task_id=result.id)
+def sampling_job_enqueue(*, job: SamplingJob, quiet: bool = False) -> None:
+    job_send(kind=SAMPLING_JOB, pk=job.pk, quiet=quiet)
 
 
 def pool_prompts(*, job: SamplingJob) -> list[Prompt]:
@@ -197,21 +201,23 @@ def comparisons_create(*, job: SamplingJob, responses: Sequence[Response]) -> in
     return created
 
 
-def sampling_job_execute(*, job_id: int) -> str:
-    job = (
-        SamplingJob.objects.select_related("project", "model_version", "reward_model")
-        .filter(pk=job_id)
-        .first()
-    )
-    if job is None or job.status in (SamplingJob.Status.SUCCEEDED, SamplingJob.Status.RUNNING):
-        return "skipped"
+def sampling_job_execute(*, job_id: int, task_id: str = "") -> str:
+    """Run a queued job. Idempotent: only a queued job is claimed (atomically), or a running one whose own message
+    comes back (its worker died); a duplicate message for a job that is running, done or failed does nothing."""
     from training.engine.common import pick_device
 
-    prompts = pool_prompts(job=job)
-    SamplingJob.objects.filter(pk=job.pk).update(
-        status=SamplingJob.Status.RUNNING, started_at=timezone.now(), total=len(prompts), done=0,
-        device=str(pick_device("auto")), error="",
+    claimable = Q(status=SamplingJob.Status.QUEUED)
+    if task_id:
+        claimable |= Q(status=SamplingJob.Status.RUNNING, celery_task_id=task_id)
+    claimed = SamplingJob.objects.filter(claimable, pk=job_id).update(
+        status=SamplingJob.Status.RUNNING, started_at=timezone.now(), done=0, device=str(pick_device("auto")),
+        error="", celery_task_id=task_id or F("celery_task_id"),
     )  # fmt: skip
+    if not claimed:
+        return "skipped"
+    job = SamplingJob.objects.select_related("project", "model_version", "reward_model").get(pk=job_id)
+    prompts = pool_prompts(job=job)
+    SamplingJob.objects.filter(pk=job.pk).update(total=len(prompts))
     try:
         responses = generate_responses(
             job=job, prompts=prompts, progress=lambda n: SamplingJob.objects.filter(pk=job.pk).update(done=n)

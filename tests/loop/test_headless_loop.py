@@ -23,7 +23,9 @@ UNHELPFUL = ["no", "Go away.", "I will not answer that.", "Whatever.", "Ask some
 def test_headless_round_learns_the_oracle_and_beats_the_base(tiny_model_dir, enqueued_stages, monkeypatch):
     stages = enqueued_stages
     monkeypatch.setattr(
-        sampling_services, "sampling_job_enqueue", lambda *, job: sampling_job_execute(job_id=job.pk)
+        sampling_services,
+        "sampling_job_enqueue",
+        lambda *, job, quiet=False: sampling_job_execute(job_id=job.pk),
     )
 
     # Seed: prompts with a helpful and an unhelpful reference answer each.

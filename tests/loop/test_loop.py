@@ -27,7 +27,9 @@ pytestmark = pytest.mark.django_db
 def run_on_commit(monkeypatch):
     monkeypatch.setattr(transaction, "on_commit", lambda callback, using=None, robust=False: callback())
     sent: list[int] = []
-    monkeypatch.setattr(sampling_services, "sampling_job_enqueue", lambda *, job: sent.append(job.pk))
+    monkeypatch.setattr(
+        sampling_services, "sampling_job_enqueue", lambda *, job, quiet=False: sent.append(job.pk)
+    )
     return sent
 
 

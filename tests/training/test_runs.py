@@ -114,7 +114,9 @@ def test_cancel_before_start_and_resume_then_sample_after(tiny_model_dir, enqueu
     from loop.services import sampling
 
     sampling_jobs: list[int] = []
-    monkeypatch.setattr(sampling, "sampling_job_enqueue", lambda *, job: sampling_jobs.append(job.pk))
+    monkeypatch.setattr(
+        sampling, "sampling_job_enqueue", lambda *, job, quiet=False: sampling_jobs.append(job.pk)
+    )
     project = ranked_project(prompts=4)
     register_tiny_base(tiny_model_dir)
     run = run_services.training_run_launch(

@@ -282,7 +282,8 @@ def _finish_succeeded(*, stage: StageRun, start: ModelVersion, out_dir: Path, me
             run = TrainingRun.objects.get(pk=stage.run_id)
             transaction.on_commit(lambda: training_run_succeeded.send(sender=TrainingRun, run=run))
         else:
-            transaction.on_commit(lambda: stage_enqueue(stage_run=following))
+            # Quiet: a broker outage here must not fail the finished stage; the maintenance pass sends the next.
+            transaction.on_commit(lambda: stage_enqueue(stage_run=following, quiet=True))
     return StageRun.Status.SUCCEEDED
 
 

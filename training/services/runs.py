@@ -8,10 +8,12 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from core.jobs import BrokerUnavailable, job_send
 from labeling.models import Project
 from labeling.selectors.preferences import PreferenceFilters
 from training.engine import stages as engine_stages
 from training.engine.common import checkpoint_dir_for
+from training.jobs import STAGE_JOB
 from training.models import ModelVersion, StageRun, TrainingRun
 from training.services import datasets
 
@@ -133,7 +135,8 @@ def training_run_launch(
 ) -> TrainingRun:
     """Validate, freeze the dataset, create the run and its stages, and enqueue the first stage on `gpu`.
 
-    Returns at once; on invalid input raises ValidationError and creates and enqueues nothing.
+    Returns at once; on invalid input raises ValidationError and creates and enqueues nothing. When the broker is
+    down the run is saved and BrokerUnavailable is raised after the commit: the run starts once the broker is back.
     """
     plan = launch_plan_validate(preset=preset, peft=peft, stage_configs=stage_configs, filters=filters)
     if sample_after is not None:
@@ -185,15 +188,21 @@ def training_run_launch(
             stage.full_clean()
             stage.save()
         first = run.stages.order_by("position").first()
-        transaction.on_commit(lambda: stage_enqueue(stage_run=first))
+        transaction.on_commit(lambda: _run_enqueue(run=run, first=first))
     return run
 
 
-def stage_enqueue(*, stage_run: StageRun) -> None:
-    from training.tasks import run_stage
+def _run_enqueue(*, run: TrainingRun, first: StageRun) -> None:
+    try:
+        stage_enqueue(stage_run=first)
+    except BrokerUnavailable as exc:  # the run is saved; its first stage is sent once the broker is back
+        raise exc.about(what="training run", pk=run.pk) from exc.cause
 
-    result = run_stage.apply_async(args=[stage_run.pk], queue="gpu")
-    StageRun.objects.filter(pk=stage_run.pk).update(celery_task_id=result.id)
+
+def stage_enqueue(*, stage_run: StageRun, quiet: bool = False) -> None:
+    """Publish the stage's task on `gpu` (core.jobs: bounded retry; on an outage BrokerUnavailable, or a warning
+    when quiet, and the maintenance pass sends it once the broker is back)."""
+    job_send(kind=STAGE_JOB, pk=stage_run.pk, quiet=quiet)
 
 
 @transaction.atomic
@@ -234,6 +243,7 @@ def _restart(*, stage_run: StageRun, from_checkpoint: bool) -> StageRun:
         stage.status = StageRun.Status.PENDING
         stage.error = ""
         stage.finished_at = None
+        stage.enqueued_at = None  # not sent for this attempt yet
         stage.save()
         # Later stages that were cancelled with the run go back to waiting for this one.
         run.stages.filter(position__gt=stage.position, status=StageRun.Status.CANCELLED).update(
