@@ -6,6 +6,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET
 
+from core.jobs import BrokerUnavailable
 from core.permissions import role_required
 from core.roles import Role
 from labeling.models import Project
@@ -33,6 +34,9 @@ def sampling(request: HttpRequest) -> HttpResponse:
             for field, errors in exc.message_dict.items():
                 for error in errors:
                     form.add_error(field if field in form.fields else None, error)
+        except BrokerUnavailable as exc:  # the job is saved and starts once the broker is back
+            messages.warning(request, str(exc))
+            return redirect("loop:sampling")
         else:
             messages.success(request, f"Sampling job #{job.pk} is queued.")
             return redirect("loop:sampling")

@@ -11,6 +11,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from core.jobs import BrokerUnavailable
 from core.permissions import role_required
 from core.roles import Role
 from core.selectors import user_has_role
@@ -60,6 +61,9 @@ def launch(request: HttpRequest) -> HttpResponse:
             )
         except ValidationError as exc:
             form.add_service_errors(exc.message_dict)
+        except BrokerUnavailable as exc:  # the run is saved and starts once the broker is back
+            messages.warning(request, str(exc))
+            return redirect("training:run", run_id=exc.pk)
         else:
             messages.success(request, f"Run #{run.pk} is queued on the gpu workers.")
             return redirect("training:run", run_id=run.pk)
@@ -140,6 +144,8 @@ def stage_restart(request: HttpRequest, stage_id: int, mode: str) -> HttpRespons
         action(stage_run=stage)
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
+    except BrokerUnavailable as exc:
+        messages.warning(request, str(exc))
     else:
         verb = "resumes from its last checkpoint" if mode == "resume" else "starts again from step 0"
         messages.success(request, f"Stage {stage.position} ({stage.kind}) {verb}.")

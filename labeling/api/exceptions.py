@@ -1,12 +1,15 @@
-"""Django's ValidationError / PermissionDenied from the services become 400 / 403 with the services' messages."""
+"""Django's ValidationError / PermissionDenied from the services become 400 / 403 with the services' messages;
+core.jobs.BrokerUnavailable (the job is saved, its task could not be published) becomes 503."""
 
 from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from rest_framework import exceptions
+from rest_framework import exceptions, status
+from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from core.jobs import BrokerUnavailable
 from labeling.services.imports import ImportRejected
 
 
@@ -22,7 +25,15 @@ def validation_detail(error: DjangoValidationError) -> dict[str, list[str]]:
     return {"non_field_errors": list(error.messages)}
 
 
+def broker_unavailable_response(exc: BrokerUnavailable) -> Response:
+    """503 with what was saved: the job keeps its place and starts by itself once the broker is back."""
+    body = {"detail": str(exc), "job": exc.what, "id": exc.pk, "status": "queued"}
+    return Response(body, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "60"})
+
+
 def exception_handler(exc, context):
+    if isinstance(exc, BrokerUnavailable):
+        return broker_unavailable_response(exc)
     if isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(validation_detail(exc))
     elif isinstance(exc, DjangoPermissionDenied):

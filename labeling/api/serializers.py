@@ -334,6 +334,7 @@ class ExportSerializer(serializers.ModelSerializer):
             "download_url",
             "created_by",
             "created_at",
+            "enqueued_at",
             "started_at",
             "finished_at",
         ]
@@ -346,6 +347,7 @@ class ExportSerializer(serializers.ModelSerializer):
             "stats",
             "error",
             "created_at",
+            "enqueued_at",
             "started_at",
             "finished_at",
         ]

@@ -36,7 +36,13 @@ from labeling.models import (
 )
 from labeling.selectors.annotation import assignment_responses
 from labeling.services.api_tokens import api_token_for_credentials
-from labeling.services.exports import export_create, export_file_path, iter_directory_tar
+from labeling.services.exports import (
+    export_cancel,
+    export_create,
+    export_file_path,
+    export_retry,
+    iter_directory_tar,
+)
 from labeling.services.imports import (
     import_job_create,
     import_job_messages,
@@ -53,6 +59,11 @@ from training.services.runs import (
     stage_run_retry,
     training_run_cancel,
     training_run_launch,
+)
+
+BROKER_DOWN = (
+    "The task queue is unreachable: the job is saved and queued and starts by itself once the broker is back. "
+    "Body: {detail, job, id, status}."
 )
 
 
@@ -287,6 +298,7 @@ def _stage_restart_schema():
         responses={
             200: serializers.TrainingRunSerializer,
             400: OpenApiResponse(description="Only a failed or cancelled stage can restart."),
+            503: OpenApiResponse(description=BROKER_DOWN),
         },
     )
 
@@ -324,6 +336,7 @@ class TrainingRunViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet)
             400: OpenApiResponse(
                 description="Nothing created or enqueued: {field: [messages]}, e.g. `sft.max_steps`, `filters`."
             ),
+            503: OpenApiResponse(description=BROKER_DOWN),
         },
     )
     def create(self, request, *args, **kwargs):
@@ -393,10 +406,43 @@ class ExportViewSet(
             created_by=self.request.user,
         )
 
+    @extend_schema(
+        responses={
+            202: serializers.ExportSerializer,
+            503: OpenApiResponse(description=BROKER_DOWN),
+        }
+    )
     def create(self, request, *args, **kwargs):
         response = super().create(request, *args, **kwargs)
         response.status_code = status.HTTP_202_ACCEPTED
         return response
+
+    @extend_schema(
+        request=None,
+        responses={
+            200: serializers.ExportSerializer,
+            400: OpenApiResponse(description="The export is done or failed already."),
+        },
+    )
+    @action(detail=True, methods=["post"], filterset_class=None)
+    def cancel(self, request, pk=None):
+        """Cancel a queued or running export (a running one stops within about a second; its files are removed)."""
+        export = export_cancel(export=self.get_object())
+        return ApiResponse(self.get_serializer(export).data)
+
+    @extend_schema(
+        request=None,
+        responses={
+            202: serializers.ExportSerializer,
+            400: OpenApiResponse(description="The export is running or done."),
+            503: OpenApiResponse(description=BROKER_DOWN),
+        },
+    )
+    @action(detail=True, methods=["post"], filterset_class=None)
+    def retry(self, request, pk=None):
+        """Run a failed or cancelled export again from the start (a queued one is sent to the workers again)."""
+        export = export_retry(export=self.get_object())
+        return ApiResponse(self.get_serializer(export).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(
         responses={

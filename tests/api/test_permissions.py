@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from labeling.models import Ranking
+from labeling.models import Export, Ranking
 from labeling.services.exports import export_create, export_run
 from labeling.services.leasing import assignment_lease_next
 from training.models import ModelVersion, StageRun, TrainingRun
@@ -51,6 +51,10 @@ def world(users, tmp_path):
         project=project, format="raw", file_type="hf", created_by=users["admin"], enqueue=False
     )
     export_run(export_id=hf.pk)
+    failed_export = export_create(
+        project=project, format="pairwise", file_type="jsonl", created_by=users["admin"], enqueue=False
+    )
+    Export.objects.filter(pk=failed_export.pk).update(status=Export.Status.FAILED, error="disk full")
     return {
         "project": project,
         "prompt": comparisons[0].prompt,
@@ -63,6 +67,7 @@ def world(users, tmp_path):
         "retryable": failed[1],
         "export": export,
         "hf_export": hf,
+        "failed_export": failed_export,
     }
 
 
@@ -152,6 +157,15 @@ def _matrix(world, users):
             (401, 403, 202, 202),
         ),
         ("export download", "get", f"/api/v1/exports/{w['export'].pk}/download/", None, READ_RESEARCH),
+        # A done export can be neither cancelled nor retried (400); a failed one is retried (202, then queued).
+        ("export cancel", "post", f"/api/v1/exports/{w['export'].pk}/cancel/", None, (401, 403, 400, 400)),
+        (
+            "export retry",
+            "post",
+            f"/api/v1/exports/{w['failed_export'].pk}/retry/",
+            None,
+            (401, 403, 202, 202),
+        ),
         ("export download hf", "get", f"/api/v1/exports/{w['hf_export'].pk}/download/", None, READ_RESEARCH),
         (
             "token",

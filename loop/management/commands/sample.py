@@ -5,6 +5,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
+from core.jobs import BrokerUnavailable
 from labeling.models import Project
 from loop.models import SamplingJob
 from loop.services.sampling import sampling_job_create, sampling_job_execute
@@ -39,6 +40,9 @@ class Command(BaseCommand):
             )  # fmt: skip
         except (ValidationError, json.JSONDecodeError) as exc:
             raise CommandError(str(exc)) from exc
+        except BrokerUnavailable as exc:  # saved: it starts once the broker is back
+            self.stderr.write(self.style.WARNING(str(exc)))
+            job = SamplingJob.objects.get(pk=exc.pk)
         if opts["here"]:
             sampling_job_execute(job_id=job.pk)
         elif opts["wait"]:

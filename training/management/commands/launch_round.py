@@ -5,6 +5,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from core.jobs import BrokerUnavailable
 from labeling.models import Project
 from training.management.commands.run_status import wait_for_run
 from training.models import TrainingRun
@@ -50,6 +51,9 @@ class Command(BaseCommand):
         except ValidationError as exc:
             lines = [f"  {field}: {'; '.join(messages)}" for field, messages in exc.message_dict.items()]
             raise CommandError("The round was not launched:\n" + "\n".join(lines)) from exc
+        except BrokerUnavailable as exc:  # saved: it starts once the broker is back
+            self.stderr.write(self.style.WARNING(str(exc)))
+            run = TrainingRun.objects.get(pk=exc.pk)
         counts = ", ".join(f"{count} {fmt}" for fmt, count in run.dataset_counts.items())
         self.stdout.write(
             self.style.SUCCESS(f"Launched run #{run.pk} ({run.get_preset_display()}) on {counts} rows")
