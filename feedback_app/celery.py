@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from celery import Celery
+from celery.signals import worker_ready
 from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "feedback_app.settings")
@@ -13,6 +14,14 @@ app = Celery("feedback_app")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_queues = (Queue("default"), Queue("gpu"))
 app.autodiscover_tasks()
+
+
+@worker_ready.connect
+def start_job_maintenance(**_kwargs) -> None:
+    """Every worker runs the job maintenance pass on a timer, whatever queues it consumes (core.jobs)."""
+    from core.jobs import maintenance_start
+
+    maintenance_start()
 
 
 def ensure_filesystem_broker_folders() -> None:

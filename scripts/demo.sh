@@ -22,8 +22,8 @@ stop() {
 trap stop INT TERM EXIT
 
 echo "==> Starting a Celery worker on queues default,gpu (log: $VAR/log/worker.log)"
-# -B embeds the beat scheduler: the periodic check that fails training stages whose worker died.
-"$BIN/celery" -A feedback_app worker -B -s "$VAR/celerybeat-schedule" -Q default,gpu --pool solo -n "demo@%h" -l info \
+# The worker and the web server both run the job maintenance pass (dead stages, undelivered jobs): no beat.
+"$BIN/celery" -A feedback_app worker -Q default,gpu --pool solo -n "demo@%h" -l info \
   >"$VAR/log/worker.log" 2>&1 &
 worker_pid=$!
 

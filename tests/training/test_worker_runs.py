@@ -10,7 +10,7 @@ import torch
 from django.conf import settings as django_settings
 
 from tests.training.factories import TINY_STAGE_CONFIGS, ranked_project, register_tiny_base
-from tests.workers import celery_worker, wait_until
+from tests.workers import celery_worker, wait_until, web_server
 from training.engine.peft import load_model_ref
 from training.engine.reward import load_reward_model, score_texts
 from training.models import ModelVersion, StageRun, TrainingRun
@@ -167,3 +167,34 @@ def test_killed_worker_is_detected_by_heartbeat_and_the_stage_resumes(redis_brok
     # Resumed from the newest complete checkpoint (every 2 steps): not from scratch, not past the kill.
     assert 2 <= first_after_kill <= killed_at + 1, f"expected a restart from the last checkpoint, got {steps}"
     assert stage.output_model is not None
+
+
+@pytest.mark.slow
+def test_a_dead_gpu_worker_is_detected_by_the_web_process_with_no_default_worker(
+    redis_broker, tiny_model_dir
+):
+    """Only a gpu worker, which dies: the web process's own maintenance timer marks its stage failed."""
+    project = ranked_project(prompts=8)
+    register_tiny_base(tiny_model_dir)
+    run = run_services.training_run_launch(project=project, preset="sft", stage_configs={"sft": LONG_SFT})
+    stage = run.stages.get()
+    web_env = {
+        "CELERY_BROKER_URL": redis_broker,
+        "ARTIFACT_ROOT": str(django_settings.ARTIFACT_ROOT),
+        "TRAINING_STALE_CHECK_S": "0.5",
+        "TRAINING_STALE_AFTER_S": "3",
+    }
+    with web_server(extra_env=web_env), _worker(redis_broker) as (hostname, process):
+        _wait_step(stage, 3)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+
+        def failed():
+            stage.refresh_from_db()
+            return stage.status == StageRun.Status.FAILED
+
+        # Nothing in this test process checks: no default worker, no beat, only the web server is alive.
+        wait_until(failed, timeout=30, interval=0.3, message="the web process to notice the dead worker")
+    assert hostname in stage.error and "heartbeats" in stage.error
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED
