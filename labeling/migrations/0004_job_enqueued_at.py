@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('labeling', '0002_export'),
+        ('labeling', '0003_import_job'),
     ]
 
     operations = [
