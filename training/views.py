@@ -16,6 +16,7 @@ from core.permissions import role_required
 from core.roles import Role
 from core.selectors import user_has_role
 from training.forms import LaunchForm
+from training.jobs import stages_waiting
 from training.models import ModelVersion, StageRun, TrainingRun
 from training.selectors import (
     model_version_lineage,
@@ -95,6 +96,8 @@ def launch_count(request: HttpRequest) -> HttpResponse:
 
 def _run_context(request: HttpRequest, run: TrainingRun) -> dict:
     stages = list(run.stages.select_related("output_model").order_by("position"))
+    # The next stage whose task never reached the broker (an outage): core.jobs sends it once the broker is back.
+    undelivered = set(stages_waiting(run.stages.filter(enqueued_at=None)).values_list("pk", flat=True))
     return {
         "run": run,
         "finished": run_is_finished(run=run),
@@ -103,6 +106,7 @@ def _run_context(request: HttpRequest, run: TrainingRun) -> dict:
                 "progress": stage_progress(stage=stage),
                 "series": stage_metric_series(stage=stage),
                 "series_id": f"series-{stage.pk}",
+                "undelivered": stage.pk in undelivered,
             }
             for stage in stages
         ],

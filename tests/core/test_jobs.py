@@ -8,6 +8,7 @@ import time
 import pytest
 from django.conf import settings as django_settings
 from django.contrib.messages import get_messages
+from django.test import Client
 from rest_framework.test import APIClient
 
 from core.jobs import jobs_sweep
@@ -93,6 +94,10 @@ def test_training_run_posted_while_the_broker_is_down_is_kept_and_the_sweep_send
         run = TrainingRun.objects.get(pk=body["id"], project=project)
         stage = run.stages.get()
         assert run.status == TrainingRun.Status.QUEUED and stage.enqueued_at is None
+        web = Client()
+        web.force_login(admin)
+        page = web.get(f"/training/runs/{run.pk}/").content.decode()
+        assert 'data-testid="undelivered"' in page and "sent by itself once the queue is back" in page
 
         broker.start()
         assert broker.queue_length("gpu") == 0
@@ -100,6 +105,7 @@ def test_training_run_posted_while_the_broker_is_down_is_kept_and_the_sweep_send
         assert broker.queue_length("gpu") == 1  # one message, waiting for a gpu worker
         stage.refresh_from_db()
         assert stage.enqueued_at is not None and stage.celery_task_id
+        assert 'data-testid="undelivered"' not in web.get(f"/training/runs/{run.pk}/").content.decode()
         assert jobs_sweep() == {}  # sent recently and not picked up yet: not sent twice
         assert broker.queue_length("gpu") == 1
 
