@@ -364,8 +364,8 @@ SERVER_EMAIL = DEFAULT_FROM_EMAIL
 # `check --deploy --fail-level WARNING` fail, and names the enums after hashes.
 SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     "ComparisonStatusEnum": "labeling.models.Comparison.Status",
-    # Exports and import jobs share one set of states (queued, running, done, failed): one enum.
-    "JobStatusEnum": "labeling.models.Export.Status",
+    # Exports can also be cancelled; import jobs get their own ImportJobStatusEnum (queued, running, done, failed).
+    "ExportStatusEnum": "labeling.models.Export.Status",
     "TrainingRunStatusEnum": "training.models.TrainingRun.Status",
     "StageRunStatusEnum": "training.models.StageRun.Status",
 }
