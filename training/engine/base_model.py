@@ -209,3 +209,31 @@ def _make_readable(folder: Path) -> None:
     os.chmod(folder, 0o755)
     for entry in folder.iterdir():
         os.chmod(entry, 0o644)
+
+
+def linear_module_names(path: Path) -> list[str]:
+    """Names of the modules with a 2-D weight (linear layers, embeddings) of the model folder at `path`.
+
+    Read from the safetensors headers alone (no torch, nothing loaded), so launch can check LoRA target modules
+    against the base model in the web process. An adapter artifact is looked through to the base it names.
+    """
+    path = Path(path)
+    manifest_file = path / "stage.json"
+    if not (path / "model.safetensors").is_file() and manifest_file.is_file():
+        base_path = json.loads(manifest_file.read_text()).get("base_path")
+        if base_path and Path(base_path) != path:
+            return linear_module_names(Path(base_path))
+    names = []
+    for file in sorted(path.glob("*.safetensors")):
+        with open(file, "rb") as handle:
+            header_size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(header_size))
+        names.extend(
+            key.removesuffix(".weight")
+            for key, tensor in header.items()
+            if key.endswith(".weight") and isinstance(tensor, dict) and len(tensor.get("shape", ())) == 2
+        )
+    config_file = path / "config.json"
+    if config_file.is_file() and json.loads(config_file.read_text()).get("tie_word_embeddings"):
+        names.append("lm_head")  # tied to the embeddings, so not saved, but a Linear once loaded
+    return sorted(names)

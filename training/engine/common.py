@@ -11,22 +11,97 @@ into a staging folder that is renamed to `out_dir` only when complete.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
+import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 PeftMethod = Literal["full", "lora", "adapter"]
+
+
+class StageConfigError(ValueError):
+    """Invalid stage configuration; `errors` maps a dotted field name (or "__all__") to a message."""
+
+    def __init__(self, errors: dict[str, str]):
+        self.errors = errors
+        super().__init__("; ".join(f"{field}: {message}" for field, message in errors.items()))
+
+
+class StageFailure(RuntimeError):
+    """A stage stopped for a reason its user can act on; the message is shown as it is, without a traceback."""
+
+
+class DeviceUnavailableError(StageFailure):
+    """The stage's `device` does not exist on this worker (e.g. "cuda" on a CPU-only machine)."""
+
+
+class TrainingDivergedError(StageFailure):
+    """The loss (or the gradient norm) became NaN or infinite: training cannot recover, so the stage stops."""
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The realistic range of a numeric config field: values outside it are refused at launch, by field name."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: `low` itself is refused ("greater than")
+    high_open: bool = False
+
+    def error(self, value) -> str | None:
+        if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+            return None  # types are checked where JSON is converted (stages._convert)
+        if isinstance(value, float) and not math.isfinite(value):
+            return "must be a finite number"
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return f"must be {'greater than' if self.low_open else 'at least'} {_shown(self.low)}"
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            return f"must be {'less than' if self.high_open else 'at most'} {_shown(self.high)}"
+        return None
+
+
+def _shown(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() and abs(number) < 1e15 else f"{number:g}"
+
+
+def field_errors(config) -> dict[str, str]:
+    """Range errors of a config dataclass, from the `LIMITS` of its class and of every class it extends."""
+    limits: dict[str, Bounds] = {}
+    for klass in reversed(type(config).__mro__):
+        limits.update(vars(klass).get("LIMITS", {}))
+    errors = {}
+    for name, bounds in limits.items():
+        if not hasattr(config, name):  # e.g. `log_every`, which only some stages have
+            continue
+        message = bounds.error(getattr(config, name))
+        if message is not None:
+            errors[name] = message
+    return errors
+
+
+MAX_SEED = 2**32 - 1  # numpy's seed range; torch's is wider
+# Devices a stage can train on. "auto" picks CUDA when the worker has it; "meta" holds no data, so it cannot train.
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d{1,3})?")
+MODULE_NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 
 
 @dataclass
 class PeftSettings:
     """How a stage adapts the base: all weights, LoRA (PEFT), or a bottleneck adapter (ours, `adapters.py`)."""
+
+    LIMITS: ClassVar[dict[str, Bounds]] = {
+        "lora_r": Bounds(1, 1024),
+        "lora_alpha": Bounds(1, 8192),
+        "lora_dropout": Bounds(0, 1, high_open=True),
+        "adapter_bottleneck": Bounds(1, 65536),
+    }
 
     method: PeftMethod = "full"
     lora_r: int = 16
@@ -44,6 +119,40 @@ class PeftSettings:
     adapter_bottleneck: int = 64
     adapter_name: str = "default"
 
+    def __post_init__(self) -> None:
+        errors = field_errors(self)
+        if self.method not in ("full", "lora", "adapter"):
+            errors["method"] = "must be one of 'full', 'lora', 'adapter'"
+        if not self.lora_target_modules:
+            errors["lora_target_modules"] = "name at least one module, e.g. q_proj"
+        elif bad := [
+            name for name in self.lora_target_modules if not MODULE_NAME_PATTERN.fullmatch(str(name))
+        ]:
+            errors["lora_target_modules"] = f"not a module name: {', '.join(map(repr, bad))}"
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", str(self.adapter_name)):
+            errors["adapter_name"] = "must be a name of letters, digits and _ (at most 64)"
+        if errors:
+            raise StageConfigError(errors)
+
+
+def lora_target_matches(module_name: str, target: str) -> bool:
+    """PEFT's rule for a list of target modules: the module's full name is the target or ends with ".target"."""
+    return module_name == target or module_name.endswith("." + target)
+
+
+def unmatched_lora_targets(module_names: Iterable[str], targets: Iterable[str]) -> list[str]:
+    names = list(module_names)
+    return [target for target in targets if not any(lora_target_matches(name, target) for name in names)]
+
+
+def unmatched_targets_message(missing: list[str], module_names: Iterable[str]) -> str:
+    """What to say when LoRA targets match nothing: the missing names and the model's own choices."""
+    choices = sorted({name.rsplit(".", 1)[-1] for name in module_names})
+    return (
+        f"no module of the base model is named {', '.join(map(repr, missing))}; "
+        f"its linear modules are {', '.join(choices)}"
+    )
+
 
 @dataclass
 class StageConfig:
@@ -58,6 +167,29 @@ class StageConfig:
     checkpoint_every: int = 50  # optimizer steps; 0 disables checkpoints
     device: str = "auto"  # "auto" picks CUDA when present, else CPU
     peft: PeftSettings = field(default_factory=PeftSettings)
+
+    LIMITS: ClassVar[dict[str, Bounds]] = {
+        "max_steps": Bounds(1, 1_000_000),
+        "learning_rate": Bounds(0, 1, low_open=True),
+        "batch_size": Bounds(1, 4096),
+        "gradient_accumulation_steps": Bounds(1, 1024),
+        "max_length": Bounds(1, 131_072),
+        "seed": Bounds(0, MAX_SEED),
+        "checkpoint_every": Bounds(0, 1_000_000),  # 0 disables checkpoints
+        "log_every": Bounds(1, 1_000_000),  # in the stages that have it
+    }
+
+    def __post_init__(self) -> None:
+        errors = self.errors()
+        if errors:
+            raise StageConfigError(errors)
+
+    def errors(self) -> dict[str, str]:
+        """Every bad value by field name; stages extend it with their cross-field rules."""
+        errors = field_errors(self)
+        if not isinstance(self.device, str) or not DEVICE_PATTERN.fullmatch(self.device):
+            errors["device"] = "must be 'auto', 'cpu', 'cuda', 'cuda:N' (a GPU index) or 'mps'"
+        return errors
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,11 +228,60 @@ class StageCancelled(Exception):
 
 
 def pick_device(preference: str = "auto"):
+    """The torch device for `preference`; DeviceUnavailableError (with the reason) when this machine lacks it."""
     import torch
 
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(preference)
+    if not isinstance(preference, str) or not DEVICE_PATTERN.fullmatch(preference):
+        raise DeviceUnavailableError(
+            f"device {preference!r} is not a training device; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+        )
+    device = torch.device(preference)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(
+                f"device {preference!r} is not available on this worker: it has no usable CUDA GPU "
+                "(launch with device 'auto' or 'cpu', or run the stage on a GPU worker)"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise DeviceUnavailableError(
+                f"device {preference!r} is not available on this worker: it has {count} CUDA GPU(s), "
+                f"cuda:0 to cuda:{count - 1}"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceUnavailableError(f"device {preference!r} is not available on this worker (no Apple GPU)")
+    return device
+
+
+def json_safe(value):
+    """`value` with every NaN or infinite float replaced by None: JSON has no NaN, and Postgres refuses it."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def check_finite_training(values: dict, *, step: int, learning_rate: float) -> None:
+    """Stop at the first NaN or infinite loss (or gradient norm): every later step would be NaN too.
+
+    Step 1's loss comes from the untouched base model, so a NaN there points at the weights or the data, not at
+    the learning rate.
+    """
+    for name in sorted(values, key=lambda name: (name == "grad_norm", name)):  # a loss says more
+        value = values[name]
+        if not (name.endswith("loss") or name == "grad_norm") or value is None or math.isfinite(value):
+            continue
+        shown = "NaN" if math.isnan(value) else "infinite"
+        if step <= 1 and name.endswith("loss"):
+            advice = "before any update could cause it: check the base model's weights and the data"
+        else:
+            advice = f"lower the learning rate (it is {learning_rate:g})"
+        raise TrainingDivergedError(f"{name} became {shown} at step {step}; {advice}")
 
 
 def training_dtype(device) -> object:
@@ -143,4 +324,5 @@ def staged_output(out_dir: Path) -> Iterator[Path]:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    Path(path).write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    """Standard JSON (NaN and infinities as null), so every reader, Postgres included, accepts the file."""
+    Path(path).write_text(json.dumps(json_safe(payload), indent=2, sort_keys=True, default=str))

@@ -26,7 +26,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,16 +34,21 @@ from datasets import Dataset
 from torch import nn
 
 from training.engine.common import (
+    Bounds,
     ModelRef,
     ProgressCallback,
     StageConfig,
     StageResult,
     StepMetrics,
     StopCallback,
+    check_finite_training,
     checkpoint_dir_for,
+    lora_target_matches,
     pick_device,
     seed_everything,
     staged_output,
+    unmatched_lora_targets,
+    unmatched_targets_message,
     write_json,
 )
 from training.engine.data import conversation_text, preference_pairs, prompt_text
@@ -72,6 +77,12 @@ class ContrastiveStageConfig(StageConfig):
     cpo_alpha: float = 1.0  # weight of CPO's negative log-likelihood term on the chosen response
     router_loss_weight: float = 0.5  # weight of the auxiliary domain-classification loss of the router
     log_every: int = 1  # optimizer steps between progress reports
+
+    LIMITS: ClassVar[dict[str, Bounds]] = {
+        "beta": Bounds(0, 100, low_open=True),
+        "cpo_alpha": Bounds(0, 100),
+        "router_loss_weight": Bounds(0, 100),
+    }
 
 
 # --- mixture of LoRA experts ------------------------------------------------------------------------------------
@@ -129,13 +140,19 @@ class MixtureOfLoraExperts:
             False  # inference: route from the prompt on every multi-token forward (see route_hook)
         )
         model.requires_grad_(False)
+        linear_names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+        if missing := unmatched_lora_targets(linear_names, self.target_modules):
+            raise ValueError(f"peft.lora_target_modules: {unmatched_targets_message(missing, linear_names)}")
         self.expert_layers: dict[str, LoraExpertsLinear] = {}
         for name, module in list(model.named_modules()):
             for child_name, child in list(module.named_children()):
-                if isinstance(child, nn.Linear) and child_name in self.target_modules:
+                full_name = f"{name}.{child_name}" if name else child_name
+                if isinstance(child, nn.Linear) and any(
+                    lora_target_matches(full_name, target) for target in self.target_modules
+                ):
                     wrapped = LoraExpertsLinear(child, len(self.domains), rank, alpha, self.routing)
                     setattr(module, child_name, wrapped)
-                    self.expert_layers[f"{name}.{child_name}" if name else child_name] = wrapped
+                    self.expert_layers[full_name] = wrapped
         hidden_size = model.config.get_text_config().hidden_size
         embedding = model.get_input_embeddings().weight
         self.router = nn.Linear(hidden_size, len(self.domains)).to(device=embedding.device)
@@ -427,6 +444,14 @@ def run_stage(
                 router_loss = F.cross_entropy(router_logits.float(), batch["domain"])
             total = (loss + config.router_loss_weight * router_loss) / config.gradient_accumulation_steps
             total.backward()
+            if not torch.isfinite(
+                total
+            ):  # one host sync per micro-batch; a NaN step would poison the weights
+                check_finite_training(
+                    {"loss": float(loss), "router_loss": float(router_loss)},
+                    step=step + 1,
+                    learning_rate=config.learning_rate,
+                )
         optimizer.step()
         step += 1
 

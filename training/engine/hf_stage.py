@@ -12,7 +12,14 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from training.engine.common import ProgressCallback, StageConfig, StepMetrics, StopCallback, pick_device
+from training.engine.common import (
+    ProgressCallback,
+    StageConfig,
+    StepMetrics,
+    StopCallback,
+    check_finite_training,
+    pick_device,
+)
 
 
 class ProgressAndCancelCallback(TrainerCallback):
@@ -28,8 +35,10 @@ class ProgressAndCancelCallback(TrainerCallback):
         should_stop: StopCallback,
         total_steps: int,
         checkpoints_enabled: bool,
+        learning_rate: float,
     ):
         self.on_progress = on_progress
+        self.learning_rate = learning_rate
         self.should_stop = should_stop
         self.total_steps = total_steps
         self.checkpoints_enabled = checkpoints_enabled
@@ -59,6 +68,8 @@ class ProgressAndCancelCallback(TrainerCallback):
             self.first_step_values = self.first_step_values or values
             self.last_step_values = values
         self.on_progress(StepMetrics(step=state.global_step, total_steps=self.total_steps, values=values))
+        # Raised out of trainer.train(): a NaN loss never recovers, so the stage fails now, with the reason.
+        check_finite_training(values, step=state.global_step, learning_rate=self.learning_rate)
         return control
 
     def final_metrics(self) -> dict[str, float]:
@@ -99,6 +110,8 @@ def trainer_arguments(config: StageConfig, checkpoint_dir: Path, log_every: int)
         "save_only_model": False,
         "logging_steps": log_every,
         "logging_strategy": "steps",
+        # The Trainer's default logs the mean of earlier losses in place of a NaN one, which hides a divergence.
+        "logging_nan_inf_filter": False,
         "report_to": [],
         # TRL turns gradient checkpointing on by default; at our sizes it only costs time (recomputes activations).
         "gradient_checkpointing": False,

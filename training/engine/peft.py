@@ -28,7 +28,13 @@ import torch
 from torch import nn
 
 from training.engine import adapters
-from training.engine.common import ModelRef, PeftSettings, write_json
+from training.engine.common import (
+    ModelRef,
+    PeftSettings,
+    unmatched_lora_targets,
+    unmatched_targets_message,
+    write_json,
+)
 
 Task = Literal["causal_lm", "reward"]
 
@@ -70,6 +76,10 @@ def prepare_model(model: nn.Module, settings: PeftSettings) -> nn.Module:
             raise ValueError("the model carries a PEFT adapter already; merge it before adding a new one")
         if adapters.adapter_names(model):
             raise ValueError("bottleneck adapters cannot be merged; train LoRA from a full or merged model")
+        linear_names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+        if missing := unmatched_lora_targets(linear_names, settings.lora_target_modules):
+            # Found before any training, with the names the model does have (PEFT only says "not found").
+            raise ValueError(f"peft.lora_target_modules: {unmatched_targets_message(missing, linear_names)}")
         lora_config = LoraConfig(
             r=settings.lora_r,
             lora_alpha=settings.lora_alpha,

@@ -35,7 +35,7 @@ import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from datasets import Dataset
@@ -43,6 +43,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from training.engine.common import (
+    Bounds,
     ModelRef,
     ProgressCallback,
     StageCancelled,
@@ -50,6 +51,7 @@ from training.engine.common import (
     StageResult,
     StepMetrics,
     StopCallback,
+    check_finite_training,
     checkpoint_dir_for,
     pick_device,
     seed_everything,
@@ -112,32 +114,58 @@ class PPOConfig(StageConfig):
     missing_eos_penalty: float | None = None  # subtracted from the score of completions cut at max_new_tokens
     reward_batch_size: int = 16
 
+    LIMITS: ClassVar[dict[str, Bounds]] = {
+        "mini_batch_size": Bounds(1, 4096),
+        "ppo_epochs": Bounds(1, 100),
+        "clip_range": Bounds(0, 1, low_open=True),
+        "value_clip_range": Bounds(0, 100, low_open=True),
+        "value_loss_coef": Bounds(0, 100),
+        "max_grad_norm": Bounds(0, 10_000, low_open=True),
+        "gamma": Bounds(0, 1),
+        "lam": Bounds(0, 1),
+        "init_kl_coef": Bounds(0, 100),
+        "kl_target": Bounds(0, 10_000, low_open=True),  # None keeps β fixed
+        "kl_horizon": Bounds(1, 1_000_000_000),
+        "max_new_tokens": Bounds(1, 32_768),
+        "temperature": Bounds(
+            0, 10, low_open=True
+        ),  # log-probs are taken at this temperature: 0 divides by 0
+        "top_p": Bounds(0, 1, low_open=True),
+        "reward_model_weight": Bounds(0, 100),
+        "rules_weight": Bounds(0, 100),
+        "missing_eos_penalty": Bounds(0, 100),
+        "reward_batch_size": Bounds(1, 4096),
+    }
+
     def __post_init__(self) -> None:
-        if self.reward_source not in ("reward_model", "rules", "mixed"):
-            raise ValueError(
-                f"reward_source must be 'reward_model', 'rules' or 'mixed', got {self.reward_source!r}"
-            )
+        super().__post_init__()
         if self.reward_source in ("rules", "mixed"):
             parse_rules(self.rules)  # raises RuleSpecError naming the bad rule and field
-        for name in (
-            "max_steps",
+
+    def errors(self) -> dict[str, str]:
+        errors = super().errors()
+        if self.reward_source not in ("reward_model", "rules", "mixed"):
+            errors["reward_source"] = (
+                f"reward_source must be 'reward_model', 'rules' or 'mixed', got {self.reward_source!r}"
+            )
+        checked = {
             "batch_size",
             "mini_batch_size",
-            "ppo_epochs",
-            "max_new_tokens",
             "gradient_accumulation_steps",
-            "reward_batch_size",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
+            "max_new_tokens",
+            "max_length",
+        }
+        if checked & set(errors):
+            return errors  # the cross-field rules below compare values that are known to be in range
         if self.mini_batch_size > self.batch_size:
-            raise ValueError("mini_batch_size cannot exceed batch_size (the rollout size)")
+            errors["mini_batch_size"] = "mini_batch_size cannot exceed batch_size (the rollout size)"
         if self.gradient_accumulation_steps > self.mini_batch_size:
-            raise ValueError("gradient_accumulation_steps cannot exceed mini_batch_size")
+            errors["gradient_accumulation_steps"] = (
+                "gradient_accumulation_steps cannot exceed mini_batch_size"
+            )
         if self.max_new_tokens >= self.max_length:
-            raise ValueError("max_new_tokens must be smaller than max_length (prompt + completion)")
-        if self.kl_target is not None and self.kl_target <= 0:
-            raise ValueError("kl_target must be positive (or None for a fixed KL coefficient)")
+            errors["max_new_tokens"] = "max_new_tokens must be smaller than max_length (prompt + completion)"
+        return errors
 
     @property
     def sampling(self) -> SamplingSettings:
@@ -518,6 +546,7 @@ def run_stage(
             kl_controller.update(values["kl"], len(rows))
             history.append({"step": iteration + 1, **values})
             on_progress(StepMetrics(step=iteration + 1, total_steps=config.max_steps, values=values))
+            check_finite_training(values, step=iteration + 1, learning_rate=config.learning_rate)
 
             if (
                 config.checkpoint_every > 0
@@ -622,6 +651,7 @@ def ppo_update(
         )
     }
     micro_batches_seen = 0
+    grad_norm_sum, optimizer_steps = torch.zeros((), device=device), 0
     for _ in range(config.ppo_epochs):
         order = torch.randperm(rollout_size, generator=shuffle_generator).to(device)
         for minibatch in order.split(config.mini_batch_size):
@@ -668,10 +698,13 @@ def ppo_update(
                     # Schulman's low-variance estimator of KL(π_old ‖ π_θ): how far this update moved the policy.
                     totals["approx_kl"] += masked_mean(0.5 * log_ratio**2, row_mask)
                 micro_batches_seen += 1
-            torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
+            grad_norm_sum += torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
+            optimizer_steps += 1
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-    return {name: total / micro_batches_seen for name, total in totals.items()}
+    stats = {name: total / micro_batches_seen for name, total in totals.items()}
+    stats["grad_norm"] = grad_norm_sum / max(optimizer_steps, 1)  # before clipping, like the Trainer's
+    return stats
 
 
 def _stop_if_asked(should_stop: StopCallback) -> None:

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from datasets import Dataset
 
 from training.engine.common import (
+    Bounds,
     ModelRef,
     ProgressCallback,
     StageConfig,
@@ -43,6 +45,13 @@ class RewardStageConfig(StageConfig):
     center_rewards_coefficient: float | None = None  # pulls mean reward towards 0 (TRL's option)
     eval_batch_size: int = 16
     log_every: int = 1  # optimizer steps between progress reports
+
+    LIMITS: ClassVar[dict[str, Bounds]] = {
+        "held_out_fraction": Bounds(0, 1, high_open=True),
+        "margin_per_rank": Bounds(0, 100),
+        "center_rewards_coefficient": Bounds(0, 100),
+        "eval_batch_size": Bounds(1, 4096),
+    }
 
 
 def load_reward_model(path: Path, device="cpu", dtype=None):
@@ -137,7 +146,7 @@ def run_stage(
     model = prepare_model(model, config.peft)
     checkpoint_dir = checkpoint_dir_for(out_dir)
     callback = ProgressAndCancelCallback(
-        on_progress, should_stop, config.max_steps, config.checkpoint_every > 0
+        on_progress, should_stop, config.max_steps, config.checkpoint_every > 0, config.learning_rate
     )
     arguments = RewardConfig(
         **trainer_arguments(config, checkpoint_dir, config.log_every),

@@ -79,7 +79,7 @@ def run_stage(
     model = prepare_model(model, config.peft)
     checkpoint_dir = checkpoint_dir_for(out_dir)
     callback = ProgressAndCancelCallback(
-        on_progress, should_stop, config.max_steps, config.checkpoint_every > 0
+        on_progress, should_stop, config.max_steps, config.checkpoint_every > 0, config.learning_rate
     )
     arguments = SFTConfig(
         **trainer_arguments(config, checkpoint_dir, config.log_every),

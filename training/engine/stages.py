@@ -1,13 +1,15 @@
 """One entry point over all stages: kind → (config dataclass, run_stage), and config validation from JSON.
 
-The web form, the CLI and the Celery task all build stage configs through `config_from_dict`, which reports
-every bad field by name (`StageConfigError.errors`), so the advanced JSON editor can show field-level errors and
-nothing is enqueued on invalid input.
+The web form, the CLI, the API and the Celery task all build stage configs through `config_from_dict`, which
+reports every bad field by name (`StageConfigError.errors`), so the advanced JSON editor can show field-level errors
+and nothing is enqueued on invalid input. Types are checked here, while converting JSON; ranges and cross-field rules
+live in the config dataclasses themselves (`LIMITS` and `errors()`), so a config built in Python is checked too.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from training.engine.common import (
     PeftSettings,
     ProgressCallback,
     StageConfig,
+    StageConfigError,
     StageResult,
     StopCallback,
 )
@@ -43,14 +46,6 @@ STAGES: dict[str, StageSpec] = {
     "ppo": StageSpec("ppo", "ppo", "PPOConfig", "prompts", "policy"),
     "contrastive": StageSpec("contrastive", "contrastive", "ContrastiveStageConfig", "pairwise", "policy"),
 }
-
-
-class StageConfigError(ValueError):
-    """Invalid stage configuration; `errors` maps a dotted field name (or "__all__") to a message."""
-
-    def __init__(self, errors: dict[str, str]):
-        self.errors = errors
-        super().__init__("; ".join(f"{field}: {message}" for field, message in errors.items()))
 
 
 def stage_spec(kind: str) -> StageSpec:
@@ -98,12 +93,6 @@ def run(
 
 
 # --- validation -------------------------------------------------------------------------------------------
-_POSITIVE = {"max_steps", "batch_size", "gradient_accumulation_steps", "max_length", "lora_r", "lora_alpha",
-             "adapter_bottleneck", "mini_batch_size", "ppo_epochs", "max_new_tokens", "eval_batch_size",
-             "reward_batch_size"}  # fmt: skip
-_NON_NEGATIVE = {"checkpoint_every", "seed", "log_every"}
-
-
 def _build(cls, values: dict, *, prefix: str, errors: dict[str, str]):
     if not isinstance(values, dict):
         errors[prefix.rstrip(".") or "__all__"] = "must be an object"
@@ -113,43 +102,40 @@ def _build(cls, values: dict, *, prefix: str, errors: dict[str, str]):
     for name in values:
         if name not in fields:
             errors[f"{prefix}{name}"] = f"unknown field; known fields: {', '.join(sorted(fields))}"
-    kwargs = {}
+    kwargs, nested_failed = {}, False
     for name, value in values.items():
         if name not in fields:
             continue
         annotation = hints[name]
         if dataclasses.is_dataclass(annotation):
-            kwargs[name] = _build(annotation, value, prefix=f"{prefix}{name}.", errors=errors)
+            nested = _build(annotation, value, prefix=f"{prefix}{name}.", errors=errors)
+            if nested is None:
+                nested_failed = True  # its errors are recorded; its default stands in to check the rest
+            else:
+                kwargs[name] = nested
             continue
         converted, message = _convert(value, annotation)
-        if message is None:
-            message = _range_error(name, converted)
         if message is not None:
             errors[f"{prefix}{name}"] = message
         else:
             kwargs[name] = converted
-    if any(key.startswith(prefix) for key in errors):
-        return None
+    # Fields of the wrong type take their defaults here, so the range checks still report every other field.
+    own_errors = any(key.startswith(prefix) and "." not in key[len(prefix) :] for key in errors)
     try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as exc:  # a stage's own __post_init__ checks
+        config = cls(**kwargs)
+        return None if own_errors or nested_failed else config
+    except StageConfigError as exc:  # the dataclass's own range and cross-field checks, by field
+        for field, message in exc.errors.items():
+            errors.setdefault(f"{prefix}{field}", message)
+        return None
+    except (TypeError, ValueError) as exc:  # other checks of a stage's __post_init__
+        if own_errors:
+            return None
         from training.engine.rewards import RuleSpecError
 
         field = "rules" if isinstance(exc, RuleSpecError) else "__all__"
         errors[f"{prefix}{field}"] = str(exc)
         return None
-
-
-def _range_error(name: str, value) -> str | None:
-    if name in _POSITIVE and isinstance(value, int | float) and value <= 0:
-        return "must be greater than 0"
-    if name in _NON_NEGATIVE and isinstance(value, int | float) and value < 0:
-        return "must be 0 or more"
-    if name == "learning_rate" and value <= 0:
-        return "must be greater than 0"
-    if name.endswith("_fraction") and isinstance(value, float) and not 0 <= value < 1:
-        return "must be in [0, 1)"
-    return None
 
 
 def _convert(value, annotation) -> tuple[Any, str | None]:
@@ -176,8 +162,13 @@ def _convert(value, annotation) -> tuple[Any, str | None]:
         ok = isinstance(value, int) and not isinstance(value, bool)
         return (value, None) if ok else (None, "must be an integer")
     if annotation is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        return (float(value), None) if ok else (None, "must be a number")
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return None, "must be a number"
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond any float
+            return None, "must be a finite number"
+        return (value, None) if math.isfinite(value) else (None, "must be a finite number")
     if annotation is str:
         return (value, None) if isinstance(value, str) else (None, "must be a string")
     if origin in (list, tuple):
