@@ -71,7 +71,10 @@ class LaunchForm(forms.Form):
         return configs
 
     def peft_methods(self) -> dict[str, str]:
-        return {kind: self.cleaned_data[f"peft_{kind}"] for kind in ("sft", "reward", "ppo", "contrastive")}
+        """The method of each stage the preset runs (the service refuses methods for stages it does not run)."""
+        return {
+            kind: self.cleaned_data[f"peft_{kind}"] for kind in PRESET_STAGES[self.cleaned_data["preset"]]
+        }
 
     def filters(self) -> dict:
         data = self.cleaned_data
@@ -87,10 +90,14 @@ class LaunchForm(forms.Form):
 
     def add_service_errors(self, message_dict: dict[str, list[str]]) -> None:
         """Put each service error beside its input: `ppo.peft.method` → peft_ppo, `sft.max_steps` → max_steps…"""
+        shown: set[tuple[str | None, str]] = set()
         for key, messages in message_dict.items():
             field = self._field_for(key)
             for message in messages:
-                self.add_error(field, message if field != "advanced" else f"{key}: {message}")
+                text = message if field != "advanced" else f"{key}: {message}"
+                if (field, text) not in shown:  # e.g. one max_steps that every stage of the preset refuses
+                    shown.add((field, text))
+                    self.add_error(field, text)
 
     def _field_for(self, key: str) -> str | None:
         kind, _, rest = key.partition(".")
@@ -98,6 +105,10 @@ class LaunchForm(forms.Form):
             return key
         if rest == "peft.method" and f"peft_{kind}" in self.fields:
             return f"peft_{kind}"
+        if kind == "peft" and f"peft_{rest}" in self.fields:
+            return f"peft_{rest}"
+        if kind == "sample_after":
+            return "sample_after"
         if rest in KEY_HYPERPARAMETERS and rest not in self.cleaned_data.get("advanced", {}).get(kind, {}):
             return rest
         if key.startswith("filters"):

@@ -8,6 +8,7 @@ from datetime import timedelta
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from training.engine.common import json_safe
 from training.models import ModelVersion, StageRun, TrainingRun
 
 FINISHED_RUN_STATES = (TrainingRun.Status.SUCCEEDED, TrainingRun.Status.FAILED, TrainingRun.Status.CANCELLED)
@@ -50,10 +51,12 @@ def stage_metric_series(*, stage: StageRun) -> dict[str, list[tuple[int, float]]
 
     Names reported once (end-of-stage summaries such as runtime) are not series and are left out.
     """
-    series: dict[str, list[tuple[int, float]]] = {}
+    series: dict[str, list[tuple[int, float | None]]] = {}
     for point in stage.metrics or []:
         for name, value in (point.get("values") or {}).items():
-            series.setdefault(name, []).append((point.get("step", 0), value))
+            # None (a NaN or infinity, stored as null) stays a gap in the chart; json_script would write NaN,
+            # which JSON.parse rejects, so a non-finite float left in an old row becomes None too.
+            series.setdefault(name, []).append((point.get("step", 0), json_safe(value)))
     return {name: points for name, points in series.items() if len(points) > 1}
 
 

@@ -265,8 +265,8 @@ class TrainingRunLaunchSerializer(serializers.Serializer):
     )
     peft = serializers.JSONField(
         required=False,
-        default="full",
-        help_text='"full" | "lora" | "adapter" for every stage, or {stage kind: method}.',
+        help_text='"full" | "lora" | "adapter" for every stage, or {stage kind: method}; a stage without one uses '
+        'its config\'s `peft.method`, else "full".',
     )
     stage_configs = serializers.DictField(
         child=serializers.DictField(),

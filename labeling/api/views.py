@@ -349,7 +349,7 @@ class TrainingRunViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet)
             preset=values["preset"],
             created_by=request.user,
             base_model=values.get("base_model"),
-            peft=values.get("peft", "full"),
+            peft=values.get("peft"),
             stage_configs=values.get("stage_configs") or None,
             filters=values.get("filters") or None,
             sample_after=values.get("sample_after"),

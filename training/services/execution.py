@@ -23,7 +23,15 @@ from django.utils import timezone
 
 from training.engine import stages as engine_stages
 from training.engine.base_model import describe_saved_model
-from training.engine.common import ModelRef, StepMetrics, checkpoint_dir_for, pick_device
+from training.engine.common import (
+    DeviceUnavailableError,
+    ModelRef,
+    StageFailure,
+    StepMetrics,
+    checkpoint_dir_for,
+    json_safe,
+    pick_device,
+)
 from training.models import ModelVersion, StageRun, TrainingRun
 from training.services import datasets
 from training.services.registry import model_version_register
@@ -87,7 +95,8 @@ class StageReporter:
 
     def on_progress(self, progress: StepMetrics) -> None:
         values = {key: float(value) for key, value in progress.values.items()}
-        self.metrics.append({"step": progress.step, "values": values})
+        # A NaN or infinite value is kept as null: the metrics column is JSON, which has no NaN (Postgres refuses it).
+        self.metrics.append({"step": progress.step, "values": json_safe(values)})
         self.step = progress.step
         self.total = max(progress.total_steps, progress.step)
         shown = " ".join(f"{key}={value:.4g}" for key, value in sorted(values.items()))
@@ -162,9 +171,17 @@ def _claim(*, stage_run_id: int, worker: str, task_id: str) -> StageRun | None:
         blocking = run.stages.filter(position__lt=stage.position).exclude(status=StageRun.Status.SUCCEEDED)
         if blocking.exists():
             return None
+        try:
+            device = pick_device(stage.config.get("device", "auto"))
+        except DeviceUnavailableError as exc:
+            # Failed here, once, with the reason: the message is acknowledged, so nothing retries it.
+            stage.worker = worker
+            stage.save(update_fields=["worker"])
+            _fail(stage, str(exc), now)
+            return None
         stage.status = StageRun.Status.RUNNING
         stage.worker = worker
-        stage.device = str(pick_device(stage.config.get("device", "auto")))
+        stage.device = str(device)
         stage.celery_task_id = task_id or stage.celery_task_id
         stage.started_at = stage.started_at or now
         stage.heartbeat_at = now
@@ -175,6 +192,15 @@ def _claim(*, stage_run_id: int, worker: str, task_id: str) -> StageRun | None:
             run.started_at = run.started_at or now
             run.save(update_fields=["status", "started_at"])
     return stage
+
+
+def _fail(stage: StageRun, message: str, now) -> None:
+    StageRun.objects.filter(pk=stage.pk).update(status=StageRun.Status.FAILED, error=message, finished_at=now)
+    TrainingRun.objects.filter(pk=stage.run_id).update(
+        status=TrainingRun.Status.FAILED,
+        error=f"stage {stage.position} ({stage.kind}): {message}",
+        finished_at=now,
+    )
 
 
 def _finish_cancelled(stage: StageRun, now) -> None:
@@ -231,19 +257,19 @@ def stage_run_execute(*, stage_run_id: int, worker: str = "", task_id: str = "")
             return StageRun.Status.CANCELLED
         return _finish_succeeded(stage=stage, start=start, out_dir=out_dir, metrics=metrics)
     except Exception as exc:
-        logger.exception("stage %s of run %s failed", stage.pk, stage.run_id)
-        log_lines.extend(traceback.format_exc().splitlines()[-30:])
-        reporter.flush()
-        now = timezone.now()
-        message = f"{type(exc).__name__}: {exc}"
-        StageRun.objects.filter(pk=stage.pk).update(
-            status=StageRun.Status.FAILED, error=message, finished_at=now
-        )
-        TrainingRun.objects.filter(pk=stage.run_id).update(
-            status=TrainingRun.Status.FAILED,
-            error=f"stage {stage.position} ({stage.kind}): {message}",
-            finished_at=now,
-        )
+        # A reason the user can act on (NaN loss, missing device) is shown as it is; anything else with its type.
+        message = str(exc) if isinstance(exc, StageFailure) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, StageFailure):
+            logger.warning("stage %s of run %s failed: %s", stage.pk, stage.run_id, message)
+            log_lines.append(f"failed: {message}")
+        else:
+            logger.exception("stage %s of run %s failed", stage.pk, stage.run_id)
+            log_lines.extend(traceback.format_exc().splitlines()[-30:])
+        try:
+            reporter.flush()
+        except Exception:  # the live state is a nicety; the stage must still end failed with its own reason
+            logger.exception("stage %s: last progress not written", stage.pk)
+        _fail(stage, message, timezone.now())
         return StageRun.Status.FAILED
     finally:
         heartbeat.stop()
@@ -298,12 +324,6 @@ def stale_stages_fail(*, now=None) -> list[int]:
         )
         for stage in stale.filter(status=StageRun.Status.RUNNING, heartbeat_at__lt=cutoff):
             message = f"worker {stage.worker or '?'} stopped sending heartbeats (last {stage.heartbeat_at:%H:%M:%S})"
-            StageRun.objects.filter(pk=stage.pk).update(
-                status=StageRun.Status.FAILED, error=message, finished_at=now
-            )
-            TrainingRun.objects.filter(pk=stage.run_id).update(
-                status=TrainingRun.Status.FAILED, error=f"stage {stage.position} ({stage.kind}): {message}",
-                finished_at=now,
-            )  # fmt: skip
+            _fail(stage, message, now)
             failed.append(stage.pk)
     return failed

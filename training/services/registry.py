@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db import transaction
 
 from training.engine import base_model as engine_base_model
+from training.engine.common import json_safe
 from training.models import ModelVersion
 
 
@@ -38,8 +39,9 @@ def model_version_register(
         artifact_path=str(relative),
         sha256=saved.sha256,
         source=source,
-        config=saved.config,
-        metrics=metrics or {},
+        # NaN and infinities become null: JSON has none, and Postgres refuses them.
+        config=json_safe(saved.config),
+        metrics=json_safe(metrics or {}),
         num_parameters=saved.num_parameters,
         stage_run=stage_run,
         dataset_hash=dataset_hash,

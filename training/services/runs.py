@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -24,8 +26,6 @@ PRESET_STAGES: dict[str, tuple[str, ...]] = {
     TrainingRun.Preset.REWARD: ("reward",),
     TrainingRun.Preset.SFT: ("sft",),
 }
-# What `sample_after` may hold: the keyword arguments of loop.services.sampling.sampling_job_create it passes on.
-SAMPLE_AFTER_OPTIONS = {"pool", "limit", "params", "make_comparisons", "uncertain_share"}
 # What a preset fixes in a stage's config, whatever the form says.
 PRESET_FIXED: dict[tuple[str, str], dict] = {
     (TrainingRun.Preset.RLHF, "ppo"): {"reward_source": "reward_model"},
@@ -44,14 +44,15 @@ class LaunchPlan:
 def launch_plan_validate(
     *,
     preset: str,
-    peft: str | dict[str, str] = "full",
+    peft: str | dict[str, str] | None = None,
     stage_configs: dict | None = None,
     filters: dict | None = None,
 ) -> LaunchPlan:
     """Validate everything a launch needs; raise ValidationError with one message per bad field.
 
-    Field names are `preset`, `peft`, `filters.<name>`, and `<kind>.<dotted config field>` for stage configs,
-    so the form can show each error beside its input.
+    Field names are `preset`, `peft` / `peft.<kind>`, `filters.<name>`, and `<kind>.<dotted config field>` for
+    stage configs, so the form can show each error beside its input. The PEFT method of a stage comes from `peft`
+    or from the stage config's `peft.method` (giving both, differently, is an error); "full" when neither says.
     """
     errors: dict[str, list[str]] = {}
     if preset not in PRESET_STAGES:
@@ -59,28 +60,58 @@ def launch_plan_validate(
             {"preset": [f"Unknown preset {preset!r}; choose one of {', '.join(PRESET_STAGES)}."]}
         )
     kinds = PRESET_STAGES[preset]
+    runs_what = f"Preset {preset} runs {', '.join(kinds)}"
+    if not isinstance(stage_configs or {}, dict):
+        raise ValidationError(
+            {"stage_configs": ['Give an object of stage objects, e.g. {"sft": {"max_steps": 50}}.']}
+        )
     stage_configs = dict(stage_configs or {})
     for kind in stage_configs:
         if kind not in kinds:
-            errors.setdefault("config", []).append(
-                f"Preset {preset} has no {kind} stage (it runs {', '.join(kinds)})."
-            )
+            errors.setdefault("config", []).append(f"{runs_what}; it has no {kind} stage.")
+    if isinstance(peft, dict):
+        for kind in peft:
+            if kind not in kinds:
+                errors.setdefault(f"peft.{kind}", []).append(f"{runs_what}; it has no {kind} stage.")
+    elif peft is not None and not isinstance(peft, str):
+        errors.setdefault("peft", []).append('A method name, or an object {"stage kind": "method"}.')
+        peft = None
     planned: list[tuple[str, str, dict]] = []
     for kind in kinds:
-        method = peft.get(kind, "full") if isinstance(peft, dict) else peft
+        values = stage_configs.get(kind) or {}
+        if not isinstance(values, dict):
+            errors.setdefault(kind, []).append('must be an object of config fields, e.g. {"max_steps": 50}')
+            continue
+        values = dict(values)
+        stage_peft = values.get("peft") or {}
+        usable = True  # False: an error is recorded, but the rest of the config is still checked
+        if not isinstance(stage_peft, dict):
+            errors.setdefault(f"{kind}.peft", []).append(
+                'must be an object of PEFT settings, e.g. {"method": "lora", "lora_r": 8}'
+            )
+            stage_peft, usable = {}, False
+        chosen = peft.get(kind) if isinstance(peft, dict) else peft
+        own = stage_peft.get("method")
+        if chosen is not None and own is not None and chosen != own:
+            errors.setdefault(f"{kind}.peft.method", []).append(
+                f"{own!r} here but {chosen!r} in the PEFT choice of the launch; give the method once."
+            )
+            usable = False
+        method = chosen or own or "full"
         if method not in StageRun.Peft.values:
             errors.setdefault(f"{kind}.peft.method", []).append(
                 f"Choose one of {', '.join(StageRun.Peft.values)}."
             )
-            continue
-        values = dict(stage_configs.get(kind) or {})
-        values["peft"] = {**(values.get("peft") or {}), "method": method}
+            method, usable = "full", False
+        values["peft"] = {**stage_peft, "method": method}
         values.update(PRESET_FIXED.get((preset, kind), {}))
         try:
             config = engine_stages.config_from_dict(kind, values)
         except engine_stages.StageConfigError as exc:
             for field, message in exc.errors.items():
                 errors.setdefault(f"{kind}.{field}", []).append(message)
+            continue
+        if not usable:
             continue
         if kind == "ppo":
             _validate_reward_rules(config, errors)
@@ -96,6 +127,67 @@ def launch_plan_validate(
     return LaunchPlan(
         preset=preset, stages=planned, filters=parsed_filters, formats=preset_data_formats(preset)
     )
+
+
+def launch_validate(
+    *,
+    preset: str,
+    base_model: ModelVersion | None,
+    peft: str | dict[str, str] | None = None,
+    stage_configs: dict | None = None,
+    filters: dict | None = None,
+    sample_after: dict | None = None,
+) -> tuple[LaunchPlan, ModelVersion]:
+    """Everything `training_run_launch` checks before it touches the data, with all errors in one ValidationError:
+    the plan, `sample_after.<option>`, `base_model`, and LoRA target modules against the base model's modules."""
+    errors: dict[str, list[str]] = {}
+    plan = None
+    try:
+        plan = launch_plan_validate(preset=preset, peft=peft, stage_configs=stage_configs, filters=filters)
+    except ValidationError as exc:
+        errors.update(exc.message_dict)
+    if sample_after is not None:
+        from loop.services.sampling import (
+            sampling_options_validate,
+        )  # loop builds on training, not the reverse
+
+        try:
+            sampling_options_validate(sample_after)
+        except ValidationError as exc:
+            for field, messages in exc.message_dict.items():
+                key = "sample_after" if field == "__all__" else f"sample_after.{field}"
+                errors.setdefault(key, []).extend(messages)
+    base_model = base_model or default_base_model()
+    if base_model is None:
+        errors["base_model"] = ["No base model is registered: run `manage.py import_base_model`."]
+    elif base_model.kind != ModelVersion.Kind.POLICY:
+        errors["base_model"] = ["The base model must be a policy."]
+    elif plan is not None:
+        _validate_lora_targets(plan, base_model, errors)
+    if errors:
+        raise ValidationError(errors)
+    return plan, base_model
+
+
+def _validate_lora_targets(plan: LaunchPlan, base_model: ModelVersion, errors: dict[str, list[str]]) -> None:
+    """LoRA's target modules must name modules of the base model (every stage of a run shares its architecture)."""
+    from training.engine.base_model import linear_module_names
+    from training.engine.common import unmatched_lora_targets, unmatched_targets_message
+
+    lora_stages = [(kind, config) for kind, method, config in plan.stages if method == StageRun.Peft.LORA]
+    if not lora_stages:
+        return
+    try:
+        names = linear_module_names(Path(settings.ARTIFACT_ROOT) / base_model.artifact_path)
+    except (OSError, ValueError):
+        return  # an unreadable base fails its first stage with the reason; nothing to compare against here
+    if not names:
+        return
+    for kind, config in lora_stages:
+        if missing := unmatched_lora_targets(names, config["peft"]["lora_target_modules"]):
+            errors.setdefault(f"{kind}.peft.lora_target_modules", []).append(
+                unmatched_targets_message(missing, names)
+            )
 
 
 def preset_data_formats(preset: str) -> tuple[str, ...]:
@@ -128,7 +220,7 @@ def training_run_launch(
     preset: str,
     created_by=None,
     base_model: ModelVersion | None = None,
-    peft: str | dict[str, str] = "full",
+    peft: str | dict[str, str] | None = None,
     stage_configs: dict | None = None,
     filters: dict | None = None,
     sample_after: dict | None = None,
@@ -138,20 +230,10 @@ def training_run_launch(
     Returns at once; on invalid input raises ValidationError and creates and enqueues nothing. When the broker is
     down the run is saved and BrokerUnavailable is raised after the commit: the run starts once the broker is back.
     """
-    plan = launch_plan_validate(preset=preset, peft=peft, stage_configs=stage_configs, filters=filters)
-    if sample_after is not None:
-        unknown = set(sample_after) - SAMPLE_AFTER_OPTIONS
-        if unknown:
-            raise ValidationError(
-                {"sample_after": [f"Unknown sampling options: {', '.join(sorted(unknown))}."]}
-            )
-    base_model = base_model or default_base_model()
-    if base_model is None:
-        raise ValidationError(
-            {"base_model": ["No base model is registered: run `manage.py import_base_model`."]}
-        )
-    if base_model.kind != ModelVersion.Kind.POLICY:
-        raise ValidationError({"base_model": ["The base model must be a policy."]})
+    plan, base_model = launch_validate(
+        preset=preset, base_model=base_model, peft=peft, stage_configs=stage_configs, filters=filters,
+        sample_after=sample_after,
+    )  # fmt: skip
     snapshot = datasets.snapshot_create(project=project, filters=plan.filters, formats=plan.formats)
     empty = [fmt for fmt in plan.formats if snapshot.counts.get(fmt, 0) == 0]
     if empty:

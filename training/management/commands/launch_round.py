@@ -18,7 +18,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--project", required=True, help="Project slug.")
         parser.add_argument("--preset", required=True, choices=list(PRESET_STAGES))
-        parser.add_argument("--peft", default="full", choices=["full", "lora", "adapter"])
+        parser.add_argument(
+            "--peft", choices=["full", "lora", "adapter"],
+            help="PEFT method of every stage (default: each stage config's peft.method, else full).",
+        )  # fmt: skip
         parser.add_argument(
             "--config",
             help='Stage configs as JSON (or @file.json): {"sft": {"max_steps": 50}, "ppo": {"rules": [...]}}.',
