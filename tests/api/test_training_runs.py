@@ -67,7 +67,7 @@ def test_invalid_launch_answers_400_per_field_and_creates_nothing(clients, launc
     )
     assert response.status_code == 400
     errors = response.json()
-    assert errors["sft.max_steps"] == ["must be greater than 0"]
+    assert errors["sft.max_steps"] == ["must be at least 1"]
     assert errors["ppo.learning_rate"] == ["must be a number"]
     assert "sft.nope" in errors and "reward.peft.method" in errors and "filters" in errors
     cases = [
@@ -119,3 +119,71 @@ def test_cancel_resume_retry(clients, launchable, enqueued_stages):
     # A stage of another run is not found.
     other = TrainingRun.objects.create(project=project, preset="sft", base_model=base)
     assert clients["admin"].post(f"{URL}{other.pk}/stages/{second}/resume/").status_code == 404
+
+
+def test_configs_that_would_crash_or_stall_later_answer_400_naming_the_field(
+    clients, launchable, enqueued_stages
+):
+    project, _ = launchable
+    lora = {"sft": "lora"}
+    cases = [
+        ({"stage_configs": {"sft": {"device": "xyz"}}}, "sft.device"),
+        ({"stage_configs": {"sft": {"device": "meta"}}}, "sft.device"),
+        ({"stage_configs": {"sft": {"learning_rate": 1e308}}}, "sft.learning_rate"),
+        ({"stage_configs": {"sft": {"seed": 2**70}}}, "sft.seed"),
+        ({"stage_configs": {"sft": {"max_steps": 10**12}}}, "sft.max_steps"),
+        ({"stage_configs": {"sft": {"max_steps": 1e12}}}, "sft.max_steps"),
+        ({"stage_configs": {"sft": {"batch_size": 10**7}}}, "sft.batch_size"),
+        ({"stage_configs": {"sft": {"batch_size": -8}}}, "sft.batch_size"),
+        ({"stage_configs": {"sft": {"batch_size": "8"}}}, "sft.batch_size"),
+        ({"stage_configs": {"sft": {"max_length": True}}}, "sft.max_length"),
+        ({"stage_configs": {"sft": {"peft": "lora"}}}, "sft.peft"),  # was a 500
+        ({"peft": {"sft": "lora", "ppo": "lora"}}, "peft.ppo"),  # the sft preset has no ppo stage
+        ({"peft": {"sft": "lora", "sfT": "full"}}, "peft.sfT"),
+        ({"peft": "lora", "stage_configs": {"sft": {"peft": {"method": "adapter"}}}}, "sft.peft.method"),
+        ({"peft": lora, "stage_configs": {"sft": {"peft": {"lora_target_modules": ["qkv"]}}}},
+         "sft.peft.lora_target_modules"),  # the tiny Llama has q_proj, k_proj, …, not qkv
+        ({"sample_after": {"limit": "abc"}}, "sample_after.limit"),
+        ({"sample_after": {"limit": -5}}, "sample_after.limit"),
+        ({"sample_after": {"params": {"temperature": "hot"}}}, "sample_after.params.temperature"),
+        ({"sample_after": {"params": {"max_new_tokens": 10**9}}}, "sample_after.params.max_new_tokens"),
+        ({"sample_after": {"uncertain_share": 2}}, "sample_after.uncertain_share"),
+        ({"sample_after": {"pool": "everything"}}, "sample_after.pool"),
+    ]  # fmt: skip
+    for payload, field in cases:
+        response = clients["admin"].post(
+            URL, {"project": project.slug, "preset": "sft", **payload}, format="json"
+        )
+        assert response.status_code == 400, (payload, response.content)
+        body = response.json()
+        assert field in body, (payload, body)
+        assert "total_steps" not in body
+    # Several bad fields of several stages come back together.
+    response = clients["admin"].post(
+        URL,
+        {
+            "project": project.slug,
+            "preset": "rlhf",
+            "stage_configs": {"sft": {"device": "xyz"}, "ppo": {"temperature": 0, "batch_size": True}},
+            "sample_after": {"limit": 0},
+        },
+        format="json",
+    )
+    body = response.json()
+    assert {"sft.device", "ppo.temperature", "ppo.batch_size", "sample_after.limit"} <= set(body), body
+    assert TrainingRun.objects.count() == 0 and StageRun.objects.count() == 0 and enqueued_stages == []
+    # The method may come from the stage config alone; LoRA targets the model has pass.
+    response = clients["admin"].post(
+        URL,
+        {
+            "project": project.slug,
+            "preset": "sft",
+            "stage_configs": {
+                "sft": {"peft": {"method": "lora", "lora_target_modules": ["self_attn.q_proj"]}}
+            },
+            "sample_after": {"limit": 5, "params": {"temperature": 0.5}},
+        },
+        format="json",
+    )
+    assert response.status_code == 201, response.json()
+    assert response.json()["stages"][0]["peft"] == "lora"

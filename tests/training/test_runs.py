@@ -31,7 +31,7 @@ def test_launch_validates_every_field_and_creates_nothing(tiny_model_dir, enqueu
         )  # fmt: skip
     errors = excinfo.value.message_dict
     assert "reward.peft.method" in errors
-    assert errors["sft.max_steps"] == ["must be greater than 0"]
+    assert errors["sft.max_steps"] == ["must be at least 1"]
     assert "sft.nope" in errors
     assert errors["ppo.learning_rate"] == ["must be a number"]
     assert "filters" in errors
@@ -160,3 +160,82 @@ def test_stale_heartbeat_marks_running_stage_failed(tiny_model_dir, enqueued_sta
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.FAILED
     assert stale_stages_fail() == []
+
+
+def _nan_base(tiny_model_dir) -> ModelVersion:
+    """The tiny model with one weight matrix of NaN, registered like any base: its very first loss is NaN."""
+    import torch
+
+    from training.engine.base_model import load_saved_model, save_model_atomically
+    from training.services.registry import artifact_dir, model_version_register
+
+    model, tokenizer = load_saved_model(tiny_model_dir)
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.fill_(float("nan"))
+    saved = save_model_atomically(model, tokenizer, artifact_dir(relative_path="models/nan-base"))
+    return model_version_register(name="nan-base", kind="policy", saved=saved, source="tests")
+
+
+def test_nan_loss_fails_the_stage_at_once_with_the_reason_and_stores_null_metrics(
+    tiny_model_dir, enqueued_stages
+):
+    import json
+
+    from training.selectors import stage_metric_series
+
+    project = ranked_project(prompts=4)
+    register_tiny_base(tiny_model_dir)
+    run = run_services.training_run_launch(
+        project=project, preset="sft", base_model=_nan_base(tiny_model_dir),
+        stage_configs={"sft": {**TINY_STAGE_CONFIGS["sft"], "max_steps": 50}},
+    )  # fmt: skip
+    _drain(enqueued_stages)
+    stage = run.stages.get()
+    run.refresh_from_db()
+    assert stage.status == StageRun.Status.FAILED and run.status == TrainingRun.Status.FAILED
+    assert stage.error.startswith("loss became NaN at step 1;"), stage.error
+    assert "check the base model" in stage.error and "heartbeat" not in stage.error
+    assert stage.step == 1  # not 50 NaN steps
+    # The NaN values were stored as null (Postgres refuses NaN in JSON), and the charts get valid JSON.
+    assert stage.metrics[0]["values"]["loss"] is None
+    json.dumps(stage_metric_series(stage=stage), allow_nan=False)
+    assert "loss became NaN" in stage.log_tail and not ModelVersion.objects.filter(stage_run=stage).exists()
+
+
+def test_stored_config_that_launch_would_refuse_fails_at_stage_start(tiny_model_dir, enqueued_stages):
+    project = ranked_project(prompts=4)
+    register_tiny_base(tiny_model_dir)
+    run = run_services.training_run_launch(
+        project=project, preset="sft", stage_configs={"sft": TINY_STAGE_CONFIGS["sft"]}
+    )
+    stage = run.stages.get()
+    StageRun.objects.filter(pk=stage.pk).update(config={**stage.config, "learning_rate": 1e308})  # an old row
+    _drain(enqueued_stages)
+    stage.refresh_from_db()
+    assert stage.status == StageRun.Status.FAILED and "learning_rate: must be at most 1" in stage.error
+    assert stage.step == 0
+
+
+@pytest.mark.parametrize("device", ["cuda:99", "cuda"])
+def test_unavailable_device_fails_the_stage_once_with_the_reason(tiny_model_dir, enqueued_stages, device):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has the GPU the config asks for")
+    project = ranked_project(prompts=4)
+    register_tiny_base(tiny_model_dir)
+    run = run_services.training_run_launch(
+        project=project, preset="sft", stage_configs={"sft": {**TINY_STAGE_CONFIGS["sft"], "device": device}}
+    )
+    stage = run.stages.get()
+    assert enqueued_stages == [stage.pk]
+    assert stage_run_execute(stage_run_id=stage.pk, worker="cpu-box", task_id="t1") == "skipped"
+    stage.refresh_from_db()
+    run.refresh_from_db()
+    assert stage.status == StageRun.Status.FAILED and run.status == TrainingRun.Status.FAILED
+    assert stage.error.startswith(f"device {device!r} is not available on this worker"), stage.error
+    assert stage.worker == "cpu-box" and stage.finished_at is not None
+    assert f"stage 0 (sft): device {device!r}" in run.error
+    # A redelivered message does not run it again, and nothing was enqueued behind it: no retry loop.
+    assert stage_run_execute(stage_run_id=stage.pk, worker="cpu-box", task_id="t1") == "skipped"
+    assert enqueued_stages == [stage.pk] and ModelVersion.objects.count() == 1  # the base alone

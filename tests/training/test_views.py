@@ -175,7 +175,7 @@ def test_launch_round_and_run_status_commands(world, enqueued_stages, capsys):
     assert "0 sft" in out and "pending" in out
     from django.core.management import CommandError
 
-    with pytest.raises(CommandError, match="sft.max_steps: must be greater than 0"):
+    with pytest.raises(CommandError, match="sft.max_steps: must be at least 1"):
         call_command(
             "launch_round",
             "--project",
@@ -187,3 +187,33 @@ def test_launch_round_and_run_status_commands(world, enqueued_stages, capsys):
         )
     with pytest.raises(CommandError, match="No project"):
         call_command("launch_round", "--project", "nope", "--preset", "sft")
+
+
+def test_launch_form_and_command_name_each_unrealistic_field(client, world, enqueued_stages):
+    project, _, users = world
+    _client(client, users["admin"])
+    response = client.post("/training/launch/", _form(project, preset="rlhf", max_steps="1000000000000"))
+    assert response.status_code == 422
+    assert response.context["form"].errors["max_steps"] == ["must be at most 1000000"]  # once, not per stage
+    advanced = '{"sft": {"device": "xyz", "peft": "lora", "seed": 1180591620717411303424}, "ppo": {"temperature": 0}}'
+    response = client.post("/training/launch/", _form(project, preset="rlhf", advanced=advanced))
+    assert response.status_code == 422
+    errors = " | ".join(response.context["form"].errors["advanced"])
+    for field in ("sft.device", "sft.peft", "sft.seed", "ppo.temperature"):
+        assert f"{field}: " in errors, errors
+    response = client.post("/training/launch/", _form(project, advanced='{"sft": {"learning_rate": 1e999}}'))
+    assert "sft.learning_rate: must be a finite number" in response.context["form"].errors["advanced"]
+    assert TrainingRun.objects.count() == 0 and enqueued_stages == []
+
+    from django.core.management import CommandError
+
+    with pytest.raises(CommandError) as excinfo:
+        call_command(
+            "launch_round", "--project", project.slug, "--preset", "sft",
+            "--config", '{"sft": {"device": "meta", "batch_size": 1e9}}',
+            "--sample-after", '{"limit": "abc", "params": {"temperature": "hot"}}',
+        )  # fmt: skip
+    message = str(excinfo.value)
+    for field in ("sft.device", "sft.batch_size", "sample_after.limit", "sample_after.params.temperature"):
+        assert f"  {field}: " in message, message
+    assert TrainingRun.objects.count() == 0 and enqueued_stages == []
