@@ -250,8 +250,11 @@ class TrainingRunSerializer(serializers.ModelSerializer):
 
 class TrainingRunLaunchSerializer(serializers.Serializer):
     """Launch a training run (admins). Only the shapes are checked here: `training_run_launch` validates the
-    values and answers 400 with one list of messages per field (`preset`, `filters`, `sample_after`,
-    `base_model`, `config`, `<stage>.peft.method`, `<stage>.<config field>` such as `sft.max_steps`, `ppo.rules`)."""
+    values and answers 400 with one list of messages per field (`preset`, `filters`, `sample_after.<option>` such as
+    `sample_after.limit` or `sample_after.params.temperature`, `base_model`, `config`, `peft.<stage>`,
+    `<stage>.peft.method`, `<stage>.<config field>` such as `sft.max_steps`, `sft.device`,
+    `sft.peft.lora_target_modules`, `ppo.rules`). Numbers outside realistic ranges, strings or booleans where numbers
+    go, and devices other than auto / cpu / cuda / cuda:N / mps are refused by field."""
 
     project = serializers.SlugRelatedField(slug_field="slug", queryset=Project.objects.all())
     preset = serializers.CharField(
