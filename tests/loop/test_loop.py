@@ -244,3 +244,27 @@ def test_sample_command_runs_here(tiny_model_dir, run_on_commit, capsys):
     )
     assert "2 responses, 4 new comparisons" in capsys.readouterr().out
     assert run_on_commit == []  # --here does not also enqueue it
+
+
+def test_sampling_params_and_options_refuse_strings_booleans_and_unrealistic_values():
+    from django.core.exceptions import ValidationError
+
+    for params, name in [
+        ({"temperature": "0.7"}, "temperature"),  # was coerced by float()
+        ({"max_new_tokens": True}, "max_new_tokens"),
+        ({"top_p": 0}, "top_p"),
+        ({"batch_size": 10**6}, "batch_size"),
+        ({"seed": 2**70}, "seed"),
+        ({"beams": 4}, "beams"),
+    ]:
+        with pytest.raises(ValidationError) as excinfo:
+            sampling_services.sampling_params_validate(params)
+        assert excinfo.value.message_dict["params"][0].startswith(f"{name}: "), excinfo.value.message_dict
+    assert sampling_services.sampling_params_validate({"temperature": 0})["temperature"] == 0
+    with pytest.raises(ValidationError) as excinfo:
+        sampling_services.sampling_options_validate(
+            {"limit": 2.5, "make_comparisons": "yes", "params": {"temperature": -1}, "colour": 1}
+        )
+    assert set(excinfo.value.message_dict) == {"limit", "make_comparisons", "params.temperature", "colour"}
+    options = {"pool": "all", "limit": 3, "uncertain_share": 1, "params": {"top_p": 0.9}}
+    assert sampling_services.sampling_options_validate(options) == options
