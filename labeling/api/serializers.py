@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from django.urls import reverse
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -164,7 +163,7 @@ class AssignmentSerializer(serializers.Serializer):
     assignment = serializers.IntegerField(source="assignment.id")
     project = serializers.CharField(source="assignment.project.slug")
     comparison = serializers.IntegerField(source="assignment.comparison_id")
-    is_gold = serializers.BooleanField(source="assignment.comparison.is_gold")
+    # No `is_gold`: an annotator who can tell a gold item from the others would rank it with extra care.
     leased_until = serializers.DateTimeField(source="assignment.leased_until")
     allow_ties = serializers.BooleanField(source="assignment.project.allow_ties")
     prompt = MessageSerializer(many=True, source="assignment.comparison.prompt.messages")
@@ -355,7 +354,7 @@ class ExportSerializer(serializers.ModelSerializer):
             "finished_at",
         ]
 
-    @extend_schema_field(OpenApiTypes.URI)
+    @extend_schema_field(serializers.URLField(allow_null=True, help_text="Null until the export is done."))
     def get_download_url(self, export: Export) -> str | None:
         if export.status != Export.Status.DONE:
             return None
