@@ -1,4 +1,14 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+def _create_cache_table(sender, using="default", **kwargs):
+    """The database cache (the shared store when there is no Redis) needs its table; `migrate` makes it."""
+    from django.conf import settings
+    from django.core.management import call_command
+
+    if any(cache["BACKEND"].endswith("DatabaseCache") for cache in settings.CACHES.values()):
+        call_command("createcachetable", database=using, verbosity=0)
 
 
 class CoreConfig(AppConfig):
@@ -6,3 +16,8 @@ class CoreConfig(AppConfig):
 
     name = "core"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from core import lockout  # noqa: F401  (connects the sign-in signal receivers)
+
+        post_migrate.connect(_create_cache_table, sender=self, dispatch_uid="core.create_cache_table")

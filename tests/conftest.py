@@ -22,6 +22,16 @@ def _isolated_artifact_root(settings, tmp_path) -> None:
     settings.ARTIFACT_ROOT = tmp_path / "artifacts"
 
 
+@pytest.fixture(autouse=True)
+def _isolated_cache(settings) -> str:
+    """Every test counts throttles and sign-in failures under its own cache prefix (Redis outlives a test)."""
+    import uuid
+
+    prefix = f"test-{uuid.uuid4().hex}"
+    settings.CACHES = {name: {**cache, "KEY_PREFIX": prefix} for name, cache in settings.CACHES.items()}
+    return prefix
+
+
 @pytest.fixture
 def enqueued_stages(monkeypatch) -> list[int]:
     """Training stages run in the test's own process: collect the stage ids that would have gone to the gpu queue.

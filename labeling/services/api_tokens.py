@@ -7,6 +7,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from rest_framework.authtoken.models import Token
 
+from core.lockout import signin_succeeded
 from core.selectors import user_roles
 
 
@@ -27,6 +28,8 @@ def api_token_for_credentials(*, username: str, password: str, request=None) -> 
     user = authenticate(request, username=username, password=password)
     if user is None:
         raise ValidationError({"__all__": "Wrong username or password."})
+    if request is not None:
+        signin_succeeded(request=request, username=username)
     return api_token_get_or_create(user=user)
 
 
