@@ -10,3 +10,7 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("django-admin/", admin.site.urls),
 ]
+
+# API errors are JSON; a lost database connection is a 503 with Retry-After wherever it is raised.
+handler404 = "core.request_guard.not_found"
+handler500 = "core.outage.server_error"

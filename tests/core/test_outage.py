@@ -1,0 +1,85 @@
+"""With the database unreachable, production (DEBUG=0, gunicorn) answers 503 + Retry-After, never a 500."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import requests
+
+from core.outage import is_database_outage
+from tests.workers import REPO_ROOT
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server_without_database():
+    """gunicorn whose DATABASE_URL points at a port nothing listens on: every query fails to connect."""
+    port, dead_port = _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://feedback@127.0.0.1:{dead_port}/feedback",
+        "DEBUG": "0",
+        "SECRET_KEY": uuid.uuid4().hex * 2,
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "SECURE_SSL_REDIRECT": "0",
+        "OUTAGE_RETRY_AFTER_S": "7",
+        "CACHE_URL": "db://",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "feedback_app.wsgi", "-w", "1", "-b", f"127.0.0.1:{port}"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                requests.get(f"{url}/api/schema/", timeout=5)
+                break
+            except requests.ConnectionError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("gunicorn did not start") from None
+                time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_api_and_pages_answer_503_with_retry_after(server_without_database):
+    url = server_without_database
+    api = requests.get(f"{url}/api/v1/projects/", headers={"Authorization": "Token " + "a" * 40}, timeout=30)
+    assert api.status_code == 503 and api.headers["Retry-After"] == "7"
+    assert api.headers["Content-Type"] == "application/json"
+    assert "database is unreachable" in api.json()["detail"]
+    token = requests.post(f"{url}/api/v1/auth/token/", json={"username": "a", "password": "b"}, timeout=30)
+    assert token.status_code == 503 and token.headers["Retry-After"] == "7"
+    page = requests.get(f"{url}/projects/", cookies={"sessionid": "x" * 32}, timeout=30)
+    assert page.status_code == 503 and page.headers["Retry-After"] == "7"
+    assert page.headers["Content-Type"].startswith("text/html") and "Nothing you sent was lost" in page.text
+
+
+def test_only_connection_failures_count_as_an_outage():
+    from django.db import DataError, IntegrityError, OperationalError
+
+    assert is_database_outage(OperationalError("connection refused"))
+    wrapped = RuntimeError("while saving")
+    wrapped.__cause__ = OperationalError("server closed the connection")
+    assert is_database_outage(wrapped)
+    assert not is_database_outage(IntegrityError("duplicate key"))
+    assert not is_database_outage(DataError("NUL"))
+    assert not is_database_outage(ValueError("nope"))
