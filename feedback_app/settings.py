@@ -381,3 +381,53 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# === Abuse resistance (issue #12): shared cache, sign-in lockout, strict input, database outage =============
+# Kept in one block: the cache every process shares (throttles and lockouts must hold across gunicorn workers),
+# who the client is behind proxies, the sign-in lockout, the JSON limits of the API and the outage answer.
+#
+# CACHE_URL (or REDIS_URL, or a redis:// CELERY_BROKER_URL) picks Redis; otherwise the database cache table,
+# which `migrate` creates. Never LocMem: it is per process, so each worker would count on its own.
+CACHE_URL = env_str("CACHE_URL") or env_str("REDIS_URL")
+if not CACHE_URL and CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    CACHE_URL = CELERY_BROKER_URL
+if CACHE_URL.startswith(("redis://", "rediss://", "unix://")):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}}
+elif CACHE_URL in ("", "db://"):
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "django_cache"}
+    }
+else:
+    raise ImproperlyConfigured(f"CACHE_URL={CACHE_URL!r}: use redis://host:port/db or db:// (the database)")
+# How many proxies in front of the app append to X-Forwarded-For. 0 (default): the header is ignored and the
+# client is REMOTE_ADDR, so a client cannot pick its own address to dodge a limit.
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
+REST_FRAMEWORK["NUM_PROXIES"] = TRUSTED_PROXY_COUNT
+# Sign-in lockout (browser, admin and API token): after LOGIN_LOCKOUT_USER_FAILURES failures for a username or
+# LOGIN_LOCKOUT_IP_FAILURES from one address, wait LOGIN_LOCKOUT_BASE_S, doubling with each further failure up
+# to LOGIN_LOCKOUT_MAX_S; counts are forgotten LOGIN_LOCKOUT_WINDOW_S after the last failure.
+LOGIN_LOCKOUT_USER_FAILURES = env_int("LOGIN_LOCKOUT_USER_FAILURES", 5)
+LOGIN_LOCKOUT_IP_FAILURES = env_int("LOGIN_LOCKOUT_IP_FAILURES", 20)
+LOGIN_LOCKOUT_BASE_S = env_int("LOGIN_LOCKOUT_BASE_S", 60)
+LOGIN_LOCKOUT_MAX_S = env_int("LOGIN_LOCKOUT_MAX_S", 3600)
+LOGIN_LOCKOUT_WINDOW_S = env_int("LOGIN_LOCKOUT_WINDOW_S", 24 * 3600)
+AUTHENTICATION_BACKENDS = ["core.lockout.LockoutBackend", "django.contrib.auth.backends.ModelBackend"]
+# API bodies: NUL, lone surrogates and (JSON) nesting deeper than API_JSON_MAX_DEPTH are a 400 naming the field.
+API_JSON_MAX_DEPTH = env_int("API_JSON_MAX_DEPTH", 64)
+REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"] = [
+    "labeling.api.parsers.StrictJSONParser",
+    "labeling.api.parsers.StrictFormParser",
+    "labeling.api.parsers.StrictMultiPartParser",
+]
+SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"] = [
+    "drf_spectacular.hooks.postprocess_schema_enums",
+    "labeling.api.schema.add_common_error_responses",
+]
+# While the database is unreachable: 503 with Retry-After (seconds) instead of a 500.
+OUTAGE_RETRY_AFTER_S = env_int("OUTAGE_RETRY_AFTER_S", 5)
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+    "core.request_guard.RequestGuardMiddleware",
+)
+MIDDLEWARE += ["core.lockout.SignInLockedMiddleware", "core.outage.DatabaseOutageMiddleware"]
+# === end of the abuse-resistance block =========================================================================

@@ -3,14 +3,22 @@ core.jobs.BrokerUnavailable (the job is saved, its task could not be published) 
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from core.jobs import BrokerUnavailable
+from core.lockout import SignInLocked
 from labeling.services.imports import ImportRejected
+
+
+class PayloadTooLarge(exceptions.APIException):
+    status_code = 413
+    default_code = "payload_too_large"
 
 
 def validation_detail(error: DjangoValidationError) -> dict[str, list[str]]:
@@ -38,4 +46,11 @@ def exception_handler(exc, context):
         exc = exceptions.ValidationError(validation_detail(exc))
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied(str(exc) or None)
+    elif isinstance(exc, SignInLocked):
+        exc = exceptions.Throttled(wait=exc.retry_after, detail=str(exc))
+    elif isinstance(exc, RequestDataTooBig):
+        exc = PayloadTooLarge(
+            f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes "
+            "(DATA_UPLOAD_MAX_MEMORY_SIZE); send less, or upload a file to the import endpoint."
+        )
     return drf_exception_handler(exc, context)

@@ -2,10 +2,39 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import django_filters
+from django import forms
+from django_filters.fields import IsoDateTimeField
 
 from labeling.models import Comparison, Export, Prompt, Ranking, Response
 from training.models import ModelVersion, TrainingRun
+
+# Real UTC offsets span -12:00..+14:00; Postgres rejects anything past +-15:59 with a DataError.
+MAX_UTC_OFFSET = dt.timedelta(hours=14)
+
+
+class UtcIsoDateTimeField(IsoDateTimeField):
+    """An ISO 8601 datetime with a real-world UTC offset, converted to UTC before any query sees it."""
+
+    def to_python(self, value):
+        value = super().to_python(value)
+        if value is None:
+            return value
+        offset = value.utcoffset()
+        if offset is not None and abs(offset) > MAX_UTC_OFFSET:
+            raise forms.ValidationError(
+                "The UTC offset must be between -14:00 and +14:00.", code="invalid_offset"
+            )
+        try:
+            return value.astimezone(dt.UTC)
+        except (OverflowError, ValueError) as exc:
+            raise forms.ValidationError("The date is out of range.", code="overflow") from exc
+
+
+class UtcIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
+    field_class = UtcIsoDateTimeField
 
 
 class PromptFilter(django_filters.FilterSet):
@@ -34,8 +63,8 @@ class ComparisonFilter(django_filters.FilterSet):
 
 class RankingFilter(django_filters.FilterSet):
     project = django_filters.CharFilter(field_name="comparison__project__slug")
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = Ranking

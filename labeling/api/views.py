@@ -13,7 +13,6 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response as ApiResponse
 from rest_framework.throttling import AnonRateThrottle
@@ -23,6 +22,7 @@ from core.roles import Role
 from core.selectors import user_roles
 from labeling.api import filters, serializers
 from labeling.api.import_jobs import ImportJobSerializer
+from labeling.api.parsers import StrictFormParser, StrictJSONParser, StrictMultiPartParser
 from labeling.api.permissions import IsAdmin, IsAnnotator, IsResearcherOrAdmin, ReadAnyRoleWriteAdmin
 from labeling.models import (
     Comparison,
@@ -132,7 +132,7 @@ class PromptViewSet(viewsets.ReadOnlyModelViewSet):
         methods=["post"],
         url_path="import",
         permission_classes=[IsAdmin],
-        parser_classes=[JSONParser, MultiPartParser, FormParser],
+        parser_classes=[StrictJSONParser, StrictMultiPartParser, StrictFormParser],
         serializer_class=serializers.PromptImportSerializer,
         filterset_class=None,
     )
