@@ -3,67 +3,18 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 
 import pytest
 import requests
 from django.core.management import call_command
 
 from tests.labeling.conftest import make_user
-from tests.workers import REPO_ROOT
+from tests.workers import web_server
 from tests.workers import test_database_url as database_url
 
 PASSWORD = "pw-for-tests-123"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def gunicorn(*, env: dict[str, str]):
-    """One production-mode (DEBUG=0) gunicorn process with one worker; yields its base URL."""
-    port = _free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "feedback_app.wsgi",
-            "-w",
-            "1",
-            "-b",
-            f"127.0.0.1:{port}",
-            "-t",
-            "60",
-        ],
-        cwd=REPO_ROOT,
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                requests.get(f"{url}/accounts/login/", timeout=5)
-                break
-            except requests.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("gunicorn did not start") from None
-                time.sleep(0.3)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 CACHES = ["db://"] + ([os.environ["REDIS_TEST_URL"]] if os.environ.get("REDIS_TEST_URL") else [])
@@ -95,7 +46,7 @@ def test_lockout_holds_across_two_processes_and_ignores_forged_forwarded_for(
         "LOGIN_LOCKOUT_IP_FAILURES": "8",
     }
     with ExitStack() as stack:
-        servers = [stack.enter_context(gunicorn(env=env)) for _ in range(2)]
+        servers = [stack.enter_context(web_server(extra_env=env)) for _ in range(2)]
 
         def token(n: int, username: str, password: str = "wrong"):
             return requests.post(

@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
 
 import pytest
 import requests
 
 from core.outage import is_database_outage
-from tests.workers import REPO_ROOT
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.workers import free_port, web_server
 
 
 @pytest.fixture
 def server_without_database():
     """gunicorn whose DATABASE_URL points at a port nothing listens on: every query fails to connect."""
-    port, dead_port = _free_port(), _free_port()
     env = {
-        **os.environ,
-        "DATABASE_URL": f"postgres://feedback@127.0.0.1:{dead_port}/feedback",
+        "DATABASE_URL": f"postgres://feedback@127.0.0.1:{free_port()}/feedback",
         "DEBUG": "0",
         "SECRET_KEY": uuid.uuid4().hex * 2,
         "ALLOWED_HOSTS": "127.0.0.1",
@@ -36,28 +23,8 @@ def server_without_database():
         "OUTAGE_RETRY_AFTER_S": "7",
         "CACHE_URL": "db://",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "feedback_app.wsgi", "-w", "1", "-b", f"127.0.0.1:{port}"],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                requests.get(f"{url}/api/schema/", timeout=5)
-                break
-            except requests.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("gunicorn did not start") from None
-                time.sleep(0.3)
+    with web_server(extra_env=env) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_api_and_pages_answer_503_with_retry_after(server_without_database):
