@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from contextlib import ExitStack
 
 import pytest
@@ -12,7 +11,6 @@ from django.core.management import call_command
 
 from tests.labeling.conftest import make_user
 from tests.workers import web_server
-from tests.workers import test_database_url as database_url
 
 PASSWORD = "pw-for-tests-123"
 
@@ -36,12 +34,7 @@ def test_lockout_holds_across_two_processes_and_ignores_forged_forwarded_for(
         }
     make_user("victim", password=PASSWORD)
     env = {
-        "DATABASE_URL": database_url(),
         "CACHE_URL": cache_url,
-        "DEBUG": "0",
-        "SECRET_KEY": uuid.uuid4().hex * 2,
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "SECURE_SSL_REDIRECT": "0",
         "LOGIN_LOCKOUT_USER_FAILURES": "5",
         "LOGIN_LOCKOUT_IP_FAILURES": "8",
     }

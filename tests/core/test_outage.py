@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 import requests
 
@@ -13,13 +11,9 @@ from tests.workers import free_port, web_server
 
 @pytest.fixture
 def server_without_database():
-    """gunicorn whose DATABASE_URL points at a port nothing listens on: every query fails to connect."""
+    """gunicorn (DEBUG=0) whose DATABASE_URL points at a port nothing listens on: every query fails to connect."""
     env = {
         "DATABASE_URL": f"postgres://feedback@127.0.0.1:{free_port()}/feedback",
-        "DEBUG": "0",
-        "SECRET_KEY": uuid.uuid4().hex * 2,
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "SECURE_SSL_REDIRECT": "0",
         "OUTAGE_RETRY_AFTER_S": "7",
         "CACHE_URL": "db://",
     }
