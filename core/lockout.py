@@ -40,6 +40,10 @@ def client_address(request) -> str:
     return meta.get("REMOTE_ADDR", "") or "unknown"
 
 
+def _now() -> float:
+    return time.time()
+
+
 def _keys(*, username: str | None, address: str) -> list[tuple[str, int]]:
     """(cache key, failures allowed) for the address and, when given, the username."""
     keys = [(f"signin-fail:ip:{address}", settings.LOGIN_LOCKOUT_IP_FAILURES)]
@@ -57,7 +61,7 @@ def _lock_seconds(*, failures: int, allowed: int) -> float:
 
 def signin_check(*, request, username: str | None) -> None:
     """Raise SignInLocked while this username or address is locked out."""
-    now = time.time()
+    now = _now()
     wait = 0.0
     for key, allowed in _keys(username=username, address=client_address(request)):
         record = cache.get(key)
@@ -71,7 +75,7 @@ def signin_check(*, request, username: str | None) -> None:
 
 def signin_failed(*, request, username: str | None) -> None:
     """Count one failed sign-in for the username and the address (kept for LOGIN_LOCKOUT_WINDOW_S)."""
-    now = time.time()
+    now = _now()
     for key, _allowed in _keys(username=username, address=client_address(request)):
         record = cache.get(key) or {"failures": 0}
         cache.set(

@@ -76,7 +76,7 @@ def test_browser_login_locks_per_user_with_doubling_backoff(client, settings, mo
     settings.LOGIN_LOCKOUT_USER_FAILURES = 3
     settings.LOGIN_LOCKOUT_BASE_S = 60
     now = [1_000_000.0]
-    monkeypatch.setattr(lockout.time, "time", lambda: now[0])
+    monkeypatch.setattr(lockout, "_now", lambda: now[0])
     make_user("victim", password=PASSWORD)
 
     def login(password="wrong", address="198.51.100.7"):
