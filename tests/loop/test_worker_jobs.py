@@ -107,3 +107,41 @@ def test_import_job_runs_on_the_default_queue_worker(default_worker):
     assert job.counts["prompts_created"] == 50 and job.counts["comparisons_built"] == 50
     assert Prompt.objects.filter(project__slug="worker-import").count() == 50
     assert not kept.exists() and job.upload_path == ""
+
+
+@pytest.mark.slow
+def test_export_and_sampling_finish_while_a_training_stage_runs(tiny_model_dir, default_worker):
+    """One worker per queue, as `make demo` and compose start them: `default` jobs never wait behind a stage."""
+    from tests.training.factories import TINY_STAGE_CONFIGS
+    from training.models import StageRun
+    from training.services import runs as run_services
+
+    project = ranked_project(slug="busy-gpu", prompts=8)
+    base = register_tiny_base(tiny_model_dir)
+    long_sft = {**TINY_STAGE_CONFIGS["sft"], "max_steps": 400, "checkpoint_every": 1000}
+    run = run_services.training_run_launch(project=project, preset="sft", stage_configs={"sft": long_sft})
+    stage = run.stages.get()
+    gpu_env = {"ARTIFACT_ROOT": str(django_settings.ARTIFACT_ROOT), "TRAINING_PROGRESS_WRITE_S": "0"}
+    with celery_worker(broker_url=django_settings.CELERY_BROKER_URL, queues="gpu", extra_env=gpu_env):
+
+        def training():
+            stage.refresh_from_db()
+            return stage.status == StageRun.Status.RUNNING and stage.step >= 1
+
+        wait_until(training, timeout=120, message="the training stage to make its first step")
+        researcher = make_user("busy-res", "researcher")
+        export = export_create(project=project, format="pairwise", file_type="jsonl", created_by=researcher)
+        job = sampling_job_create(project=project, model_version=base, params={"max_new_tokens": 4}, limit=2)
+
+        def default_jobs_done():
+            export.refresh_from_db()
+            job.refresh_from_db()
+            return export.status == Export.Status.DONE and job.status == SamplingJob.Status.SUCCEEDED
+
+        wait_until(default_jobs_done, timeout=120, message="the export and the sampling job")
+        stage.refresh_from_db()
+        assert stage.status == StageRun.Status.RUNNING and stage.step < long_sft["max_steps"], (
+            "the stage was not running any more: this proves nothing"
+        )
+        run_services.training_run_cancel(run=run)
+    assert export.rows == 8 and job.responses_created == 2
