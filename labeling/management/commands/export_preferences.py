@@ -78,6 +78,9 @@ class Command(BaseCommand):
                 on_progress=progress,
                 workers=workers,
             )
+            # The total was an upper bound (filters drop rows while writing): the finished bar says 100%.
+            bar.total = bar.n = result.rows
+            bar.refresh()
         self.stdout.write(
             self.style.SUCCESS(
                 f"Wrote {result.rows} rows to {result.path} ({file_type}, {result.size_bytes} bytes); "

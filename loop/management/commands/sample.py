@@ -3,9 +3,9 @@ import time
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
-from tqdm import tqdm
 
 from core.jobs import BrokerUnavailable
+from core.progress import ProgressLine
 from labeling.models import Project
 from loop.models import SamplingJob
 from loop.services.sampling import sampling_job_create, sampling_job_execute
@@ -24,7 +24,11 @@ class Command(BaseCommand):
         parser.add_argument("--uncertain-share", type=float, default=0.5)
         parser.add_argument("--no-comparisons", action="store_true")
         parser.add_argument("--here", action="store_true", help="Run in this process instead of on a worker.")
-        parser.add_argument("--wait", action="store_true", help="Wait for the worker, with a progress bar.")
+        parser.add_argument(
+            "--wait",
+            action="store_true",
+            help="Wait for the worker: a progress bar on a terminal, a line per change otherwise.",
+        )
 
     def handle(self, *args, **opts):
         project = Project.objects.filter(slug=opts["project"]).first()
@@ -46,14 +50,16 @@ class Command(BaseCommand):
         if opts["here"]:
             sampling_job_execute(job_id=job.pk)
         elif opts["wait"]:
-            with tqdm(desc=f"sampling job #{job.pk}", file=self.stdout) as bar:
+            line = ProgressLine(self.stdout, desc=f"sampling job #{job.pk}")
+            try:
                 while True:
                     job.refresh_from_db()
-                    bar.total, bar.n = max(job.total, 1), job.done
-                    bar.refresh()
+                    line.show(job.done, job.total, job.status)
                     if job.status in (SamplingJob.Status.SUCCEEDED, SamplingJob.Status.FAILED):
                         break
                     time.sleep(1)
+            finally:
+                line.close()
         job.refresh_from_db()
         if job.status == SamplingJob.Status.FAILED:
             raise CommandError(f"Sampling job #{job.pk} failed: {job.error}")

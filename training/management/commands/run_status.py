@@ -1,32 +1,29 @@
 import time
 
 from django.core.management.base import BaseCommand, CommandError
-from tqdm import tqdm
 
+from core.progress import ProgressLine
 from training.models import TrainingRun
 from training.selectors import run_is_finished
 
 
 def wait_for_run(*, run_id: int, stdout, poll_s: float = 1.0) -> TrainingRun:
-    """Show one progress bar per stage until the run finishes (the run goes on if this is interrupted)."""
-    bars: dict[int, tqdm] = {}
+    """Show one progress bar (or plain lines when captured) per stage until the run finishes (the run goes on if this is interrupted)."""
+    bars: dict[int, ProgressLine] = {}
     try:
         while True:
             run = TrainingRun.objects.get(pk=run_id)
             for stage in run.stages.order_by("position"):
                 bar = bars.get(stage.pk)
                 if bar is None:
-                    bar = bars[stage.pk] = tqdm(
-                        total=stage.total_steps or 1, desc=f"{stage.position} {stage.kind}/{stage.peft}",
-                        position=stage.position, file=stdout, leave=True, dynamic_ncols=True,
-                    )  # fmt: skip
-                bar.total = max(stage.total_steps, 1)
-                bar.n = stage.step
+                    bar = bars[stage.pk] = ProgressLine(
+                        stdout, desc=f"{stage.position} {stage.kind}/{stage.peft}", position=stage.position
+                    )
                 last = stage.metrics[-1]["values"] if stage.metrics else {}
-                bar.set_postfix(
-                    {"status": stage.status, **{k: f"{v:.3g}" for k, v in list(last.items())[:3]}}
-                )
-                bar.refresh()
+                bar.show(
+                    stage.step, stage.total_steps, stage.status,
+                    {k: f"{v:.3g}" for k, v in list(last.items())[:3]},
+                )  # fmt: skip
             if run_is_finished(run=run):
                 return run
             time.sleep(poll_s)
