@@ -26,4 +26,9 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 @login_required
 def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "core/home.html")
+    from labeling.selectors.annotation import annotator_work  # core sits below the apps: import at use
+
+    context = {}
+    if user_has_role(user=request.user, role=Role.ANNOTATOR):
+        context["work"] = annotator_work(annotator=request.user)
+    return render(request, "core/home.html", context)

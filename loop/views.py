@@ -21,7 +21,10 @@ reader_required = role_required(Role.ADMIN, Role.RESEARCHER)
 
 @admin_required
 def sampling(request: HttpRequest) -> HttpResponse:
-    form = SamplingForm(request.POST or None, initial={"model_version": request.GET.get("model_version")})
+    form = SamplingForm(
+        request.POST or None,
+        initial={"model_version": request.GET.get("model_version"), "project": request.GET.get("project")},
+    )
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:

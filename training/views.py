@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from core.jobs import BrokerUnavailable
@@ -176,13 +178,14 @@ def model_list(request: HttpRequest) -> HttpResponse:
 
 @reader_required
 def model_detail(request: HttpRequest, version_id: int) -> HttpResponse:
-    version = get_object_or_404(ModelVersion.objects.select_related("stage_run__run"), pk=version_id)
+    version = get_object_or_404(ModelVersion.objects.select_related("stage_run__run__project"), pk=version_id)
     context = {
         "version": version,
         "lineage": model_version_lineage(version=version),
         "children": version.children.order_by("id"),
         "files": artifact_files(version),
         "is_admin": _is_admin(request),
+        "sampling_url": sampling_url(version) if version.kind == ModelVersion.Kind.POLICY else "",
     }
     return render(request, "training/model_detail.html", context)
 
@@ -215,14 +218,26 @@ def model_file_download(request: HttpRequest, version_id: int, filename: str) ->
     return FileResponse(open(path, "rb"), as_attachment=True, filename=f"{version.name}--{path.name}")
 
 
+def sampling_url(version: ModelVersion) -> str:
+    """The sampling page with this policy (and the project it was trained on) preselected."""
+    query = {"model_version": version.pk}
+    if version.stage_run_id:
+        query["project"] = version.stage_run.run.project.slug
+    return f"{reverse('loop:sampling')}?{urlencode(query)}"
+
+
 @admin_required
 @require_POST
 def model_use_for_sampling(request: HttpRequest, version_id: int) -> HttpResponse:
-    version = get_object_or_404(ModelVersion, pk=version_id)
+    """Make the policy the sampling one, then offer the sampling job: its form opens with this policy chosen."""
+    version = get_object_or_404(ModelVersion.objects.select_related("stage_run__run__project"), pk=version_id)
     try:
         model_version_use_for_sampling(version=version)
     except ValidationError as exc:
         messages.error(request, " ".join(exc.messages))
-    else:
-        messages.success(request, f"{version.name} now generates the responses annotators rank.")
-    return redirect("training:model", version_id=version.pk)
+        return redirect("training:model", version_id=version.pk)
+    messages.success(
+        request,
+        f"{version.name} now generates the responses annotators rank. Start sampling from it: it is chosen below.",
+    )
+    return redirect(sampling_url(version))

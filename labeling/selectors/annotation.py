@@ -47,6 +47,14 @@ def annotator_progress(*, project: Project, annotator, now: datetime | None = No
     return Progress(done_today=counts["today"], done_total=counts["total"], left=left)
 
 
+def annotator_work(*, annotator, now: datetime | None = None) -> list[tuple[Project, Progress]]:
+    """Every project with this annotator's progress in it: what their home page offers to start on."""
+    return [
+        (project, annotator_progress(project=project, annotator=annotator, now=now))
+        for project in Project.objects.order_by("name")
+    ]
+
+
 def projects_for_annotator(*, annotator) -> QuerySet[Project]:
     return Project.objects.annotate(
         open_comparisons=Count(
