@@ -46,18 +46,50 @@ def stage_progress(*, stage: StageRun, now=None) -> StageProgress:
     return StageProgress(stage=stage, fraction=fraction, eta=eta)
 
 
-def stage_metric_series(*, stage: StageRun) -> dict[str, list[tuple[int, float]]]:
-    """Metric time series by name, {"loss": [(step, value), ...], ...}, for the charts.
+# Curves a reader looks at first ("is it learning?"); every other series waits behind a toggle.
+HEADLINE_METRIC_WORDS = ("loss", "reward")
 
-    Names reported once (end-of-stage summaries such as runtime) are not series and are left out.
-    """
+
+@dataclass(frozen=True)
+class StageMetrics:
+    curves: dict[str, list[tuple[int, float | None]]]  # loss and reward series: {"loss": [(step, value)]}
+    more: dict[str, list[tuple[int, float | None]]]  # the other series
+    summary: list[
+        tuple[str, float | None]
+    ]  # reported once (runtime, final accuracy) or never changing: numbers
+
+
+def stage_metrics(*, stage: StageRun) -> StageMetrics:
+    """The stage's metric points split for the run page: headline curves, other curves, one-off numbers."""
     series: dict[str, list[tuple[int, float | None]]] = {}
     for point in stage.metrics or []:
         for name, value in (point.get("values") or {}).items():
             # None (a NaN or infinity, stored as null) stays a gap in the chart; json_script would write NaN,
             # which JSON.parse rejects, so a non-finite float left in an old row becomes None too.
             series.setdefault(name, []).append((point.get("step", 0), json_safe(value)))
-    return {name: points for name, points in series.items() if len(points) > 1}
+    curves: dict[str, list[tuple[int, float | None]]] = {}
+    more: dict[str, list[tuple[int, float | None]]] = {}
+    summary: list[tuple[str, float | None]] = []
+    for name in sorted(series):
+        points = series[name]
+        if len({step for step, _ in points}) < 2 or len({value for _, value in points}) < 2:
+            summary.append((name, points[-1][1]))
+        elif any(word in name for word in HEADLINE_METRIC_WORDS):
+            curves[name] = points
+        else:
+            more[name] = points
+    return StageMetrics(curves=curves, more=more, summary=summary)
+
+
+# The running stage first (then a failure to look at, then what waits): what a reader of a live run looks for.
+_STAGE_ORDER = {StageRun.Status.RUNNING: 0, StageRun.Status.FAILED: 1, StageRun.Status.PENDING: 2}
+# Finished well: shown collapsed, one line each.
+COLLAPSED_STAGE_STATES = (StageRun.Status.SUCCEEDED, StageRun.Status.CANCELLED)
+
+
+def stages_for_display(*, run: TrainingRun) -> list[StageRun]:
+    stages = run.stages.select_related("output_model").order_by("position")
+    return sorted(stages, key=lambda stage: (_STAGE_ORDER.get(stage.status, 3), stage.position))
 
 
 def model_versions_list() -> QuerySet[ModelVersion]:

@@ -21,12 +21,14 @@ from training.forms import LaunchForm
 from training.jobs import stages_waiting
 from training.models import ModelVersion, StageRun, TrainingRun
 from training.selectors import (
+    COLLAPSED_STAGE_STATES,
     model_version_lineage,
     model_versions_list,
     run_is_finished,
     runs_list,
-    stage_metric_series,
+    stage_metrics,
     stage_progress,
+    stages_for_display,
 )
 from training.services import runs as run_services
 from training.services.datasets import snapshot_counts
@@ -97,7 +99,7 @@ def launch_count(request: HttpRequest) -> HttpResponse:
 
 
 def _run_context(request: HttpRequest, run: TrainingRun) -> dict:
-    stages = list(run.stages.select_related("output_model").order_by("position"))
+    stages = stages_for_display(run=run)
     # The next stage whose task never reached the broker (an outage): core.jobs sends it once the broker is back.
     undelivered = set(stages_waiting(run.stages.filter(enqueued_at=None)).values_list("pk", flat=True))
     return {
@@ -106,8 +108,10 @@ def _run_context(request: HttpRequest, run: TrainingRun) -> dict:
         "stages": [
             {
                 "progress": stage_progress(stage=stage),
-                "series": stage_metric_series(stage=stage),
-                "series_id": f"series-{stage.pk}",
+                "metrics": stage_metrics(stage=stage),
+                "collapsed": stage.status in COLLAPSED_STAGE_STATES,
+                "curves_id": f"curves-{stage.pk}",
+                "more_id": f"more-series-{stage.pk}",
                 "undelivered": stage.pk in undelivered,
             }
             for stage in stages
@@ -116,12 +120,26 @@ def _run_context(request: HttpRequest, run: TrainingRun) -> dict:
     }
 
 
+def _filters_sentence(run: TrainingRun) -> str:
+    from labeling.selectors.preferences import PreferenceFilters
+
+    try:
+        return PreferenceFilters.from_dict(run.dataset_filters).sentence()
+    except (
+        ValidationError,
+        TypeError,
+        ValueError,
+    ):  # filters stored by an older version: show them as stored
+        return str(run.dataset_filters)
+
+
 @reader_required
 def run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
     run = get_object_or_404(
         TrainingRun.objects.select_related("project", "base_model", "created_by"), pk=run_id
     )
-    return render(request, "training/run_detail.html", _run_context(request, run))
+    context = {**_run_context(request, run), "filters_sentence": _filters_sentence(run)}
+    return render(request, "training/run_detail.html", context)
 
 
 @reader_required

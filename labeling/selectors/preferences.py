@@ -157,6 +157,24 @@ class PreferenceFilters:
                 data[name] = data[name].isoformat()
         return data
 
+    def sentence(self) -> str:
+        """What these filters keep, in words a reader of a run or an export page uses."""
+        parts = [
+            "every vote" if self.aggregation == "all" else "the majority ranking of each comparison",
+            "adjudicated comparisons only" if self.adjudicated_only else "",
+            "votes of gold-qualified annotators only" if self.gold_qualified_only else "",
+            f"agreement at least {self.min_agreement:.0%}" if self.min_agreement is not None else "",
+            "flagged and both-bad items left out" if self.exclude_flagged else "flagged items kept",
+        ]
+        if self.date_from and self.date_to:
+            parts.append(f"submitted from {self.date_from.isoformat()} to {self.date_to.isoformat()}")
+        elif self.date_from:
+            parts.append(f"submitted from {self.date_from.isoformat()} on")
+        elif self.date_to:
+            parts.append(f"submitted until {self.date_to.isoformat()}")
+        text = ", ".join(part for part in parts if part)
+        return text[0].upper() + text[1:] + "."
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> PreferenceFilters:
         """Build from stored JSON or a request; unknown keys are an error, missing keys take the defaults."""

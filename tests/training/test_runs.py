@@ -179,9 +179,10 @@ def _nan_base(tiny_model_dir) -> ModelVersion:
 def test_nan_loss_fails_the_stage_at_once_with_the_reason_and_stores_null_metrics(
     tiny_model_dir, enqueued_stages
 ):
+    import dataclasses
     import json
 
-    from training.selectors import stage_metric_series
+    from training.selectors import stage_metrics
 
     project = ranked_project(prompts=4)
     register_tiny_base(tiny_model_dir)
@@ -198,7 +199,7 @@ def test_nan_loss_fails_the_stage_at_once_with_the_reason_and_stores_null_metric
     assert stage.step == 1  # not 50 NaN steps
     # The NaN values were stored as null (Postgres refuses NaN in JSON), and the charts get valid JSON.
     assert stage.metrics[0]["values"]["loss"] is None
-    json.dumps(stage_metric_series(stage=stage), allow_nan=False)
+    json.dumps(dataclasses.asdict(stage_metrics(stage=stage)), allow_nan=False)
     assert "loss became NaN" in stage.log_tail and not ModelVersion.objects.filter(stage_run=stage).exists()
 
 

@@ -1,5 +1,8 @@
 """Training pages through Django's test client: permissions, launch form errors per field, live partials."""
 
+import json
+import re
+
 import pytest
 from django.core.management import call_command
 
@@ -129,7 +132,7 @@ def test_run_page_live_partial_and_htmx_cancel(client, world, enqueued_stages):
     assert b'hx-trigger="every 2s"' in page.content
     assert b"Cancel run" not in page.content  # researchers watch, admins act
     live = client.get(f"/training/runs/{run.pk}/live/", HTTP_HX_REQUEST="true")
-    assert b"<html" not in live.content and b'id="series-%d"' % stage.pk in live.content
+    assert b"<html" not in live.content and b'id="curves-%d"' % stage.pk in live.content
     assert client.post(f"/training/runs/{run.pk}/cancel/").status_code == 403
 
     _client(client, users["admin"])
@@ -138,6 +141,51 @@ def test_run_page_live_partial_and_htmx_cancel(client, world, enqueued_stages):
     run.refresh_from_db()
     assert run.cancel_requested
     assert list(run.stages.exclude(position=0).values_list("status", flat=True)) == ["cancelled", "cancelled"]
+
+
+def test_run_page_shows_the_running_stage_first_headline_curves_numbers_and_filters_in_words(
+    client, world, enqueued_stages
+):
+    project, _, users = world
+    run = run_services.training_run_launch(
+        project=project, preset="rlhf", stage_configs={"sft": {"max_steps": 2}},
+        filters={"aggregation": "all", "date_from": "2020-01-01"},
+    )  # fmt: skip
+    sft, reward, ppo = run.stages.order_by("position")
+    StageRun.objects.filter(pk=sft.pk).update(
+        status="succeeded", step=2,
+        metrics=[{"step": 1, "values": {"loss": 2.0, "learning_rate": 2e-5}},
+                 {"step": 2, "values": {"loss": 1.5, "learning_rate": 2e-5}},
+                 {"step": 2, "values": {"train_runtime": 12.3456}}],
+    )  # fmt: skip
+    StageRun.objects.filter(pk=reward.pk).update(
+        status="running", step=2,
+        metrics=[{"step": 1, "values": {"loss": 0.7, "accuracy": 0.5, "grad_norm": 3.0}},
+                 {"step": 2, "values": {"loss": 0.6, "accuracy": 0.75, "grad_norm": 2.5}}],
+        log_tail="x" * 500,
+    )  # fmt: skip
+    _client(client, users["researcher"])
+    html = client.get(f"/training/runs/{run.pk}/").content.decode()
+    order = [html.index(f'id="stage-{stage.pk}"') for stage in (reward, ppo, sft)]
+    assert order == sorted(order), "the running stage first, then what waits, finished last"
+    assert f'<details class="stage" id="stage-{reward.pk}" data-stage-status="running" open>' in html
+    assert f'<details class="stage" id="stage-{sft.pk}" data-stage-status="succeeded">' in html  # collapsed
+    # Headline curves (loss) at once, the rest behind a toggle, constants and one-offs as numbers.
+    curves = re.search(rf'<script id="curves-{reward.pk}"[^>]*>(.*?)</script>', html, re.S).group(1)
+    more = re.search(rf'<script id="more-series-{reward.pk}"[^>]*>(.*?)</script>', html, re.S).group(1)
+    assert set(json.loads(curves)) == {"loss"} and set(json.loads(more)) == {"accuracy", "grad_norm"}
+    assert "2 more metrics" in html
+    summary = re.search(rf'id="stage-{sft.pk}".*?<dl class="summary"[^>]*>(.*?)</dl>', html, re.S).group(1)
+    assert (
+        "<dt>learning_rate</dt><dd>2e-5</dd>" in summary and "<dt>train_runtime</dt><dd>12.35</dd>" in summary
+    )
+    assert f'id="more-series-{sft.pk}"' not in html and "E-5" not in html
+    filters = re.search(r'data-testid="filters">(.*?)</p>', html, re.S).group(1)
+    assert (
+        filters.startswith("<strong>Filters</strong> Every vote,")
+        and "submitted from 2020-01-01 on" in filters
+    )
+    assert "{" not in filters
 
 
 def test_model_pages_download_and_use_for_sampling(client, world):
