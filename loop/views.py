@@ -12,7 +12,7 @@ from core.roles import Role
 from labeling.models import Project
 from loop.forms import SamplingForm
 from loop.models import SamplingJob
-from loop.selectors import leaderboard
+from loop.selectors import PRELIMINARY_BELOW_GAMES, leaderboard
 from loop.services.sampling import sampling_job_create
 
 admin_required = role_required(Role.ADMIN)
@@ -64,10 +64,21 @@ def leaderboard_page(request: HttpRequest, slug: str) -> HttpResponse:
         (row, [board.win_rates.get((row, column)) if row != column else None for column in models])
         for row in models
     ]
-    chart = [{"model": r.model, "elo": r.elo, "low": r.elo_low, "high": r.elo_high} for r in board.ratings]
+    chart = [
+        {
+            "model": row.model,
+            "elo": r.elo,
+            "low": r.elo_low,
+            "high": r.elo_high,
+            "preliminary": row.preliminary,
+        }
+        for row in board.rows
+        if (r := row.rating) is not None
+    ]
     return render(
         request, "loop/leaderboard.html",
-        {"project": project, "board": board, "matrix": matrix, "chart": chart, "projects": Project.objects.order_by("name")},
+        {"project": project, "board": board, "matrix": matrix, "chart": chart, "projects": Project.objects.order_by("name"),
+         "min_games": PRELIMINARY_BELOW_GAMES},
     )  # fmt: skip
 
 

@@ -7,7 +7,7 @@ document.addEventListener("DOMContentLoaded", () => {
   const rows = JSON.parse(data.textContent);
   new Chart(canvas, {
     data: {
-      labels: rows.map((row) => row.model),
+      labels: rows.map((row) => (row.preliminary ? `${row.model} (preliminary)` : row.model)),
       datasets: [
         { type: "bar", label: "95% interval", data: rows.map((row) => [row.low, row.high]), backgroundColor: "rgba(47, 91, 211, 0.25)" },
         { type: "line", label: "rating", data: rows.map((row) => row.elo), showLine: false, pointRadius: 5, borderColor: "#2f5bd3", backgroundColor: "#2f5bd3" },
