@@ -47,7 +47,7 @@ def test_base_model_always_listed_and_a_lucky_newcomer_stays_below_established_e
 
     # No game yet: the base model is there already, unrated.
     html = client.get("/leaderboard/board/").content.decode()
-    row = re.search(r'<tr data-model="#%d base".*?</tr>' % base.pk, html, re.S).group(0)
+    row = re.search(rf'<tr data-model="#{base.pk} base".*?</tr>', html, re.S).group(0)
     assert "no games yet" in row and ">base<" in row
 
     _games(project, Response(model_version=tuned), reference, wins=18, losses=12, voter=voter)
@@ -68,10 +68,10 @@ def test_base_model_always_listed_and_a_lucky_newcomer_stays_below_established_e
 
     html = client.get("/leaderboard/board/").content.decode()
     lucky_html = re.search(
-        r'<tr data-model="#%d lucky" class="preliminary">.*?</tr>' % lucky.pk, html, re.S
+        rf'<tr data-model="#{lucky.pk} lucky" class="preliminary">.*?</tr>', html, re.S
     ).group(0)
     assert 'data-testid="preliminary"' in lucky_html and '<td data-testid="games">2</td>' in lucky_html
-    tuned_html = re.search(r'<tr data-model="#%d tuned">.*?</tr>' % tuned.pk, html, re.S).group(0)
+    tuned_html = re.search(rf'<tr data-model="#{tuned.pk} tuned">.*?</tr>', html, re.S).group(0)
     assert '<td data-testid="rank">1</td>' in tuned_html and "53% <span" in tuned_html
     assert html.index(f"#{tuned.pk} tuned") < html.index(f"#{lucky.pk} lucky")
     assert Ranking.objects.count() == 62
