@@ -5,19 +5,31 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from itertools import combinations
 
-from labeling.models import Project, Ranking, Response
+from django.db.models import Count, Q
+
+from labeling.models import ComparisonResponse, Project, Ranking, Response
 from loop import bradley_terry
+
+
+def version_label(version) -> str:
+    return f"#{version.pk} {version.name}"
 
 
 def model_label(response: Response) -> str:
     if response.model_version_id:
-        return f"#{response.model_version_id} {response.model_version.name}"
+        return version_label(response.model_version)
     return f"external: {response.source_name}"
 
 
 def ranking_outcomes(*, project: Project) -> list[bradley_terry.Outcome]:
     """Every pair of differently-sourced responses inside every ranking, as one game (ties are half wins)."""
-    rankings = Ranking.objects.filter(comparison__project=project, comparison__is_gold=False).order_by("id")
+    return outcomes_of(
+        rankings=Ranking.objects.filter(comparison__project=project, comparison__is_gold=False)
+    )
+
+
+def outcomes_of(*, rankings) -> list[bradley_terry.Outcome]:
+    rankings = rankings.order_by("id")
     response_ids = {int(rid) for ranks in rankings.values_list("ranks", flat=True) for rid in ranks}
     labels = {
         r.pk: model_label(r)
@@ -32,6 +44,55 @@ def ranking_outcomes(*, project: Project) -> list[bradley_terry.Outcome]:
             score = 1.0 if first_rank < second_rank else 0.0 if first_rank > second_rank else 0.5
             outcomes.append(bradley_terry.Outcome(labels[first], labels[second], score))
     return outcomes
+
+
+@dataclass(frozen=True)
+class PolicyRecord:
+    """How a policy did with people: its samples (how many were cut off) and its games in human rankings."""
+
+    samples: int
+    truncated: int
+    wins: float
+    games: int
+
+    @property
+    def win_rate(self) -> float | None:
+        return self.wins / self.games if self.games else None
+
+
+def policy_records(*, versions) -> dict[int, PolicyRecord]:
+    """Samples and win rate (against any other source, ties half) of each policy, over every project."""
+    from training.models import ModelVersion
+
+    ids = [v.pk for v in versions if v.kind == ModelVersion.Kind.POLICY]
+    samples = {
+        row["model_version_id"]: row
+        for row in Response.objects.filter(model_version_id__in=ids)
+        .values("model_version_id")
+        .annotate(n=Count("id"), cut=Count("id", filter=Q(generation_params__truncated=True)))
+    }
+    with_policies = ComparisonResponse.objects.filter(response__model_version_id__in=ids).values(
+        "comparison_id"
+    )
+    outcomes = outcomes_of(
+        rankings=Ranking.objects.filter(comparison_id__in=with_policies, comparison__is_gold=False)
+    )
+    scores: dict[str, list[float]] = {}
+    for outcome in outcomes:
+        for label, score in ((outcome.first, outcome.score), (outcome.second, 1 - outcome.score)):
+            tally = scores.setdefault(label, [0.0, 0])
+            tally[0] += score
+            tally[1] += 1
+    records = {}
+    for version in versions:
+        if version.pk not in ids:
+            continue
+        wins, games = scores.get(version_label(version), (0.0, 0))
+        row = samples.get(version.pk, {"n": 0, "cut": 0})
+        records[version.pk] = PolicyRecord(
+            samples=row["n"], truncated=row["cut"], wins=wins, games=int(games)
+        )
+    return records
 
 
 # Fewer games than this and a rating is preliminary (as Chatbot Arena marks new models): shown, but ranked below
@@ -78,9 +139,7 @@ def base_model_label(*, project: Project) -> str | None:
         version = answered.model_version.base or answered.model_version
     else:
         version = ModelVersion.objects.filter(kind="policy", parent__isnull=True).order_by("id").first()
-    if version is None:
-        return None
-    return f"#{version.pk} {version.name}"
+    return version_label(version) if version is not None else None
 
 
 def leaderboard_rows(

@@ -187,11 +187,16 @@ def _after_action(request: HttpRequest, run: TrainingRun, message: str | None) -
 
 @reader_required
 def model_list(request: HttpRequest) -> HttpResponse:
-    return render(
-        request,
-        "training/model_list.html",
-        {"versions": model_versions_list()[:500], "is_admin": _is_admin(request)},
-    )
+    from loop.selectors import policy_records
+
+    versions = list(model_versions_list()[:500])
+    records = policy_records(versions=versions)
+    context = {
+        "rows": [(version, records.get(version.pk)) for version in versions],
+        "sampling": next((version for version in versions if version.use_for_sampling), None),
+        "is_admin": _is_admin(request),
+    }
+    return render(request, "training/model_list.html", context)
 
 
 @reader_required
@@ -204,6 +209,7 @@ def model_detail(request: HttpRequest, version_id: int) -> HttpResponse:
         "files": artifact_files(version),
         "is_admin": _is_admin(request),
         "sampling_url": sampling_url(version) if version.kind == ModelVersion.Kind.POLICY else "",
+        "samples": version.responses.select_related("prompt").order_by("-id")[:10],
     }
     return render(request, "training/model_detail.html", context)
 

@@ -190,13 +190,15 @@ def generate_responses(*, job: SamplingJob, prompts: Sequence[Prompt], progress=
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
         with torch.no_grad():
-            texts = generate(model, tokenizer, [p.messages for p in batch], sampling, generator).texts
+            generated = generate(model, tokenizer, [p.messages for p in batch], sampling, generator)
+        # An answer that hit max_new_tokens before its end-of-turn token was cut off: say so on the response.
+        truncated = (~generated.ended_with_eos).tolist()
         with transaction.atomic():
-            for prompt, text in zip(batch, texts, strict=True):
+            for prompt, text, cut in zip(batch, generated.texts, truncated, strict=True):
                 response, was_created = Response.objects.get_or_create(
                     prompt=prompt, external_id=external_id,
                     defaults={"content": text.strip(), "model_version": version,
-                              "generation_params": {**params, "device": str(device)}},
+                              "generation_params": {**params, "device": str(device), "truncated": bool(cut)}},
                 )  # fmt: skip
                 created.append(response)
         if progress:
