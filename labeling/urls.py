@@ -11,6 +11,7 @@ urlpatterns = [
     path("annotate/<slug:slug>/items/<int:assignment_id>/skip/", views.skip, name="skip"),
     path("annotate/<slug:slug>/undo/", views.undo, name="undo"),
     path("annotate/<slug:slug>/mine/", views.my_rankings, name="my_rankings"),
+    path("annotate/<slug:slug>/mine/<int:ranking_id>/", views.my_ranking_edit, name="my_ranking_edit"),
     path("labeling/import/", views.import_upload, name="import"),
     path("labeling/import/jobs/<int:job_id>/", views.import_job, name="import_job"),
     path("projects/<slug:slug>/dashboard/", views.dashboard, name="dashboard"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -13,12 +13,13 @@ from core.permissions import role_required
 from core.roles import Role
 from core.selectors import user_has_role
 from labeling.forms import ImportForm, SkipForm, ranks_from_post
-from labeling.models import Assignment, Comparison, ImportJob, Project, Ranking
+from labeling.models import Assignment, Comparison, ImportJob, Project, Ranking, Response
 from labeling.selectors.annotation import (
     annotator_progress,
-    annotator_rankings,
+    annotator_rankings_shown,
     assignment_responses,
     projects_for_annotator,
+    ranking_shown,
 )
 from labeling.selectors.quality import (
     annotator_table,
@@ -36,6 +37,7 @@ from labeling.services.imports import (
 )
 from labeling.services.leasing import assignment_lease_next
 from labeling.services.projects import adjudication_record
+from labeling.services.ranking_edits import ranking_edit
 from labeling.services.rankings import (
     SKIP_REASONS,
     UNDO_WINDOW_SECONDS,
@@ -90,6 +92,7 @@ def _workspace_context(
             comparison=assignment.comparison,
             shown=[(item, posted.get(f"rank_{item.response.id}", "")) for item in shown],
             posted_flags=posted.getlist("flags") if posted else [],
+            previous_choice=extra.get("previous_choice", ""),
             posted_rationale=posted.get("rationale", "") if posted else "",
             pairwise=len(shown) == 2,
             rank_choices=range(1, len(shown) + 1),
@@ -172,10 +175,29 @@ def skip(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
     return _render_workspace(request, project, next_assignment, notice="Skipped.")
 
 
+def _as_posted(ranking: Ranking) -> QueryDict:
+    """A withdrawn ranking as the form data that would submit it again: the workspace shows it filled in."""
+    posted = QueryDict(mutable=True)
+    for rid, rank in ranking.ranks.items():
+        posted[f"rank_{rid}"] = str(rank)
+    posted.setlist("flags", list(ranking.flags))
+    posted["rationale"] = ranking.rationale
+    return posted
+
+
+def _pairwise_choice(ranking: Ranking) -> str:
+    """The pairwise button that gave this ranking (relative to its display order)."""
+    if ranking.both_bad:
+        return "both_bad"
+    first, second = (ranking.ranks[str(rid)] for rid in ranking.display_order)
+    return "a" if first < second else "b" if first > second else "tie"
+
+
 @annotator_required
 @require_POST
 def undo(request: HttpRequest, slug: str) -> HttpResponse:
     project = get_object_or_404(Project, slug=slug)
+    withdrawn = ranking_undoable(project=project, annotator=request.user)
     try:
         assignment = ranking_undo_last(project=project, annotator=request.user)
     except ValidationError as error:
@@ -183,9 +205,15 @@ def undo(request: HttpRequest, slug: str) -> HttpResponse:
         return _render_workspace(request, project, current, status=422, error=_error_text(error))
     if not request.htmx:
         return redirect("labeling:annotate", slug=project.slug)
+    previous = {}
+    if withdrawn is not None and withdrawn.assignment_id == assignment.pk:  # what was undone, as it was
+        previous = {"posted": _as_posted(withdrawn)}
+        if len(withdrawn.display_order) == 2:
+            previous["previous_choice"] = _pairwise_choice(withdrawn)
     return _render_workspace(
-        request, project, assignment, notice="Your last ranking was withdrawn: rank it again."
-    )
+        request, project, assignment, notice="Your last ranking was withdrawn: change it or submit it again.",
+        **previous,
+    )  # fmt: skip
 
 
 @annotator_required
@@ -194,8 +222,50 @@ def my_rankings(request: HttpRequest, slug: str) -> HttpResponse:
     return render(
         request,
         "labeling/my_rankings.html",
-        {"project": project, "rankings": annotator_rankings(project=project, annotator=request.user)},
+        {
+            "project": project,
+            "items": annotator_rankings_shown(project=project, annotator=request.user),
+            "undo_window": UNDO_WINDOW_SECONDS,
+            "flag_choices": Ranking.Flag.choices,
+        },
     )
+
+
+@annotator_required
+@require_POST
+def my_ranking_edit(request: HttpRequest, slug: str, ranking_id: int) -> HttpResponse:
+    """Change one of your own rankings in place (within the undo window, before any adjudication)."""
+    project = get_object_or_404(Project, slug=slug)
+    ranking = Ranking.objects.filter(
+        pk=ranking_id, annotator=request.user, comparison__project=project
+    ).first()
+    if ranking is None:
+        raise Http404("No such ranking of yours.")
+    error, notice, status = "", "", 200
+    try:
+        ranking = ranking_edit(
+            ranking_id=ranking.pk,
+            annotator=request.user,
+            ranks=ranks_from_post(request.POST, ranking.display_order),
+            flags=request.POST.getlist("flags"),
+            rationale=request.POST.get("rationale", ""),
+        )
+        notice = "Saved."
+    except ValidationError as exc:
+        error, status = _error_text(exc), 422
+        ranking.refresh_from_db()
+    if not request.htmx:
+        (messages.error if error else messages.success)(request, error or notice)
+        return redirect("labeling:my_rankings", slug=project.slug)
+    responses = Response.objects.in_bulk(ranking.display_order)
+    context = {
+        "project": project,
+        "item": ranking_shown(ranking=ranking, responses=responses),
+        "notice": notice,
+        "error": error,
+        "flag_choices": Ranking.Flag.choices,
+    }
+    return render(request, "labeling/partials/my_ranking.html", context, status=status)
 
 
 # --- admin pages ------------------------------------------------------------------------------------------

@@ -63,6 +63,43 @@ def projects_for_annotator(*, annotator) -> QuerySet[Project]:
     ).order_by("slug")
 
 
+@dataclass(frozen=True)
+class RankingShown:
+    """One of the annotator's rankings as "your rankings" shows it: the texts in the order they saw them."""
+
+    ranking: Ranking
+    responses: list[tuple[ShownResponse, int]]  # display order, with the rank this annotator gave
+    editable: bool
+    pairwise: bool
+
+
+def ranking_shown(
+    *, ranking: Ranking, responses: dict[int, Response], now: datetime | None = None
+) -> RankingShown:
+    from labeling.services.ranking_edits import ranking_editable
+
+    shown = [
+        (
+            ShownResponse(response=responses[rid], letter=LETTERS[index], position=index + 1),
+            ranking.ranks[str(rid)],
+        )
+        for index, rid in enumerate(ranking.display_order)
+    ]
+    return RankingShown(
+        ranking=ranking, responses=shown, editable=ranking_editable(ranking=ranking, now=now),
+        pairwise=len(shown) == 2,
+    )  # fmt: skip
+
+
+def annotator_rankings_shown(*, project: Project, annotator, limit: int = 100) -> list[RankingShown]:
+    """The annotator's rankings, newest first, with prompt and response texts (two queries for the texts)."""
+    rankings = list(annotator_rankings(project=project, annotator=annotator, limit=limit))
+    ids = {rid for ranking in rankings for rid in ranking.display_order}
+    responses = Response.objects.in_bulk(ids)
+    now = timezone.now()
+    return [ranking_shown(ranking=ranking, responses=responses, now=now) for ranking in rankings]
+
+
 def annotator_rankings(*, project: Project, annotator, limit: int = 100) -> QuerySet[Ranking]:
     """Only this annotator's own rankings, newest first."""
     return (

@@ -55,6 +55,19 @@ def _require_live_slot(*, assignment: Assignment, comparison: Comparison, now: d
         )
 
 
+def ranking_extras_validate(*, flags: Iterable[str], rationale: str) -> list[str]:
+    """The flags (sorted, known ones only) and the rationale's length, as a submission or an edit gives them."""
+    flags = sorted(set(flags))
+    unknown = [flag for flag in flags if flag not in Ranking.Flag.values]
+    if unknown:
+        raise ValidationError(
+            {"flags": f"Unknown flag {unknown[0]!r}; use {', '.join(Ranking.Flag.values)}."}
+        )
+    if len(rationale) > MAX_RATIONALE_CHARS:
+        raise ValidationError({"rationale": f"Keep the rationale under {MAX_RATIONALE_CHARS} characters."})
+    return flags
+
+
 @transaction.atomic
 def ranking_submit(
     *,
@@ -93,14 +106,7 @@ def ranking_submit(
     else:
         raise ValidationError({"ranks": "Rank the responses before submitting."})
 
-    flags = sorted(set(flags))
-    unknown = [flag for flag in flags if flag not in Ranking.Flag.values]
-    if unknown:
-        raise ValidationError(
-            {"flags": f"Unknown flag {unknown[0]!r}; use {', '.join(Ranking.Flag.values)}."}
-        )
-    if len(rationale) > MAX_RATIONALE_CHARS:
-        raise ValidationError({"rationale": f"Keep the rationale under {MAX_RATIONALE_CHARS} characters."})
+    flags = ranking_extras_validate(flags=flags, rationale=rationale)
     _require_live_slot(assignment=assignment, comparison=comparison, now=now)
 
     ranking = Ranking(

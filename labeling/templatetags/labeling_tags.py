@@ -37,3 +37,13 @@ def number(value, digits: int = 3) -> str:
     if value is None or value == "":
         return "–"
     return f"{value:.{digits}f}"
+
+
+# Answers longer than this start collapsed to a screenful (a button shows all): a 1,700 px answer must not push
+# its neighbours and the rank inputs out of reach.
+LONG_ANSWER_CHARS = 1200
+
+
+@register.filter(name="long_answer")
+def long_answer(length: int) -> bool:
+    return length > LONG_ANSWER_CHARS

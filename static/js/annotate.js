@@ -25,10 +25,24 @@
     return card || cards()[0] || null;
   }
 
+  // The rank inputs live in the sticky action bar; each card shows its rank as a badge.
+  function inputOf(card) {
+    return document.querySelector('#action-bar .rank-input[data-response-id="' + card.dataset.responseId + '"]');
+  }
+
+  function showRank(responseId, value) {
+    var badge = document.querySelector('.rank-badge[data-rank-of="' + responseId + '"]');
+    if (badge) badge.textContent = value ? "rank " + value : "";
+  }
+
+  function setRank(card, value) {
+    var input = inputOf(card);
+    if (input) input.value = value;
+    showRank(card.dataset.responseId, value);
+  }
+
   function renumber() {
-    cards().forEach(function (card, index) {
-      card.querySelector(".rank-input").value = String(index + 1);
-    });
+    cards().forEach(function (card, index) { setRank(card, String(index + 1)); });
   }
 
   function moveCard(card, delta) {
@@ -55,6 +69,7 @@
     if (!el) return false;
     var tag = el.tagName;
     if (tag === "TEXTAREA" || tag === "SELECT") return true;
+    if (el.classList && el.classList.contains("rank-input")) return true;  // typing a rank into the bar
     if (tag === "INPUT") {
       var type = (el.type || "").toLowerCase();
       return type !== "number" && type !== "checkbox" && type !== "radio";
@@ -110,7 +125,7 @@
       var rank = parseInt(key, 10);
       if (rank <= list.length) {
         event.preventDefault();
-        card.querySelector(".rank-input").value = key;
+        setRank(card, key);
         card.classList.add("ranked");
         focusCard(list[Math.min(index + 1, list.length - 1)]);
       }
@@ -171,6 +186,10 @@
   }
 
   document.addEventListener("keydown", onKeyDown);
+  document.addEventListener("input", function (event) {
+    var input = event.target;
+    if (input.classList && input.classList.contains("rank-input")) showRank(input.dataset.responseId, input.value);
+  });
   document.addEventListener("DOMContentLoaded", function () { init(document); });
   document.addEventListener("htmx:afterSettle", function () { init(document); });
 })();
