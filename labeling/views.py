@@ -24,6 +24,7 @@ from labeling.selectors.annotation import (
 from labeling.selectors.quality import (
     annotator_table,
     flagged_rankings,
+    next_disagreement,
     project_agreement,
     project_counts,
     review_queue,
@@ -359,6 +360,7 @@ def adjudicate(request: HttpRequest, slug: str, comparison_id: int) -> HttpRespo
     items = list(comparison.items.select_related("response").order_by("position"))
     error = ""
     status = 200
+    following = None
     if request.method == "POST":
         try:
             adjudication_record(
@@ -371,8 +373,11 @@ def adjudicate(request: HttpRequest, slug: str, comparison_id: int) -> HttpRespo
             error, status = _error_text(exc), 422
         else:
             comparison.refresh_from_db()
+            following = next_disagreement(project=project, after=comparison)
             if not request.htmx:
                 messages.success(request, f"Final ranking of comparison #{comparison.pk} recorded.")
+                if following is not None:
+                    return redirect("labeling:adjudicate", slug=project.slug, comparison_id=following.pk)
                 return redirect("labeling:review", slug=project.slug)
     adjudication = getattr(comparison, "adjudication", None)
     rankings = list(comparison.rankings.select_related("annotator").order_by("id"))
@@ -385,6 +390,7 @@ def adjudicate(request: HttpRequest, slug: str, comparison_id: int) -> HttpRespo
         "error": error,
         "rank_choices": range(1, len(items) + 1),
         "saved": request.method == "POST" and not error,
+        "next_comparison": following if request.method == "POST" and not error else None,
     }
     template = "labeling/partials/adjudication_form.html" if request.htmx else "labeling/adjudicate.html"
     return render(request, template, context, status=status)

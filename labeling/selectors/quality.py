@@ -175,3 +175,11 @@ def review_queue(*, project: Project, include_adjudicated: bool = False) -> list
     )
     items = [ReviewItem(c, disagreeing[c.id].value, counts.get(c.id, 0)) for c in queryset]
     return sorted(items, key=lambda item: (item.agreement, item.comparison.id))
+
+
+def next_disagreement(*, project: Project, after: Comparison | None = None) -> Comparison | None:
+    """The worst disagreement still waiting for a final ranking, other than `after` (the one just settled)."""
+    for item in review_queue(project=project):
+        if after is None or item.comparison.id != after.id:
+            return item.comparison
+    return None
