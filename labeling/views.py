@@ -204,17 +204,18 @@ def undo(request: HttpRequest, slug: str) -> HttpResponse:
     except ValidationError as error:
         current = assignment_lease_next(project=project, annotator=request.user)
         return _render_workspace(request, project, current, status=422, error=_error_text(error))
-    if not request.htmx:
-        return redirect("labeling:annotate", slug=project.slug)
     previous = {}
     if withdrawn is not None and withdrawn.assignment_id == assignment.pk:  # what was undone, as it was
         previous = {"posted": _as_posted(withdrawn)}
         if len(withdrawn.display_order) == 2:
             previous["previous_choice"] = _pairwise_choice(withdrawn)
-    return _render_workspace(
-        request, project, assignment, notice="Your last ranking was withdrawn: change it or submit it again.",
-        **previous,
-    )  # fmt: skip
+    notice = "Your last ranking was withdrawn: change it or submit it again."
+    if (
+        not request.htmx
+    ):  # the whole page, with the withdrawn item (a redirect would show an older lease first)
+        context = _workspace_context(request, project, assignment, notice=notice, **previous)
+        return render(request, "labeling/annotate.html", context)
+    return _render_workspace(request, project, assignment, notice=notice, **previous)
 
 
 @annotator_required
