@@ -35,3 +35,12 @@ def chromium_page():
                 browser.close()
     finally:
         os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+
+
+def log_in(page, base_url: str, *, username: str, password: str, next_url: str, width: int = 1280) -> None:
+    """Open `next_url` through the login form in a window `width` px wide (800 px high)."""
+    page.set_viewport_size({"width": width, "height": 800})
+    page.goto(f"{base_url}/accounts/login/?next={next_url}")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.press("input[name=password]", "Enter")

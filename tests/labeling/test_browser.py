@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from labeling.models import Ranking
-from tests.browser import CHROMIUM, chromium_page
+from tests.browser import CHROMIUM, chromium_page, log_in
 
 from .conftest import make_comparison, make_project, make_user
 
@@ -92,11 +92,9 @@ def test_long_responses_sticky_bar_side_by_side_collapse_and_undo_restores_the_c
     make_user("longuser", password="long-pass-123")
 
     with chromium_page() as page:
-        page.set_viewport_size({"width": 1280, "height": 800})
-        page.goto(f"{live_server.url}/accounts/login/?next=/annotate/long/")
-        page.fill("input[name=username]", "longuser")
-        page.fill("input[name=password]", "long-pass-123")
-        page.press("input[name=password]", "Enter")
+        log_in(
+            page, live_server.url, username="longuser", password="long-pass-123", next_url="/annotate/long/"
+        )
         page.wait_for_selector('#workspace[data-kind="pairwise"]')
         page.wait_for_function("() => document.readyState === 'complete' && window.htmx !== undefined")
         first_item = page.get_attribute("#workspace", "data-assignment")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
-from tests.labeling.test_browser import CHROMIUM, chromium_page
+from tests.browser import CHROMIUM, chromium_page, log_in
 from tests.training.factories import TINY_STAGE_CONFIGS, make_user, ranked_project
 from training.models import ModelVersion, StageRun
 from training.services import runs as run_services
@@ -12,7 +14,7 @@ from training.services import runs as run_services
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.django_db(transaction=True),
-    pytest.mark.skipif(not __import__("shutil").which(CHROMIUM), reason="Debian's chromium is not installed"),
+    pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian's chromium is not installed"),
 ]
 
 
@@ -40,11 +42,10 @@ def test_run_page_numbers_toggle_and_log_in_chromium(live_server, enqueued_stage
     make_user("watcher", "admin")
 
     with chromium_page() as page:
-        page.set_viewport_size({"width": 1200, "height": 900})
-        page.goto(f"{live_server.url}/accounts/login/?next=/training/runs/{run.pk}/")
-        page.fill("input[name=username]", "watcher")
-        page.fill("input[name=password]", "pw-for-tests-123")
-        page.press("input[name=password]", "Enter")
+        log_in(
+            page, live_server.url, username="watcher", password="pw-for-tests-123",
+            next_url=f"/training/runs/{run.pk}/", width=1200,
+        )  # fmt: skip
         page.wait_for_selector(f'.charts[data-series-id="curves-{stage.pk}"] figure canvas')
         labels = page.evaluate(
             """() => [...document.querySelectorAll('#run-live figure canvas')].map(canvas => {
