@@ -112,3 +112,20 @@ def test_your_rankings_show_the_texts_and_edit_in_place_within_the_undo_rules(cl
 
     client.force_login(other)
     assert client.post(url, new_ranks, **HX).status_code == 404  # not theirs: not even a hint
+
+
+def test_undo_without_htmx_shows_the_withdrawn_item_not_the_next_lease(client):
+    project = make_project("undo-plain", overlap=1)
+    make_comparison(project, priority=2)
+    make_comparison(project, priority=1)
+    annotator = make_user("plain")
+    client.force_login(annotator)
+    first = assignment_lease_next(project=project, annotator=annotator)
+    client.post(
+        reverse("labeling:submit", args=["undo-plain", first.pk]), {"choice": "a"}
+    )  # leases the next one
+    assert assignment_lease_next(project=project, annotator=annotator).pk != first.pk
+    page = client.post(reverse("labeling:undo", args=["undo-plain"]))
+    html = page.content.decode()
+    assert page.status_code == 200 and "<html" in html and f'data-assignment="{first.pk}"' in html
+    assert re.search(r'value="a"[^>]*data-previous="true"', html)
