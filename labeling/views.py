@@ -20,6 +20,7 @@ from labeling.selectors.annotation import (
     assignment_responses,
     projects_for_annotator,
     ranking_shown,
+    sole_project_slug,
 )
 from labeling.selectors.quality import (
     annotator_table,
@@ -278,7 +279,9 @@ def my_ranking_edit(request: HttpRequest, slug: str, ranking_id: int) -> HttpRes
 def import_upload(request: HttpRequest) -> HttpResponse:
     """Small files import during the request; larger ones become a background job whose page shows progress."""
     form = ImportForm(
-        request.POST or None, request.FILES or None, initial={"project": request.GET.get("project", "")}
+        request.POST or None,
+        request.FILES or None,
+        initial={"project": request.GET.get("project") or sole_project_slug() or ""},
     )
     errors: list[str] = []
     if request.method == "POST" and form.is_valid():

@@ -3,6 +3,7 @@ import json
 from django import forms
 
 from labeling.models import Project
+from labeling.selectors.annotation import sole_project_slug
 from loop.models import SamplingJob
 from training.models import ModelVersion
 
@@ -46,9 +47,8 @@ class SamplingForm(forms.Form):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        projects = list(self.fields["project"].queryset[:2])
-        if not self.initial.get("project") and len(projects) == 1:
-            self.initial["project"] = projects[0].slug  # nothing to choose: preselect the only project
+        if not self.initial.get("project"):
+            self.initial["project"] = sole_project_slug()
         if not self.initial.get("model_version"):
             sampling = ModelVersion.objects.filter(kind="policy", use_for_sampling=True).first()
             if sampling is not None:

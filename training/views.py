@@ -17,6 +17,7 @@ from core.jobs import BrokerUnavailable
 from core.permissions import role_required
 from core.roles import Role
 from core.selectors import user_has_role
+from labeling.selectors.annotation import sole_project_slug
 from training.forms import LaunchForm
 from training.jobs import stages_waiting
 from training.models import ModelVersion, StageRun, TrainingRun
@@ -51,7 +52,9 @@ def run_list(request: HttpRequest) -> HttpResponse:
 
 @admin_required
 def launch(request: HttpRequest) -> HttpResponse:
-    form = LaunchForm(request.POST or None, initial={"project": request.GET.get("project")})
+    form = LaunchForm(
+        request.POST or None, initial={"project": request.GET.get("project") or sole_project_slug()}
+    )
     if request.method == "POST" and form.is_valid():
         try:
             run = run_services.training_run_launch(

@@ -55,6 +55,12 @@ def annotator_work(*, annotator, now: datetime | None = None) -> list[tuple[Proj
     ]
 
 
+def sole_project_slug() -> str | None:
+    """The slug of the only project, when there is exactly one: forms preselect it (nothing to choose)."""
+    slugs = list(Project.objects.order_by("slug").values_list("slug", flat=True)[:2])
+    return slugs[0] if len(slugs) == 1 else None
+
+
 def projects_for_annotator(*, annotator) -> QuerySet[Project]:
     return Project.objects.annotate(
         open_comparisons=Count(

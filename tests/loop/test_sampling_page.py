@@ -64,3 +64,11 @@ def test_a_single_project_is_preselected_and_the_pool_labels_fit(client):
     labels = re.findall(r">([^<]+)</option>", pool)
     assert labels and all(len(label) <= 20 for label in labels), labels
     assert "held_out = true" in html  # the long explanation moved to the help text
+    # The launch and import forms too.
+    assert _selected(client.get("/training/launch/").content.decode(), "project") == ["only"]
+    imports = client.get("/labeling/import/").content.decode()
+    assert re.search(r'<input type="text" name="project" value="only"', imports), imports
+    Project.objects.create(
+        slug="second", name="second", mode="pairwise", k=2
+    )  # now there is a choice to make
+    assert _selected(client.get("/loop/sampling/").content.decode(), "project") == [""]  # "choose one"
