@@ -68,6 +68,11 @@ def _rank_with_the_keyboard(page, base_url: str) -> None:
     page.wait_for_selector('[data-testid="empty"]')
 
 
+# htmx has wired the swapped-in undo form (a key pressed before that would post the form without htmx).
+UNDO_WIRED = """() => {
+  const form = document.querySelector('#undo-bar form');
+  return !!(form && form['htmx-internal-data'] && form['htmx-internal-data'].initHash);
+}"""
 LONG = "\n\n".join(
     f"Paragraph {n}: " + "a fairly long sentence about the question at hand, " * 6 for n in range(12)
 )
@@ -119,8 +124,7 @@ def test_long_responses_sticky_bar_side_by_side_collapse_and_undo_restores_the_c
         page.wait_for_function(
             f"() => document.querySelector('#workspace').dataset.assignment !== '{first_item}'"
         )
-        page.wait_for_selector("#undo-button")
-        page.wait_for_timeout(300)  # htmx wires the swapped-in undo form as it settles
+        page.wait_for_function(UNDO_WIRED)
         page.keyboard.press("u")  # undo: the item is back, with the button that was pressed marked
         page.wait_for_selector(f'#workspace[data-assignment="{first_item}"]')
         assert page.locator("button[data-previous]").get_attribute("value") == "b"
@@ -143,7 +147,7 @@ def test_long_responses_sticky_bar_side_by_side_collapse_and_undo_restores_the_c
         assert badges == ["rank 2", "rank 3", "rank 1"]
         page.keyboard.press("Enter")
         page.wait_for_selector('[data-testid="empty"]')
-        page.wait_for_timeout(300)
+        page.wait_for_function(UNDO_WIRED)
         page.keyboard.press("u")
         page.wait_for_selector('#workspace[data-kind="ranking"]')
         assert page.locator("#action-bar .rank-input").evaluate_all("inputs => inputs.map(i => i.value)") == [
