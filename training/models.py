@@ -137,6 +137,11 @@ class StageRun(models.Model):
         default=list, blank=True, help_text="[{step, values: {name: number}}], in order."
     )
     log_tail = models.TextField(blank=True)
+    phase = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Where the running step is: {step, phase, detail, tokens, at}; empty between steps.",
+    )
     checkpoint_path = models.CharField(max_length=500, blank=True)
     celery_task_id = models.CharField(max_length=255, blank=True)
     enqueued_at = models.DateTimeField(

@@ -8,6 +8,7 @@ urlpatterns = [
     path("training/runs/", views.run_list, name="runs"),
     path("training/launch/", views.launch, name="launch"),
     path("training/launch/count/", views.launch_count, name="launch_count"),
+    path("training/launch/estimate/", views.launch_estimate, name="launch_estimate"),
     path("training/runs/<int:run_id>/", views.run_detail, name="run"),
     path("training/runs/<int:run_id>/live/", views.run_live, name="run_live"),
     path("training/runs/<int:run_id>/cancel/", views.run_cancel, name="run_cancel"),

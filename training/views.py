@@ -18,7 +18,9 @@ from core.permissions import role_required
 from core.roles import Role
 from core.selectors import user_has_role
 from labeling.selectors.annotation import sole_project_slug
-from training.forms import LaunchForm
+from training import estimates
+from training.estimates import DEVICE_NAMES, expected_device_kind, format_duration, run_eta
+from training.forms import STAGE_LABELS, LaunchForm
 from training.jobs import stages_waiting
 from training.models import ModelVersion, StageRun, TrainingRun
 from training.selectors import (
@@ -32,7 +34,7 @@ from training.selectors import (
     stages_for_display,
 )
 from training.services import runs as run_services
-from training.services.datasets import snapshot_counts
+from training.services.datasets import snapshot_counts, snapshot_sizes
 from training.services.registry import model_version_use_for_sampling
 
 admin_required = role_required(Role.ADMIN)
@@ -50,11 +52,17 @@ def run_list(request: HttpRequest) -> HttpResponse:
     )
 
 
+def _launch_initial(request: HttpRequest) -> dict:
+    """A CPU-only installation starts from the CPU demo size with LoRA everywhere: the round finishes in minutes."""
+    initial = {"project": request.GET.get("project") or sole_project_slug()}
+    if expected_device_kind() == "cpu":
+        initial.update({"size": "cpu_demo", **{f"peft_{kind}": "lora" for kind in STAGE_LABELS}})
+    return initial
+
+
 @admin_required
 def launch(request: HttpRequest) -> HttpResponse:
-    form = LaunchForm(
-        request.POST or None, initial={"project": request.GET.get("project") or sole_project_slug()}
-    )
+    form = LaunchForm(request.POST or None, initial=_launch_initial(request))
     if request.method == "POST" and form.is_valid():
         try:
             run = run_services.training_run_launch(
@@ -101,15 +109,54 @@ def launch_count(request: HttpRequest) -> HttpResponse:
     return render(request, "training/partials/launch_count.html", context)
 
 
+@admin_required
+@require_GET
+def launch_estimate(request: HttpRequest) -> HttpResponse:
+    """How long the round in the form would take, stage by stage (htmx partial, refreshed on every change)."""
+    form = LaunchForm(request.GET)
+    form.is_valid()
+    context: dict = {"estimate": None, "error": None}
+    data = form.cleaned_data
+    if not (data.get("project") and data.get("preset")):
+        context["error"] = "Choose a project and a preset to see how long the round would take."
+        return render(request, "training/partials/launch_estimate.html", context)
+    try:
+        plan = run_services.launch_plan_validate(
+            preset=data["preset"], peft=form.peft_methods(), stage_configs=form.stage_configs(),
+            filters=form.filters(),
+        )  # fmt: skip
+    except (ValidationError, KeyError):  # the launch itself names the bad fields
+        context["error"] = "No estimate until the settings are valid."
+        return render(request, "training/partials/launch_estimate.html", context)
+    base = data.get("base_model") or run_services.default_base_model()
+    sizes = snapshot_sizes(project=data["project"], filters=plan.filters, formats=plan.formats)
+    estimate = estimates.launch_estimate(
+        stages=[(kind, config) for kind, _, config in plan.stages],
+        num_parameters=base.num_parameters if base else 0, sizes=sizes,
+    )  # fmt: skip
+    context["estimate"] = estimate
+    context["rows"] = [
+        {"estimate": stage, "label": STAGE_LABELS[stage.kind], "total": format_duration(stage.seconds),
+         "per_step": format_duration(stage.seconds_per_step)}
+        for stage in estimate.stages
+    ]  # fmt: skip
+    context["total"] = format_duration(estimate.seconds)
+    context["device"] = DEVICE_NAMES[estimate.device]
+    return render(request, "training/partials/launch_estimate.html", context)
+
+
 def _run_context(request: HttpRequest, run: TrainingRun) -> dict:
     stages = stages_for_display(run=run)
     # The next stage whose task never reached the broker (an outage): core.jobs sends it once the broker is back.
     undelivered = set(stages_waiting(run.stages.filter(enqueued_at=None)).values_list("pk", flat=True))
+    eta = run_eta(run=run, stages=stages)
     return {
         "run": run,
         "finished": run_is_finished(run=run),
+        "run_eta": format_duration(eta.seconds_left) if eta.seconds_left is not None else None,
         "stages": [
             {
+                "eta": _stage_eta_view(eta.stages.get(stage.pk)),
                 "progress": stage_progress(stage=stage),
                 "metrics": stage_metrics(stage=stage),
                 "collapsed": stage.status in COLLAPSED_STAGE_STATES,
@@ -134,6 +181,21 @@ def _filters_sentence(run: TrainingRun) -> str:
         ValueError,
     ):  # filters stored by an older version: show them as stored
         return str(run.dataset_filters)
+
+
+def _stage_eta_view(eta) -> dict | None:
+    """What the stage's ETA line says: time left, whether measured or estimated, the phase of a long step."""
+    if eta is None:
+        return None
+    stage = eta.stage
+    return {
+        "left": format_duration(eta.seconds_left) if eta.seconds_left is not None else None,
+        "measured": eta.measured,
+        "per_step": format_duration(eta.seconds_per_step) if eta.seconds_per_step else None,
+        "overran": eta.overran,
+        "running": stage.status == StageRun.Status.RUNNING,
+        "phase": stage.phase if stage.status == StageRun.Status.RUNNING and stage.phase else None,
+    }
 
 
 @reader_required

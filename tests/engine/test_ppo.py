@@ -17,7 +17,7 @@ import torch
 from datasets import Dataset
 
 from training.engine import ppo
-from training.engine.common import ModelRef, PeftSettings, StepMetrics, checkpoint_dir_for
+from training.engine.common import ModelRef, PeftSettings, PhaseProgress, StepMetrics, checkpoint_dir_for
 from training.engine.ppo import (
     AdaptiveKLController,
     PPOConfig,
@@ -160,14 +160,23 @@ def learning_config(**overrides) -> PPOConfig:
     return PPOConfig(**values)
 
 
-def run_collecting(config, base_dir, out_dir, reward_model=None, should_stop=lambda: False):
+def run_collecting(config, base_dir, out_dir, reward_model=None, should_stop=lambda: False, phases=None):
+    """(result, the StepMetrics of finished steps); the PhaseProgress reports go into `phases` when given."""
     reports: list[StepMetrics] = []
+
+    def collect(report) -> None:
+        if isinstance(report, PhaseProgress):
+            if phases is not None:
+                phases.append(report)
+        else:
+            reports.append(report)
+
     result = run_stage(
         config,
         prompt_data(),
         ModelRef(path=base_dir),
         out_dir,
-        reports.append,
+        collect,
         should_stop,
         reward_model=reward_model,
     )
@@ -258,6 +267,20 @@ def test_mixed_reward_is_the_weighted_sum_of_reward_model_and_rules(
     )
 
 
+def test_each_iteration_reports_rollout_scoring_and_update_before_its_metrics(few_words_policy_dir, tmp_path):
+    everything: list = []
+    config = small_config(max_steps=2, checkpoint_every=0)
+    run_stage(config, prompt_data(), ModelRef(path=few_words_policy_dir), tmp_path / "ppo", everything.append,
+              lambda: False)  # fmt: skip
+    shown = [(r.phase, r.step) if isinstance(r, PhaseProgress) else ("metrics", r.step) for r in everything]
+    assert shown == [("rollout", 1), ("scoring", 1), ("update", 1), ("metrics", 1),
+                     ("rollout", 2), ("scoring", 2), ("update", 2), ("metrics", 2)]  # fmt: skip
+    rollout, scoring, update = everything[:3]
+    assert rollout.tokens == 4 * 6 and "4 prompts, up to 6 new tokens" in rollout.detail
+    assert scoring.tokens > 4 * 6  # with the prompts
+    assert update.tokens == scoring.tokens * config.ppo_epochs and all(r.total_steps == 2 for r in everything)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Cancel and resume
 
@@ -312,7 +335,9 @@ def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(few
 
     reports_before: list[StepMetrics] = []
 
-    def record(metrics: StepMetrics) -> None:
+    def record(metrics: StepMetrics | PhaseProgress) -> None:
+        if isinstance(metrics, PhaseProgress):
+            return
         finished_steps.append(metrics.step)
         reports_before.append(metrics)
 

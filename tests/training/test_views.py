@@ -68,7 +68,7 @@ def test_launch_form_shows_errors_per_field_and_enqueues_nothing(client, world, 
     )
     assert response.status_code == 422
     form = response.context["form"]
-    assert b"ppo.clip_range: must be a number" in response.content
+    assert b"PPO clip range must be a number (ppo.clip_range)" in response.content
     assert any("ppo.clip_range" in error for error in form.errors["advanced"])
     assert any("ppo.oops" in error for error in form.errors["advanced"])
     assert TrainingRun.objects.count() == 0 and enqueued_stages == []
@@ -248,9 +248,13 @@ def test_launch_form_and_command_name_each_unrealistic_field(client, world, enqu
     assert response.status_code == 422
     errors = " | ".join(response.context["form"].errors["advanced"])
     for field in ("sft.device", "sft.peft", "sft.seed", "ppo.temperature"):
-        assert f"{field}: " in errors, errors
+        assert f"({field})" in errors, errors
+    assert "SFT seed must be at most 4294967295 (sft.seed)" in errors
     response = client.post("/training/launch/", _form(project, advanced='{"sft": {"learning_rate": 1e999}}'))
-    assert "sft.learning_rate: must be a finite number" in response.context["form"].errors["advanced"]
+    assert (
+        "SFT learning rate must be a finite number (sft.learning_rate)"
+        in response.context["form"].errors["advanced"]
+    )
     assert TrainingRun.objects.count() == 0 and enqueued_stages == []
 
     from django.core.management import CommandError

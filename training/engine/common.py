@@ -3,7 +3,7 @@
     run_stage(config: <Stage>Config, data: datasets.Dataset, base: ModelRef, out_dir: Path,
               on_progress: Callable[[StepMetrics], None], should_stop: Callable[[], bool]) -> StageResult
 
-Pure: no Django, no Celery. `on_progress` feeds live charts, `should_stop` makes cancel cooperative (checked once
+Pure: no Django, no Celery. `on_progress` feeds live charts (StepMetrics after each step; PhaseProgress inside long steps), `should_stop` makes cancel cooperative (checked once
 per optimizer step), checkpoints under `checkpoint_dir_for(out_dir)` make resume work, and the artifact is written
 into a staging folder that is renamed to `out_dir` only when complete.
 """
@@ -212,6 +212,18 @@ class StepMetrics:
 
 
 @dataclass(frozen=True)
+class PhaseProgress:
+    """Where a long step is (PPO: rollout → scoring → update), sent through `on_progress` before the step's own
+    StepMetrics. Its numbers come from shapes and the config, never from a device sync."""
+
+    step: int  # the step in progress, counted from 1
+    total_steps: int
+    phase: str  # a short name: "rollout", "scoring", "update"
+    detail: str  # what the phase works on, in words, e.g. "16 prompts, up to 64 new tokens each"
+    tokens: int = 0  # tokens the phase processes (an upper bound where padding is unknown without a sync)
+
+
+@dataclass(frozen=True)
 class StageResult:
     status: Literal["completed", "cancelled"]
     artifact_path: Path | None  # None when cancelled: no artifact is left behind
@@ -219,7 +231,7 @@ class StageResult:
     steps_completed: int
 
 
-ProgressCallback = Callable[[StepMetrics], None]
+ProgressCallback = Callable[[StepMetrics | PhaseProgress], None]
 StopCallback = Callable[[], bool]
 
 

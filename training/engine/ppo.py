@@ -45,6 +45,7 @@ from torch import nn
 from training.engine.common import (
     Bounds,
     ModelRef,
+    PhaseProgress,
     ProgressCallback,
     StageCancelled,
     StageConfig,
@@ -158,13 +159,20 @@ class PPOConfig(StageConfig):
         if checked & set(errors):
             return errors  # the cross-field rules below compare values that are known to be in range
         if self.mini_batch_size > self.batch_size:
-            errors["mini_batch_size"] = "mini_batch_size cannot exceed batch_size (the rollout size)"
+            errors["mini_batch_size"] = (
+                f"mini_batch_size ({self.mini_batch_size}) cannot be larger than batch_size ({self.batch_size}), "
+                "the number of prompts per rollout"
+            )
         if self.gradient_accumulation_steps > self.mini_batch_size:
             errors["gradient_accumulation_steps"] = (
-                "gradient_accumulation_steps cannot exceed mini_batch_size"
+                f"gradient_accumulation_steps ({self.gradient_accumulation_steps}) cannot be larger than "
+                f"mini_batch_size ({self.mini_batch_size})"
             )
         if self.max_new_tokens >= self.max_length:
-            errors["max_new_tokens"] = "max_new_tokens must be smaller than max_length (prompt + completion)"
+            errors["max_new_tokens"] = (
+                f"max_new_tokens ({self.max_new_tokens}) must be smaller than max_length ({self.max_length}), "
+                "which holds the prompt and the completion"
+            )
         return errors
 
     @property
@@ -474,12 +482,22 @@ def run_stage(
         for iteration in range(start_iteration, config.max_steps):
             _stop_if_asked(should_stop)
             rows = prompt_rows_for_iteration(data, iteration, config.batch_size, config.seed)
+            step = iteration + 1
 
             # ---- rollout: sample completions with the current policy
+            detail = f"{len(rows)} prompts, up to {sampling.max_new_tokens} new tokens each"
+            on_progress(
+                PhaseProgress(step, config.max_steps, "rollout", detail, len(rows) * sampling.max_new_tokens)
+            )
             with autocast_for(device):
                 batch = generate(
                     policy, tokenizer, [row["prompt"] for row in rows], sampling, sampling_generator
                 )
+            tokens = len(rows) * (
+                batch.prompt_ids.shape[1] + batch.completion_ids.shape[1]
+            )  # shapes: no sync
+            detail = f"{len(rows)} completions, {tokens} tokens with their prompts"
+            on_progress(PhaseProgress(step, config.max_steps, "scoring", detail, tokens))
             scores, score_parts = scorer.score(rows, batch.texts)
             if config.missing_eos_penalty is not None:
                 scores = scores - config.missing_eos_penalty * (~batch.ended_with_eos).float()
@@ -505,6 +523,8 @@ def run_stage(
             advantages = masked_whiten(advantages, mask)
 
             # ---- PPO epochs over shuffled minibatches
+            detail = f"{config.ppo_epochs} epoch(s) over {len(rows)} rollouts, {tokens} tokens each epoch"
+            on_progress(PhaseProgress(step, config.max_steps, "update", detail, tokens * config.ppo_epochs))
             update_stats = ppo_update(
                 policy,
                 value_head,

@@ -52,6 +52,39 @@ def snapshot_counts(
     return {fmt: sum(1 for _ in _rows(project=project, filters=filters, data_format=fmt)) for fmt in formats}
 
 
+@dataclass(frozen=True)
+class DataSize:
+    rows: int
+    chars_per_row: float  # of the row as stored (JSON), a stand-in for its token length
+
+
+def snapshot_sizes(
+    *, project: Project, filters: PreferenceFilters, formats: Iterable[str]
+) -> dict[str, DataSize]:
+    """How many rows each format would hold now, and how long they are (the launch form's count and estimate)."""
+    sizes = {}
+    for fmt in formats:
+        rows = chars = 0
+        for row in _rows(project=project, filters=filters, data_format=fmt):
+            rows += 1
+            chars += len(_canonical(row))
+        sizes[fmt] = DataSize(rows=rows, chars_per_row=chars / rows if rows else 0.0)
+    return sizes
+
+
+def snapshot_file_sizes(*, content_hash: str, counts: dict[str, int]) -> dict[str, DataSize]:
+    """The same for a frozen snapshot, from its files' sizes (no row is read)."""
+    folder = Path(settings.ARTIFACT_ROOT) / "datasets" / content_hash
+    sizes = {}
+    for fmt, rows in (counts or {}).items():
+        try:
+            size = (folder / f"{fmt}.jsonl").stat().st_size
+        except OSError:
+            continue
+        sizes[fmt] = DataSize(rows=rows, chars_per_row=max(size - rows, 0) / rows if rows else 0.0)
+    return sizes
+
+
 def snapshot_create(*, project: Project, filters: PreferenceFilters, formats: Iterable[str]) -> Snapshot:
     """Write the rows of each format into a staging folder, hash them, and move the folder to datasets/<hash>."""
     root = Path(settings.ARTIFACT_ROOT) / "datasets"

@@ -26,6 +26,7 @@ from training.engine.base_model import describe_saved_model
 from training.engine.common import (
     DeviceUnavailableError,
     ModelRef,
+    PhaseProgress,
     StageFailure,
     StepMetrics,
     checkpoint_dir_for,
@@ -90,13 +91,20 @@ class StageReporter:
         self.log_lines = log_lines
         self.step = stage.step
         self.total = stage.total_steps
+        self.phase: dict = {}
         self._last_write = 0.0
+        self._last_phase_write = 0.0
         self._cancelled = False
 
-    def on_progress(self, progress: StepMetrics) -> None:
+    def on_progress(self, progress: StepMetrics | PhaseProgress) -> None:
+        if isinstance(progress, PhaseProgress):
+            self.on_phase(progress)
+            return
         values = {key: float(value) for key, value in progress.values.items()}
         # A NaN or infinite value is kept as null: the metrics column is JSON, which has no NaN (Postgres refuses it).
-        self.metrics.append({"step": progress.step, "values": json_safe(values)})
+        # `at` (epoch seconds) times the steps: the run page's ETA and later launch estimates are measured from it.
+        self.metrics.append({"step": progress.step, "values": json_safe(values), "at": round(time.time(), 3)})
+        self.phase = {}
         self.step = progress.step
         self.total = max(progress.total_steps, progress.step)
         shown = " ".join(f"{key}={value:.4g}" for key, value in sorted(values.items()))
@@ -105,11 +113,29 @@ class StageReporter:
         if time.monotonic() - self._last_write >= settings.TRAINING_PROGRESS_WRITE_S:
             self.flush()
 
+    def on_phase(self, progress: PhaseProgress) -> None:
+        """A phase inside a long step: one small update of its own column, throttled like the steps' writes (a
+        phase skipped by the throttle is simply not shown; the next write carries the latest one)."""
+        self.phase = {
+            "step": progress.step,
+            "phase": progress.phase,
+            "detail": progress.detail,
+            "tokens": progress.tokens,
+            "at": round(time.time(), 3),
+        }
+        self.log_lines.append(
+            f"{timezone.now():%H:%M:%S} step {progress.step}: {progress.phase}, {progress.detail}"
+        )
+        if time.monotonic() - self._last_phase_write >= settings.TRAINING_PROGRESS_WRITE_S:
+            StageRun.objects.filter(pk=self.stage_id).update(phase=self.phase, heartbeat_at=timezone.now())
+            self._last_phase_write = time.monotonic()
+
     def flush(self) -> None:
         StageRun.objects.filter(pk=self.stage_id).update(
             step=self.step,
             total_steps=self.total,
             metrics=self.metrics,
+            phase=self.phase,
             log_tail="\n".join(self.log_lines),
             heartbeat_at=timezone.now(),
         )
@@ -249,6 +275,7 @@ def stage_run_execute(*, stage_run_id: int, worker: str = "", task_id: str = "")
             )  # fmt: skip
             metrics, status, steps = result.metrics, result.status, result.steps_completed
         reporter.step = max(reporter.step, steps)
+        reporter.phase = {}
         reporter.flush()
         if status == "cancelled":
             log_lines.append(f"cancelled at step {steps}; checkpoints kept for resume")
@@ -266,6 +293,7 @@ def stage_run_execute(*, stage_run_id: int, worker: str = "", task_id: str = "")
             logger.exception("stage %s of run %s failed", stage.pk, stage.run_id)
             log_lines.extend(traceback.format_exc().splitlines()[-30:])
         try:
+            reporter.phase = {}
             reporter.flush()
         except Exception:  # the live state is a nicety; the stage must still end failed with its own reason
             logger.exception("stage %s: last progress not written", stage.pk)

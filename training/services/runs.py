@@ -32,6 +32,40 @@ PRESET_FIXED: dict[tuple[str, str], dict] = {
     (TrainingRun.Preset.RFT, "ppo"): {"reward_source": "rules"},
 }
 
+# Sizes of a round: the stage configs a size starts from (the form's key hyperparameters and the advanced JSON
+# override them). "cpu_demo" finishes in minutes on two CPU cores with the bundled 135M model: short sequences, few
+# steps, one PPO epoch over small rollouts (use it with LoRA).
+SIZE_PRESETS: dict[str, dict[str, dict]] = {
+    "default": {},
+    "cpu_demo": {
+        "sft": {"max_steps": 8, "batch_size": 4, "max_length": 128, "checkpoint_every": 4},
+        "reward": {"max_steps": 8, "batch_size": 4, "max_length": 128, "checkpoint_every": 4, "eval_batch_size": 8},
+        "ppo": {"max_steps": 4, "batch_size": 4, "ppo_epochs": 1, "max_new_tokens": 24,
+                "max_length": 128, "reward_batch_size": 4, "checkpoint_every": 2},
+        "contrastive": {"max_steps": 8, "batch_size": 4, "max_length": 128, "checkpoint_every": 4},
+    },
+}  # fmt: skip
+SIZE_CHOICES = [
+    ("default", "Stage defaults (a GPU worker)"),
+    ("cpu_demo", "CPU demo: a few minutes on a laptop CPU (short texts, few steps; use LoRA)"),
+]
+
+
+def derived_stage_values(kind: str, values: dict) -> dict:
+    """Values that follow from others when not given: PPO's mini-batch from its batch (never larger), its new
+    tokens from max_length (at most half of it), so one changed batch size or length cannot break the preset."""
+    if kind != "ppo":
+        return values
+    values = dict(values)
+    defaults = engine_stages.config_defaults("ppo")
+    batch_size = values.get("batch_size", defaults["batch_size"])
+    if "mini_batch_size" not in values and isinstance(batch_size, int) and not isinstance(batch_size, bool):
+        values["mini_batch_size"] = max(1, min(defaults["mini_batch_size"], batch_size))
+    max_length = values.get("max_length", defaults["max_length"])
+    if "max_new_tokens" not in values and isinstance(max_length, int) and not isinstance(max_length, bool):
+        values["max_new_tokens"] = max(1, min(defaults["max_new_tokens"], max_length // 2))
+    return values
+
 
 @dataclass(frozen=True)
 class LaunchPlan:
@@ -51,7 +85,8 @@ def launch_plan_validate(
     """Validate everything a launch needs; raise ValidationError with one message per bad field.
 
     Field names are `preset`, `peft` / `peft.<kind>`, `filters.<name>`, and `<kind>.<dotted config field>` for
-    stage configs, so the form can show each error beside its input. The PEFT method of a stage comes from `peft`
+    stage configs, so the form can show each error beside its input. Values not given that follow from given ones
+    are derived (`derived_stage_values`). The PEFT method of a stage comes from `peft`
     or from the stage config's `peft.method` (giving both, differently, is an error); "full" when neither says.
     """
     errors: dict[str, list[str]] = {}
@@ -105,6 +140,7 @@ def launch_plan_validate(
             method, usable = "full", False
         values["peft"] = {**stage_peft, "method": method}
         values.update(PRESET_FIXED.get((preset, kind), {}))
+        values = derived_stage_values(kind, values)
         try:
             config = engine_stages.config_from_dict(kind, values)
         except engine_stages.StageConfigError as exc:
