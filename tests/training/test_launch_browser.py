@@ -23,7 +23,11 @@ EXPECTED = "PPO mini-batch size (8) cannot be larger than the batch size (4)"
 def test_bad_launch_shows_the_error_beside_its_field_and_in_the_summary(live_server, enqueued_stages):
     project = ranked_project(slug="launchy", prompts=4)
     ModelVersion.objects.create(
-        name="launch-base", kind="policy", artifact_path="models/l", sha256="0" * 64, num_parameters=135_000_000
+        name="launch-base",
+        kind="policy",
+        artifact_path="models/l",
+        sha256="0" * 64,
+        num_parameters=135_000_000,
     )
     make_user("launcher", "admin")
 

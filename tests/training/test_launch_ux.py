@@ -134,7 +134,9 @@ def test_launch_estimate_from_model_size_data_and_settings(client, world):
     assert "on the workers' GPU" in html
     assert gpu_stages["sft"] - gpu_overhead < (default_stages["sft"] - cpu_overhead) / 100
     bad = _form(project, advanced='{"ppo": {"clip_range": 0}}')
-    assert b"No estimate until the settings are valid" in client.get("/training/launch/estimate/", bad).content
+    assert (
+        b"No estimate until the settings are valid" in client.get("/training/launch/estimate/", bad).content
+    )
 
 
 def test_the_estimate_uses_the_speed_measured_on_finished_stages(world, enqueued_stages):

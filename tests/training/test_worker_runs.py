@@ -92,13 +92,18 @@ def test_rlhf_preset_end_to_end_registers_three_models_that_load_and_generate(re
     assert any("kl" in point["values"] for point in ppo.metrics)
     # Steps are timed and PPO's phases were logged and cleared: later launches estimate from this run's speed.
     assert all("at" in point for stage in (sft, reward, ppo) for point in stage.metrics)
-    assert ppo.phase == {} and "step 1: rollout, 4 prompts" in ppo.log_tail and "step 2: update" in ppo.log_tail
+    assert (
+        ppo.phase == {} and "step 1: rollout, 4 prompts" in ppo.log_tail and "step 2: update" in ppo.log_tail
+    )
     from training import estimates
 
     assert estimates.measured_flop_s("ppo", "cpu")[1] == 1
-    assert "measured on 1 earlier sft stage" in estimates.stage_estimate(
-        kind="sft", config=sft.config, num_parameters=base.num_parameters, sizes={}, device="cpu"
-    ).basis
+    assert (
+        "measured on 1 earlier sft stage"
+        in estimates.stage_estimate(
+            kind="sft", config=sft.config, num_parameters=base.num_parameters, sizes={}, device="cpu"
+        ).basis
+    )
 
     prompt = [{"role": "user", "content": "What is 3 plus 0?"}]
     for version in (sft.output_model, ppo.output_model):
