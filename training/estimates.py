@@ -2,7 +2,8 @@
 
 Work is counted in FLOPs per optimizer step: about 6·N per trained token (forward and backward; 4·N with LoRA or an
 adapter, which skip the frozen weights' gradients) and 2·N per forward-only token (Kaplan et al. 2020), with N the
-base model's parameters and the token counts from the config and the data's mean row length. Speed is the FLOP/s
+base model's parameters and the token counts from the config and the data's mean row length (its row count matters
+where a stage goes over all of it: the reward model's held-out evaluation). Speed is the FLOP/s
 that this installation's finished stages of the same kind reached on the same kind of device (the median of the
 last few); with none yet, a stated assumption per device kind. Loading and saving the models adds a fixed overhead.
 Read-only: no writes, no torch.
@@ -91,6 +92,16 @@ def flops_per_step(kind: str, config: dict, num_parameters: int, tokens: int) ->
     raise ValueError(f"unknown stage kind {kind!r}")
 
 
+def evaluation_flops(
+    kind: str, config: dict, num_parameters: int, size: DataSize | None, tokens: int
+) -> float:
+    """Work done once at the end: the reward model scores its held-out pairs (both answers, forward only)."""
+    if kind != "reward" or size is None:
+        return 0.0
+    held_out = int(size.rows * float(config.get("held_out_fraction", 0.0)))
+    return 2 * max(int(num_parameters), 1) * held_out * 2 * tokens
+
+
 def _metric_times(stage: StageRun) -> list[tuple[int, float]]:
     return [
         (point["step"], point["at"]) for point in stage.metrics or [] if "at" in point and "step" in point
@@ -170,9 +181,9 @@ class RunEstimate:
 def stage_estimate(
     *, kind: str, config: dict, num_parameters: int, sizes: dict[str, DataSize], device: str
 ) -> StageEstimate:
-    work = flops_per_step(
-        kind, config, num_parameters, sequence_tokens(kind, config, sizes.get(_data_format(kind)))
-    )
+    size = sizes.get(_data_format(kind))
+    tokens = sequence_tokens(kind, config, size)
+    work = flops_per_step(kind, config, num_parameters, tokens)
     name = DEVICE_NAMES[device]
     measured = measured_flop_s(kind, device)
     if measured is not None:
@@ -183,9 +194,10 @@ def stage_estimate(
         basis = (
             f"assumed {format_flop_s(speed)} for {kind} on a {name} (no {kind} stage has finished on one yet)"
         )
+    evaluation = evaluation_flops(kind, config, num_parameters, size, tokens) / speed
     return StageEstimate(
         kind=kind, steps=int(config["max_steps"]), seconds_per_step=work / speed,
-        overhead_seconds=OVERHEAD_S[device], basis=basis,
+        overhead_seconds=OVERHEAD_S[device] + evaluation, basis=basis,
     )  # fmt: skip
 
 

@@ -242,3 +242,27 @@ def test_durations_read_as_a_person_plans():
         "1 s", "45 s", "1 min", "2 min", "1 h 00 min", "1 h 15 min",
     ]  # fmt: skip
     assert estimates.device_kind("cuda:NVIDIA H200") == "cuda" and estimates.device_kind("weird") == "cpu"
+
+
+def test_data_size_counts_where_a_stage_goes_over_all_of_it():
+    from training.engine.stages import config_defaults
+    from training.services.datasets import DataSize
+
+    def seconds(kind, rows):
+        sizes = {
+            "pairwise": DataSize(rows=rows, chars_per_row=800),
+            "sft": DataSize(rows=rows, chars_per_row=400),
+        }
+        return estimates.stage_estimate(
+            kind=kind, config=config_defaults(kind), num_parameters=135_000_000, sizes=sizes, device="cpu"
+        ).seconds
+
+    assert (
+        seconds("reward", 10_000) > seconds("reward", 100) + 60
+    )  # the held-out evaluation of 10% of the pairs
+    assert seconds("sft", 10_000) == seconds("sft", 100)  # steps × batch: the row count does not matter
+    short = estimates.stage_estimate(
+        kind="sft", config=config_defaults("sft"), num_parameters=135_000_000,
+        sizes={"sft": DataSize(rows=100, chars_per_row=100)}, device="cpu",
+    )  # fmt: skip
+    assert short.seconds < seconds("sft", 100)  # shorter rows, fewer tokens per step
