@@ -359,6 +359,7 @@ def _restart(*, stage_run: StageRun, from_checkpoint: bool) -> StageRun:
             stage.step = 0
             stage.metrics = []
         stage.status = StageRun.Status.PENDING
+        stage.phase = {}  # a worker killed inside a step left its phase behind
         stage.error = ""
         stage.finished_at = None
         stage.enqueued_at = None  # not sent for this attempt yet
