@@ -5,19 +5,59 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import connections
 from kombu import Connection
 
 from core.roles import ALL_ROLES
 
+# The role names are remembered on the user object, so one request asks the database once however many checks,
+# views and templates ask for them (a request loads its user afresh, so a changed role counts from the next one).
+_ROLES_CACHE = "_role_names"
+
 
 def user_roles(*, user) -> set[str]:
     if not user.is_authenticated:
         return set()
-    names = set(user.groups.filter(name__in=ALL_ROLES).values_list("name", flat=True))
-    if user.is_superuser:
-        names.add("admin")
+    names = user.__dict__.get(_ROLES_CACHE)
+    if names is None:
+        names = user_roles_remember(
+            user=user, names=user.groups.filter(name__in=ALL_ROLES).values_list("name", flat=True)
+        )
+    return set(names)
+
+
+def user_roles_remember(*, user, names) -> frozenset[str]:
+    """Remember role names loaded with the user (e.g. in the same query as an API token)."""
+    names = frozenset(names) | ({"admin"} if user.is_superuser else frozenset())
+    user.__dict__[_ROLES_CACHE] = names
     return names
+
+
+def user_roles_forget(*, user) -> None:
+    user.__dict__.pop(_ROLES_CACHE, None)
+
+
+def user_with_roles_for_token(*, key: str):
+    """(user, token created_at) for an API token key with the user's roles remembered, or None: one query with
+    precompiled SQL (the API authenticates every request, and building the ORM query cost more than running it)."""
+    from rest_framework.authtoken.models import Token
+
+    User = get_user_model()
+    membership = User.groups.through
+    group = membership._meta.get_field("group").related_model
+    sql = (
+        f'SELECT u.*, t.created AS token_created, g.name AS role_name FROM "{Token._meta.db_table}" t '
+        f'JOIN "{User._meta.db_table}" u ON u."{User._meta.pk.column}" = t.user_id '
+        f'LEFT JOIN "{membership._meta.db_table}" ug ON ug.user_id = u."{User._meta.pk.column}" '
+        f'LEFT JOIN "{group._meta.db_table}" g ON g.id = ug.group_id WHERE t.key = %s'
+    )
+    rows = list(User.objects.raw(sql, [key]))
+    if not rows:
+        return None
+    user = rows[0]
+    user_roles_remember(user=user, names=[row.role_name for row in rows if row.role_name in ALL_ROLES])
+    return user, user.token_created
 
 
 def user_has_role(*, user, role: str) -> bool:

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from core.models import WorkerHeartbeat
 from core.roles import ALL_ROLES
+from core.selectors import user_roles_forget
 
 
 @transaction.atomic
@@ -44,6 +45,7 @@ def user_create_or_update(
     role_groups = Group.objects.filter(name__in=ALL_ROLES)
     user.groups.remove(*role_groups)
     user.groups.add(Group.objects.get(name=role))
+    user_roles_forget(user=user)
     return user, created
 
 

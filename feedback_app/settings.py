@@ -382,7 +382,7 @@ LOGGING = {
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
 
-# === Abuse resistance (issue #12): shared cache, sign-in lockout, strict input, database outage =============
+# === Abuse resistance (issue #12): shared cache, sign-in lockout, strict input, database outage ======
 # Kept in one block: the cache every process shares (throttles and lockouts must hold across gunicorn workers),
 # who the client is behind proxies, the sign-in lockout, the JSON limits of the API and the outage answer.
 #
@@ -431,3 +431,12 @@ MIDDLEWARE.insert(
 )
 MIDDLEWARE += ["core.lockout.SignInLockedMiddleware", "core.outage.DatabaseOutageMiddleware"]
 # === end of the abuse-resistance block =========================================================================
+
+# --- Annotator hot path (issue #17) -----------------------------------------------------------------------
+# API tokens are checked with the user's roles in the same query (labeling.api.authentication); sessions stay
+# DRF's. Persistent connections: gunicorn's threads (gunicorn.conf.py) each keep theirs for DB_CONN_MAX_AGE s.
+REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"] = [
+    "labeling.api.authentication.TokenAuthentication",
+    "rest_framework.authentication.SessionAuthentication",
+]
+# --- end annotator hot path -------------------------------------------------------------------------------

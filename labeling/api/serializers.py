@@ -170,6 +170,53 @@ class AssignmentSerializer(serializers.Serializer):
     responses = ShownResponseSerializer(many=True)
 
 
+# The annotator loop's two responses, built directly: a DRF serializer instance costs more CPU than the whole
+# lease. They produce exactly what AssignmentSerializer / RankingSerializer would (tests compare them), and those
+# serializers still describe them in the OpenAPI schema.
+_datetime = serializers.DateTimeField()
+
+
+def assignment_data(assignment, shown) -> dict:
+    """AssignmentSerializer's output for a leased assignment and its ShownResponse list."""
+    return {
+        "assignment": assignment.id,
+        "project": assignment.project.slug,
+        "comparison": assignment.comparison_id,
+        "leased_until": _datetime.to_representation(assignment.leased_until),
+        "allow_ties": assignment.project.allow_ties,
+        "prompt": [
+            {"role": message["role"], "content": message["content"]}
+            for message in assignment.comparison.prompt.messages
+        ],
+        "responses": [
+            {
+                "id": item.response.id,
+                "letter": item.letter,
+                "position": item.position,
+                "content": item.response.content,
+            }
+            for item in shown
+        ],
+    }
+
+
+def ranking_data(ranking: Ranking) -> dict:
+    """RankingSerializer's output for one ranking."""
+    return {
+        "id": ranking.id,
+        "comparison": ranking.comparison_id,
+        "project": ranking.comparison.project.slug,
+        "annotator": annotator_pseudonym(ranking.annotator_id),
+        "ranks": ranking.ranks,
+        "both_bad": ranking.both_bad,
+        "flags": ranking.flags,
+        "rationale": ranking.rationale,
+        "seconds_spent": float(ranking.seconds_spent),
+        "display_order": ranking.display_order,
+        "created_at": _datetime.to_representation(ranking.created_at),
+    }
+
+
 class SubmitSerializer(serializers.Serializer):
     """Give `choice` (a | b | tie | both_bad, relative to the displayed order) for a pairwise item or `ranks`
     ({response id: rank}, 1 best, equal ranks tie) for any item. Validation is the annotator UI's."""

@@ -191,21 +191,6 @@ class ComparisonViewSet(viewsets.ReadOnlyModelViewSet):
     ordering_fields = ["id", "priority", "created_at"]
 
 
-def _assignment_payload(assignment) -> dict:
-    return {
-        "assignment": assignment,
-        "responses": [
-            {
-                "id": shown.response.id,
-                "letter": shown.letter,
-                "position": shown.position,
-                "content": shown.response.content,
-            }
-            for shown in assignment_responses(assignment=assignment)
-        ],
-    }
-
-
 @extend_schema_view(
     list=extend_schema(description="Researchers and admins see every ranking; annotators only their own."),
     retrieve=extend_schema(
@@ -249,7 +234,7 @@ class RankingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         assignment = assignment_lease_next(project=project, annotator=request.user)
         if assignment is None:
             return ApiResponse(status=status.HTTP_204_NO_CONTENT)
-        return ApiResponse(serializers.AssignmentSerializer(_assignment_payload(assignment)).data)
+        return ApiResponse(serializers.assignment_data(assignment, assignment_responses(assignment=assignment)))
 
     @extend_schema(request=serializers.SubmitSerializer, responses={201: serializers.RankingSerializer})
     @action(detail=False, methods=["post"], filterset_class=None)
@@ -266,7 +251,7 @@ class RankingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             flags=values.get("flags", []),
             rationale=values.get("rationale", ""),
         )
-        return ApiResponse(serializers.RankingSerializer(ranking).data, status=status.HTTP_201_CREATED)
+        return ApiResponse(serializers.ranking_data(ranking), status=status.HTTP_201_CREATED)
 
     @extend_schema(request=serializers.SkipSerializer, responses={204: None})
     @action(detail=False, methods=["post"], filterset_class=None)

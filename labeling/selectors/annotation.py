@@ -9,7 +9,7 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from labeling.models import Assignment, Comparison, Project, Ranking, Response
-from labeling.services.leasing import regular_candidates
+from labeling.services.leasing import regular_candidates, responses_loaded_with
 
 LETTERS = "ABCDEFGH"
 
@@ -23,7 +23,9 @@ class ShownResponse:
 
 def assignment_responses(*, assignment: Assignment) -> list[ShownResponse]:
     """The comparison's responses in this assignment's (shuffled) display order."""
-    by_id = {r.id: r for r in Response.objects.filter(id__in=assignment.display_order)}
+    by_id = responses_loaded_with(assignment)
+    if by_id is None:
+        by_id = {r.id: r for r in Response.objects.filter(id__in=assignment.display_order)}
     return [
         ShownResponse(response=by_id[rid], letter=LETTERS[index], position=index + 1)
         for index, rid in enumerate(assignment.display_order)

@@ -14,6 +14,7 @@ open every transaction with BEGIN IMMEDIATE, which serialises writers; the same 
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from datetime import datetime, timedelta
@@ -23,11 +24,43 @@ from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery, Val
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from labeling.models import Assignment, Comparison, ComparisonResponse, Project
+from labeling.models import Assignment, Comparison, ComparisonResponse, Project, Prompt, Response
 
 # How many locked candidates one lease call inspects before it gives up for now (only reached when the
 # candidate query's snapshot was stale for many rows in a row).
 _MAX_CANDIDATES = 16
+
+# The hot path of every lease as precompiled SQL: building these statements with the ORM cost several times the
+# CPU of running them. They say the same as regular_candidates() / slot_state() (tests hold them to it) and run on
+# Postgres and SQLite alike; only the row-lock suffix differs.
+_A, _C = Assignment._meta.db_table, Comparison._meta.db_table
+_P, _R = Prompt._meta.db_table, Response._meta.db_table
+_CR = ComparisonResponse._meta.db_table
+_LEASED, _SUBMITTED, _SKIPPED = (f"'{state}'" for state in Assignment.State.values)
+_CURRENT_SQL = (
+    f'SELECT id FROM "{_A}" WHERE project_id = %s AND annotator_id = %s AND state = {_LEASED} '
+    "AND leased_until > %s ORDER BY leased_at, id LIMIT 1"
+)
+_CANDIDATE_SQL = (
+    f'SELECT c.*, p.messages AS prompt_messages FROM "{_C}" c JOIN "{_P}" p ON p.id = c.prompt_id '
+    f"WHERE c.project_id = %s AND c.status = '{Comparison.Status.OPEN}' AND NOT c.is_gold "
+    f'AND NOT EXISTS (SELECT 1 FROM "{_A}" d WHERE d.comparison_id = c.id AND d.annotator_id = %s '
+    f"AND d.state IN ({_SUBMITTED}, {_SKIPPED})) "
+    f'AND (SELECT COUNT(*) FROM "{_A}" s WHERE s.comparison_id = c.id AND s.annotator_id <> %s '
+    f"AND (s.state = {_SUBMITTED} OR (s.state = {_LEASED} AND s.leased_until > %s))) < %s "
+    "{exclude}ORDER BY c.priority DESC, c.id LIMIT 1{lock}"
+)
+_SLOT_STATE_SQL = (
+    f"SELECT COUNT(CASE WHEN annotator_id <> %s AND (state = {_SUBMITTED} "
+    f"OR (state = {_LEASED} AND leased_until > %s)) THEN 1 END), "
+    "MAX(CASE WHEN annotator_id = %s THEN id END), "
+    f"COUNT(CASE WHEN annotator_id = %s AND state IN ({_SUBMITTED}, {_SKIPPED}) THEN 1 END) "
+    f'FROM "{_A}" WHERE comparison_id = %s'
+)
+_RESPONSES_SQL = (
+    f'SELECT r.* FROM "{_R}" r JOIN "{_CR}" cr ON cr.response_id = r.id WHERE cr.comparison_id = %s '
+    "ORDER BY cr.position"
+)
 
 
 def slot_count_expression(*, now: datetime, exclude_annotator_id: int | None = None) -> Coalesce:
@@ -95,47 +128,91 @@ def gold_due(*, project: Project, annotator_id: int) -> bool:
     return counts["gold"] < math.floor(project.gold_ratio * (counts["total"] + 1) + 1e-9)
 
 
-def _display_order(comparison: Comparison) -> list[int]:
-    order = list(
-        ComparisonResponse.objects.filter(comparison=comparison)
-        .order_by("position")
-        .values_list("response_id", flat=True)
-    )
-    random.SystemRandom().shuffle(order)
-    return order
+# The responses of a comparison are loaded once per lease (for the display order) and kept on the assignment, so
+# the payload and the page that show them need no second query.
+_LOADED_RESPONSES = "_loaded_responses"
+# Foreign keys that full_clean() would check with one query each; the lease holds the comparison row (and thereby
+# its project) and the annotator is the user of this request, so they exist.
+_KNOWN_TO_EXIST = ["comparison", "annotator", "project"]
 
 
-def _take(*, comparison: Comparison, project: Project, annotator_id: int, now: datetime) -> Assignment:
+def responses_loaded_with(assignment: Assignment) -> dict[int, Response] | None:
+    """{response id: Response} when the lease that returned this assignment loaded them, else None."""
+    return assignment.__dict__.get(_LOADED_RESPONSES)
+
+
+def _comparison_responses(comparison: Comparison) -> list[Response]:
+    return list(Response.objects.raw(_RESPONSES_SQL, [comparison.pk]))
+
+
+def slot_state(*, comparison_id: int, now: datetime, annotator_id: int) -> dict:
+    """In one statement: slots of the comparison others hold (`taken`), and this annotator's own assignment on it
+    (`mine`: its id or None; `mine_done`: whether it was submitted or skipped)."""
+    at = connection.ops.adapt_datetimefield_value(now)
+    with connection.cursor() as cursor:
+        cursor.execute(_SLOT_STATE_SQL, [annotator_id, at, annotator_id, annotator_id, comparison_id])
+        taken, mine, mine_done = cursor.fetchone()
+    return {"taken": taken, "mine": mine, "mine_done": mine_done}
+
+
+def _take(
+    *, comparison: Comparison, project: Project, annotator_id: int, now: datetime, existing_id: int | None
+) -> Assignment:
     """Create (or revive this annotator's expired) lease on a comparison whose row this transaction holds."""
     until = now + timedelta(seconds=project.lease_seconds)
-    existing = Assignment.objects.filter(comparison=comparison, annotator_id=annotator_id).first()
-    if existing is not None:
+    responses = _comparison_responses(comparison)
+    if existing_id is not None:
+        existing = Assignment.objects.get(pk=existing_id)
         existing.state = Assignment.State.LEASED
         existing.leased_at = now
         existing.leased_until = until
-        existing.full_clean(validate_unique=False, validate_constraints=False)
+        existing.full_clean(exclude=_KNOWN_TO_EXIST, validate_unique=False, validate_constraints=False)
         existing.save(update_fields=["state", "leased_at", "leased_until"])
-        return existing
-    assignment = Assignment(
-        comparison=comparison,
-        annotator_id=annotator_id,
-        project=project,
-        state=Assignment.State.LEASED,
-        leased_at=now,
-        leased_until=until,
-        display_order=_display_order(comparison),
-    )
-    assignment.full_clean(validate_unique=False, validate_constraints=False)
-    assignment.save()
+        assignment = existing
+    else:
+        order = [response.pk for response in responses]
+        random.SystemRandom().shuffle(order)
+        assignment = Assignment(
+            comparison=comparison,
+            annotator_id=annotator_id,
+            project=project,
+            state=Assignment.State.LEASED,
+            leased_at=now,
+            leased_until=until,
+            display_order=order,
+        )
+        assignment.full_clean(exclude=_KNOWN_TO_EXIST, validate_unique=False, validate_constraints=False)
+        assignment.save()
+    assignment.comparison = comparison
+    assignment.project = project
+    assignment.__dict__[_LOADED_RESPONSES] = {response.pk: response for response in responses}
     return assignment
 
 
-def _lock(queryset: QuerySet[Comparison], *, skip_locked: bool) -> QuerySet[Comparison]:
-    if not connection.features.has_select_for_update:
-        return queryset  # SQLite: BEGIN IMMEDIATE already serialises writers.
-    if skip_locked and connection.features.has_select_for_update_skip_locked:
-        return queryset.select_for_update(skip_locked=True, of=("self",))
-    return queryset.select_for_update(of=("self",))
+def _lock_next_candidate(
+    *, project: Project, annotator_id: int, now: datetime, skip: list[int], skip_locked: bool
+) -> Comparison | None:
+    """The first of regular_candidates() not in `skip`, row-locked (with its prompt's messages)."""
+    features = connection.features
+    lock = ""
+    if features.has_select_for_update:  # SQLite: BEGIN IMMEDIATE already serialises writers.
+        lock = " FOR UPDATE OF c"
+        if skip_locked and features.has_select_for_update_skip_locked:
+            lock += " SKIP LOCKED"
+    exclude = f"AND c.id NOT IN ({', '.join(['%s'] * len(skip))}) " if skip else ""
+    at = connection.ops.adapt_datetimefield_value(now)
+    params = [project.pk, annotator_id, annotator_id, at, project.overlap, *skip]
+    rows = list(Comparison.objects.raw(_CANDIDATE_SQL.format(exclude=exclude, lock=lock), params))
+    if not rows:
+        return None
+    comparison = rows[0]
+    messages = comparison.prompt_messages
+    comparison.prompt = Prompt(
+        id=comparison.prompt_id,
+        project_id=comparison.project_id,
+        messages=json.loads(messages) if isinstance(messages, str | bytes) else messages,
+    )
+    return comparison
 
 
 def _lease_regular(*, project: Project, annotator_id: int, now: datetime) -> Assignment | None:
@@ -146,43 +223,52 @@ def _lease_regular(*, project: Project, annotator_id: int, now: datetime) -> Ass
         if not skip_locked and inspected:
             return None
         while len(inspected) < _MAX_CANDIDATES:
-            candidates = regular_candidates(project=project, annotator_id=annotator_id, now=now).exclude(
-                id__in=inspected
+            comparison = _lock_next_candidate(
+                project=project, annotator_id=annotator_id, now=now, skip=inspected, skip_locked=skip_locked
             )
-            comparison = _lock(candidates, skip_locked=skip_locked).first()
             if comparison is None:
                 break
             inspected.append(comparison.id)
             if comparison.status != Comparison.Status.OPEN:
                 continue
-            if (
-                slots_taken(comparison_id=comparison.id, now=now, exclude_annotator_id=annotator_id)
-                < project.overlap
-            ):
-                return _take(comparison=comparison, project=project, annotator_id=annotator_id, now=now)
+            # A fresh statement now that the row is locked: the candidate query's snapshot may predate a lease
+            # or a submission another annotator committed meanwhile.
+            state = slot_state(comparison_id=comparison.id, now=now, annotator_id=annotator_id)
+            if state["mine_done"] or state["taken"] >= project.overlap:
+                continue
+            return _take(
+                comparison=comparison,
+                project=project,
+                annotator_id=annotator_id,
+                now=now,
+                existing_id=state["mine"],
+            )
     return None
 
 
 def _lease_gold(*, project: Project, annotator_id: int, now: datetime) -> Assignment | None:
-    comparison = gold_candidates(project=project, annotator_id=annotator_id).first()
+    comparison = gold_candidates(project=project, annotator_id=annotator_id).select_related("prompt").first()
     if comparison is None:
         return None
     try:
         with transaction.atomic():
-            return _take(comparison=comparison, project=project, annotator_id=annotator_id, now=now)
+            return _take(
+                comparison=comparison, project=project, annotator_id=annotator_id, now=now, existing_id=None
+            )
     except IntegrityError:  # the same annotator in a second tab took it a moment ago
         return None
 
 
 def assignment_current(*, project: Project, annotator_id: int, now: datetime) -> Assignment | None:
-    """The annotator's oldest live lease in this project, if any."""
-    return (
-        Assignment.objects.filter(
-            project=project, annotator_id=annotator_id, state=Assignment.State.LEASED, leased_until__gt=now
+    """The annotator's oldest live lease in this project, if any (with its comparison and prompt)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _CURRENT_SQL, [project.pk, annotator_id, connection.ops.adapt_datetimefield_value(now)]
         )
-        .order_by("leased_at", "id")
-        .first()
-    )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    return Assignment.objects.select_related("comparison__prompt").get(pk=row[0])
 
 
 def assignment_lease_next(*, project: Project, annotator, now: datetime | None = None) -> Assignment | None:
@@ -194,6 +280,7 @@ def assignment_lease_next(*, project: Project, annotator, now: datetime | None =
         if current is not None:
             current.leased_until = now + timedelta(seconds=project.lease_seconds)
             current.save(update_fields=["leased_until"])
+            current.project = project
             return current
         assignment = None
         if gold_due(project=project, annotator_id=annotator_id):

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection, transaction
+from django.db.models import Count, OuterRef, Subquery
 from django.utils import timezone
 
 from labeling.models import Assignment, Comparison, Project, Ranking
@@ -25,10 +26,12 @@ SKIP_REASONS = {
 }
 
 
-def _locked_assignment(*, assignment_id: int, annotator) -> Assignment:
-    queryset = Assignment.objects.select_related("comparison", "project")
+def _locked_assignment(*, assignment_id: int, annotator, lock_comparison: bool = False) -> Assignment:
+    """The annotator's assignment, row-locked (and its comparison's row too with `lock_comparison`: one statement
+    for both, assignment first, the order every writer of an assignment keeps)."""
+    queryset = Assignment.objects.select_related("comparison__project", "project")
     if connection.features.has_select_for_update:
-        queryset = queryset.select_for_update(of=("self",))
+        queryset = queryset.select_for_update(of=("self", "comparison") if lock_comparison else ("self",))
     assignment = queryset.filter(pk=assignment_id).first()
     if assignment is None or assignment.annotator_id != annotator.pk:
         raise PermissionDenied("This item is not assigned to you.")
@@ -85,12 +88,12 @@ def ranking_submit(
     ({response id: rank}) for any comparison. Raises ValidationError (nothing stored) or PermissionDenied.
     """
     now = now or timezone.now()
-    assignment = _locked_assignment(assignment_id=assignment_id, annotator=annotator)
+    assignment = _locked_assignment(assignment_id=assignment_id, annotator=annotator, lock_comparison=True)
     if assignment.state == Assignment.State.SUBMITTED:
         raise ValidationError({"__all__": "You already submitted this item."})
     if assignment.state == Assignment.State.SKIPPED:
         raise ValidationError({"__all__": "You skipped this item."})
-    comparison = _lock_comparison(assignment.comparison_id)
+    comparison = assignment.comparison
     project: Project = assignment.project
     response_ids = [str(rid) for rid in assignment.display_order]
 
@@ -120,16 +123,25 @@ def ranking_submit(
         seconds_spent=max(0.0, (now - assignment.leased_at).total_seconds()),
         display_order=assignment.display_order,
     )
-    ranking.full_clean(validate_unique=False, validate_constraints=False)
+    # The comparison and assignment rows are locked by this transaction and the annotator is the caller: the
+    # foreign-key existence checks of full_clean() (a query each) are left out.
+    ranking.full_clean(
+        exclude=["comparison", "annotator", "assignment"], validate_unique=False, validate_constraints=False
+    )
     ranking.save()
     assignment.state = Assignment.State.SUBMITTED
     assignment.finished_at = now
     assignment.save(update_fields=["state", "finished_at"])
-    if not comparison.is_gold:
-        submitted = Ranking.objects.filter(comparison=comparison).count()
-        if submitted >= project.overlap and comparison.status != Comparison.Status.COMPLETE:
+    if not comparison.is_gold and comparison.status != Comparison.Status.COMPLETE:
+        # Counted and marked in one statement; the row lock makes the count (a new snapshot) current.
+        rankings = Ranking.objects.filter(comparison=OuterRef("pk")).order_by().values("comparison")
+        if (
+            Comparison.objects.filter(pk=comparison.pk)
+            .alias(submitted=Subquery(rankings.annotate(n=Count("id")).values("n")))
+            .filter(submitted__gte=project.overlap)
+            .update(status=Comparison.Status.COMPLETE)
+        ):
             comparison.status = Comparison.Status.COMPLETE
-            comparison.save(update_fields=["status"])
     return ranking
 
 
@@ -158,7 +170,7 @@ def ranking_undoable(*, project: Project, annotator, now: datetime | None = None
     now = now or timezone.now()
     ranking = (
         Ranking.objects.filter(comparison__project=project, annotator=annotator)
-        .select_related("comparison")
+        .select_related("comparison__adjudication")
         .order_by("-created_at", "-id")
         .first()
     )
