@@ -234,7 +234,9 @@ class RankingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         assignment = assignment_lease_next(project=project, annotator=request.user)
         if assignment is None:
             return ApiResponse(status=status.HTTP_204_NO_CONTENT)
-        return ApiResponse(serializers.assignment_data(assignment, assignment_responses(assignment=assignment)))
+        return ApiResponse(
+            serializers.assignment_data(assignment, assignment_responses(assignment=assignment))
+        )
 
     @extend_schema(request=serializers.SubmitSerializer, responses={201: serializers.RankingSerializer})
     @action(detail=False, methods=["post"], filterset_class=None)

@@ -14,7 +14,6 @@ open every transaction with BEGIN IMMEDIATE, which serialises writers; the same 
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from datetime import datetime, timedelta
@@ -25,6 +24,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from labeling.models import Assignment, Comparison, ComparisonResponse, Project, Prompt, Response
+from labeling.services import precompiled
 
 # How many locked candidates one lease call inspects before it gives up for now (only reached when the
 # candidate query's snapshot was stale for many rows in a row).
@@ -41,8 +41,11 @@ _CURRENT_SQL = (
     f'SELECT id FROM "{_A}" WHERE project_id = %s AND annotator_id = %s AND state = {_LEASED} '
     "AND leased_until > %s ORDER BY leased_at, id LIMIT 1"
 )
+_PROMPT_FIELDS = ("id", "project_id", "messages")
 _CANDIDATE_SQL = (
-    f'SELECT c.*, p.messages AS prompt_messages FROM "{_C}" c JOIN "{_P}" p ON p.id = c.prompt_id '
+    f"SELECT {precompiled.columns(Comparison, 'c', 'c_')}, "
+    f"{precompiled.columns(Prompt, 'p', 'p_', only=_PROMPT_FIELDS)} "
+    f'FROM "{_C}" c JOIN "{_P}" p ON p.id = c.prompt_id '
     f"WHERE c.project_id = %s AND c.status = '{Comparison.Status.OPEN}' AND NOT c.is_gold "
     f'AND NOT EXISTS (SELECT 1 FROM "{_A}" d WHERE d.comparison_id = c.id AND d.annotator_id = %s '
     f"AND d.state IN ({_SUBMITTED}, {_SKIPPED})) "
@@ -202,16 +205,11 @@ def _lock_next_candidate(
     exclude = f"AND c.id NOT IN ({', '.join(['%s'] * len(skip))}) " if skip else ""
     at = connection.ops.adapt_datetimefield_value(now)
     params = [project.pk, annotator_id, annotator_id, at, project.overlap, *skip]
-    rows = list(Comparison.objects.raw(_CANDIDATE_SQL.format(exclude=exclude, lock=lock), params))
+    rows = precompiled.fetch(_CANDIDATE_SQL.format(exclude=exclude, lock=lock), params)
     if not rows:
         return None
-    comparison = rows[0]
-    messages = comparison.prompt_messages
-    comparison.prompt = Prompt(
-        id=comparison.prompt_id,
-        project_id=comparison.project_id,
-        messages=json.loads(messages) if isinstance(messages, str | bytes) else messages,
-    )
+    comparison = precompiled.instance(Comparison, rows[0], "c_")
+    comparison.prompt = precompiled.instance(Prompt, rows[0], "p_", only=_PROMPT_FIELDS)
     return comparison
 
 

@@ -8,11 +8,11 @@ from datetime import datetime, timedelta
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection, transaction
-from django.db.models import Count, OuterRef, Subquery
 from django.utils import timezone
 
 from labeling.models import Assignment, Comparison, Project, Ranking
 from labeling.ranks import ranks_from_pairwise_choice, ranks_validate
+from labeling.services import precompiled
 from labeling.services.leasing import slots_taken
 
 UNDO_WINDOW_SECONDS = 60
@@ -26,15 +26,33 @@ SKIP_REASONS = {
 }
 
 
+_A, _C, _P = Assignment._meta.db_table, Comparison._meta.db_table, Project._meta.db_table
+_ASSIGNMENT_SQL = (
+    f"SELECT {precompiled.columns(Assignment, 'a', 'a_')}, {precompiled.columns(Comparison, 'c', 'c_')}, "
+    f"{precompiled.columns(Project, 'p', 'p_')} "
+    f'FROM "{_A}" a JOIN "{_C}" c ON c.id = a.comparison_id JOIN "{_P}" p ON p.id = a.project_id '
+    "WHERE a.id = %s{lock}"
+)
+_COMPLETE_SQL = (
+    f'UPDATE "{_C}" SET status = %s WHERE id = %s AND status <> %s '
+    f'AND (SELECT COUNT(*) FROM "{Ranking._meta.db_table}" r WHERE r.comparison_id = %s) >= %s'
+)
+
+
 def _locked_assignment(*, assignment_id: int, annotator, lock_comparison: bool = False) -> Assignment:
-    """The annotator's assignment, row-locked (and its comparison's row too with `lock_comparison`: one statement
-    for both, assignment first, the order every writer of an assignment keeps)."""
-    queryset = Assignment.objects.select_related("comparison__project", "project")
-    if connection.features.has_select_for_update:
-        queryset = queryset.select_for_update(of=("self", "comparison") if lock_comparison else ("self",))
-    assignment = queryset.filter(pk=assignment_id).first()
-    if assignment is None or assignment.annotator_id != annotator.pk:
+    """The annotator's assignment with its comparison and project, row-locked (and the comparison's row too with
+    `lock_comparison`: one statement for both, assignment first, the order every writer of an assignment keeps)."""
+    lock = ""
+    if connection.features.has_select_for_update:  # SQLite: BEGIN IMMEDIATE already serialises writers.
+        lock = " FOR UPDATE OF a, c" if lock_comparison else " FOR UPDATE OF a"
+    rows = precompiled.fetch(_ASSIGNMENT_SQL.format(lock=lock), [assignment_id])
+    if not rows or rows[0]["a_annotator_id"] != annotator.pk:
         raise PermissionDenied("This item is not assigned to you.")
+    assignment = precompiled.instance(Assignment, rows[0], "a_")
+    project = precompiled.instance(Project, rows[0], "p_")
+    comparison = precompiled.instance(Comparison, rows[0], "c_")
+    comparison.project = project  # an assignment's project is its comparison's
+    assignment.comparison, assignment.project = comparison, project
     return assignment
 
 
@@ -134,14 +152,11 @@ def ranking_submit(
     assignment.save(update_fields=["state", "finished_at"])
     if not comparison.is_gold and comparison.status != Comparison.Status.COMPLETE:
         # Counted and marked in one statement; the row lock makes the count (a new snapshot) current.
-        rankings = Ranking.objects.filter(comparison=OuterRef("pk")).order_by().values("comparison")
-        if (
-            Comparison.objects.filter(pk=comparison.pk)
-            .alias(submitted=Subquery(rankings.annotate(n=Count("id")).values("n")))
-            .filter(submitted__gte=project.overlap)
-            .update(status=Comparison.Status.COMPLETE)
-        ):
-            comparison.status = Comparison.Status.COMPLETE
+        complete = Comparison.Status.COMPLETE
+        with connection.cursor() as cursor:
+            cursor.execute(_COMPLETE_SQL, [complete, comparison.pk, complete, comparison.pk, project.overlap])
+            if cursor.rowcount:
+                comparison.status = complete
     return ranking
 
 
