@@ -481,7 +481,8 @@ _PAGE_PROBE = """() => {
     });
   }).observe(document.body, {childList: true, subtree: true});
   document.body.addEventListener("htmx:afterSettle", () => {
-    document.documentElement.dataset.probeSettled = window.__probe.samples.length;
+    const root = document.documentElement;
+    root.dataset.probeSettled = Number(root.dataset.probeSettled || 0) + 1;
   });
 }"""
 
@@ -521,7 +522,7 @@ def run_browser(port: int, comparisons: int, items: int, seed: int, processes) -
             for _ in range(5):  # warm-up: connections, templates, the JIT
                 _press_and_wait(page)
             page.evaluate(
-                "() => { window.__probe.samples = []; document.documentElement.dataset.probeCount = 0; document.documentElement.dataset.probeSettled = 0; }"
+                "() => { window.__probe.samples = []; document.documentElement.dataset.probeCount = 0; }"
             )
             cpu_before = [_tree_cpu_s(process) for process in processes]
             started = time.perf_counter()
@@ -548,11 +549,13 @@ def run_browser(port: int, comparisons: int, items: int, seed: int, processes) -
 
 
 def _press_and_wait(page) -> None:
-    count = page.evaluate("() => window.__probe.samples.length")
+    count, settled = page.evaluate(
+        "() => [window.__probe.samples.length, Number(document.documentElement.dataset.probeSettled || 0)]"
+    )
     page.keyboard.press("1")
     page.wait_for_function(
-        "() => Number(document.documentElement.dataset.probeCount || 0) > "
-        f"{count} && Number(document.documentElement.dataset.probeSettled || 0) > {count}",
+        f"() => Number(document.documentElement.dataset.probeCount || 0) > {count} "
+        f"&& Number(document.documentElement.dataset.probeSettled || 0) > {settled}",
         timeout=15_000,
     )
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connections
 from kombu import Connection
 
+from core import precompiled
 from core.roles import ALL_ROLES
 
 # The role names are remembered on the user object, so one request asks the database once however many checks,
@@ -41,23 +43,28 @@ def user_roles_forget(*, user) -> None:
 def user_with_roles_for_token(*, key: str):
     """(user, token created_at) for an API token key with the user's roles remembered, or None: one query with
     precompiled SQL (the API authenticates every request, and building the ORM query cost more than running it)."""
+    rows = precompiled.fetch(_token_user_sql(), [key])
+    if not rows:
+        return None
+    user = precompiled.instance(get_user_model(), rows[0], "u_")
+    user_roles_remember(user=user, names=[row["role_name"] for row in rows if row["role_name"] in ALL_ROLES])
+    return user, rows[0]["token_created"]
+
+
+@cache
+def _token_user_sql() -> str:
     from rest_framework.authtoken.models import Token
 
     User = get_user_model()
     membership = User.groups.through
     group = membership._meta.get_field("group").related_model
-    sql = (
-        f'SELECT u.*, t.created AS token_created, g.name AS role_name FROM "{Token._meta.db_table}" t '
-        f'JOIN "{User._meta.db_table}" u ON u."{User._meta.pk.column}" = t.user_id '
-        f'LEFT JOIN "{membership._meta.db_table}" ug ON ug.user_id = u."{User._meta.pk.column}" '
+    pk = User._meta.pk.column
+    return (
+        f"SELECT {precompiled.columns(User, 'u', 'u_')}, t.created AS token_created, g.name AS role_name "
+        f'FROM "{Token._meta.db_table}" t JOIN "{User._meta.db_table}" u ON u."{pk}" = t.user_id '
+        f'LEFT JOIN "{membership._meta.db_table}" ug ON ug.user_id = u."{pk}" '
         f'LEFT JOIN "{group._meta.db_table}" g ON g.id = ug.group_id WHERE t.key = %s'
     )
-    rows = list(User.objects.raw(sql, [key]))
-    if not rows:
-        return None
-    user = rows[0]
-    user_roles_remember(user=user, names=[row.role_name for row in rows if row.role_name in ALL_ROLES])
-    return user, user.token_created
 
 
 def user_has_role(*, user, role: str) -> bool:

@@ -211,6 +211,12 @@ class Assignment(models.Model):
         indexes = [
             models.Index(fields=["comparison", "state", "leased_until"], name="assignment_slots_idx"),
             models.Index(fields=["annotator", "project", "state"], name="assignment_annotator_idx"),
+            # Live leases of a project (the annotator's "left" count); submitted rows are not in it.
+            models.Index(
+                fields=["project", "leased_until"],
+                condition=Q(state="leased"),
+                name="assignment_live_lease_idx",
+            ),
         ]
         constraints = [
             models.UniqueConstraint(

@@ -18,6 +18,7 @@ from labeling.selectors.annotation import (
     annotator_progress,
     annotator_rankings_shown,
     assignment_responses,
+    project_for_slug,
     projects_for_annotator,
     ranking_shown,
     sole_project_slug,
@@ -112,11 +113,18 @@ def _render_workspace(
 
 @annotator_required
 def annotate(request: HttpRequest, slug: str) -> HttpResponse:
-    project = get_object_or_404(Project, slug=slug)
+    project = _project(slug)
     assignment = assignment_lease_next(project=project, annotator=request.user)
     if request.htmx:
         return _render_workspace(request, project, assignment)
     return render(request, "labeling/annotate.html", _workspace_context(request, project, assignment))
+
+
+def _project(slug: str) -> Project:
+    project = project_for_slug(slug=slug)
+    if project is None:
+        raise Http404("No such project.")
+    return project
 
 
 def _own_assignment(request: HttpRequest, project: Project, assignment_id: int) -> Assignment:
@@ -130,7 +138,7 @@ def _own_assignment(request: HttpRequest, project: Project, assignment_id: int) 
 @annotator_required
 @require_POST
 def submit(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
-    project = get_object_or_404(Project, slug=slug)
+    project = _project(slug)
     assignment = _own_assignment(request, project, assignment_id)
     try:
         ranking_submit(
@@ -160,7 +168,7 @@ def submit(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
 @annotator_required
 @require_POST
 def skip(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
-    project = get_object_or_404(Project, slug=slug)
+    project = _project(slug)
     assignment = _own_assignment(request, project, assignment_id)
     form = SkipForm(request.POST)
     try:
@@ -198,7 +206,7 @@ def _pairwise_choice(ranking: Ranking) -> str:
 @annotator_required
 @require_POST
 def undo(request: HttpRequest, slug: str) -> HttpResponse:
-    project = get_object_or_404(Project, slug=slug)
+    project = _project(slug)
     withdrawn = ranking_undoable(project=project, annotator=request.user)
     try:
         assignment = ranking_undo_last(project=project, annotator=request.user)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from django.core.exceptions import ValidationError
 from django.db.models import Prefetch
-from django.http import FileResponse, StreamingHttpResponse
+from django.http import FileResponse, Http404, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
@@ -34,7 +34,7 @@ from labeling.models import (
     Ranking,
     Response,
 )
-from labeling.selectors.annotation import assignment_responses
+from labeling.selectors.annotation import assignment_responses, project_for_slug
 from labeling.services.api_tokens import api_token_for_credentials
 from labeling.services.exports import (
     export_cancel,
@@ -230,7 +230,9 @@ class RankingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         """Lease the next comparison (or renew the live lease you hold): the same queue as the browser."""
         data = serializers.LeaseRequestSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        project = get_object_or_404(Project, slug=data.validated_data["project"])
+        project = project_for_slug(slug=data.validated_data["project"])
+        if project is None:
+            raise Http404("No such project.")
         assignment = assignment_lease_next(project=project, annotator=request.user)
         if assignment is None:
             return ApiResponse(status=status.HTTP_204_NO_CONTENT)

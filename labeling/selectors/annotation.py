@@ -8,10 +8,22 @@ from datetime import datetime
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
+from core import precompiled
 from labeling.models import Assignment, Comparison, Project, Ranking, Response
-from labeling.services.leasing import regular_candidates, responses_loaded_with
+from labeling.services.leasing import regular_open, regular_unavailable, responses_loaded_with
 
 LETTERS = "ABCDEFGH"
+
+
+_PROJECT_SQL = (
+    f'SELECT {precompiled.columns(Project, "p", "")} FROM "{Project._meta.db_table}" p WHERE p.slug = %s'
+)
+
+
+def project_for_slug(*, slug: str) -> Project | None:
+    """The project with this slug (precompiled SQL: the annotator loop looks it up on every request)."""
+    rows = precompiled.fetch(_PROJECT_SQL, [slug])
+    return precompiled.instance(Project, rows[0], "") if rows else None
 
 
 @dataclass(frozen=True)
@@ -45,7 +57,7 @@ def annotator_progress(*, project: Project, annotator, now: datetime | None = No
     counts = Ranking.objects.filter(comparison__project=project, annotator=annotator).aggregate(
         total=Count("id"), today=Count("id", filter=Q(created_at__gte=start_of_day))
     )
-    left = regular_candidates(project=project, annotator_id=annotator.pk, now=now).count()
+    left = regular_left_count(project=project, annotator_id=annotator.pk, now=now)
     return Progress(done_today=counts["today"], done_total=counts["total"], left=left)
 
 
@@ -61,6 +73,21 @@ def sole_project_slug() -> str | None:
     """The slug of the only project, when there is exactly one: forms preselect it (nothing to choose)."""
     slugs = list(Project.objects.order_by("slug").values_list("slug", flat=True)[:2])
     return slugs[0] if len(slugs) == 1 else None
+
+
+def regular_left_count(*, project: Project, annotator_id: int, now: datetime) -> int:
+    """regular_candidates(…).count(), without testing every open comparison (that cost grew with the project and
+    ran on every keypress): all open items, less those this annotator finished or others fill. Only comparisons
+    with a live lease or one of this annotator's finished assignments can be excluded, because submitting marks a
+    comparison complete once its rankings reach the overlap (an open one has fewer)."""
+    touched = Assignment.objects.filter(project=project).filter(
+        Q(annotator_id=annotator_id, state__in=[Assignment.State.SUBMITTED, Assignment.State.SKIPPED])
+        | Q(state=Assignment.State.LEASED, leased_until__gt=now)
+    )
+    unavailable = regular_unavailable(project=project, annotator_id=annotator_id, now=now).filter(
+        pk__in=touched.values("comparison_id")
+    )
+    return regular_open(project=project).count() - unavailable.count()
 
 
 def projects_for_annotator(*, annotator) -> QuerySet[Project]:

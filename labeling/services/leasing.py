@@ -23,8 +23,8 @@ from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery, Val
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from core import precompiled
 from labeling.models import Assignment, Comparison, ComparisonResponse, Project, Prompt, Response
-from labeling.services import precompiled
 
 # How many locked candidates one lease call inspects before it gives up for now (only reached when the
 # candidate query's snapshot was stale for many rows in a row).
@@ -61,8 +61,8 @@ _SLOT_STATE_SQL = (
     f'FROM "{_A}" WHERE comparison_id = %s'
 )
 _RESPONSES_SQL = (
-    f'SELECT r.* FROM "{_R}" r JOIN "{_CR}" cr ON cr.response_id = r.id WHERE cr.comparison_id = %s '
-    "ORDER BY cr.position"
+    f'SELECT {precompiled.columns(Response, "r", "")} FROM "{_R}" r '
+    f'JOIN "{_CR}" cr ON cr.response_id = r.id WHERE cr.comparison_id = %s ORDER BY cr.position'
 )
 
 
@@ -98,16 +98,29 @@ def _done_by(annotator_id: int) -> Exists:
     )
 
 
+def regular_open(*, project: Project) -> QuerySet[Comparison]:
+    return Comparison.objects.filter(project=project, status=Comparison.Status.OPEN, is_gold=False)
+
+
+def _with_availability(queryset: QuerySet[Comparison], *, annotator_id: int, now: datetime):
+    return queryset.alias(
+        done=_done_by(annotator_id), taken=slot_count_expression(now=now, exclude_annotator_id=annotator_id)
+    )
+
+
 def regular_candidates(*, project: Project, annotator_id: int, now: datetime) -> QuerySet[Comparison]:
     """Open, non-gold comparisons this annotator may still rank and that have a free slot, in queue order."""
     return (
-        Comparison.objects.filter(project=project, status=Comparison.Status.OPEN, is_gold=False)
-        .alias(
-            done=_done_by(annotator_id),
-            taken=slot_count_expression(now=now, exclude_annotator_id=annotator_id),
-        )
+        _with_availability(regular_open(project=project), annotator_id=annotator_id, now=now)
         .filter(done=False, taken__lt=project.overlap)
         .order_by("-priority", "id")
+    )
+
+
+def regular_unavailable(*, project: Project, annotator_id: int, now: datetime) -> QuerySet[Comparison]:
+    """The other open, non-gold comparisons: done by this annotator, or every slot taken by others."""
+    return _with_availability(regular_open(project=project), annotator_id=annotator_id, now=now).filter(
+        Q(done=True) | Q(taken__gte=project.overlap)
     )
 
 
@@ -145,7 +158,9 @@ def responses_loaded_with(assignment: Assignment) -> dict[int, Response] | None:
 
 
 def _comparison_responses(comparison: Comparison) -> list[Response]:
-    return list(Response.objects.raw(_RESPONSES_SQL, [comparison.pk]))
+    return [
+        precompiled.instance(Response, row, "") for row in precompiled.fetch(_RESPONSES_SQL, [comparison.pk])
+    ]
 
 
 def slot_state(*, comparison_id: int, now: datetime, annotator_id: int) -> dict:

@@ -10,9 +10,9 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
 
+from core import precompiled
 from labeling.models import Assignment, Comparison, Project, Ranking
 from labeling.ranks import ranks_from_pairwise_choice, ranks_validate
-from labeling.services import precompiled
 from labeling.services.leasing import slots_taken
 
 UNDO_WINDOW_SECONDS = 60
