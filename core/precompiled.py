@@ -21,7 +21,7 @@ def fetch(sql: str, params: list) -> list[dict]:
     """Rows as {column name: value} dicts."""
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        names = [column.name for column in cursor.description]
+        names = [column[0] for column in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 

@@ -1,0 +1,197 @@
+"""The annotator hot path (issue #17): query budgets of next / submit / the htmx submit, and the precompiled SQL
+and hand-built payloads held equal to the ORM queries and DRF serializers they replace."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from core.selectors import user_roles
+from core.services import user_create_or_update
+from labeling.api.serializers import AssignmentSerializer, RankingSerializer, assignment_data, ranking_data
+from labeling.models import Assignment, Comparison, Ranking
+from labeling.selectors.annotation import assignment_responses, regular_left_count
+from labeling.services.api_tokens import api_token_get_or_create
+from labeling.services.leasing import (
+    _lock_next_candidate,
+    assignment_lease_next,
+    regular_candidates,
+    slot_state,
+    slots_taken,
+)
+from labeling.services.rankings import assignment_skip, ranking_submit
+
+from .conftest import make_comparison, make_project, make_user
+
+pytestmark = pytest.mark.django_db
+
+# Statements per request, transaction control (BEGIN / COMMIT / SAVEPOINT) not counted.
+NEXT_BUDGET = 7  # token+user+roles, project, live lease?, candidate (locked), slot recount, responses, insert
+SUBMIT_BUDGET = 5  # token+user+roles, assignment+comparison+project (locked), ranking, assignment, completion
+HTMX_SUBMIT_BUDGET = 18  # session, user, roles, project, own assignment, submit (4), next lease (5), page (5)
+
+
+def _statements(queries) -> list[str]:
+    return [q["sql"] for q in queries.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))]
+
+
+def _api(user) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_token_get_or_create(user=user).key}")
+    return client
+
+
+def test_next_and_submit_stay_within_their_query_budget():
+    project = make_project("budget", overlap=1)
+    for _ in range(5):
+        make_comparison(project)
+    client = _api(make_user("fast"))
+    for _ in range(3):  # the same budget for every item, not only the first
+        with CaptureQueriesContext(connection) as leased:
+            item = client.post("/api/v1/rankings/next/", {"project": "budget"}, format="json")
+        assert item.status_code == 200
+        assert len(_statements(leased)) <= NEXT_BUDGET, _statements(leased)
+        with CaptureQueriesContext(connection) as submitted:
+            done = client.post(
+                "/api/v1/rankings/submit/",
+                {"assignment": item.json()["assignment"], "choice": "a"},
+                format="json",
+            )
+        assert done.status_code == 201
+        assert len(_statements(submitted)) <= SUBMIT_BUDGET, _statements(submitted)
+    assert Comparison.objects.filter(project=project, status=Comparison.Status.COMPLETE).count() == 3
+
+
+def test_htmx_submit_and_next_item_stay_within_their_query_budget(client):
+    project = make_project("budget-web", overlap=1)
+    for _ in range(4):
+        make_comparison(project)
+    user = make_user("web-fast")
+    client.force_login(user)
+    page = client.get("/annotate/budget-web/").content.decode()
+    assignment = page.split('data-assignment="')[1].split('"')[0]
+    with CaptureQueriesContext(connection) as queries:
+        response = client.post(
+            f"/annotate/budget-web/items/{assignment}/submit/", {"choice": "b"}, HTTP_HX_REQUEST="true"
+        )
+    assert response.status_code == 200 and b"Saved." in response.content
+    assert len(_statements(queries)) <= HTMX_SUBMIT_BUDGET, _statements(queries)
+
+
+def test_the_api_answers_with_what_its_serializers_describe_and_never_marks_gold():
+    project = make_project("shape", overlap=1, gold_ratio=1.0)
+    make_comparison(project, is_gold=True, text="A gold question?")
+    user = make_user("shape-user")
+    item = _api(user).post("/api/v1/rankings/next/", {"project": "shape"}, format="json").json()
+    assert "is_gold" not in item
+    assignment = Assignment.objects.select_related("comparison__prompt", "project").get(pk=item["assignment"])
+    shown = assignment_responses(assignment=assignment)
+    described = [
+        {"id": x.response.id, "letter": x.letter, "position": x.position, "content": x.response.content}
+        for x in shown
+    ]
+    assert item == AssignmentSerializer({"assignment": assignment, "responses": described}).data
+    assert assignment_data(assignment, shown) == item
+    ranking = ranking_submit(assignment_id=assignment.pk, annotator=user, choice="a", flags=["broken"])
+    assert ranking_data(ranking) == RankingSerializer(ranking).data
+
+
+def test_token_authentication_loads_the_roles_with_the_user_and_sees_a_role_change_next_request():
+    user = make_user("switcher")
+    client = _api(user)
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get("/api/v1/rankings/").status_code == 200
+    assert not any("auth_group" in sql and "authtoken" not in sql for sql in _statements(queries))
+    user_create_or_update(username="switcher", role="researcher")
+    assert client.post("/api/v1/rankings/next/", {"project": "x"}, format="json").status_code == 403
+    assert _api(user).get("/api/v1/comparisons/").status_code == 200
+    assert APIClient(HTTP_AUTHORIZATION="Token not-a-token").get("/api/v1/rankings/").status_code == 401
+
+
+def test_roles_are_asked_once_per_user_object():
+    user = make_user("memo")
+    with CaptureQueriesContext(connection) as queries:
+        assert user_roles(user=user) == {"annotator"}
+        assert user_roles(user=user) == {"annotator"}
+    assert len(queries.captured_queries) == 1
+
+
+@pytest.fixture
+def busy_project():
+    """Comparisons in every state the queue distinguishes, for one annotator (`me`) and two others."""
+    project = make_project("states", overlap=2, gold_ratio=0.0)
+    me, other, third = make_user("me"), make_user("other"), make_user("third")
+    now = timezone.now()
+    made = [make_comparison(project, priority=i % 3) for i in range(9)]
+    make_comparison(project, is_gold=True)
+
+    def assign(comparison, user, state, minutes=10):
+        assignment = Assignment.objects.create(
+            comparison=comparison,
+            annotator=user,
+            project=project,
+            state=state,
+            leased_at=now - timedelta(minutes=20),
+            leased_until=now + timedelta(minutes=minutes),
+            display_order=[],
+            finished_at=None if state == Assignment.State.LEASED else now,
+        )
+        if state == Assignment.State.SUBMITTED:  # as ranking_submit leaves it
+            Ranking.objects.create(comparison=comparison, annotator=user, assignment=assignment, ranks={})
+
+    assign(made[0], other, Assignment.State.LEASED)  # one slot left
+    assign(made[1], other, Assignment.State.LEASED)  # full: two live leases
+    assign(made[1], third, Assignment.State.LEASED)
+    assign(made[2], other, Assignment.State.LEASED, minutes=-5)  # expired: slot back
+    assign(made[2], third, Assignment.State.LEASED)
+    assign(made[3], me, Assignment.State.SUBMITTED)  # done by me
+    assign(made[4], me, Assignment.State.SKIPPED)  # skipped by me
+    assign(made[5], other, Assignment.State.SUBMITTED)  # one ranking, one slot left
+    assign(made[6], me, Assignment.State.LEASED, minutes=-5)  # my expired lease: mine to revive
+    Comparison.objects.filter(pk=made[7].pk).update(status=Comparison.Status.COMPLETE)
+    return project, me, now
+
+
+def test_precompiled_candidates_follow_the_orm_queue(busy_project):
+    project, me, now = busy_project
+    expected = list(
+        regular_candidates(project=project, annotator_id=me.pk, now=now).values_list("id", flat=True)
+    )
+    got: list[int] = []
+    while found := _lock_next_candidate(
+        project=project, annotator_id=me.pk, now=now, skip=got, skip_locked=True
+    ):
+        assert found.prompt.messages and found.status == Comparison.Status.OPEN
+        got.append(found.id)
+    assert got == expected and len(expected) == 5  # made[0], [2], [5], [6], [8]
+    assert regular_left_count(project=project, annotator_id=me.pk, now=now) == len(expected)
+    for comparison in Comparison.objects.filter(project=project):
+        state = slot_state(comparison_id=comparison.id, now=now, annotator_id=me.pk)
+        assert state["taken"] == slots_taken(comparison_id=comparison.id, now=now, exclude_annotator_id=me.pk)
+        mine = Assignment.objects.filter(comparison=comparison, annotator=me).first()
+        assert state["mine"] == (mine.pk if mine else None)
+        assert bool(state["mine_done"]) == bool(mine and mine.state != Assignment.State.LEASED)
+
+
+def test_left_count_follows_leases_submissions_and_skips(busy_project):
+    project, me, now = busy_project
+    other = make_user("fourth")
+    for _ in range(3):
+        assignment = assignment_lease_next(project=project, annotator=other)
+        assert regular_left_count(project=project, annotator_id=me.pk, now=timezone.now()) == (
+            regular_candidates(project=project, annotator_id=me.pk, now=timezone.now()).count()
+        )
+        if assignment.pk % 2:
+            ranking_submit(assignment_id=assignment.pk, annotator=other, choice="a")
+        else:
+            assignment_skip(assignment_id=assignment.pk, annotator=other, reason="unsure")
+    revived = assignment_lease_next(project=project, annotator=me)
+    assert revived is not None
+    assert regular_left_count(project=project, annotator_id=me.pk, now=timezone.now()) == (
+        regular_candidates(project=project, annotator_id=me.pk, now=timezone.now()).count()
+    )
