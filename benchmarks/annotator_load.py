@@ -618,10 +618,8 @@ def main() -> None:
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0, interactive=False)
-        if args.browser_items:
-            # Manifest storage (DEBUG=0). Chart.js is left out: its vendored file names a source map that is not
-            # vendored, which fails the manifest's post-processing; the annotator page does not load it.
-            call_command("collectstatic", verbosity=0, interactive=False, ignore_patterns=["chartjs"])
+        # Manifest storage (DEBUG=0): the pages and the /healthz page check need it.
+        call_command("collectstatic", verbosity=0, interactive=False)
         annotators = create_annotators(max(levels))
         port = _free_port()
         load_before = os.getloadavg()
