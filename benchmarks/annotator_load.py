@@ -49,6 +49,9 @@ import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from scratch_db import postgres_scratch  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 TEXT_CHARS = 300
@@ -56,33 +59,6 @@ WARMUP_S = 2.0
 
 
 # --- setup --------------------------------------------------------------------------------------------------
-
-
-def _scratch_database(url: str) -> tuple[str, callable]:
-    """A fresh database next to the one in DATABASE_URL, and a function that drops it."""
-    import psycopg
-    from dj_database_url import parse
-
-    params = parse(url)
-    if params["ENGINE"] != "django.db.backends.postgresql":
-        raise SystemExit("annotator_load needs Postgres: run it under scripts/test-services.sh")
-    name = f"bench_annotator_{os.getpid()}"
-    admin = dict(
-        host=params["HOST"] or "localhost",
-        port=params["PORT"] or 5432,
-        user=params["USER"],
-        password=params["PASSWORD"] or None,
-        dbname=params["NAME"],
-        autocommit=True,
-    )
-    with psycopg.connect(**admin) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-    def drop() -> None:
-        with psycopg.connect(**admin) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    return url.rsplit("/", 1)[0] + "/" + name, drop
 
 
 def _server_env(database_url: str, static_root: Path, var_dir: Path) -> dict[str, str]:
@@ -604,7 +580,7 @@ def main() -> None:
         raise SystemExit(
             "annotator_load needs Postgres in DATABASE_URL: run it under scripts/test-services.sh"
         )
-    scratch_url, drop = _scratch_database(url)
+    scratch_url, drop = postgres_scratch(url, "bench_annotator")
     workdir = Path(tempfile.mkdtemp(prefix="annotator-load-"))
     env = _server_env(scratch_url, workdir / "static", workdir / "var")
     os.environ.update({k: v for k, v in env.items() if k != "DJANGO_SETTINGS_MODULE"})

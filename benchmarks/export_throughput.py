@@ -32,6 +32,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from scratch_db import postgres_scratch  # noqa: E402
 
 RESPONSES_PER_PROMPT = 4
 PAIRS_PER_PROMPT = 6
@@ -423,30 +426,6 @@ def run_export(out: Path, aggregation: str, workers: int, baseline: bool = True)
     return report
 
 
-def _postgres_scratch(url: str) -> tuple[str, callable]:
-    import psycopg
-    from dj_database_url import parse
-
-    params = parse(url)
-    name = f"bench_export_{os.getpid()}"
-    admin = dict(
-        host=params["HOST"] or "localhost",
-        port=params["PORT"] or 5432,
-        user=params["USER"],
-        password=params["PASSWORD"] or None,
-        dbname=params["NAME"],
-        autocommit=True,
-    )
-    with psycopg.connect(**admin) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-    def drop() -> None:
-        with psycopg.connect(**admin) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    return url.rsplit("/", 1)[0] + "/" + name, drop
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rankings", type=int, default=1_000_000)
@@ -485,7 +464,7 @@ def main() -> None:
     if args.reuse_db:
         url = args.reuse_db
     elif url.startswith("postgres"):
-        url, drop = _postgres_scratch(url)
+        url, drop = postgres_scratch(url, "bench_export")
     else:
         url = f"sqlite:///{workdir / 'bench.sqlite3'}"
     if args.keep_db:
