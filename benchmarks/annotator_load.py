@@ -619,6 +619,7 @@ def main() -> None:
             f"{platform.processor() or platform.machine()}",
             "python": platform.python_version(),
             "server": "gunicorn " + json.dumps(gunicorn_config(env)),
+            "gunicorn_cmd_args": env.get("GUNICORN_CMD_ARGS", ""),
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in load_after],
             "seconds_per_run": args.seconds,
