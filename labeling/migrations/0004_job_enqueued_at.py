@@ -4,25 +4,38 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('labeling', '0003_import_job'),
+        ("labeling", "0003_import_job"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='export',
-            name='celery_task_id',
+            model_name="export",
+            name="celery_task_id",
             field=models.CharField(blank=True, max_length=255),
         ),
         migrations.AddField(
-            model_name='export',
-            name='enqueued_at',
-            field=models.DateTimeField(blank=True, help_text='When its task was last published; empty: not yet (core.jobs sends it).', null=True),
+            model_name="export",
+            name="enqueued_at",
+            field=models.DateTimeField(
+                blank=True,
+                help_text="When its task was last published; empty: not yet (core.jobs sends it).",
+                null=True,
+            ),
         ),
         migrations.AlterField(
-            model_name='export',
-            name='status',
-            field=models.CharField(choices=[('queued', 'Queued'), ('running', 'Running'), ('done', 'Done'), ('failed', 'Failed'), ('cancelled', 'Cancelled')], default='queued', max_length=16),
+            model_name="export",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("queued", "Queued"),
+                    ("running", "Running"),
+                    ("done", "Done"),
+                    ("failed", "Failed"),
+                    ("cancelled", "Cancelled"),
+                ],
+                default="queued",
+                max_length=16,
+            ),
         ),
     ]

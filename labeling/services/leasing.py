@@ -42,16 +42,21 @@ _CURRENT_SQL = (
     "AND leased_until > %s ORDER BY leased_at, id LIMIT 1"
 )
 _PROMPT_FIELDS = ("id", "project_id", "messages")
+# The open queue is read in order inside a planning fence (OFFSET 0 on Postgres), and the per-comparison checks run
+# only until the first row passes: with stale statistics (an assignment table growing faster than autovacuum
+# analyses it) the planner otherwise filtered and sorted every open comparison, scanning assignments for each.
 _CANDIDATE_SQL = (
     f"SELECT {precompiled.columns(Comparison, 'c', 'c_')}, "
     f"{precompiled.columns(Prompt, 'p', 'p_', only=_PROMPT_FIELDS)} "
-    f'FROM "{_C}" c JOIN "{_P}" p ON p.id = c.prompt_id '
-    f"WHERE c.project_id = %s AND c.status = '{Comparison.Status.OPEN}' AND NOT c.is_gold "
-    f'AND NOT EXISTS (SELECT 1 FROM "{_A}" d WHERE d.comparison_id = c.id AND d.annotator_id = %s '
+    f'FROM (SELECT q.id, q.priority FROM "{_C}" q WHERE q.project_id = %s '
+    f"AND q.status = '{Comparison.Status.OPEN}' AND NOT q.is_gold {{exclude}}"
+    "ORDER BY q.priority DESC, q.id{fence}) o "
+    f'JOIN "{_C}" c ON c.id = o.id JOIN "{_P}" p ON p.id = c.prompt_id '
+    f'WHERE NOT EXISTS (SELECT 1 FROM "{_A}" d WHERE d.comparison_id = c.id AND d.annotator_id = %s '
     f"AND d.state IN ({_SUBMITTED}, {_SKIPPED})) "
     f'AND (SELECT COUNT(*) FROM "{_A}" s WHERE s.comparison_id = c.id AND s.annotator_id <> %s '
     f"AND (s.state = {_SUBMITTED} OR (s.state = {_LEASED} AND s.leased_until > %s))) < %s "
-    "{exclude}ORDER BY c.priority DESC, c.id LIMIT 1{lock}"
+    "ORDER BY o.priority DESC, o.id LIMIT 1{lock}"
 )
 _SLOT_STATE_SQL = (
     f"SELECT COUNT(CASE WHEN annotator_id <> %s AND (state = {_SUBMITTED} "
@@ -217,10 +222,11 @@ def _lock_next_candidate(
         lock = " FOR UPDATE OF c"
         if skip_locked and features.has_select_for_update_skip_locked:
             lock += " SKIP LOCKED"
-    exclude = f"AND c.id NOT IN ({', '.join(['%s'] * len(skip))}) " if skip else ""
+    exclude = f"AND q.id NOT IN ({', '.join(['%s'] * len(skip))}) " if skip else ""
+    fence = " OFFSET 0" if connection.vendor == "postgresql" else ""
     at = connection.ops.adapt_datetimefield_value(now)
-    params = [project.pk, annotator_id, annotator_id, at, project.overlap, *skip]
-    rows = precompiled.fetch(_CANDIDATE_SQL.format(exclude=exclude, lock=lock), params)
+    params = [project.pk, *skip, annotator_id, annotator_id, at, project.overlap]
+    rows = precompiled.fetch(_CANDIDATE_SQL.format(exclude=exclude, fence=fence, lock=lock), params)
     if not rows:
         return None
     comparison = precompiled.instance(Comparison, rows[0], "c_")
