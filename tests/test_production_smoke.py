@@ -283,10 +283,10 @@ def site(image: Image, database_url: str) -> Iterator[Site]:
     manage(*migrate[2:])
 
     # Served over plain HTTP without a TLS proxy in front: the README's SECURE_SSL_REDIRECT=0.
-    serve_env = {**env, "SECURE_SSL_REDIRECT": "0"}
+    # One worker process: 2 shared cores; the number of workers is not under test (gunicorn.conf.py reads it).
+    serve_env = {**env, "SECURE_SSL_REDIRECT": "0", "WEB_CONCURRENCY": "1"}
     port = _free_port()
     command = [f"127.0.0.1:{port}" if arg == "0.0.0.0:8000" else arg for arg in image.cmd]
-    command[command.index("--workers") + 1] = "1"  # 2 shared cores; the number of workers is not under test
     gunicorn_log = image.root / "gunicorn.log"
     gunicorn = _start(command, cwd=image.app, env=serve_env, log=gunicorn_log)
 
