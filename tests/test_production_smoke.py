@@ -407,7 +407,7 @@ def test_pages_load_in_chromium_without_errors(site):
         assert page.get_attribute("#workspace", "data-assignment") not in (None, first)
 
         run = page.goto(f"{site.url}/training/runs/{site.run_id}/")
-        assert run.status == 200
+        assert run.status == 200, site.gunicorn_log.read_text()[-6000:]
         page.wait_for_selector("figure canvas")  # drawn by Chart.js from run_charts.js
 
         docs = page.goto(f"{site.url}/api/docs/")

@@ -290,7 +290,12 @@ def run_eta(*, run: TrainingRun, stages: list[StageRun] | None = None, now: date
 
 
 def _estimate_for(stage: StageRun, sizes: dict[str, DataSize], device: str) -> StageEstimate:
-    config = {**stage.config, "max_steps": stage.total_steps or stage.config.get("max_steps", 1)}
+    # A stored config may be partial (runs launched before a field existed): the stage's defaults fill it in.
+    config = {
+        **engine_stages.config_defaults(stage.kind),
+        **stage.config,
+        "max_steps": stage.total_steps or stage.config.get("max_steps", 1),
+    }
     return stage_estimate(
         kind=stage.kind, config=config, num_parameters=stage.run.base_model.num_parameters, sizes=sizes,
         device=device,

@@ -266,3 +266,17 @@ def test_data_size_counts_where_a_stage_goes_over_all_of_it():
         sizes={"sft": DataSize(rows=100, chars_per_row=100)}, device="cpu",
     )  # fmt: skip
     assert short.seconds < seconds("sft", 100)  # shorter rows, fewer tokens per step
+
+
+def test_a_stage_stored_with_a_partial_config_still_gets_an_eta(client, world):
+    """Runs stored before a config field existed (or written by hand) keep a working run page."""
+    project, base, admin = world
+    run = TrainingRun.objects.create(project=project, preset="reward", base_model=base, status="running")
+    StageRun.objects.create(
+        run=run, position=0, kind="reward", status="running", step=0, total_steps=5, config={},
+        started_at=timezone.now(),
+    )
+    client.force_login(admin)
+    response = client.get(f"/training/runs/{run.pk}/")
+    assert response.status_code == 200
+    assert 'data-testid="run-eta">about ' in response.content.decode()
