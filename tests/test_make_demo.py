@@ -85,7 +85,7 @@ def test_make_demo_serves_login_and_demo_users_log_in(tmp_path):
         assert '"status": "ok"' in health
         # Exports and sampling (queue `default`) must never wait behind a training stage (queue `gpu`).
         commands = subprocess.run(
-            ["ps", "-o", "args=", "-g", str(process.pid)], capture_output=True, text=True
+            ["ps", "-ww", "-o", "args=", "-g", str(process.pid)], capture_output=True, text=True
         ).stdout.splitlines()
         queues = sorted(
             re.search(r" -Q (\S+)", line).group(1) for line in commands if "celery" in line and " -Q " in line
@@ -115,7 +115,7 @@ def test_make_demo_serves_login_and_demo_users_log_in(tmp_path):
         time.sleep(0.2)
     else:
         left = subprocess.run(
-            ["ps", "-o", "pid,args", "-g", str(process.pid)], capture_output=True, text=True
+            ["ps", "-ww", "-o", "pid,args", "-g", str(process.pid)], capture_output=True, text=True
         ).stdout
         os.killpg(process.pid, signal.SIGKILL)
         raise AssertionError(f"processes left after Ctrl-C:\n{left}")
