@@ -24,6 +24,8 @@ from django.db import close_old_connections, connection, models
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
+from core.models import QueuedJob
+
 logger = logging.getLogger(__name__)
 
 
@@ -32,7 +34,7 @@ class JobKind:
     """What the shared enqueue path needs to know about one job model."""
 
     name: str  # shown in messages: "export", "training stage", "sampling job"
-    model: type[models.Model]
+    model: type[QueuedJob]  # celery_task_id and enqueued_at record what was sent
     task: str  # the Celery task name; it takes the row's id
     queue: str
     waiting: Callable[[models.QuerySet], models.QuerySet]  # narrows a queryset to rows that wait for a worker

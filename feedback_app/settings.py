@@ -364,9 +364,8 @@ SERVER_EMAIL = DEFAULT_FROM_EMAIL
 # `check --deploy --fail-level WARNING` fail, and names the enums after hashes.
 SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     "ComparisonStatusEnum": "labeling.models.Comparison.Status",
-    # Exports can also be cancelled; import jobs get their own ImportJobStatusEnum (queued, running, done, failed).
-    "ExportStatusEnum": "labeling.models.Export.Status",
-    "TrainingRunStatusEnum": "training.models.TrainingRun.Status",
+    # Exports, import jobs, sampling jobs and training runs: the one job vocabulary; stages say `pending`.
+    "JobStatusEnum": "core.models.JobStatus",
     "StageRunStatusEnum": "training.models.StageRun.Status",
 }
 # Files served at the site root (favicon.ico, which browsers and the admin request there) by WhiteNoise.

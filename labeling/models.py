@@ -18,6 +18,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from core.models import Job, QueuedJob
+
 MIN_K = 2
 MAX_K = 8
 
@@ -280,7 +282,7 @@ class Adjudication(models.Model):
         return f"adjudication of comparison #{self.comparison_id}"
 
 
-class Export(models.Model):
+class Export(QueuedJob):
     """A preference dataset written under ARTIFACT_ROOT/exports/ by a Celery task, with its progress."""
 
     class Format(models.TextChoices):
@@ -295,37 +297,20 @@ class Export(models.Model):
         PARQUET = "parquet", "Parquet"
         HF = "hf", "Hugging Face datasets directory (save_to_disk)"
 
-    class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        DONE = "done", "Done"
-        FAILED = "failed", "Failed"
-        CANCELLED = "cancelled", "Cancelled"
-
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="exports")
     format = models.CharField(max_length=16, choices=Format.choices, default=Format.PAIRWISE)
     file_type = models.CharField(max_length=16, choices=FileType.choices, default=FileType.JSONL)
     filters = models.JSONField(default=dict, blank=True, help_text="PreferenceFilters.to_dict().")
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     rows = models.BigIntegerField(default=0)
     progress = models.FloatField(default=0.0, help_text="0–1, an estimate until the export is done.")
     path = models.CharField(max_length=500, blank=True, help_text="Relative to ARTIFACT_ROOT.")
     size_bytes = models.BigIntegerField(default=0)
     content_hash = models.CharField(max_length=64, blank=True)
     stats = models.JSONField(default=dict, blank=True, help_text="What the dataset card says.")
-    error = models.TextField(blank=True)
-    celery_task_id = models.CharField(max_length=255, blank=True)
-    enqueued_at = models.DateTimeField(
-        null=True,
-        blank=True,
-        help_text="When its task was last published; empty: not yet (core.jobs sends it).",
-    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="exports"
     )
     created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]
@@ -333,25 +318,21 @@ class Export(models.Model):
             models.CheckConstraint(
                 condition=Q(progress__gte=0) & Q(progress__lte=1), name="export_progress_range"
             ),
-            models.CheckConstraint(condition=~Q(status="done") | ~Q(path=""), name="export_done_has_path"),
+            models.CheckConstraint(
+                condition=~Q(status="succeeded") | ~Q(path=""), name="export_succeeded_has_path"
+            ),
         ]
 
     def __str__(self) -> str:
         return f"export #{self.pk} {self.project_id} {self.format}.{self.file_type} ({self.status})"
 
 
-class ImportJob(models.Model):
+class ImportJob(Job):
     """An uploaded import file, validated and written by a Celery task on the `default` queue, with its progress.
 
     The upload is kept under ARTIFACT_ROOT/imports/ (`upload_path`) until the job has finished, so a worker that
     dies half-way loses nothing: the task is redelivered and the import (one transaction) runs again from the file.
     """
-
-    class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        DONE = "done", "Done"
-        FAILED = "failed", "Failed"
 
     class Phase(models.TextChoices):
         WAITING = "", "Waiting"
@@ -375,7 +356,6 @@ class ImportJob(models.Model):
     )
     build_k = models.PositiveSmallIntegerField(null=True, blank=True)
     pairing = models.CharField(max_length=16, default="all")
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     phase = models.CharField(max_length=16, choices=Phase.choices, default=Phase.WAITING, blank=True)
     lines = models.PositiveIntegerField(default=0, help_text="Lines checked so far.")
     rows_total = models.PositiveIntegerField(
@@ -387,14 +367,11 @@ class ImportJob(models.Model):
     errors = models.JSONField(
         default=list, blank=True, help_text="Bad lines (line, field, message) on failure."
     )
-    error = models.TextField(blank=True)
     celery_task_id = models.CharField(max_length=255, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="import_jobs"
     )
     created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]
@@ -410,10 +387,6 @@ class ImportJob(models.Model):
 
     def __str__(self) -> str:
         return f"import job #{self.pk} {self.file_name} → {self.project_slug} ({self.status})"
-
-    @property
-    def finished(self) -> bool:
-        return self.status in (self.Status.DONE, self.Status.FAILED)
 
     @property
     def percent(self) -> int:

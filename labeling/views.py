@@ -315,7 +315,7 @@ def import_upload(request: HttpRequest) -> HttpResponse:
                 )
                 return redirect("labeling:import_job", job_id=job.pk)
             job = import_job_run(job_id=job.pk)
-            if job.status == ImportJob.Status.DONE:
+            if job.status == ImportJob.Status.SUCCEEDED:
                 messages.success(request, f"Imported: {job.counts['summary']}.")
                 return redirect(reverse("labeling:dashboard", args=[job.project_slug]))
             errors = import_job_messages(job=job)

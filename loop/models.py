@@ -1,20 +1,16 @@
 from django.conf import settings
 from django.db import models
 
+from core.models import QueuedJob
 
-class SamplingJob(models.Model):
+
+class SamplingJob(QueuedJob):
     """A policy generating responses for a prompt pool, then (optionally) new comparisons for annotators."""
 
     class Pool(models.TextChoices):
         NEW = "new", "Prompts this model has not answered yet"
         ALL = "all", "All prompts"
         HELD_OUT = "held_out", "Held-out prompts (metadata held_out = true)"
-
-    class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        SUCCEEDED = "succeeded", "Succeeded"
-        FAILED = "failed", "Failed"
 
     project = models.ForeignKey("labeling.Project", on_delete=models.CASCADE, related_name="sampling_jobs")
     model_version = models.ForeignKey(
@@ -34,23 +30,13 @@ class SamplingJob(models.Model):
         default=0.5,
         help_text="Share of new comparisons pushed to the front of the queue (most uncertain first).",
     )
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     total = models.PositiveIntegerField(default=0)
     done = models.PositiveIntegerField(default=0)
     responses_created = models.PositiveIntegerField(default=0)
     comparisons_created = models.PositiveIntegerField(default=0)
     device = models.CharField(max_length=64, blank=True)
-    error = models.TextField(blank=True)
-    celery_task_id = models.CharField(max_length=255, blank=True)
-    enqueued_at = models.DateTimeField(
-        null=True,
-        blank=True,
-        help_text="When its task was last published; empty: not yet (core.jobs sends it).",
-    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]

@@ -1,5 +1,7 @@
 from django.db import models
 
+from core.models import Job, JobStatus, QueuedJob
+
 
 class ModelVersion(models.Model):
     """One entry of the model registry: an immutable artifact on disk under ARTIFACT_ROOT, with its lineage.
@@ -58,7 +60,7 @@ class ModelVersion(models.Model):
         return f"#{self.pk} {self.name} ({self.kind})"
 
 
-class TrainingRun(models.Model):
+class TrainingRun(Job):
     """One training round: a pipeline of stages over a frozen snapshot of the project's preference data."""
 
     class Preset(models.TextChoices):
@@ -68,16 +70,8 @@ class TrainingRun(models.Model):
         REWARD = "reward", "Reward model only"
         SFT = "sft", "SFT only"
 
-    class Status(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        RUNNING = "running", "Running"
-        SUCCEEDED = "succeeded", "Succeeded"
-        FAILED = "failed", "Failed"
-        CANCELLED = "cancelled", "Cancelled"
-
     project = models.ForeignKey("labeling.Project", on_delete=models.PROTECT, related_name="training_runs")
     preset = models.CharField(max_length=16, choices=Preset.choices)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     base_model = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="training_runs")
     config = models.JSONField(default=dict, blank=True, help_text="Validated per-stage engine configs.")
     dataset_filters = models.JSONField(default=dict, blank=True)
@@ -89,13 +83,10 @@ class TrainingRun(models.Model):
         blank=True,
         help_text="Sampling options: when set, the final policy generates new comparisons.",
     )
-    error = models.TextField(blank=True)
     created_by = models.ForeignKey(
         "auth.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="training_runs"
     )
     created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]
@@ -104,7 +95,7 @@ class TrainingRun(models.Model):
         return f"run #{self.pk} {self.preset} ({self.status})"
 
 
-class StageRun(models.Model):
+class StageRun(QueuedJob):
     """One stage of a run as executed by one Celery task on the `gpu` queue."""
 
     class Kind(models.TextChoices):
@@ -118,12 +109,12 @@ class StageRun(models.Model):
         LORA = "lora", "LoRA"
         ADAPTER = "adapter", "Bottleneck adapter"
 
-    class Status(models.TextChoices):
-        PENDING = "pending", "Pending"
-        RUNNING = "running", "Running"
-        SUCCEEDED = "succeeded", "Succeeded"
-        FAILED = "failed", "Failed"
-        CANCELLED = "cancelled", "Cancelled"
+    # The job statuses with `pending` for `queued`: a stage waits for the stages before it, then it is sent.
+    Status = models.TextChoices(
+        "Status",
+        [("PENDING", ("pending", "Pending"))]
+        + [(status.name, (status.value, status.label)) for status in JobStatus if status != JobStatus.QUEUED],
+    )
 
     run = models.ForeignKey(TrainingRun, on_delete=models.CASCADE, related_name="stages")
     position = models.PositiveSmallIntegerField()
@@ -143,18 +134,9 @@ class StageRun(models.Model):
         help_text="Where the running step is: {step, phase, detail, tokens, at}; empty between steps.",
     )
     checkpoint_path = models.CharField(max_length=500, blank=True)
-    celery_task_id = models.CharField(max_length=255, blank=True)
-    enqueued_at = models.DateTimeField(
-        null=True,
-        blank=True,
-        help_text="When its task was last published; empty: not yet (core.jobs sends it).",
-    )
     worker = models.CharField(max_length=255, blank=True)
     device = models.CharField(max_length=128, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    error = models.TextField(blank=True)
     output_model = models.ForeignKey(
         ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="produced_by_stages"
     )

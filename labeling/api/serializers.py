@@ -401,9 +401,11 @@ class ExportSerializer(serializers.ModelSerializer):
             "finished_at",
         ]
 
-    @extend_schema_field(serializers.URLField(allow_null=True, help_text="Null until the export is done."))
+    @extend_schema_field(
+        serializers.URLField(allow_null=True, help_text="Null until the export has succeeded.")
+    )
     def get_download_url(self, export: Export) -> str | None:
-        if export.status != Export.Status.DONE:
+        if export.status != Export.Status.SUCCEEDED:
             return None
         url = reverse("api:export-download", args=[export.pk])
         request = self.context.get("request")

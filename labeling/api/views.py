@@ -167,7 +167,7 @@ class PromptViewSet(viewsets.ReadOnlyModelViewSet):
         if background:
             return ApiResponse(ImportJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
         job = import_job_run(job_id=job.pk)
-        if job.status != ImportJob.Status.DONE:
+        if job.status != ImportJob.Status.SUCCEEDED:
             return ApiResponse({"errors": import_job_messages(job=job)}, status=status.HTTP_400_BAD_REQUEST)
         payload = {**job.counts, "job": job.pk}
         return ApiResponse(serializers.ImportReportSerializer(payload).data, status=status.HTTP_201_CREATED)
@@ -410,7 +410,7 @@ class ExportViewSet(
         request=None,
         responses={
             200: serializers.ExportSerializer,
-            400: OpenApiResponse(description="The export is done or failed already."),
+            400: OpenApiResponse(description="The export has succeeded or failed already."),
         },
     )
     @action(detail=True, methods=["post"], filterset_class=None)
@@ -423,7 +423,7 @@ class ExportViewSet(
         request=None,
         responses={
             202: serializers.ExportSerializer,
-            400: OpenApiResponse(description="The export is running or done."),
+            400: OpenApiResponse(description="The export is running or has succeeded."),
             503: OpenApiResponse(description=BROKER_DOWN),
         },
     )

@@ -619,8 +619,9 @@ class ExportCancelled(Exception):
 def export_run(*, export_id: int, task_id: str = "") -> Export:
     """Write a queued export's files and record the outcome.
 
-    Idempotent: the row is claimed atomically, so a duplicate message for an export that is running, done, failed
-    or cancelled does nothing; the export's own message coming back (its worker died half-way) writes it again.
+    Idempotent: the row is claimed atomically, so a duplicate message for an export that is running, succeeded,
+    failed or cancelled does nothing; the export's own message coming back (its worker died half-way) writes it
+    again.
     """
     claim = task_id or f"local-{uuid.uuid4().hex}"
     claimable = Q(status=Export.Status.QUEUED)
@@ -670,7 +671,7 @@ def export_run(*, export_id: int, task_id: str = "") -> Export:
         )
         raise
     finished = ours.update(
-        status=Export.Status.DONE,
+        status=Export.Status.SUCCEEDED,
         rows=result.rows,
         progress=1.0,
         path=f"{relative}/{data_name}",
@@ -687,7 +688,7 @@ def export_run(*, export_id: int, task_id: str = "") -> Export:
 
 def export_file_path(*, export: Export) -> Path:
     """Absolute path of a finished export's data (file or directory), checked to stay inside ARTIFACT_ROOT."""
-    if export.status != Export.Status.DONE or not export.path:
+    if export.status != Export.Status.SUCCEEDED or not export.path:
         raise ValidationError({"status": "The export is not finished."})
     root = Path(settings.ARTIFACT_ROOT).resolve()
     path = (root / export.path).resolve()

@@ -967,7 +967,7 @@ def import_job_run(*, job_id: int) -> ImportJob:
             )
             _finish(
                 job.pk,
-                status=ImportJob.Status.DONE,
+                status=ImportJob.Status.SUCCEEDED,
                 progress=1.0,
                 lines=plan.lines,
                 rows_total=plan.rows,

@@ -207,7 +207,7 @@ def test_visibility_and_payloads(world, users, clients):
     assert [r["letter"] for r in lease["responses"]] == ["A", "B"]
     assert lease["prompt"][0]["role"] == "user"
     export = clients["researcher"].get(f"/api/v1/exports/{world['export'].pk}/").json()
-    assert export["status"] == "done" and export["download_url"].endswith("/download/")
+    assert export["status"] == "succeeded" and export["download_url"].endswith("/download/")
     download = clients["researcher"].get(export["download_url"])
     body = b"".join(download.streaming_content)
     assert body.count(b"\n") == export["rows"]

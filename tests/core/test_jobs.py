@@ -73,8 +73,8 @@ def test_export_posted_while_the_broker_is_down_is_kept_and_runs_once_it_is_back
         broker.start()
         # Nobody publishes again from here: the worker's maintenance pass finds the undelivered row and sends it.
         with celery_worker(broker_url=broker.url, queues="default", extra_env=_worker_env()):
-            export = _wait_export(export, {Export.Status.DONE, Export.Status.FAILED})
-    assert export.status == Export.Status.DONE, export.error
+            export = _wait_export(export, {Export.Status.SUCCEEDED, Export.Status.FAILED})
+    assert export.status == Export.Status.SUCCEEDED, export.error
     assert export.enqueued_at is not None and export.celery_task_id
     assert export.rows > 0 and (django_settings.ARTIFACT_ROOT / export.path).is_file()
 
@@ -147,12 +147,12 @@ def test_cancelled_export_is_skipped_by_the_worker_and_retry_runs_it(tmp_path):
 
             response = api.post(f"/api/v1/exports/{export.pk}/retry/")
             assert response.status_code == 202 and response.json()["status"] == "queued"
-            export = _wait_export(export, {Export.Status.DONE, Export.Status.FAILED})
-            assert export.status == Export.Status.DONE, export.error
+            export = _wait_export(export, {Export.Status.SUCCEEDED, Export.Status.FAILED})
+            assert export.status == Export.Status.SUCCEEDED, export.error
             assert (django_settings.ARTIFACT_ROOT / export.path).is_file()
 
             done = api.post(f"/api/v1/exports/{export.pk}/retry/")
-            assert done.status_code == 400 and "done" in done.json()["status"][0]
+            assert done.status_code == 400 and "succeeded" in done.json()["status"][0]
 
 
 def test_duplicate_messages_run_an_export_once(tmp_path):
@@ -163,11 +163,11 @@ def test_duplicate_messages_run_an_export_once(tmp_path):
         export_services.export_enqueue(export=export)  # a second message for the same row
         assert broker.queue_length("default") == 2
         with celery_worker(broker_url=broker.url, queues="default", extra_env=_worker_env()):
-            export = _wait_export(export, {Export.Status.DONE, Export.Status.FAILED})
+            export = _wait_export(export, {Export.Status.SUCCEEDED, Export.Status.FAILED})
             wait_until(lambda: broker.queue_length("default") == 0, message="both messages consumed")
             first_finish = export.finished_at
             export.refresh_from_db()
-    assert export.status == Export.Status.DONE and export.finished_at == first_finish
+    assert export.status == Export.Status.SUCCEEDED and export.finished_at == first_finish
 
 
 def test_cancelling_a_running_export_stops_it_and_leaves_no_files(monkeypatch):

@@ -115,7 +115,7 @@ def test_management_command_and_celery_export(data_project, tmp_path, settings):
     )
     assert export.status == Export.Status.QUEUED
     done = export_run(export_id=export.pk)
-    assert done.status == Export.Status.DONE and done.progress == 1.0 and done.rows > 0
+    assert done.status == Export.Status.SUCCEEDED and done.progress == 1.0 and done.rows > 0
     path = Path(settings.ARTIFACT_ROOT) / done.path
     assert path.is_file() and (path.parent / "README.md").exists()
     assert done.content_hash == content_hash(

@@ -61,7 +61,7 @@ def test_a_large_upload_is_a_job_whose_page_polls_until_it_is_done(client, admin
     assert 'hx-trigger="every 1s"' in page and "Queued" in page
 
     job = import_job_run(job_id=job.pk)
-    assert job.status == ImportJob.Status.DONE and job.progress == 1.0 and job.finished_at
+    assert job.status == ImportJob.Status.SUCCEEDED and job.progress == 1.0 and job.finished_at
     assert job.counts["prompts_created"] == 1 and job.counts["responses_created"] == 2
     assert job.counts["comparisons_built"] == 1 and job.rows_done == job.rows_total == 3 and job.lines == 3
     assert job.upload_path == "" and not list((Path(django_settings.ARTIFACT_ROOT) / "imports").iterdir())
@@ -96,7 +96,9 @@ def test_a_job_whose_worker_died_runs_again_from_the_kept_file(admin_user, backg
     )
     ImportJob.objects.filter(pk=job.pk).update(status=ImportJob.Status.RUNNING)  # the worker was killed
     job = import_job_run(job_id=job.pk)
-    assert job.status == ImportJob.Status.DONE and Prompt.objects.filter(project__slug="again").count() == 1
+    assert (
+        job.status == ImportJob.Status.SUCCEEDED and Prompt.objects.filter(project__slug="again").count() == 1
+    )
     assert import_job_run(job_id=job.pk).counts == job.counts  # a finished job is left alone
 
 
@@ -108,7 +110,7 @@ def test_a_small_upload_imports_during_the_request_through_the_same_job(client, 
     )
     assert response.status_code == 302 and response["Location"] == reverse("labeling:dashboard", args=["now"])
     job = ImportJob.objects.get()
-    assert job.status == ImportJob.Status.DONE and job.upload_path == "" and job.celery_task_id == ""
+    assert job.status == ImportJob.Status.SUCCEEDED and job.upload_path == "" and job.celery_task_id == ""
 
 
 def test_the_api_answers_a_large_upload_with_its_job(admin_user, background):
@@ -125,7 +127,9 @@ def test_the_api_answers_a_large_upload_with_its_job(admin_user, background):
     import_job_run(job_id=body["id"])
     detail = api.get(f"/api/v1/import-jobs/{body['id']}/").json()
     assert (
-        detail["status"] == "done" and detail["progress"] == 1.0 and detail["counts"]["prompts_created"] == 1
+        detail["status"] == "succeeded"
+        and detail["progress"] == 1.0
+        and detail["counts"]["prompts_created"] == 1
     )
     assert api.get("/api/v1/import-jobs/").json()["results"][0]["id"] == body["id"]
 

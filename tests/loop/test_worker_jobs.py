@@ -57,10 +57,10 @@ def test_export_job_runs_on_the_default_queue_worker(default_worker, tmp_path):
 
     def finished():
         export.refresh_from_db()
-        return export.status in (Export.Status.DONE, Export.Status.FAILED)
+        return export.status in (Export.Status.SUCCEEDED, Export.Status.FAILED)
 
     wait_until(finished, timeout=120, message="the export job")
-    assert export.status == Export.Status.DONE, export.error
+    assert export.status == Export.Status.SUCCEEDED, export.error
     assert export.rows == 5
     exported = Path(django_settings.ARTIFACT_ROOT) / export.path
     assert exported.is_file() and len(exported.read_text().splitlines()) == 5
@@ -102,7 +102,7 @@ def test_import_job_runs_on_the_default_queue_worker(default_worker):
         return job.finished
 
     wait_until(finished, timeout=120, message="the import job")
-    assert job.status == ImportJob.Status.DONE, (job.error, job.errors)
+    assert job.status == ImportJob.Status.SUCCEEDED, (job.error, job.errors)
     assert job.celery_task_id and job.progress == 1.0 and job.rows_done == 150
     assert job.counts["prompts_created"] == 50 and job.counts["comparisons_built"] == 50
     assert Prompt.objects.filter(project__slug="worker-import").count() == 50
@@ -136,7 +136,7 @@ def test_export_and_sampling_finish_while_a_training_stage_runs(tiny_model_dir, 
         def default_jobs_done():
             export.refresh_from_db()
             job.refresh_from_db()
-            return export.status == Export.Status.DONE and job.status == SamplingJob.Status.SUCCEEDED
+            return export.status == Export.Status.SUCCEEDED and job.status == SamplingJob.Status.SUCCEEDED
 
         wait_until(default_jobs_done, timeout=120, message="the export and the sampling job")
         stage.refresh_from_db()
