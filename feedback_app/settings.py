@@ -79,6 +79,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "core",
     "labeling",
+    "exports",
     "training",
     "loop",
 ]

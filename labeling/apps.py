@@ -2,10 +2,7 @@ from django.apps import AppConfig
 
 
 class LabelingConfig(AppConfig):
-    """Prompts, responses, comparisons, assignments, rankings, agreement, import/export, annotator views."""
+    """Prompts, responses, comparisons, assignments, rankings, agreement, imports, annotator views."""
 
     name = "labeling"
     default_auto_field = "django.db.models.BigAutoField"
-
-    def ready(self) -> None:
-        from labeling import jobs  # noqa: F401  (registers exports with core.jobs)

@@ -1,5 +1,5 @@
 """Labeling domain: projects, prompts, responses, comparisons, leased assignments, rankings, adjudications,
-exports.
+import jobs.
 
 Every invariant that the database can hold is a constraint here (the services validate first and give a clear
 message; the constraints make sure nothing slips past them, e.g. under concurrency):
@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
-from core.models import Job, QueuedJob
+from core.models import Job
 
 MIN_K = 2
 MAX_K = 8
@@ -280,51 +280,6 @@ class Adjudication(models.Model):
 
     def __str__(self) -> str:
         return f"adjudication of comparison #{self.comparison_id}"
-
-
-class Export(QueuedJob):
-    """A preference dataset written under ARTIFACT_ROOT/exports/ by a Celery task, with its progress."""
-
-    class Format(models.TextChoices):
-        PAIRWISE = "pairwise", "Pairwise preferences (prompt / chosen / rejected)"
-        RANKING = "ranking", "k-way rankings with ties"
-        SFT = "sft", "Best responses as chat messages (SFT)"
-        KTO = "kto", "Unpaired prompt / completion / label (KTO)"
-        RAW = "raw", "Every ranking, pseudonymised"
-
-    class FileType(models.TextChoices):
-        JSONL = "jsonl", "JSON Lines"
-        PARQUET = "parquet", "Parquet"
-        HF = "hf", "Hugging Face datasets directory (save_to_disk)"
-
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="exports")
-    format = models.CharField(max_length=16, choices=Format.choices, default=Format.PAIRWISE)
-    file_type = models.CharField(max_length=16, choices=FileType.choices, default=FileType.JSONL)
-    filters = models.JSONField(default=dict, blank=True, help_text="PreferenceFilters.to_dict().")
-    rows = models.BigIntegerField(default=0)
-    progress = models.FloatField(default=0.0, help_text="0–1, an estimate until the export is done.")
-    path = models.CharField(max_length=500, blank=True, help_text="Relative to ARTIFACT_ROOT.")
-    size_bytes = models.BigIntegerField(default=0)
-    content_hash = models.CharField(max_length=64, blank=True)
-    stats = models.JSONField(default=dict, blank=True, help_text="What the dataset card says.")
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="exports"
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["-id"]
-        constraints = [
-            models.CheckConstraint(
-                condition=Q(progress__gte=0) & Q(progress__lte=1), name="export_progress_range"
-            ),
-            models.CheckConstraint(
-                condition=~Q(status="succeeded") | ~Q(path=""), name="export_succeeded_has_path"
-            ),
-        ]
-
-    def __str__(self) -> str:
-        return f"export #{self.pk} {self.project_id} {self.format}.{self.file_type} ({self.status})"
 
 
 class ImportJob(Job):

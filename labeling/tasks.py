@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from labeling.services.exports import export_run
 from labeling.services.imports import import_job_run
-
-
-@shared_task(bind=True, name="labeling.export_run", ignore_result=True, queue="default")
-def export_run_task(self, export_id: int) -> None:
-    """Write an export's files and record progress and the outcome on its `Export` row (idempotent)."""
-    export_run(export_id=export_id, task_id=self.request.id or "")
 
 
 @shared_task(name="labeling.import_run", ignore_result=True, queue="default")

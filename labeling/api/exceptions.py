@@ -15,6 +15,12 @@ from core.jobs import BrokerUnavailable
 from core.lockout import SignInLocked
 from labeling.services.imports import ImportRejected
 
+# What a view that creates or restarts a job documents for its 503 (`broker_unavailable_response`).
+BROKER_DOWN = (
+    "The task queue is unreachable: the job is saved and queued and starts by itself once the broker is back. "
+    "Body: {detail, job, id, status}."
+)
+
 
 class PayloadTooLarge(exceptions.APIException):
     status_code = 413

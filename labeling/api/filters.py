@@ -8,7 +8,7 @@ import django_filters
 from django import forms
 from django_filters.fields import IsoDateTimeField
 
-from labeling.models import Comparison, Export, Prompt, Ranking, Response
+from labeling.models import Comparison, Prompt, Ranking, Response
 from training.models import ModelVersion, TrainingRun
 
 # Real UTC offsets span -12:00..+14:00; Postgres rejects anything past +-15:59 with a DataError.
@@ -69,14 +69,6 @@ class RankingFilter(django_filters.FilterSet):
     class Meta:
         model = Ranking
         fields = ["project", "comparison", "both_bad", "created_after", "created_before"]
-
-
-class ExportFilter(django_filters.FilterSet):
-    project = django_filters.CharFilter(field_name="project__slug")
-
-    class Meta:
-        model = Export
-        fields = ["project", "status", "format", "file_type"]
 
 
 class TrainingRunFilter(django_filters.FilterSet):

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from labeling.models import MAX_K, MIN_K, Comparison, Export, Project, Prompt, Ranking, Response
-from labeling.selectors.preferences import AGGREGATIONS, FORMATS, annotator_pseudonym
-from labeling.services.exports import FILE_TYPES
+from labeling.models import MAX_K, MIN_K, Comparison, Project, Prompt, Ranking, Response
+from labeling.pseudonyms import annotator_pseudonym
 from labeling.services.projects import PAIRINGS
 from labeling.services.rankings import SKIP_REASONS
 from training.models import ModelVersion, StageRun, TrainingRun
@@ -339,77 +337,6 @@ class TrainingRunLaunchSerializer(serializers.Serializer):
         ):
             return value
         raise serializers.ValidationError('A method name, or an object {"stage kind": "method"}.')
-
-
-class FiltersSerializer(serializers.Serializer):
-    """labeling.selectors.preferences.PreferenceFilters."""
-
-    date_from = serializers.CharField(
-        required=False, allow_null=True, help_text="YYYY-MM-DD or ISO date-time."
-    )
-    date_to = serializers.CharField(
-        required=False, allow_null=True, help_text="YYYY-MM-DD (inclusive) or ISO."
-    )
-    min_agreement = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1)
-    exclude_flagged = serializers.BooleanField(required=False, default=True)
-    gold_qualified_only = serializers.BooleanField(required=False, default=False)
-    adjudicated_only = serializers.BooleanField(required=False, default=False)
-    aggregation = serializers.ChoiceField(choices=list(AGGREGATIONS), required=False, default="majority")
-
-
-class ExportSerializer(serializers.ModelSerializer):
-    project = serializers.SlugRelatedField(slug_field="slug", queryset=Project.objects.all())
-    format = serializers.ChoiceField(choices=list(FORMATS), default="pairwise")
-    file_type = serializers.ChoiceField(choices=list(FILE_TYPES), default="jsonl")
-    filters = FiltersSerializer(required=False)
-    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
-    download_url = serializers.SerializerMethodField()
-
-    class Meta:
-        model = Export
-        fields = [
-            "id",
-            "project",
-            "format",
-            "file_type",
-            "filters",
-            "status",
-            "rows",
-            "progress",
-            "size_bytes",
-            "content_hash",
-            "stats",
-            "error",
-            "download_url",
-            "created_by",
-            "created_at",
-            "enqueued_at",
-            "started_at",
-            "finished_at",
-        ]
-        read_only_fields = [
-            "status",
-            "rows",
-            "progress",
-            "size_bytes",
-            "content_hash",
-            "stats",
-            "error",
-            "created_at",
-            "enqueued_at",
-            "started_at",
-            "finished_at",
-        ]
-
-    @extend_schema_field(
-        serializers.URLField(allow_null=True, help_text="Null until the export has succeeded.")
-    )
-    def get_download_url(self, export: Export) -> str | None:
-        if export.status != Export.Status.SUCCEEDED:
-            return None
-        url = reverse("api:export-download", args=[export.pk])
-        request = self.context.get("request")
-        return request.build_absolute_uri(url) if request else url
 
 
 class TokenRequestSerializer(serializers.Serializer):

@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from rest_framework.permissions import AllowAny
 from rest_framework.routers import DefaultRouter
 
+from exports.api.urls import router as exports_router
 from labeling.api import import_jobs, views
 
 app_name = "api"
@@ -17,7 +18,8 @@ router.register("comparisons", views.ComparisonViewSet, basename="comparison")
 router.register("rankings", views.RankingViewSet, basename="ranking")
 router.register("model-versions", views.ModelVersionViewSet, basename="model-version")
 router.register("training-runs", views.TrainingRunViewSet, basename="training-run")
-router.register("exports", views.ExportViewSet, basename="export")
+# Each app's routes, under /api/v1/ and in the API root's listing.
+router.registry.extend(exports_router.registry)
 router.register("import-jobs", import_jobs.ImportJobViewSet, basename="import-job")
 
 urlpatterns = [

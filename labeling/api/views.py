@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from django.core.exceptions import ValidationError
 from django.db.models import Prefetch
-from django.http import FileResponse, Http404, StreamingHttpResponse
+from django.http import Http404
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
@@ -21,13 +20,13 @@ from rest_framework.views import APIView
 from core.roles import Role
 from core.selectors import user_roles
 from labeling.api import filters, serializers
+from labeling.api.exceptions import BROKER_DOWN
 from labeling.api.import_jobs import ImportJobSerializer
 from labeling.api.parsers import StrictFormParser, StrictJSONParser, StrictMultiPartParser
 from labeling.api.permissions import IsAdmin, IsAnnotator, IsResearcherOrAdmin, ReadAnyRoleWriteAdmin
 from labeling.models import (
     Comparison,
     ComparisonResponse,
-    Export,
     ImportJob,
     Project,
     Prompt,
@@ -36,13 +35,6 @@ from labeling.models import (
 )
 from labeling.selectors.annotation import assignment_responses, project_for_slug
 from labeling.services.api_tokens import api_token_for_credentials
-from labeling.services.exports import (
-    export_cancel,
-    export_create,
-    export_file_path,
-    export_retry,
-    iter_directory_tar,
-)
 from labeling.services.imports import (
     import_job_create,
     import_job_messages,
@@ -59,11 +51,6 @@ from training.services.runs import (
     stage_run_retry,
     training_run_cancel,
     training_run_launch,
-)
-
-BROKER_DOWN = (
-    "The task queue is unreachable: the job is saved and queued and starts by itself once the broker is back. "
-    "Body: {detail, job, id, status}."
 )
 
 
@@ -372,83 +359,3 @@ class TrainingRunViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet)
         """Run a failed or cancelled stage again from step 0 (its checkpoints are dropped)."""
         stage = stage_run_retry(stage_run=self._stage(stage_id))
         return self._run_payload(stage.run)
-
-
-class ExportViewSet(
-    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
-):
-    """Dataset exports: create one (a Celery task on the `default` queue writes it), watch it, download it."""
-
-    queryset = Export.objects.select_related("project", "created_by")
-    serializer_class = serializers.ExportSerializer
-    permission_classes = [IsResearcherOrAdmin]
-    filterset_class = filters.ExportFilter
-    ordering_fields = ["id", "created_at"]
-
-    def perform_create(self, serializer):
-        values = serializer.validated_data
-        serializer.instance = export_create(
-            project=values["project"],
-            format=values["format"],
-            file_type=values["file_type"],
-            filters=values.get("filters") or {},
-            created_by=self.request.user,
-        )
-
-    @extend_schema(
-        responses={
-            202: serializers.ExportSerializer,
-            503: OpenApiResponse(description=BROKER_DOWN),
-        }
-    )
-    def create(self, request, *args, **kwargs):
-        response = super().create(request, *args, **kwargs)
-        response.status_code = status.HTTP_202_ACCEPTED
-        return response
-
-    @extend_schema(
-        request=None,
-        responses={
-            200: serializers.ExportSerializer,
-            400: OpenApiResponse(description="The export has succeeded or failed already."),
-        },
-    )
-    @action(detail=True, methods=["post"], filterset_class=None)
-    def cancel(self, request, pk=None):
-        """Cancel a queued or running export (a running one stops within about a second; its files are removed)."""
-        export = export_cancel(export=self.get_object())
-        return ApiResponse(self.get_serializer(export).data)
-
-    @extend_schema(
-        request=None,
-        responses={
-            202: serializers.ExportSerializer,
-            400: OpenApiResponse(description="The export is running or has succeeded."),
-            503: OpenApiResponse(description=BROKER_DOWN),
-        },
-    )
-    @action(detail=True, methods=["post"], filterset_class=None)
-    def retry(self, request, pk=None):
-        """Run a failed or cancelled export again from the start (a queued one is sent to the workers again)."""
-        export = export_retry(export=self.get_object())
-        return ApiResponse(self.get_serializer(export).data, status=status.HTTP_202_ACCEPTED)
-
-    @extend_schema(
-        responses={
-            (200, "application/octet-stream"): OpenApiTypes.BINARY,
-            400: OpenApiResponse(description="The export is not finished."),
-        }
-    )
-    @action(detail=True, methods=["get"], filterset_class=None)
-    def download(self, request, pk=None):
-        """The data file (JSONL or Parquet), or a tar of the Hugging Face dataset directory and its card."""
-        export = self.get_object()
-        path = export_file_path(export=export)
-        name = f"{export.project.slug}-{export.format}-{export.pk}"
-        if path.is_dir():
-            response = StreamingHttpResponse(
-                iter_directory_tar(Path(path).parent, arcname=name), content_type="application/x-tar"
-            )
-            response["Content-Disposition"] = f'attachment; filename="{name}.tar"'
-            return response
-        return FileResponse(open(path, "rb"), as_attachment=True, filename=f"{name}{path.suffix}")

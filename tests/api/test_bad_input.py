@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from labeling.models import Export, Ranking
+from exports.models import Export
+from labeling.models import Ranking
 from labeling.services.leasing import assignment_lease_next
 from tests.labeling.conftest import make_comparison, make_project
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from labeling.models import Export, Ranking
-from labeling.services.exports import export_create, export_run
+from exports.models import Export
+from exports.services import export_create, export_run
+from labeling.models import Ranking
 from labeling.services.leasing import assignment_lease_next
 from training.models import ModelVersion, StageRun, TrainingRun
 

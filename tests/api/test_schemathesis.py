@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from exports import services as export_services
 from labeling.services.api_tokens import api_token_get_or_create
 from tests.labeling.conftest import make_comparison, make_project, make_user
 
@@ -28,11 +29,10 @@ CHECKS = ",".join(
 @pytest.fixture
 def _no_task_queue(monkeypatch):
     """Exports and training runs created by the fuzzer are recorded, not queued for the suite's shared broker."""
-    from labeling.tasks import export_run_task
     from training.services import runs
 
     queued: list = []
-    monkeypatch.setattr(export_run_task, "apply_async", lambda *args, **kwargs: queued.append(kwargs))
+    monkeypatch.setattr(export_services, "export_enqueue", lambda **kwargs: queued.append(kwargs))
     monkeypatch.setattr(runs, "stage_enqueue", lambda **kwargs: queued.append(kwargs))
     return queued
 

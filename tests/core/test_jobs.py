@@ -12,9 +12,9 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from core.jobs import jobs_sweep
-from labeling.models import Export
-from labeling.services import exports as export_services
-from labeling.services.exports import export_create
+from exports import services as export_services
+from exports.models import Export
+from exports.services import export_create
 from loop.models import SamplingJob
 from tests.training.factories import (
     TINY_STAGE_CONFIGS,

@@ -9,8 +9,9 @@ import hashlib
 import pytest
 from django.conf import settings
 
-from labeling.models import Response
-from labeling.selectors.preferences import (
+from exports import parallel as export_workers
+from exports.parallel import key_ranges, parallel_workers
+from exports.preferences import (
     AGGREGATIONS,
     DEFAULT_CHUNK_SIZE,
     FORMATS,
@@ -24,9 +25,8 @@ from labeling.selectors.preferences import (
     iter_preference_records,
     iter_preference_rows,
 )
-from labeling.services import export_workers
-from labeling.services.export_workers import key_ranges, parallel_workers
-from labeling.services.exports import CardStats, export_write
+from exports.services import CardStats, export_write
+from labeling.models import Response
 from labeling.services.projects import comparison_get_or_create
 
 from .conftest import adjudicate, make_comparison, make_project, make_user, vote

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
-from labeling.models import Export
-from labeling.selectors.preferences import (
+from exports.models import Export
+from exports.preferences import (
     FORMATS,
     PreferenceFilters,
     canonical_json_line,
@@ -18,7 +18,7 @@ from labeling.selectors.preferences import (
     iter_preference_lines,
     iter_preference_rows,
 )
-from labeling.services.exports import export_create, export_run, export_write
+from exports.services import export_create, export_run, export_write
 
 from .conftest import make_comparison, make_project, make_user, vote
 

@@ -8,7 +8,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from labeling.selectors.preferences import (
+from exports.preferences import (
     PreferenceFilters,
     annotator_pseudonym,
     content_hash,

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from django.conf import settings as django_settings
 
-from labeling.models import Comparison, Export, Response
-from labeling.services.exports import export_create, export_write
+from exports.models import Export
+from exports.services import export_create, export_write
+from labeling.models import Comparison, Response
 from loop.models import SamplingJob
 from loop.services.sampling import sampling_job_create
 from tests.loop.test_loop import reference_project

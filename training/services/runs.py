@@ -11,8 +11,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from core.jobs import BrokerUnavailable, job_send
+from exports.preferences import PreferenceFilters
 from labeling.models import Project
-from labeling.selectors.preferences import PreferenceFilters
 from training.engine import stages as engine_stages
 from training.engine.common import checkpoint_dir_for
 from training.jobs import STAGE_JOB

@@ -8,9 +8,9 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
+from exports.preferences import AGGREGATIONS, FORMATS, PreferenceFilters, preference_counts
+from exports.services import export_estimate, export_write, file_type_for_path
 from labeling.models import Project
-from labeling.selectors.preferences import AGGREGATIONS, FORMATS, PreferenceFilters, preference_counts
-from labeling.services.exports import export_estimate, export_write, file_type_for_path
 
 
 class Command(BaseCommand):

@@ -43,7 +43,6 @@ How judgements are chosen (per comparison; gold comparisons only appear in `raw`
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping
@@ -53,13 +52,13 @@ from itertools import combinations, islice
 from json.encoder import encode_basestring as _encode_str
 from typing import Any, NamedTuple
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connections
 from django.db.models import BooleanField, Count, Exists, ExpressionWrapper, Max, Min, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from labeling.models import Adjudication, Comparison, ComparisonResponse, Project, Prompt, Ranking, Response
+from labeling.pseudonyms import annotator_pseudonym
 from labeling.selectors.quality import qualified_annotator_ids
 
 FORMATS: tuple[str, ...] = ("pairwise", "ranking", "sft", "kto", "raw")
@@ -230,14 +229,6 @@ def content_hash(rows: Iterable[Mapping[str, Any]]) -> str:
     for row in rows:
         hasher.update(row)
     return hasher.hexdigest()
-
-
-def annotator_pseudonym(annotator_id: int) -> str:
-    """Stable per deployment (keyed with SECRET_KEY), not reversible without the key."""
-    digest = hmac.new(
-        settings.SECRET_KEY.encode(), f"labeling.annotator:{annotator_id}".encode(), hashlib.sha256
-    ).hexdigest()
-    return "a_" + digest[:16]
 
 
 # --- loading comparisons in chunks -------------------------------------------------------------------------

@@ -38,9 +38,10 @@ from django.utils import timezone
 from core.jobs import job_send
 from core.roles import Role
 from core.selectors import user_has_role
-from labeling.jobs import EXPORT_JOB
-from labeling.models import Export, Project, Prompt, Ranking, Response
-from labeling.selectors.preferences import (
+from exports.jobs import EXPORT_JOB
+from exports.models import Export
+from exports.parallel import iter_parallel_blocks, parallel_workers
+from exports.preferences import (
     FORMATS,
     RECORD_CODECS,
     CardStats,
@@ -52,7 +53,7 @@ from labeling.selectors.preferences import (
     iter_preference_records,
     preference_counts,
 )
-from labeling.services.export_workers import iter_parallel_blocks, parallel_workers
+from labeling.models import Project, Prompt, Ranking, Response
 
 FILE_TYPES: tuple[str, ...] = ("jsonl", "parquet", "hf")
 BATCH_ROWS = 20_000  # rows per Parquet row group / Arrow record batch

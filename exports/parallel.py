@@ -29,15 +29,15 @@ from typing import Any, TextIO
 from django.conf import settings
 from django.db import connection, connections, transaction
 
-from labeling.models import Project
-from labeling.selectors.preferences import (
+from exports.preferences import (
     CardStats,
     PreferenceFilters,
     comparison_key_span,
     iter_preference_blocks,
 )
+from labeling.models import Project
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent
 RANGES_PER_WORKER = 16
 READ_BYTES = 4 * 1024 * 1024
 _SNAPSHOT_ID = re.compile(r"^[0-9A-Fa-f]+-[0-9A-Fa-f]+(-[0-9]+)?$")

@@ -1,11 +1,11 @@
-"""Internal: one worker process of a parallel export (started by `labeling.services.export_workers`)."""
+"""Internal: one worker process of a parallel export (started by `exports.parallel`)."""
 
 import json
 import sys
 
 from django.core.management.base import BaseCommand
 
-from labeling.services.export_workers import run_worker
+from exports.parallel import run_worker
 
 
 class Command(BaseCommand):

@@ -5,7 +5,10 @@ from __future__ import annotations
 from django.db.models import QuerySet
 
 from core.jobs import JobKind, job_kind_register
-from labeling.models import Export
+from exports.models import Export
+
+# The Celery task's registered name (exports.tasks) predates this app; messages already in a broker keep working.
+EXPORT_TASK = "labeling.export_run"
 
 
 def exports_waiting(rows: QuerySet) -> QuerySet:
@@ -13,5 +16,5 @@ def exports_waiting(rows: QuerySet) -> QuerySet:
 
 
 EXPORT_JOB = job_kind_register(
-    JobKind(name="export", model=Export, task="labeling.export_run", queue="default", waiting=exports_waiting)
+    JobKind(name="export", model=Export, task=EXPORT_TASK, queue="default", waiting=exports_waiting)
 )
