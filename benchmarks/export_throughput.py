@@ -313,7 +313,7 @@ def _reference_loop(project) -> dict:
     how close the real export is to a minimal loop over the same data."""
     from django.db import connection
 
-    from exports.preferences import annotator_pseudonym
+    from labeling.pseudonyms import annotator_pseudonym
 
     dumps, loads = json.dumps, json.loads
     pseudonyms: dict[int, str] = {}
@@ -367,8 +367,8 @@ def run_export(out: Path, aggregation: str, workers: int, baseline: bool = True)
     """The measured part (called in a fresh process): `export_write` (pairwise JSONL, `workers` processes) with
     RSS sampling, then the raw reference loop (`_reference_loop`) in the same process, after the export so that
     the export's peak RSS is its own; with aggregation "all" both must give the same number of rows."""
-    from exports.preferences import PreferenceFilters
-    from exports.services import export_write
+    from exports.filters import PreferenceFilters
+    from exports.writers import export_write
     from labeling.models import Project
 
     samples: list[tuple[int, float]] = []

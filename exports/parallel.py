@@ -29,12 +29,9 @@ from typing import Any, TextIO
 from django.conf import settings
 from django.db import connection, connections, transaction
 
-from exports.preferences import (
-    CardStats,
-    PreferenceFilters,
-    comparison_key_span,
-    iter_preference_blocks,
-)
+from exports.filters import PreferenceFilters
+from exports.selectors import comparison_key_span, iter_preference_blocks
+from exports.stats import CardStats
 from labeling.models import Project
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +70,7 @@ def iter_parallel_blocks(
     *,
     project: Project,
     filters: PreferenceFilters,
-    format: str,  # noqa: A002 - the public name of the option
+    format: str,
     chunk_size: int,
     stats: CardStats,
     workers: int,

@@ -96,7 +96,7 @@ def launch_count(request: HttpRequest) -> HttpResponse:
     data = form.cleaned_data
     context: dict = {"counts": None, "error": None}
     if data.get("project") and data.get("preset"):
-        from exports.preferences import PreferenceFilters
+        from exports.filters import PreferenceFilters
 
         formats = run_services.preset_data_formats(data["preset"])
         try:
@@ -171,7 +171,7 @@ def _run_context(request: HttpRequest, run: TrainingRun) -> dict:
 
 
 def _filters_sentence(run: TrainingRun) -> str:
-    from exports.preferences import PreferenceFilters
+    from exports.filters import PreferenceFilters
 
     try:
         return PreferenceFilters.from_dict(run.dataset_filters).sentence()

@@ -6,14 +6,15 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from exports.filters import AGGREGATIONS
+from exports.formats import FORMATS
 from exports.models import Export
-from exports.preferences import AGGREGATIONS, FORMATS
-from exports.services import FILE_TYPES
+from exports.writers import FILE_TYPES
 from labeling.models import Project
 
 
 class FiltersSerializer(serializers.Serializer):
-    """exports.preferences.PreferenceFilters."""
+    """exports.filters.PreferenceFilters."""
 
     date_from = serializers.CharField(
         required=False, allow_null=True, help_text="YYYY-MM-DD or ISO date-time."

@@ -8,7 +8,7 @@ import pytest
 from django.core.management import call_command
 
 from core.progress import ProgressLine
-from exports.preferences import iter_preference_rows
+from exports.selectors import iter_preference_rows
 from loop.management.commands import sample as sample_command
 from loop.models import SamplingJob
 from tests.exports.conftest import make_comparison, make_project, make_user, vote

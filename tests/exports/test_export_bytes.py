@@ -10,22 +10,15 @@ import pytest
 from django.conf import settings
 
 from exports import parallel as export_workers
+from exports.filters import AGGREGATIONS, PreferenceFilters
+from exports.formats import FORMATS, RECORD_CODECS
+from exports.hashing import content_hash
+from exports.json_text import assistant_turn, assistant_turn_json, canonical_json_line
+from exports.loading import DEFAULT_CHUNK_SIZE
 from exports.parallel import key_ranges, parallel_workers
-from exports.preferences import (
-    AGGREGATIONS,
-    DEFAULT_CHUNK_SIZE,
-    FORMATS,
-    RECORD_CODECS,
-    PreferenceFilters,
-    _assistant,
-    _assistant_json,
-    canonical_json_line,
-    content_hash,
-    iter_preference_lines,
-    iter_preference_records,
-    iter_preference_rows,
-)
-from exports.services import CardStats, export_write
+from exports.selectors import iter_preference_lines, iter_preference_records, iter_preference_rows
+from exports.stats import CardStats
+from exports.writers import export_write
 from labeling.models import Response
 from labeling.services.projects import comparison_get_or_create
 
@@ -118,7 +111,7 @@ def test_jsonl_export_is_byte_identical_for_every_format_and_aggregation(mixed_p
 
 def test_assistant_fragment_is_canonical_json():
     for text in TRICKY:
-        assert _assistant_json(text) == canonical_json_line(_assistant(text))
+        assert assistant_turn_json(text) == canonical_json_line(assistant_turn(text))
 
 
 # --- parallel exports (worker processes over key ranges of one Postgres snapshot) --------------------------------

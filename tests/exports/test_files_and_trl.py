@@ -9,16 +9,14 @@ from pathlib import Path
 import pytest
 from django.core.management import call_command
 
+from exports.filters import PreferenceFilters
+from exports.formats import FORMATS
+from exports.hashing import content_hash
+from exports.json_text import canonical_json_line
 from exports.models import Export
-from exports.preferences import (
-    FORMATS,
-    PreferenceFilters,
-    canonical_json_line,
-    content_hash,
-    iter_preference_lines,
-    iter_preference_rows,
-)
-from exports.services import export_create, export_run, export_write
+from exports.selectors import iter_preference_lines, iter_preference_rows
+from exports.services import export_create, export_run
+from exports.writers import export_write
 
 from .conftest import make_comparison, make_project, make_user, vote
 

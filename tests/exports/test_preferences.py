@@ -8,13 +8,10 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from exports.preferences import (
-    PreferenceFilters,
-    annotator_pseudonym,
-    content_hash,
-    iter_preference_rows,
-    preference_counts,
-)
+from exports.filters import PreferenceFilters
+from exports.hashing import content_hash
+from exports.selectors import iter_preference_rows, preference_counts
+from labeling.pseudonyms import annotator_pseudonym
 
 from .conftest import make_comparison, make_project, make_user, response_ids, vote
 

@@ -8,7 +8,8 @@ import pytest
 from django.conf import settings as django_settings
 
 from exports.models import Export
-from exports.services import export_create, export_write
+from exports.services import export_create
+from exports.writers import export_write
 from labeling.models import Comparison, Response
 from loop.models import SamplingJob
 from loop.services.sampling import sampling_job_create

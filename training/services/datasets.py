@@ -18,7 +18,8 @@ from pathlib import Path
 
 from django.conf import settings
 
-from exports.preferences import PreferenceFilters, iter_preference_rows
+from exports.filters import PreferenceFilters
+from exports.selectors import iter_preference_rows
 from labeling.models import Project
 from labeling.selectors.prompts import prompt_rows
 

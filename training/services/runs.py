@@ -11,7 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from core.jobs import BrokerUnavailable, job_send
-from exports.preferences import PreferenceFilters
+from exports.filters import PreferenceFilters
 from labeling.models import Project
 from training.engine import stages as engine_stages
 from training.engine.common import checkpoint_dir_for

@@ -8,8 +8,10 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from exports.preferences import AGGREGATIONS, FORMATS, PreferenceFilters, preference_counts
-from exports.services import export_estimate, export_write, file_type_for_path
+from exports.filters import AGGREGATIONS, PreferenceFilters
+from exports.formats import FORMATS
+from exports.selectors import export_estimate, preference_counts
+from exports.writers import export_write, file_type_for_path
 from labeling.models import Project
 
 
@@ -40,7 +42,7 @@ class Command(BaseCommand):
 
     def handle(
         self, *args, project: str, format: str, out: Path, no_progress: bool, workers: int | None, **options
-    ):  # noqa: A002
+    ):
         found = Project.objects.filter(slug=project).first()
         if found is None:
             raise CommandError(f"No project {project!r}.")
