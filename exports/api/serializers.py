@@ -12,6 +12,10 @@ from exports.models import Export
 from exports.writers import FILE_TYPES
 from labeling.models import Project
 
+# What the export job writes: read-only, like the job's timestamps.
+_OUTCOME = ["status", "rows", "progress", "size_bytes", "content_hash", "stats", "error"]
+_TIMES = ["created_at", "enqueued_at", "started_at", "finished_at"]
+
 
 class FiltersSerializer(serializers.Serializer):
     """exports.filters.PreferenceFilters."""
@@ -45,33 +49,12 @@ class ExportSerializer(serializers.ModelSerializer):
             "format",
             "file_type",
             "filters",
-            "status",
-            "rows",
-            "progress",
-            "size_bytes",
-            "content_hash",
-            "stats",
-            "error",
+            *_OUTCOME,
             "download_url",
             "created_by",
-            "created_at",
-            "enqueued_at",
-            "started_at",
-            "finished_at",
+            *_TIMES,
         ]
-        read_only_fields = [
-            "status",
-            "rows",
-            "progress",
-            "size_bytes",
-            "content_hash",
-            "stats",
-            "error",
-            "created_at",
-            "enqueued_at",
-            "started_at",
-            "finished_at",
-        ]
+        read_only_fields = [*_OUTCOME, *_TIMES]
 
     @extend_schema_field(
         serializers.URLField(allow_null=True, help_text="Null until the export has succeeded.")
