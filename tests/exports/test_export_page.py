@@ -263,7 +263,7 @@ def test_cancel_and_retry_from_the_page(client, scenario, researcher):
     row = reader.post(reverse("exports:cancel", args=[export.pk]), **HX).content.decode()
     export.refresh_from_db()
     assert export.status == Export.Status.CANCELLED
-    assert 'data-status="cancelled"' in row and "hx-trigger" not in row
+    assert f'data-status="{Export.Status.CANCELLED}"' in row and "hx-trigger" not in row
     assert (
         reverse("exports:retry", args=[export.pk]) in row
         and reverse("exports:cancel", args=[export.pk]) not in row

@@ -45,7 +45,9 @@ def _launch_and_wait(page, *, file_type: str) -> tuple[str, str]:
     page.wait_for_selector(".messages >> text=is queued")
     entry = page.locator('li[data-testid="export"]').first
     export_id = entry.get_attribute("data-export")
-    page.wait_for_selector(f'#export-{export_id}[data-status="done"]', timeout=90_000)  # htmx polls the entry
+    page.wait_for_selector(
+        f'#export-{export_id}[data-status="{Export.Status.DONE}"]', timeout=90_000
+    )  # htmx polls the entry
     return export_id, page.locator(f'#export-{export_id} [data-testid="export-hash"]').inner_text()
 
 
