@@ -202,13 +202,21 @@ def export_file_path(*, export: Export) -> Path:
     return path
 
 
-def iter_directory_tar(directory: Path, *, arcname: str, block: int = 1 << 20) -> Iterator[bytes]:
-    """An uncompressed tar of `directory`, produced piece by piece (constant memory) for a streaming download."""
+def iter_directory_tar(
+    directory: Path, *, arcname: str, block: int = 1 << 20, extra_files: dict[str, Path] | None = None
+) -> Iterator[bytes]:
+    """An uncompressed tar of `directory`, produced piece by piece (constant memory) for a streaming download.
+
+    `extra_files` ({name inside `arcname`: file}) are added to the folder, e.g. the dataset card that an export
+    keeps beside its Hugging Face directory, so the archive has the layout `export_preferences --out DIR` writes."""
     directory = Path(directory)
-    for path in [directory, *sorted(directory.rglob("*"))]:
-        info = tarfile.TarInfo(
-            name=arcname if path == directory else f"{arcname}/{path.relative_to(directory).as_posix()}"
-        )
+    entries = [
+        (path, arcname if path == directory else f"{arcname}/{path.relative_to(directory).as_posix()}")
+        for path in [directory, *sorted(directory.rglob("*"))]
+    ]
+    entries += [(Path(path), f"{arcname}/{name}") for name, path in (extra_files or {}).items()]
+    for path, name in entries:
+        info = tarfile.TarInfo(name=name)
         stat = path.stat()
         info.mtime = int(stat.st_mtime)
         info.mode = 0o755 if path.is_dir() else 0o644

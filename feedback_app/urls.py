@@ -6,6 +6,7 @@ urlpatterns = [
     path("", include("labeling.urls")),
     path("", include("training.urls")),
     path("", include("loop.urls")),
+    path("", include("exports.urls")),
     path("api/", include("labeling.api.urls")),
     path("accounts/", include("django.contrib.auth.urls")),
     path("django-admin/", admin.site.urls),

@@ -246,7 +246,8 @@ def _get(url: str) -> tuple[int, bytes]:
 
 OTHER_PAGES = [
     "/", "/projects/", "/projects/demo/dashboard/", "/projects/demo/review/", "/labeling/import/",
-    "/training/launch/", "/training/runs/", "/models/", "/leaderboard/demo/", "/loop/sampling/", "/django-admin/login/",
+    "/training/launch/", "/training/runs/", "/models/", "/leaderboard/demo/", "/loop/sampling/", "/exports/",
+    "/django-admin/login/",
 ]  # fmt: skip
 
 SETUP = """

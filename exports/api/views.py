@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from django.http import FileResponse, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, status, viewsets
@@ -13,8 +10,9 @@ from rest_framework.response import Response as ApiResponse
 
 from exports.api import serializers
 from exports.api.filters import ExportFilter
+from exports.downloads import download_response
 from exports.models import Export
-from exports.services import export_cancel, export_create, export_file_path, export_retry, iter_directory_tar
+from exports.services import export_cancel, export_create, export_file_path, export_retry
 from labeling.api.exceptions import BROKER_DOWN
 from labeling.api.permissions import IsResearcherOrAdmin
 
@@ -88,12 +86,4 @@ class ExportViewSet(
     def download(self, request, pk=None):
         """The data file (JSONL or Parquet), or a tar of the Hugging Face dataset directory and its card."""
         export = self.get_object()
-        path = export_file_path(export=export)
-        name = f"{export.project.slug}-{export.format}-{export.pk}"
-        if path.is_dir():
-            response = StreamingHttpResponse(
-                iter_directory_tar(Path(path).parent, arcname=name), content_type="application/x-tar"
-            )
-            response["Content-Disposition"] = f'attachment; filename="{name}.tar"'
-            return response
-        return FileResponse(open(path, "rb"), as_attachment=True, filename=f"{name}{path.suffix}")
+        return download_response(export, export_file_path(export=export))

@@ -218,9 +218,10 @@ def test_visibility_and_payloads(world, users, clients):
     import tarfile
 
     names = tarfile.open(fileobj=io.BytesIO(b"".join(tar.streaming_content))).getnames()
-    assert any(n.endswith("dataset/dataset_info.json") for n in names) and any(
-        n.endswith("README.md") for n in names
-    )
+    # One folder, as `export_preferences` writes it: the dataset's files and its card (load_from_disk opens it).
+    hf = world["hf_export"]
+    folder = f"{hf.project.slug}-{hf.format}-{hf.pk}"
+    assert f"{folder}/dataset_info.json" in names and f"{folder}/README.md" in names
     # Session authentication works too (the browser's).
     from rest_framework.test import APIClient
 
