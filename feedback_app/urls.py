@@ -1,12 +1,22 @@
 from django.contrib import admin
 from django.urls import include, path
+from rest_framework.routers import DefaultRouter
+
+from core.api import urls as core_api_urls
+from labeling.api import urls as labeling_api_urls
+
+# One REST API, one OpenAPI document: every app's router under /api/v1/, listed by one root view.
+api_router = DefaultRouter()
+for app_router in (labeling_api_urls.router,):
+    api_router.registry.extend(app_router.registry)
+api_urls = ([path("v1/", include(api_router.urls)), *core_api_urls.urlpatterns], "api")
 
 urlpatterns = [
     path("", include("core.urls")),
     path("", include("labeling.urls")),
     path("", include("training.urls")),
     path("", include("loop.urls")),
-    path("api/", include("labeling.api.urls")),
+    path("api/", include(api_urls)),
     path("accounts/", include("django.contrib.auth.urls")),
     path("django-admin/", admin.site.urls),
 ]

@@ -408,12 +408,3 @@ class ExportSerializer(serializers.ModelSerializer):
         url = reverse("api:export-download", args=[export.pk])
         request = self.context.get("request")
         return request.build_absolute_uri(url) if request else url
-
-
-class TokenRequestSerializer(serializers.Serializer):
-    username = serializers.CharField()
-    password = serializers.CharField(style={"input_type": "password"}, trim_whitespace=False)
-
-
-class TokenSerializer(serializers.Serializer):
-    token = serializers.CharField()

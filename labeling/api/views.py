@@ -13,17 +13,15 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.permissions import AllowAny
 from rest_framework.response import Response as ApiResponse
-from rest_framework.throttling import AnonRateThrottle
-from rest_framework.views import APIView
 
+from core.api.parsers import StrictFormParser, StrictJSONParser, StrictMultiPartParser
+from core.api.permissions import IsAdmin, IsAnnotator, IsResearcherOrAdmin, ReadAnyRoleWriteAdmin
+from core.api.schema import BROKER_DOWN
 from core.roles import Role
 from core.selectors import user_roles
 from labeling.api import filters, serializers
 from labeling.api.import_jobs import ImportJobSerializer
-from labeling.api.parsers import StrictFormParser, StrictJSONParser, StrictMultiPartParser
-from labeling.api.permissions import IsAdmin, IsAnnotator, IsResearcherOrAdmin, ReadAnyRoleWriteAdmin
 from labeling.models import (
     Comparison,
     ComparisonResponse,
@@ -35,7 +33,6 @@ from labeling.models import (
     Response,
 )
 from labeling.selectors.annotation import assignment_responses, project_for_slug
-from labeling.services.api_tokens import api_token_for_credentials
 from labeling.services.exports import (
     export_cancel,
     export_create,
@@ -60,30 +57,6 @@ from training.services.runs import (
     training_run_cancel,
     training_run_launch,
 )
-
-BROKER_DOWN = (
-    "The task queue is unreachable: the job is saved and queued and starts by itself once the broker is back. "
-    "Body: {detail, job, id, status}."
-)
-
-
-class TokenThrottle(AnonRateThrottle):
-    rate = "30/min"
-
-
-class TokenView(APIView):
-    """Exchange a username and password for the user's API token (`Authorization: Token <key>`)."""
-
-    permission_classes = [AllowAny]
-    authentication_classes: list = []
-    throttle_classes = [TokenThrottle]
-
-    @extend_schema(request=serializers.TokenRequestSerializer, responses=serializers.TokenSerializer)
-    def post(self, request):
-        data = serializers.TokenRequestSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        token = api_token_for_credentials(request=request, **data.validated_data)
-        return ApiResponse({"token": token.key})
 
 
 class ProjectViewSet(

@@ -43,6 +43,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
 
+from core.errors import RejectedInput
 from core.roles import Role
 from core.selectors import user_has_role
 from labeling.models import MAX_K, MIN_K, Comparison, ImportJob, Project, Prompt, Response
@@ -90,7 +91,7 @@ class LineError:
         return f"{where}, field '{self.field}': {self.message}" if self.field else f"{where}: {self.message}"
 
 
-class ImportRejected(ValidationError):
+class ImportRejected(RejectedInput):
     """The file was rejected; `errors` lists (line, field, message), and nothing was imported."""
 
     def __init__(self, errors: list[LineError], total: int | None = None):

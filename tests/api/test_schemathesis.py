@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from labeling.services.api_tokens import api_token_get_or_create
+from core.services import api_token_get_or_create
 from tests.labeling.conftest import make_comparison, make_project, make_user
 
 ST = shutil.which("st", path=str(Path(sys.executable).parent))
