@@ -9,6 +9,8 @@ from django.db.models import Count, Q
 
 from labeling.models import ComparisonResponse, Project, Ranking, Response
 from loop import bradley_terry
+from registry.models import ModelVersion
+from registry.selectors import root_policies
 
 
 def version_label(version) -> str:
@@ -62,8 +64,6 @@ class PolicyRecord:
 
 def policy_records(*, versions) -> dict[int, PolicyRecord]:
     """Samples and win rate (against any other source, ties half) of each policy, over every project."""
-    from training.models import ModelVersion
-
     ids = [v.pk for v in versions if v.kind == ModelVersion.Kind.POLICY]
     samples = {
         row["model_version_id"]: row
@@ -127,8 +127,6 @@ class Leaderboard:
 def base_model_label(*, project: Project) -> str | None:
     """The model every round is measured against: the lineage root of the project's model answers, else the
     registry's first policy (the bundled base model)."""
-    from training.models import ModelVersion
-
     answered = (
         Response.objects.filter(prompt__project=project, model_version__isnull=False)
         .select_related("model_version__base")
@@ -138,7 +136,7 @@ def base_model_label(*, project: Project) -> str | None:
     if answered is not None:
         version = answered.model_version.base or answered.model_version
     else:
-        version = ModelVersion.objects.filter(kind="policy", parent__isnull=True).order_by("id").first()
+        version = root_policies().order_by("id").first()
     return version_label(version) if version is not None else None
 
 

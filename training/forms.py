@@ -8,8 +8,9 @@ import re
 from django import forms
 
 from labeling.models import Project
+from registry.models import ModelVersion
 from training.engine import stages as engine_stages
-from training.models import ModelVersion, StageRun, TrainingRun
+from training.models import StageRun, TrainingRun
 from training.services.runs import PRESET_STAGES, SIZE_CHOICES, SIZE_PRESETS
 
 KEY_HYPERPARAMETERS = ("max_steps", "learning_rate", "batch_size")

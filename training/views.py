@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlencode
 
-from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
@@ -18,15 +17,20 @@ from core.permissions import role_required
 from core.roles import Role
 from core.selectors import user_has_role
 from labeling.selectors.annotation import sole_project_slug
+from labeling.selectors.preferences import PreferenceFilters
+from loop.selectors import policy_records
+from registry.artifacts import resolve_inside, resolve_inside_root
+from registry.models import ModelVersion
+from registry.selectors import model_version_lineage
+from registry.services import model_version_use_for_sampling
 from training import estimates
 from training.estimates import DEVICE_NAMES, expected_device_kind, format_duration, run_eta
 from training.forms import STAGE_LABELS, LaunchForm
 from training.jobs import stages_waiting
-from training.models import ModelVersion, StageRun, TrainingRun
+from training.models import StageRun, TrainingRun
 from training.selectors import (
     COLLAPSED_STAGE_STATES,
-    model_version_lineage,
-    model_versions_list,
+    model_versions_with_runs,
     run_is_finished,
     runs_list,
     stage_metrics,
@@ -35,7 +39,6 @@ from training.selectors import (
 )
 from training.services import runs as run_services
 from training.services.datasets import snapshot_counts, snapshot_sizes
-from training.services.registry import model_version_use_for_sampling
 
 admin_required = role_required(Role.ADMIN)
 reader_required = role_required(Role.ADMIN, Role.RESEARCHER)
@@ -96,8 +99,6 @@ def launch_count(request: HttpRequest) -> HttpResponse:
     data = form.cleaned_data
     context: dict = {"counts": None, "error": None}
     if data.get("project") and data.get("preset"):
-        from labeling.selectors.preferences import PreferenceFilters
-
         formats = run_services.preset_data_formats(data["preset"])
         try:
             filters = PreferenceFilters.from_dict(form.filters())
@@ -171,8 +172,6 @@ def _run_context(request: HttpRequest, run: TrainingRun) -> dict:
 
 
 def _filters_sentence(run: TrainingRun) -> str:
-    from labeling.selectors.preferences import PreferenceFilters
-
     try:
         return PreferenceFilters.from_dict(run.dataset_filters).sentence()
     except (
@@ -252,9 +251,7 @@ def _after_action(request: HttpRequest, run: TrainingRun, message: str | None) -
 
 @reader_required
 def model_list(request: HttpRequest) -> HttpResponse:
-    from loop.selectors import policy_records
-
-    versions = list(model_versions_list()[:500])
+    versions = list(model_versions_with_runs()[:500])
     records = policy_records(versions=versions)
     context = {
         "rows": [(version, records.get(version.pk)) for version in versions],
@@ -266,7 +263,9 @@ def model_list(request: HttpRequest) -> HttpResponse:
 
 @reader_required
 def model_detail(request: HttpRequest, version_id: int) -> HttpResponse:
-    version = get_object_or_404(ModelVersion.objects.select_related("stage_run__run__project"), pk=version_id)
+    version = get_object_or_404(
+        ModelVersion.objects.select_related("produced_by_stage__run__project"), pk=version_id
+    )
     context = {
         "version": version,
         "lineage": model_version_lineage(version=version),
@@ -280,9 +279,8 @@ def model_detail(request: HttpRequest, version_id: int) -> HttpResponse:
 
 
 def _artifact_folder(version: ModelVersion) -> Path:
-    root = Path(settings.ARTIFACT_ROOT).resolve()
-    folder = (root / version.artifact_path).resolve()
-    if root not in folder.parents or not folder.is_dir():
+    folder = resolve_inside_root(version.artifact_path)
+    if folder is None or not folder.is_dir():
         raise Http404("The artifact is not on this server.")
     return folder
 
@@ -300,9 +298,8 @@ def artifact_files(version: ModelVersion) -> list[tuple[str, int]]:
 def model_file_download(request: HttpRequest, version_id: int, filename: str) -> FileResponse:
     """One file of the artifact, streamed from disk (weights can be hundreds of MB)."""
     version = get_object_or_404(ModelVersion, pk=version_id)
-    folder = _artifact_folder(version)
-    path = (folder / filename).resolve()
-    if folder not in path.parents or not path.is_file():
+    path = resolve_inside(_artifact_folder(version), filename)
+    if path is None or not path.is_file():
         raise Http404("No such file in this artifact.")
     return FileResponse(open(path, "rb"), as_attachment=True, filename=f"{version.name}--{path.name}")
 
@@ -310,8 +307,9 @@ def model_file_download(request: HttpRequest, version_id: int, filename: str) ->
 def sampling_url(version: ModelVersion) -> str:
     """The sampling page with this policy (and the project it was trained on) preselected."""
     query = {"model_version": version.pk}
-    if version.stage_run_id:
-        query["project"] = version.stage_run.run.project.slug
+    stage = getattr(version, "produced_by_stage", None)  # None: imported, not trained here
+    if stage is not None:
+        query["project"] = stage.run.project.slug
     return f"{reverse('loop:sampling')}?{urlencode(query)}"
 
 
@@ -319,7 +317,9 @@ def sampling_url(version: ModelVersion) -> str:
 @require_POST
 def model_use_for_sampling(request: HttpRequest, version_id: int) -> HttpResponse:
     """Make the policy the sampling one, then offer the sampling job: its form opens with this policy chosen."""
-    version = get_object_or_404(ModelVersion.objects.select_related("stage_run__run__project"), pk=version_id)
+    version = get_object_or_404(
+        ModelVersion.objects.select_related("produced_by_stage__run__project"), pk=version_id
+    )
     try:
         model_version_use_for_sampling(version=version)
     except ValidationError as exc:

@@ -9,7 +9,7 @@ from django import forms
 from django_filters.fields import IsoDateTimeField
 
 from labeling.models import Comparison, Export, Prompt, Ranking, Response
-from training.models import ModelVersion, TrainingRun
+from training.models import TrainingRun
 
 # Real UTC offsets span -12:00..+14:00; Postgres rejects anything past +-15:59 with a DataError.
 MAX_UTC_OFFSET = dt.timedelta(hours=14)
@@ -85,9 +85,3 @@ class TrainingRunFilter(django_filters.FilterSet):
     class Meta:
         model = TrainingRun
         fields = ["project", "status", "preset"]
-
-
-class ModelVersionFilter(django_filters.FilterSet):
-    class Meta:
-        model = ModelVersion
-        fields = ["kind", "parent", "base", "name"]

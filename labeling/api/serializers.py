@@ -11,7 +11,8 @@ from labeling.selectors.preferences import AGGREGATIONS, FORMATS, annotator_pseu
 from labeling.services.exports import FILE_TYPES
 from labeling.services.projects import PAIRINGS
 from labeling.services.rankings import SKIP_REASONS
-from training.models import ModelVersion, StageRun, TrainingRun
+from registry.models import ModelVersion
+from training.models import StageRun, TrainingRun
 
 
 class ProjectSerializer(serializers.ModelSerializer):
@@ -231,25 +232,6 @@ class SubmitSerializer(serializers.Serializer):
 class SkipSerializer(serializers.Serializer):
     assignment = serializers.IntegerField()
     reason = serializers.CharField(help_text=f"One of {', '.join(SKIP_REASONS)} or free text.")
-
-
-class ModelVersionSerializer(serializers.ModelSerializer):
-    class Meta:
-        model = ModelVersion
-        fields = [
-            "id",
-            "name",
-            "kind",
-            "base",
-            "parent",
-            "artifact_path",
-            "sha256",
-            "source",
-            "config",
-            "metrics",
-            "num_parameters",
-            "created_at",
-        ]
 
 
 class StageRunSerializer(serializers.ModelSerializer):

@@ -50,7 +50,7 @@ from labeling.services.imports import (
 from labeling.services.leasing import assignment_lease_next
 from labeling.services.projects import project_get_or_create
 from labeling.services.rankings import assignment_skip, ranking_submit
-from training.models import ModelVersion, StageRun, TrainingRun
+from training.models import StageRun, TrainingRun
 from training.services.runs import (
     stage_run_resume,
     stage_run_retry,
@@ -242,14 +242,6 @@ class RankingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             reason=data.validated_data["reason"],
         )
         return ApiResponse(status=status.HTTP_204_NO_CONTENT)
-
-
-class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
-    queryset = ModelVersion.objects.all()
-    serializer_class = serializers.ModelVersionSerializer
-    permission_classes = [IsResearcherOrAdmin]
-    filterset_class = filters.ModelVersionFilter
-    ordering_fields = ["id", "created_at"]
 
 
 def _stage_restart_schema():

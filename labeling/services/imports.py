@@ -53,6 +53,7 @@ from labeling.services.projects import (
     comparisons_bulk_create,
     project_get_or_create,
 )
+from registry.models import ModelVersion
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 MAX_ERRORS_REPORTED = 20
@@ -525,8 +526,6 @@ def _check_against_database(*, project: Project, plan: ImportPlan) -> _Known:
 
     Returns the pks of the prompts and responses that exist already; raises ImportRejected on any conflict.
     """
-    from training.models import ModelVersion
-
     errors: list[LineError] = []
     known = _Known()
     file_prompts = {row.external_id for row in plan.prompts}

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Exists, F, OuterRef, Q
@@ -19,13 +17,14 @@ from loop.jobs import SAMPLING_JOB
 from loop.models import SamplingJob
 from loop.services.selection import (
     Candidate,
-    latest_reward_model,
     priorities,
     prompt_disagreement,
     reward_model_scorer,
 )
+from registry.artifacts import model_version_ref
+from registry.models import ModelVersion
+from registry.selectors import latest_reward_model
 from training.engine.common import MAX_SEED, Bounds
-from training.models import ModelVersion
 
 logger = logging.getLogger(__name__)
 
@@ -169,16 +168,14 @@ def generate_responses(*, job: SamplingJob, prompts: Sequence[Prompt], progress=
     """Batched generation with a KV cache (engine.generation), CUDA when present; one Response per prompt."""
     import torch
 
-    from training.engine.common import ModelRef, pick_device
+    from training.engine.common import pick_device
     from training.engine.generation import SamplingSettings, generate
     from training.engine.peft import load_model_ref
 
     params = job.params
     device = pick_device("auto")
     version = job.model_version
-    model, tokenizer = load_model_ref(
-        ModelRef(Path(settings.ARTIFACT_ROOT) / version.artifact_path, version.name), device
-    )
+    model, tokenizer = load_model_ref(model_version_ref(version), device)
     model.eval()
     sampling = SamplingSettings(
         max_new_tokens=params["max_new_tokens"], temperature=params["temperature"], top_p=params["top_p"]

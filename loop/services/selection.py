@@ -10,13 +10,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-
-from django.conf import settings
 
 from labeling.models import Project, Response
 from labeling.selectors.quality import review_queue
-from training.models import ModelVersion
+from registry.artifacts import model_version_folder
+from registry.models import ModelVersion
 
 ScoreResponses = Callable[[Sequence[Response]], dict[int, float]]
 
@@ -64,18 +62,12 @@ def prompt_disagreement(*, project: Project) -> dict[int, float]:
     return result
 
 
-def latest_reward_model() -> ModelVersion | None:
-    return ModelVersion.objects.filter(kind=ModelVersion.Kind.REWARD).order_by("-id").first()
-
-
 def reward_model_scorer(version: ModelVersion, *, batch_size: int = 16) -> ScoreResponses:
     """Scores responses with a registered reward model (loaded once, on CUDA when present)."""
     from training.engine.common import pick_device
     from training.engine.reward import load_reward_model, score_texts
 
-    model, tokenizer = load_reward_model(
-        Path(settings.ARTIFACT_ROOT) / version.artifact_path, pick_device("auto")
-    )
+    model, tokenizer = load_reward_model(model_version_folder(version), pick_device("auto"))
 
     def score(responses: Sequence[Response]) -> dict[int, float]:
         prompts = [response.prompt.messages for response in responses]

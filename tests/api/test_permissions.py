@@ -9,7 +9,8 @@ import pytest
 from labeling.models import Export, Ranking
 from labeling.services.exports import export_create, export_run
 from labeling.services.leasing import assignment_lease_next
-from training.models import ModelVersion, StageRun, TrainingRun
+from registry.models import ModelVersion
+from training.models import StageRun, TrainingRun
 
 from .conftest import PASSWORD, ROLES, make_comparison, make_project, make_user
 

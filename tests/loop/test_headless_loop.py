@@ -8,8 +8,9 @@ from loop.selectors import leaderboard
 from loop.services import sampling as sampling_services
 from loop.services.sampling import sampling_job_create, sampling_job_execute
 from loop.services.simulation import annotators_simulate
+from registry.models import ModelVersion
 from tests.training.factories import register_tiny_base
-from training.models import ModelVersion, TrainingRun
+from training.models import TrainingRun
 from training.services import runs as run_services
 from training.services.execution import stage_run_execute
 
@@ -70,10 +71,10 @@ def test_headless_round_learns_the_oracle_and_beats_the_base(tiny_model_dir, enq
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.SUCCEEDED, run.error
 
-    reward_version = ModelVersion.objects.get(stage_run__run=run, kind="reward")
+    reward_version = ModelVersion.objects.get(produced_by_stage__run=run, kind="reward")
     assert reward_version.metrics["held_out_accuracy"] >= 0.9
-    policy = ModelVersion.objects.filter(stage_run__run=run, kind="policy").order_by("-id").first()
-    assert policy.stage_run.kind == "ppo"
+    policy = ModelVersion.objects.filter(produced_by_stage__run=run, kind="policy").order_by("-id").first()
+    assert policy.produced_by_stage.kind == "ppo"
 
     # The run asked for sampling: the new policy's answers are already there and in comparisons.
     new_answers = {r.prompt_id: r.content for r in Response.objects.filter(model_version=policy)}

@@ -14,11 +14,12 @@ from loop.services import sampling as sampling_services
 from loop.services.sampling import sampling_job_create, sampling_job_execute
 from loop.services.selection import reward_model_scorer
 from loop.services.simulation import annotators_simulate
+from registry.artifacts import base_model_folder
+from registry.services import model_version_register
 from tests.training.factories import make_user, register_tiny_base
 from training.engine import reward as reward_stage
 from training.engine.base_model import describe_saved_model
 from training.engine.common import ModelRef
-from training.services.registry import artifact_dir, model_version_register
 
 pytestmark = pytest.mark.django_db
 
@@ -79,7 +80,7 @@ def tiny_reward_dir(tiny_model_dir, tmp_path_factory):
 def register_reward(path: Path):
     import shutil
 
-    target = artifact_dir(relative_path="models/tiny-reward")
+    target = base_model_folder("tiny-reward")
     shutil.copytree(path, target)
     return model_version_register(
         name="tiny-reward", kind="reward", saved=describe_saved_model(target), source="tests"

@@ -5,8 +5,9 @@ import re
 import pytest
 
 from labeling.models import Project
+from registry.models import ModelVersion
 from tests.training.factories import TINY_STAGE_CONFIGS, make_user, ranked_project
-from training.models import ModelVersion
+from training.models import StageRun
 from training.services import runs as run_services
 
 pytestmark = pytest.mark.django_db
@@ -32,7 +33,8 @@ def test_use_for_sampling_opens_the_sampling_form_with_that_policy_and_its_proje
         base_model=_policy("base"),
         stage_configs={"sft": TINY_STAGE_CONFIGS["sft"]},
     )
-    trained = _policy("trained", stage_run=run.stages.get())
+    trained = _policy("trained")
+    StageRun.objects.filter(run=run).update(output_model=trained)
     _policy(
         "newer"
     )  # the newest policy is the form's first option: the preselection must not fall back to it

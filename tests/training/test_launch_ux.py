@@ -8,10 +8,11 @@ import pytest
 from django.utils import timezone
 
 from core.services import worker_heartbeat_record
+from registry.models import ModelVersion
 from tests.training.factories import make_user, ranked_project, register_tiny_base
 from training import estimates
 from training.engine.common import PhaseProgress, StepMetrics
-from training.models import ModelVersion, StageRun, TrainingRun
+from training.models import StageRun, TrainingRun
 from training.services import runs as run_services
 from training.services.execution import StageReporter
 

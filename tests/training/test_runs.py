@@ -1,16 +1,28 @@
 """Training runs in-process (the worker-level tests live in test_worker_runs.py): launch, stages, registry."""
 
+import dataclasses
+import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import torch
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.utils import timezone
 
+from loop.models import SamplingJob
+from loop.services import sampling
+from registry.artifacts import base_model_folder, model_version_ref
+from registry.models import ModelVersion
+from registry.services import model_version_register
 from tests.training.factories import TINY_STAGE_CONFIGS, ranked_project, register_tiny_base
+from training.engine.base_model import load_saved_model, save_model_atomically
 from training.engine.peft import load_model_ref
-from training.models import ModelVersion, StageRun, TrainingRun
+from training.models import StageRun, TrainingRun
+from training.selectors import stage_metrics
 from training.services import runs as run_services
-from training.services.execution import model_ref, stage_run_execute, stale_stages_fail
+from training.services.execution import stage_run_execute, stale_stages_fail
 
 pytestmark = pytest.mark.django_db
 
@@ -81,11 +93,11 @@ def test_sft_then_contrastive_run_registers_lineage_and_snapshot(tiny_model_dir,
     assert sft.step == 3
     losses = [point["values"]["loss"] for point in sft.metrics if "loss" in point["values"]]
     assert len(losses) == 3
-    assert sft.output_model.parent == base and sft.output_model.stage_run == sft
+    assert sft.output_model.parent == base and sft.output_model.produced_by_stage == sft
     assert contrastive.output_model.parent == sft.output_model
     assert contrastive.output_model.base == base
     assert contrastive.output_model.dataset_hash == run.dataset_hash
-    model, _ = load_model_ref(model_ref(contrastive.output_model), "cpu")
+    model, _ = load_model_ref(model_version_ref(contrastive.output_model), "cpu")
     assert model is not None
 
     # Same data, same filters → the same snapshot folder and hash.
@@ -110,9 +122,6 @@ def test_redelivered_task_for_finished_stage_does_nothing(tiny_model_dir, enqueu
 
 
 def test_cancel_before_start_and_resume_then_sample_after(tiny_model_dir, enqueued_stages, monkeypatch):
-    from loop.models import SamplingJob
-    from loop.services import sampling
-
     sampling_jobs: list[int] = []
     monkeypatch.setattr(
         sampling, "sampling_job_enqueue", lambda *, job, quiet=False: sampling_jobs.append(job.pk)
@@ -139,10 +148,6 @@ def test_cancel_before_start_and_resume_then_sample_after(tiny_model_dir, enqueu
 
 
 def test_stale_heartbeat_marks_running_stage_failed(tiny_model_dir, enqueued_stages, settings):
-    from datetime import timedelta
-
-    from django.utils import timezone
-
     project = ranked_project(prompts=4)
     register_tiny_base(tiny_model_dir)
     run = run_services.training_run_launch(
@@ -164,26 +169,16 @@ def test_stale_heartbeat_marks_running_stage_failed(tiny_model_dir, enqueued_sta
 
 def _nan_base(tiny_model_dir) -> ModelVersion:
     """The tiny model with one weight matrix of NaN, registered like any base: its very first loss is NaN."""
-    import torch
-
-    from training.engine.base_model import load_saved_model, save_model_atomically
-    from training.services.registry import artifact_dir, model_version_register
-
     model, tokenizer = load_saved_model(tiny_model_dir)
     with torch.no_grad():
         model.model.layers[0].mlp.down_proj.weight.fill_(float("nan"))
-    saved = save_model_atomically(model, tokenizer, artifact_dir(relative_path="models/nan-base"))
+    saved = save_model_atomically(model, tokenizer, base_model_folder("nan-base"))
     return model_version_register(name="nan-base", kind="policy", saved=saved, source="tests")
 
 
 def test_nan_loss_fails_the_stage_at_once_with_the_reason_and_stores_null_metrics(
     tiny_model_dir, enqueued_stages
 ):
-    import dataclasses
-    import json
-
-    from training.selectors import stage_metrics
-
     project = ranked_project(prompts=4)
     register_tiny_base(tiny_model_dir)
     run = run_services.training_run_launch(
@@ -200,7 +195,7 @@ def test_nan_loss_fails_the_stage_at_once_with_the_reason_and_stores_null_metric
     # The NaN values were stored as null (Postgres refuses NaN in JSON), and the charts get valid JSON.
     assert stage.metrics[0]["values"]["loss"] is None
     json.dumps(dataclasses.asdict(stage_metrics(stage=stage)), allow_nan=False)
-    assert "loss became NaN" in stage.log_tail and not ModelVersion.objects.filter(stage_run=stage).exists()
+    assert "loss became NaN" in stage.log_tail and stage.output_model is None
 
 
 def test_stored_config_that_launch_would_refuse_fails_at_stage_start(tiny_model_dir, enqueued_stages):

@@ -6,8 +6,9 @@ import re
 import pytest
 from django.core.management import call_command
 
+from registry.models import ModelVersion
 from tests.training.factories import make_user, ranked_project, register_tiny_base
-from training.models import ModelVersion, StageRun, TrainingRun
+from training.models import StageRun, TrainingRun
 from training.services import runs as run_services
 
 pytestmark = pytest.mark.django_db

@@ -21,11 +21,13 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
+from registry.artifacts import model_version_ref
+from registry.models import ModelVersion
+from registry.services import model_version_register
 from training.engine import stages as engine_stages
 from training.engine.base_model import describe_saved_model
 from training.engine.common import (
     DeviceUnavailableError,
-    ModelRef,
     PhaseProgress,
     StageFailure,
     StepMetrics,
@@ -33,22 +35,13 @@ from training.engine.common import (
     json_safe,
     pick_device,
 )
-from training.models import ModelVersion, StageRun, TrainingRun
+from training.models import StageRun, TrainingRun
 from training.services import datasets
-from training.services.registry import model_version_register
 from training.signals import training_run_succeeded
 
 logger = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 200
-
-
-def stage_output_dir(*, stage: StageRun) -> Path:
-    return Path(settings.ARTIFACT_ROOT) / "runs" / str(stage.run_id) / f"stage-{stage.position}-{stage.kind}"
-
-
-def model_ref(version: ModelVersion) -> ModelRef:
-    return ModelRef(path=Path(settings.ARTIFACT_ROOT) / version.artifact_path, name=version.name)
 
 
 def _earlier_output(stage: StageRun, produces: str) -> ModelVersion | None:
@@ -211,7 +204,7 @@ def _claim(*, stage_run_id: int, worker: str, task_id: str) -> StageRun | None:
         stage.celery_task_id = task_id or stage.celery_task_id
         stage.started_at = stage.started_at or now
         stage.heartbeat_at = now
-        stage.checkpoint_path = str(checkpoint_dir_for(stage_output_dir(stage=stage)))
+        stage.checkpoint_path = str(checkpoint_dir_for(stage.output_dir))
         stage.save()
         if run.status != TrainingRun.Status.RUNNING:
             run.status = TrainingRun.Status.RUNNING
@@ -252,7 +245,7 @@ def stage_run_execute(*, stage_run_id: int, worker: str = "", task_id: str = "")
     heartbeat.start()
     try:
         start, reward = stage_inputs(stage=stage)
-        out_dir = stage_output_dir(stage=stage)
+        out_dir = stage.output_dir
         if out_dir.exists():
             # The artifact was completed before the worker died between writing it and registering it.
             log_lines.append("artifact already complete on disk; registering it without training again")
@@ -270,8 +263,8 @@ def stage_run_execute(*, stage_run_id: int, worker: str = "", task_id: str = "")
                 f"stage {stage.kind}/{stage.peft} on {len(data)} {spec.data_format} rows from {start.name}"
             )
             result = engine_stages.run(
-                stage.kind, config, data, model_ref(start), out_dir, reporter.on_progress, reporter.should_stop,
-                reward_model=model_ref(reward) if reward else None,
+                stage.kind, config, data, model_version_ref(start), out_dir, reporter.on_progress, reporter.should_stop,
+                reward_model=model_version_ref(reward) if reward else None,
             )  # fmt: skip
             metrics, status, steps = result.metrics, result.status, result.steps_completed
         reporter.step = max(reporter.step, steps)
@@ -313,14 +306,14 @@ def _finish_succeeded(*, stage: StageRun, start: ModelVersion, out_dir: Path, me
     now = timezone.now()
     with transaction.atomic():
         stage = StageRun.objects.select_for_update().select_related("run").get(pk=stage.pk)
-        version = ModelVersion.objects.filter(stage_run=stage).first() or model_version_register(
+        # Registered with the stage's success in one transaction: a succeeded stage is never claimed again.
+        version = model_version_register(
             name=f"run{stage.run_id}-{stage.position}-{stage.kind}-{stage.peft}",
             kind=ModelVersion.Kind.REWARD if spec.produces == "reward" else ModelVersion.Kind.POLICY,
             saved=saved,
             source=f"{stage.kind} stage ({stage.peft}) of training run #{stage.run_id}",
             parent=start,
             metrics={key: float(value) for key, value in metrics.items() if isinstance(value, int | float)},
-            stage_run=stage,
             dataset_hash=stage.run.dataset_hash,
         )
         stage.status = StageRun.Status.SUCCEEDED

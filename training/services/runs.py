@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -13,10 +12,13 @@ from django.utils import timezone
 from core.jobs import BrokerUnavailable, job_send
 from labeling.models import Project
 from labeling.selectors.preferences import PreferenceFilters
+from registry.artifacts import model_version_folder
+from registry.models import ModelVersion
+from registry.selectors import root_policies
 from training.engine import stages as engine_stages
 from training.engine.common import checkpoint_dir_for
 from training.jobs import STAGE_JOB
-from training.models import ModelVersion, StageRun, TrainingRun
+from training.models import StageRun, TrainingRun
 from training.services import datasets
 
 PRESET_STAGES: dict[str, tuple[str, ...]] = {
@@ -214,7 +216,7 @@ def _validate_lora_targets(plan: LaunchPlan, base_model: ModelVersion, errors: d
     if not lora_stages:
         return
     try:
-        names = linear_module_names(Path(settings.ARTIFACT_ROOT) / base_model.artifact_path)
+        names = linear_module_names(model_version_folder(base_model))
     except (OSError, ValueError):
         return  # an unreadable base fails its first stage with the reason; nothing to compare against here
     if not names:
@@ -247,7 +249,7 @@ def _validate_reward_rules(config, errors: dict[str, list[str]]) -> None:
 
 def default_base_model() -> ModelVersion | None:
     """The policy new rounds start from by default: the newest root policy (the bundled model is the first)."""
-    return ModelVersion.objects.filter(kind=ModelVersion.Kind.POLICY, parent=None).order_by("-id").first()
+    return root_policies().order_by("-id").first()
 
 
 def training_run_launch(
@@ -351,11 +353,7 @@ def _restart(*, stage_run: StageRun, from_checkpoint: bool) -> StageRun:
             )
         run = stage.run
         if not from_checkpoint:
-            import shutil
-
-            from training.services.execution import stage_output_dir
-
-            shutil.rmtree(checkpoint_dir_for(stage_output_dir(stage=stage)), ignore_errors=True)
+            shutil.rmtree(checkpoint_dir_for(stage.output_dir), ignore_errors=True)
             stage.step = 0
             stage.metrics = []
         stage.status = StageRun.Status.PENDING

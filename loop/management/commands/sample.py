@@ -9,7 +9,7 @@ from core.progress import ProgressLine
 from labeling.models import Project
 from loop.models import SamplingJob
 from loop.services.sampling import sampling_job_create, sampling_job_execute
-from training.models import ModelVersion
+from registry.models import ModelVersion
 
 
 class Command(BaseCommand):
