@@ -3,6 +3,7 @@ from django.urls import include, path
 from rest_framework.routers import DefaultRouter
 
 from core.api import urls as core_api_urls
+from labeling import views as labeling_views
 from labeling.api import urls as labeling_api_urls
 from registry.api import urls as registry_api_urls
 
@@ -13,6 +14,7 @@ for app_router in (labeling_api_urls.router, registry_api_urls.router):
 api_urls = ([path("v1/", include(api_router.urls)), *core_api_urls.urlpatterns], "api")
 
 urlpatterns = [
+    path("", labeling_views.home, name="home"),
     path("", include("core.urls")),
     path("", include("labeling.urls")),
     path("", include("training.urls")),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from labeling.services.exports import export_run
-from labeling.services.imports import import_job_run
+from labeling.services.imports import IMPORT_TASK, import_job_run
 
 
 @shared_task(bind=True, name="labeling.export_run", ignore_result=True, queue="default")
@@ -14,7 +14,7 @@ def export_run_task(self, export_id: int) -> None:
     export_run(export_id=export_id, task_id=self.request.id or "")
 
 
-@shared_task(name="labeling.import_run", ignore_result=True, queue="default")
+@shared_task(name=IMPORT_TASK, ignore_result=True, queue="default")
 def import_run_task(job_id: int) -> None:
     """Validate and write an uploaded import file; progress and the outcome go on its `ImportJob` row."""
     import_job_run(job_id=job_id)

@@ -11,6 +11,7 @@ from django.utils import timezone
 from core import precompiled
 from labeling.models import Assignment, Comparison, Project, Ranking, Response
 from labeling.services.leasing import regular_open, regular_unavailable, responses_loaded_with
+from labeling.services.ranking_edits import ranking_editable
 
 LETTERS = "ABCDEFGH"
 
@@ -111,8 +112,6 @@ class RankingShown:
 def ranking_shown(
     *, ranking: Ranking, responses: dict[int, Response], now: datetime | None = None
 ) -> RankingShown:
-    from labeling.services.ranking_edits import ranking_editable
-
     shown = [
         (
             ShownResponse(response=responses[rid], letter=LETTERS[index], position=index + 1),
