@@ -369,6 +369,9 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     "ExportStatusEnum": "labeling.models.Export.Status",
     "TrainingRunStatusEnum": "training.models.TrainingRun.Status",
     "StageRunStatusEnum": "training.models.StageRun.Status",
+    # Named for their model: a stage's and a model version's `kind` appear in several components each.
+    "StageRunKindEnum": "training.models.StageRun.Kind",
+    "ModelVersionKindEnum": "registry.models.ModelVersion.Kind",
 }
 # Files served at the site root (favicon.ico, which browsers and the admin request there) by WhiteNoise.
 WHITENOISE_ROOT = BASE_DIR / "static" / "root"

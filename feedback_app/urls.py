@@ -6,10 +6,11 @@ from core.api import urls as core_api_urls
 from labeling import views as labeling_views
 from labeling.api import urls as labeling_api_urls
 from registry.api import urls as registry_api_urls
+from training.api import urls as training_api_urls
 
 # One REST API, one OpenAPI document: every app's router under /api/v1/, listed by one root view.
 api_router = DefaultRouter()
-for app_router in (labeling_api_urls.router, registry_api_urls.router):
+for app_router in (labeling_api_urls.router, registry_api_urls.router, training_api_urls.router):
     api_router.registry.extend(app_router.registry)
 api_urls = ([path("v1/", include(api_router.urls)), *core_api_urls.urlpatterns], "api")
 

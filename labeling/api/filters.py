@@ -9,7 +9,6 @@ from django import forms
 from django_filters.fields import IsoDateTimeField
 
 from labeling.models import Comparison, Export, Prompt, Ranking, Response
-from training.models import TrainingRun
 
 # Real UTC offsets span -12:00..+14:00; Postgres rejects anything past +-15:59 with a DataError.
 MAX_UTC_OFFSET = dt.timedelta(hours=14)
@@ -77,11 +76,3 @@ class ExportFilter(django_filters.FilterSet):
     class Meta:
         model = Export
         fields = ["project", "status", "format", "file_type"]
-
-
-class TrainingRunFilter(django_filters.FilterSet):
-    project = django_filters.CharFilter(field_name="project__slug")
-
-    class Meta:
-        model = TrainingRun
-        fields = ["project", "status", "preset"]

@@ -11,8 +11,6 @@ from labeling.selectors.preferences import AGGREGATIONS, FORMATS, annotator_pseu
 from labeling.services.exports import FILE_TYPES
 from labeling.services.projects import PAIRINGS
 from labeling.services.rankings import SKIP_REASONS
-from registry.models import ModelVersion
-from training.models import StageRun, TrainingRun
 
 
 class ProjectSerializer(serializers.ModelSerializer):
@@ -232,95 +230,6 @@ class SubmitSerializer(serializers.Serializer):
 class SkipSerializer(serializers.Serializer):
     assignment = serializers.IntegerField()
     reason = serializers.CharField(help_text=f"One of {', '.join(SKIP_REASONS)} or free text.")
-
-
-class StageRunSerializer(serializers.ModelSerializer):
-    class Meta:
-        model = StageRun
-        fields = [
-            "id",
-            "position",
-            "kind",
-            "peft",
-            "status",
-            "step",
-            "total_steps",
-            "output_model",
-            "started_at",
-            "finished_at",
-            "error",
-        ]
-
-
-class TrainingRunSerializer(serializers.ModelSerializer):
-    project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    stages = StageRunSerializer(many=True, read_only=True)
-
-    class Meta:
-        model = TrainingRun
-        fields = [
-            "id",
-            "project",
-            "preset",
-            "status",
-            "base_model",
-            "config",
-            "dataset_filters",
-            "dataset_hash",
-            "dataset_counts",
-            "error",
-            "stages",
-            "created_at",
-            "started_at",
-            "finished_at",
-        ]
-
-
-class TrainingRunLaunchSerializer(serializers.Serializer):
-    """Launch a training run (admins). Only the shapes are checked here: `training_run_launch` validates the
-    values and answers 400 with one list of messages per field (`preset`, `filters`, `sample_after.<option>` such as
-    `sample_after.limit` or `sample_after.params.temperature`, `base_model`, `config`, `peft.<stage>`,
-    `<stage>.peft.method`, `<stage>.<config field>` such as `sft.max_steps`, `sft.device`,
-    `sft.peft.lora_target_modules`, `ppo.rules`). Numbers outside realistic ranges, strings or booleans where numbers
-    go, and devices other than auto / cpu / cuda / cuda:N / mps are refused by field."""
-
-    project = serializers.SlugRelatedField(slug_field="slug", queryset=Project.objects.all())
-    preset = serializers.CharField(
-        help_text="rlhf | rft | preference | reward | sft (its stages run in order)."
-    )
-    base_model = serializers.PrimaryKeyRelatedField(
-        queryset=ModelVersion.objects.all(),
-        required=False,
-        allow_null=True,
-        help_text="A policy model version; by default the registry's base model.",
-    )
-    peft = serializers.JSONField(
-        required=False,
-        help_text='"full" | "lora" | "adapter" for every stage, or {stage kind: method}; a stage without one uses '
-        'its config\'s `peft.method`, else "full".',
-    )
-    stage_configs = serializers.DictField(
-        child=serializers.DictField(),
-        required=False,
-        default=dict,
-        help_text='{stage kind: {engine config field: value}}, e.g. {"sft": {"max_steps": 100}}.',
-    )
-    filters = serializers.DictField(
-        required=False, default=dict, help_text="Dataset filters (see the exports' `filters`)."
-    )
-    sample_after = serializers.DictField(
-        required=False,
-        allow_null=True,
-        default=None,
-        help_text="Sample the new policy's answers for ranking when the run succeeds (sampling job options).",
-    )
-
-    def validate_peft(self, value):
-        if isinstance(value, str) or (
-            isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
-        ):
-            return value
-        raise serializers.ValidationError('A method name, or an object {"stage kind": "method"}.')
 
 
 class FiltersSerializer(serializers.Serializer):

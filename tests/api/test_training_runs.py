@@ -187,3 +187,37 @@ def test_configs_that_would_crash_or_stall_later_answer_400_naming_the_field(
     )
     assert response.status_code == 201, response.json()
     assert response.json()["stages"][0]["peft"] == "lora"
+
+
+def test_a_run_shows_each_stage_s_metric_history_log_tail_and_phase_as_its_page_does(clients, launchable):
+    project, base = launchable
+    run = TrainingRun.objects.create(project=project, preset="sft", base_model=base, status="running")
+    metrics = [
+        {"step": 1, "values": {"loss": 2.5, "learning_rate": 0.001}, "at": 1700000000.5},
+        {"step": 2, "values": {"loss": None}, "at": 1700000001.0},  # a NaN loss is stored as null
+    ]
+    phase = {"step": 3, "phase": "rollout", "detail": "4 prompts", "tokens": 96, "at": 1700000002.0}
+    StageRun.objects.create(
+        run=run,
+        position=0,
+        kind="sft",
+        status="running",
+        step=2,
+        total_steps=5,
+        config={},
+        metrics=metrics,
+        log_tail="10:00:01 step 1/5 loss=2.5\n10:00:02 step 2/5 loss=nan",
+        phase=phase,
+        device="cpu",
+        worker="gpu-1@host",
+    )
+    detail = clients["researcher"].get(f"{URL}{run.pk}/").json()
+    stage = detail["stages"][0]
+    assert stage["metrics"] == metrics
+    assert stage["log_tail"].splitlines()[-1] == "10:00:02 step 2/5 loss=nan"
+    assert stage["phase"] == phase and stage["device"] == "cpu" and stage["worker"] == "gpu-1@host"
+    # The list stays light: progress per stage, no histories.
+    listed = clients["researcher"].get(URL).json()["results"][0]["stages"][0]
+    assert listed["step"] == 2 and "metrics" not in listed and "log_tail" not in listed
+    StageRun.objects.filter(run=run).update(phase={})
+    assert clients["researcher"].get(f"{URL}{run.pk}/").json()["stages"][0]["phase"] is None
