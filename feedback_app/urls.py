@@ -5,13 +5,14 @@ from rest_framework.routers import DefaultRouter
 from core.api import urls as core_api_urls
 from labeling import views as labeling_views
 from labeling.api import urls as labeling_api_urls
+from loop.api import urls as loop_api_urls
 from registry.api import urls as registry_api_urls
 from training.api import urls as training_api_urls
 
 # One REST API, one OpenAPI document: every app's router under /api/v1/, listed by one root view.
 api_router = DefaultRouter()
-for app_router in (labeling_api_urls.router, registry_api_urls.router, training_api_urls.router):
-    api_router.registry.extend(app_router.registry)
+for app_urls in (labeling_api_urls, registry_api_urls, training_api_urls, loop_api_urls):
+    api_router.registry.extend(app_urls.router.registry)
 api_urls = ([path("v1/", include(api_router.urls)), *core_api_urls.urlpatterns], "api")
 
 urlpatterns = [

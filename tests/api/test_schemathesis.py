@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 from core.services import api_token_get_or_create
+from labeling.tasks import export_run_task
+from loop.services import sampling
 from tests.labeling.conftest import make_comparison, make_project, make_user
+from training.services import runs
 
 ST = shutil.which("st", path=str(Path(sys.executable).parent))
 CHECKS = ",".join(
@@ -27,13 +30,12 @@ CHECKS = ",".join(
 
 @pytest.fixture
 def _no_task_queue(monkeypatch):
-    """Exports and training runs created by the fuzzer are recorded, not queued for the suite's shared broker."""
-    from labeling.tasks import export_run_task
-    from training.services import runs
-
+    """Exports, training runs and sampling jobs created by the fuzzer are recorded, not queued for the suite's
+    shared broker."""
     queued: list = []
     monkeypatch.setattr(export_run_task, "apply_async", lambda *args, **kwargs: queued.append(kwargs))
     monkeypatch.setattr(runs, "stage_enqueue", lambda **kwargs: queued.append(kwargs))
+    monkeypatch.setattr(sampling, "sampling_job_enqueue", lambda **kwargs: queued.append(kwargs))
     return queued
 
 
