@@ -8,6 +8,8 @@ from celery import Celery
 from celery.signals import worker_ready
 from kombu import Queue
 
+from core.jobs import maintenance_start
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "feedback_app.settings")
 
 app = Celery("feedback_app")
@@ -19,8 +21,6 @@ app.autodiscover_tasks()
 @worker_ready.connect
 def start_job_maintenance(**_kwargs) -> None:
     """Every worker runs the job maintenance pass on a timer, whatever queues it consumes (core.jobs)."""
-    from core.jobs import maintenance_start
-
     maintenance_start()
 
 

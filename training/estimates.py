@@ -18,6 +18,7 @@ from datetime import datetime
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from core.models import WorkerHeartbeat
 from training.engine import stages as engine_stages
 from training.models import StageRun, TrainingRun
 from training.services.datasets import DataSize, snapshot_file_sizes
@@ -45,8 +46,6 @@ def expected_device_kind(config_device: str = "auto") -> str:
     device of the newest stage that ran, else a CPU."""
     if config_device and config_device != "auto":
         return device_kind(config_device)
-    from core.models import WorkerHeartbeat
-
     heartbeat = WorkerHeartbeat.objects.filter(queue="gpu").order_by("-last_seen").first()
     if heartbeat is not None and heartbeat.device:
         return device_kind(heartbeat.device)

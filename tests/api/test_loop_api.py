@@ -12,8 +12,7 @@ from loop.models import SamplingJob
 from loop.selectors import leaderboard
 from loop.services import sampling as sampling_services
 from registry.models import ModelVersion
-
-from .conftest import make_project, make_user
+from tests.labeling.factories import make_project, make_user
 
 pytestmark = pytest.mark.django_db
 

@@ -12,13 +12,13 @@ from labeling.services.leasing import assignment_lease_next
 from labeling.services.rankings import ranking_submit
 from loop.services.sampling import sampling_job_create
 from registry.models import ModelVersion
+from tests.labeling.factories import PASSWORD, make_comparison, make_project, make_user
 from training.models import StageRun, TrainingRun
-
-from .conftest import PASSWORD, ROLES, make_comparison, make_project, make_user
 
 pytestmark = pytest.mark.django_db
 
 # expected status per role: (anonymous, annotator, researcher, admin)
+ROLES = ("anonymous", "annotator", "researcher", "admin")
 READ_ANY = (401, 200, 200, 200)
 READ_RESEARCH = (401, 403, 200, 200)
 ADMIN_ONLY = (401, 403, 403, 200)

@@ -14,7 +14,7 @@ import pytest
 from core.services import api_token_get_or_create
 from labeling.tasks import export_run_task
 from loop.services import sampling
-from tests.labeling.conftest import make_comparison, make_project, make_user
+from tests.labeling.factories import make_comparison, make_project, make_user
 from training.services import runs
 
 ST = shutil.which("st", path=str(Path(sys.executable).parent))

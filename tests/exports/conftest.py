@@ -9,7 +9,6 @@ from django.utils import timezone
 
 from labeling.models import Adjudication, Assignment, Comparison, Ranking
 from tests.labeling.conftest import (  # noqa: F401 - re-exported fixtures and factories
-    _fast_password_hashing,
     make_comparison,
     make_project,
     make_user,

@@ -24,8 +24,7 @@ from labeling.services.leasing import (
     slots_taken,
 )
 from labeling.services.rankings import assignment_skip, ranking_submit
-
-from .conftest import make_comparison, make_project, make_user
+from tests.labeling.factories import make_comparison, make_project, make_user
 
 pytestmark = pytest.mark.django_db
 

@@ -10,7 +10,7 @@ from labeling.services.projects import comparison_get_or_create
 from loop.selectors import leaderboard
 from registry.models import ModelVersion
 from tests.exports.conftest import vote
-from tests.labeling.conftest import make_project, make_user
+from tests.labeling.factories import make_project, make_user
 
 pytestmark = pytest.mark.django_db
 _prompts = itertools.count()

@@ -24,7 +24,7 @@ def _policy(name: str, **fields) -> ModelVersion:
     )
 
 
-def test_use_for_sampling_opens_the_sampling_form_with_that_policy_and_its_project(client, enqueued_stages):
+def test_use_for_sampling_opens_the_sampling_form_with_that_policy_and_its_project(client):
     project = ranked_project(slug="trained-on", prompts=4)
     Project.objects.create(slug="other", name="other", mode="pairwise", k=2)
     run = run_services.training_run_launch(
@@ -35,9 +35,8 @@ def test_use_for_sampling_opens_the_sampling_form_with_that_policy_and_its_proje
     )
     trained = _policy("trained")
     StageRun.objects.filter(run=run).update(output_model=trained)
-    _policy(
-        "newer"
-    )  # the newest policy is the form's first option: the preselection must not fall back to it
+    # The newest policy is the form's first option: the preselection must not fall back to it.
+    _policy("newer")
     client.force_login(make_user("sampler", "admin"))
 
     response = client.post(f"/models/{trained.pk}/use-for-sampling/")

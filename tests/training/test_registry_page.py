@@ -6,10 +6,11 @@ import pytest
 
 from labeling.models import Response
 from labeling.services.projects import comparison_get_or_create
-from loop.services.sampling import sampling_job_create, sampling_job_execute
+from loop.services.sampling import sampling_job_create
+from loop.services.sampling_execution import sampling_job_execute
 from registry.models import ModelVersion
 from tests.exports.conftest import vote
-from tests.labeling.conftest import make_project
+from tests.labeling.factories import make_project
 from tests.loop.test_loop import reference_project
 from tests.training.factories import make_user, register_tiny_base
 

@@ -13,11 +13,12 @@ from registry.artifacts import model_version_ref
 from registry.models import ModelVersion
 from tests.training.factories import TINY_STAGE_CONFIGS, ranked_project, register_tiny_base
 from tests.workers import celery_worker, wait_until, web_server
+from training import estimates
 from training.engine.peft import load_model_ref
 from training.engine.reward import load_reward_model, score_texts
+from training.jobs import stale_stages_fail
 from training.models import StageRun, TrainingRun
 from training.services import runs as run_services
-from training.services.execution import stale_stages_fail
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
 
@@ -97,8 +98,6 @@ def test_rlhf_preset_end_to_end_registers_three_models_that_load_and_generate(re
     assert (
         ppo.phase == {} and "step 1: rollout, 4 prompts" in ppo.log_tail and "step 2: update" in ppo.log_tail
     )
-    from training import estimates
-
     assert estimates.measured_flop_s("ppo", "cpu")[1] == 1
     assert (
         "measured on 1 earlier sft stage"

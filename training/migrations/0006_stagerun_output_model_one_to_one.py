@@ -9,7 +9,9 @@ from django.db import migrations, models
 def stage_run_to_output_model(apps, schema_editor):
     ModelVersion = apps.get_model("training", "ModelVersion")
     StageRun = apps.get_model("training", "StageRun")
-    for version_id, stage_id in ModelVersion.objects.exclude(stage_run=None).values_list("id", "stage_run_id"):
+    for version_id, stage_id in ModelVersion.objects.exclude(stage_run=None).values_list(
+        "id", "stage_run_id"
+    ):
         # A stage that names another version already keeps it: that is the one its run page links to.
         StageRun.objects.filter(pk=stage_id, output_model=None).update(output_model_id=version_id)
     _check_foreign_keys_now(schema_editor)
@@ -18,7 +20,9 @@ def stage_run_to_output_model(apps, schema_editor):
 def output_model_to_stage_run(apps, schema_editor):
     ModelVersion = apps.get_model("training", "ModelVersion")
     StageRun = apps.get_model("training", "StageRun")
-    for stage_id, version_id in StageRun.objects.exclude(output_model=None).values_list("id", "output_model_id"):
+    for stage_id, version_id in StageRun.objects.exclude(output_model=None).values_list(
+        "id", "output_model_id"
+    ):
         ModelVersion.objects.filter(pk=version_id).update(stage_run_id=stage_id)
     _check_foreign_keys_now(schema_editor)
 

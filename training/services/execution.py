@@ -2,8 +2,9 @@
 
 Live state goes to the StageRun row (step, metrics, log tail, heartbeat) so the web page can poll it and closing
 the browser never affects the run. A heartbeat thread keeps `heartbeat_at` fresh while the stage loads models or
-runs long steps; `stale_stages_fail` marks stages whose worker vanished (SIGKILL, power loss) as failed, and
-`stage_run_resume` continues them from their last checkpoint.
+runs long steps; `training.jobs.stale_stages_fail` marks stages whose worker vanished (SIGKILL, power loss) as
+failed, and `stage_run_resume` continues them from their last checkpoint. Only workers import this module (through
+`training.tasks`): it loads the engine, torch included.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from training.engine.common import (
     json_safe,
     pick_device,
 )
+from training.engine.peft import read_stage_manifest
+from training.jobs import stage_enqueue, stage_fail
 from training.models import StageRun, TrainingRun
 from training.services import datasets
 from training.signals import training_run_succeeded
@@ -196,7 +199,7 @@ def _claim(*, stage_run_id: int, worker: str, task_id: str) -> StageRun | None:
             # Failed here, once, with the reason: the message is acknowledged, so nothing retries it.
             stage.worker = worker
             stage.save(update_fields=["worker"])
-            _fail(stage, str(exc), now)
+            stage_fail(stage=stage, message=str(exc), now=now)
             return None
         stage.status = StageRun.Status.RUNNING
         stage.worker = worker
@@ -211,15 +214,6 @@ def _claim(*, stage_run_id: int, worker: str, task_id: str) -> StageRun | None:
             run.started_at = run.started_at or now
             run.save(update_fields=["status", "started_at"])
     return stage
-
-
-def _fail(stage: StageRun, message: str, now) -> None:
-    StageRun.objects.filter(pk=stage.pk).update(status=StageRun.Status.FAILED, error=message, finished_at=now)
-    TrainingRun.objects.filter(pk=stage.run_id).update(
-        status=TrainingRun.Status.FAILED,
-        error=f"stage {stage.position} ({stage.kind}): {message}",
-        finished_at=now,
-    )
 
 
 def _finish_cancelled(stage: StageRun, now) -> None:
@@ -249,10 +243,6 @@ def stage_run_execute(*, stage_run_id: int, worker: str = "", task_id: str = "")
         if out_dir.exists():
             # The artifact was completed before the worker died between writing it and registering it.
             log_lines.append("artifact already complete on disk; registering it without training again")
-            from training.engine.peft import (
-                read_stage_manifest,  # torch: loaded where stages run, not at start-up
-            )
-
             metrics = (read_stage_manifest(out_dir) or {}).get("metrics", {})
             status, steps = "completed", stage.total_steps
         else:
@@ -290,7 +280,7 @@ def stage_run_execute(*, stage_run_id: int, worker: str = "", task_id: str = "")
             reporter.flush()
         except Exception:  # the live state is a nicety; the stage must still end failed with its own reason
             logger.exception("stage %s: last progress not written", stage.pk)
-        _fail(stage, message, timezone.now())
+        stage_fail(stage=stage, message=message, now=timezone.now())
         return StageRun.Status.FAILED
     finally:
         heartbeat.stop()
@@ -299,8 +289,6 @@ def stage_run_execute(*, stage_run_id: int, worker: str = "", task_id: str = "")
 
 
 def _finish_succeeded(*, stage: StageRun, start: ModelVersion, out_dir: Path, metrics: dict) -> str:
-    from training.services.runs import stage_enqueue
-
     spec = engine_stages.stage_spec(stage.kind)
     saved = describe_saved_model(out_dir)
     now = timezone.now()
@@ -332,19 +320,3 @@ def _finish_succeeded(*, stage: StageRun, start: ModelVersion, out_dir: Path, me
             # Quiet: a broker outage here must not fail the finished stage; the maintenance pass sends the next.
             transaction.on_commit(lambda: stage_enqueue(stage_run=following, quiet=True))
     return StageRun.Status.SUCCEEDED
-
-
-def stale_stages_fail(*, now=None) -> list[int]:
-    """Mark running stages whose heartbeat stopped as failed (their worker died); they can be resumed."""
-    now = now or timezone.now()
-    cutoff = now - timedelta(seconds=settings.TRAINING_STALE_AFTER_S)
-    failed: list[int] = []
-    with transaction.atomic():
-        stale = StageRun.objects.select_for_update(
-            skip_locked=connection.features.has_select_for_update_skip_locked
-        )
-        for stage in stale.filter(status=StageRun.Status.RUNNING, heartbeat_at__lt=cutoff):
-            message = f"worker {stage.worker or '?'} stopped sending heartbeats (last {stage.heartbeat_at:%H:%M:%S})"
-            _fail(stage, message, now)
-            failed.append(stage.pk)
-    return failed

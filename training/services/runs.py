@@ -9,15 +9,19 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from core.jobs import BrokerUnavailable, job_send
 from labeling.models import Project
 from labeling.selectors.preferences import PreferenceFilters
+
+# The options of the sampling job a run may ask for when it succeeds (`sample_after`) are the loop's to check.
+from loop.services.sampling import sampling_options_validate
 from registry.artifacts import model_version_folder
 from registry.models import ModelVersion
 from registry.selectors import root_policies
 from training.engine import stages as engine_stages
-from training.engine.common import checkpoint_dir_for
-from training.jobs import STAGE_JOB
+from training.engine.base_model import linear_module_names
+from training.engine.common import checkpoint_dir_for, unmatched_lora_targets, unmatched_targets_message
+from training.engine.rewards import RuleSpecError, parse_rules
+from training.jobs import run_enqueue, stage_enqueue
 from training.models import StageRun, TrainingRun
 from training.services import datasets
 
@@ -185,10 +189,6 @@ def launch_validate(
     except ValidationError as exc:
         errors.update(exc.message_dict)
     if sample_after is not None:
-        from loop.services.sampling import (
-            sampling_options_validate,
-        )  # loop builds on training, not the reverse
-
         try:
             sampling_options_validate(sample_after)
         except ValidationError as exc:
@@ -209,9 +209,6 @@ def launch_validate(
 
 def _validate_lora_targets(plan: LaunchPlan, base_model: ModelVersion, errors: dict[str, list[str]]) -> None:
     """LoRA's target modules must name modules of the base model (every stage of a run shares its architecture)."""
-    from training.engine.base_model import linear_module_names
-    from training.engine.common import unmatched_lora_targets, unmatched_targets_message
-
     lora_stages = [(kind, config) for kind, method, config in plan.stages if method == StageRun.Peft.LORA]
     if not lora_stages:
         return
@@ -234,8 +231,6 @@ def preset_data_formats(preset: str) -> tuple[str, ...]:
 
 
 def _validate_reward_rules(config, errors: dict[str, list[str]]) -> None:
-    from training.engine.rewards import RuleSpecError, parse_rules
-
     if config.reward_source in ("rules", "mixed") and not config.rules:
         errors.setdefault("ppo.rules", []).append("Rule-based rewards need at least one rule.")
         return
@@ -308,21 +303,8 @@ def training_run_launch(
             stage.full_clean()
             stage.save()
         first = run.stages.order_by("position").first()
-        transaction.on_commit(lambda: _run_enqueue(run=run, first=first))
+        transaction.on_commit(lambda: run_enqueue(run=run, first=first))
     return run
-
-
-def _run_enqueue(*, run: TrainingRun, first: StageRun) -> None:
-    try:
-        stage_enqueue(stage_run=first)
-    except BrokerUnavailable as exc:  # the run is saved; its first stage is sent once the broker is back
-        raise exc.about(what="training run", pk=run.pk) from exc.cause
-
-
-def stage_enqueue(*, stage_run: StageRun, quiet: bool = False) -> None:
-    """Publish the stage's task on `gpu` (core.jobs: bounded retry; on an outage BrokerUnavailable, or a warning
-    when quiet, and the maintenance pass sends it once the broker is back)."""
-    job_send(kind=STAGE_JOB, pk=stage_run.pk, quiet=quiet)
 
 
 @transaction.atomic

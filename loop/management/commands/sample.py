@@ -8,7 +8,8 @@ from core.jobs import BrokerUnavailable
 from core.progress import ProgressLine
 from labeling.models import Project
 from loop.models import SamplingJob
-from loop.services.sampling import sampling_job_create, sampling_job_execute
+from loop.services.sampling import sampling_job_create
+from loop.services.sampling_execution import sampling_job_execute
 from registry.models import ModelVersion
 
 
