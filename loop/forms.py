@@ -1,4 +1,3 @@
-import json
 
 from django import forms
 
@@ -56,7 +55,3 @@ class SamplingForm(forms.Form):
     def params(self) -> dict:
         data = self.cleaned_data
         return {key: data[key] for key in ("max_new_tokens", "temperature", "top_p")}
-
-
-def params_json(params: dict) -> str:
-    return json.dumps(params, sort_keys=True)

@@ -148,9 +148,14 @@ def leaderboard_rows(
     def row(rating: bradley_terry.Rating | None, model: str) -> LeaderboardRow:
         games = rating.games if rating else 0
         return LeaderboardRow(
-            model=model, rating=rating, games=games, preliminary=games < min_games, rank=None,
-            is_base=model == base, vs_base=win_rates.get((model, base)) if base and model != base else None,
-        )  # fmt: skip
+            model=model,
+            rating=rating,
+            games=games,
+            preliminary=games < min_games,
+            rank=None,
+            is_base=model == base,
+            vs_base=win_rates.get((model, base)) if base and model != base else None,
+        )
 
     rows = [row(rating, rating.model) for rating in ratings]
     rows.sort(key=lambda r: (r.preliminary, -r.rating.elo))
@@ -171,6 +176,9 @@ def leaderboard(
     win_rates = bradley_terry.win_rates(outcomes)
     base = base_model_label(project=project)
     return Leaderboard(
-        ratings=ratings, win_rates=win_rates, games=len(outcomes), base=base,
+        ratings=ratings,
+        win_rates=win_rates,
+        games=len(outcomes),
+        base=base,
         rows=leaderboard_rows(ratings=ratings, win_rates=win_rates, base=base, min_games=min_games),
-    )  # fmt: skip
+    )

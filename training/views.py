@@ -123,9 +123,11 @@ def launch_estimate(request: HttpRequest) -> HttpResponse:
         return render(request, "training/partials/launch_estimate.html", context)
     try:
         plan = run_services.launch_plan_validate(
-            preset=data["preset"], peft=form.peft_methods(), stage_configs=form.stage_configs(),
+            preset=data["preset"],
+            peft=form.peft_methods(),
+            stage_configs=form.stage_configs(),
             filters=form.filters(),
-        )  # fmt: skip
+        )
     except (ValidationError, KeyError):  # the launch itself names the bad fields
         context["error"] = "No estimate until the settings are valid."
         return render(request, "training/partials/launch_estimate.html", context)
@@ -133,14 +135,19 @@ def launch_estimate(request: HttpRequest) -> HttpResponse:
     sizes = snapshot_sizes(project=data["project"], filters=plan.filters, formats=plan.formats)
     estimate = estimates.launch_estimate(
         stages=[(kind, config) for kind, _, config in plan.stages],
-        num_parameters=base.num_parameters if base else 0, sizes=sizes,
-    )  # fmt: skip
+        num_parameters=base.num_parameters if base else 0,
+        sizes=sizes,
+    )
     context["estimate"] = estimate
     context["rows"] = [
-        {"estimate": stage, "label": STAGE_LABELS[stage.kind], "total": format_duration(stage.seconds),
-         "per_step": format_duration(stage.seconds_per_step)}
+        {
+            "estimate": stage,
+            "label": STAGE_LABELS[stage.kind],
+            "total": format_duration(stage.seconds),
+            "per_step": format_duration(stage.seconds_per_step),
+        }
         for stage in estimate.stages
-    ]  # fmt: skip
+    ]
     context["total"] = format_duration(estimate.seconds)
     context["device"] = DEVICE_NAMES[estimate.device]
     return render(request, "training/partials/launch_estimate.html", context)

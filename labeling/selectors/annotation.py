@@ -120,9 +120,11 @@ def ranking_shown(
         for index, rid in enumerate(ranking.display_order)
     ]
     return RankingShown(
-        ranking=ranking, responses=shown, editable=ranking_editable(ranking=ranking, now=now),
+        ranking=ranking,
+        responses=shown,
+        editable=ranking_editable(ranking=ranking, now=now),
         pairwise=len(shown) == 2,
-    )  # fmt: skip
+    )
 
 
 def annotator_rankings_shown(*, project: Project, annotator, limit: int = 100) -> list[RankingShown]:

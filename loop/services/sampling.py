@@ -120,10 +120,16 @@ def sampling_job_create(
     if reward_model is not None and reward_model.kind != ModelVersion.Kind.REWARD:
         raise ValidationError({"reward_model": "Choose a reward model."})
     job = SamplingJob(
-        project=project, model_version=model_version, pool=pool, limit=limit, params=sampling_params_validate(params),
-        make_comparisons=make_comparisons, uncertain_share=uncertain_share, reward_model=reward_model,
+        project=project,
+        model_version=model_version,
+        pool=pool,
+        limit=limit,
+        params=sampling_params_validate(params),
+        make_comparisons=make_comparisons,
+        uncertain_share=uncertain_share,
+        reward_model=reward_model,
         created_by=created_by,
-    )  # fmt: skip
+    )
     job.full_clean()
     with transaction.atomic():
         job.save()

@@ -70,10 +70,14 @@ def generate_responses(*, job: SamplingJob, prompts: Sequence[Prompt], progress=
         with transaction.atomic():
             for prompt, text, cut in zip(batch, generated.texts, truncated, strict=True):
                 response, was_created = Response.objects.get_or_create(
-                    prompt=prompt, external_id=external_id,
-                    defaults={"content": text.strip(), "model_version": version,
-                              "generation_params": {**params, "device": str(device), "truncated": bool(cut)}},
-                )  # fmt: skip
+                    prompt=prompt,
+                    external_id=external_id,
+                    defaults={
+                        "content": text.strip(),
+                        "model_version": version,
+                        "generation_params": {**params, "device": str(device), "truncated": bool(cut)},
+                    },
+                )
                 created.append(response)
         if progress:
             progress(len(created))
@@ -122,9 +126,11 @@ def comparisons_create(*, job: SamplingJob, responses: Sequence[Response]) -> in
         unique = {r.pk: r for c in candidates for r in c.responses}
         scores = scorer(list(unique.values()))
     values = priorities(
-        candidates=candidates, scores=scores, disagreement=prompt_disagreement(project=job.project),
+        candidates=candidates,
+        scores=scores,
+        disagreement=prompt_disagreement(project=job.project),
         uncertain_share=job.uncertain_share,
-    )  # fmt: skip
+    )
     created = 0
     with transaction.atomic():
         for candidate, priority in zip(candidates, values, strict=True):
@@ -143,9 +149,13 @@ def sampling_job_execute(*, job_id: int, task_id: str = "") -> str:
     if task_id:
         claimable |= Q(status=SamplingJob.Status.RUNNING, celery_task_id=task_id)
     claimed = SamplingJob.objects.filter(claimable, pk=job_id).update(
-        status=SamplingJob.Status.RUNNING, started_at=timezone.now(), done=0, device=str(pick_device("auto")),
-        error="", celery_task_id=task_id or F("celery_task_id"),
-    )  # fmt: skip
+        status=SamplingJob.Status.RUNNING,
+        started_at=timezone.now(),
+        done=0,
+        device=str(pick_device("auto")),
+        error="",
+        celery_task_id=task_id or F("celery_task_id"),
+    )
     if not claimed:
         return "skipped"
     job = SamplingJob.objects.select_related("project", "model_version", "reward_model").get(pk=job_id)
@@ -163,9 +173,11 @@ def sampling_job_execute(*, job_id: int, task_id: str = "") -> str:
         )
         return SamplingJob.Status.FAILED
     SamplingJob.objects.filter(pk=job.pk).update(
-        status=SamplingJob.Status.SUCCEEDED, responses_created=len(responses), comparisons_created=compared,
+        status=SamplingJob.Status.SUCCEEDED,
+        responses_created=len(responses),
+        comparisons_created=compared,
         finished_at=timezone.now(),
-    )  # fmt: skip
+    )
     return SamplingJob.Status.SUCCEEDED
 
 

@@ -103,8 +103,11 @@ def test_sft_then_contrastive_run_registers_lineage_and_snapshot(
     assert contrastive.output_model.parent == sft.output_model
     assert contrastive.output_model.base == base
     assert contrastive.output_model.dataset_hash == run.dataset_hash
-    model, _ = load_model_ref(model_version_ref(contrastive.output_model), "cpu")
-    assert model is not None
+    # The registered artifact loads as a policy that scores a sequence (adapters and router included).
+    model, tokenizer = load_model_ref(model_version_ref(contrastive.output_model), "cpu")
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([tokenizer.encode("What is 2 plus 0?")])).logits
+    assert logits.shape[-1] == model.config.vocab_size and torch.isfinite(logits).all()
 
     # Same data, same filters → the same snapshot folder and hash.
     again = launch(project=project, preset="preference")

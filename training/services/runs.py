@@ -45,12 +45,25 @@ SIZE_PRESETS: dict[str, dict[str, dict]] = {
     "default": {},
     "cpu_demo": {
         "sft": {"max_steps": 8, "batch_size": 4, "max_length": 128, "checkpoint_every": 4},
-        "reward": {"max_steps": 8, "batch_size": 4, "max_length": 128, "checkpoint_every": 4, "eval_batch_size": 8},
-        "ppo": {"max_steps": 4, "batch_size": 4, "ppo_epochs": 1, "max_new_tokens": 24,
-                "max_length": 128, "reward_batch_size": 4, "checkpoint_every": 2},
+        "reward": {
+            "max_steps": 8,
+            "batch_size": 4,
+            "max_length": 128,
+            "checkpoint_every": 4,
+            "eval_batch_size": 8,
+        },
+        "ppo": {
+            "max_steps": 4,
+            "batch_size": 4,
+            "ppo_epochs": 1,
+            "max_new_tokens": 24,
+            "max_length": 128,
+            "reward_batch_size": 4,
+            "checkpoint_every": 2,
+        },
         "contrastive": {"max_steps": 8, "batch_size": 4, "max_length": 128, "checkpoint_every": 4},
     },
-}  # fmt: skip
+}
 SIZE_CHOICES = [
     ("default", "Stage defaults (a GPU worker)"),
     ("cpu_demo", "CPU demo: a few minutes on a laptop CPU (short texts, few steps; use LoRA)"),
@@ -264,9 +277,13 @@ def training_run_launch(
     down the run is saved and BrokerUnavailable is raised after the commit: the run starts once the broker is back.
     """
     plan, base_model = launch_validate(
-        preset=preset, base_model=base_model, peft=peft, stage_configs=stage_configs, filters=filters,
+        preset=preset,
+        base_model=base_model,
+        peft=peft,
+        stage_configs=stage_configs,
+        filters=filters,
         sample_after=sample_after,
-    )  # fmt: skip
+    )
     snapshot = datasets.snapshot_create(project=project, filters=plan.filters, formats=plan.formats)
     empty = [fmt for fmt in plan.formats if snapshot.counts.get(fmt, 0) == 0]
     if empty:
