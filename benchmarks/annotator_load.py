@@ -137,8 +137,7 @@ def create_project(slug: str, comparisons: int, seed: int) -> int:
 
 def create_annotators(count: int) -> list[tuple[int, str]]:
     """(user id, API token) of `count` annotators."""
-    from core.services import user_create_or_update
-    from labeling.services.api_tokens import api_token_get_or_create
+    from core.services import api_token_get_or_create, user_create_or_update
 
     out = []
     for i in range(count):

@@ -18,6 +18,7 @@ class CoreConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
+        # Here, not at the top: Django imports apps.py before any model can load, ready() once they all have.
         from core import lockout  # noqa: F401  (connects the sign-in signal receivers)
 
         post_migrate.connect(_create_cache_table, sender=self, dispatch_uid="core.create_cache_table")

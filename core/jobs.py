@@ -77,9 +77,13 @@ def _publish(*, kind: JobKind, pk: int) -> str:
         # A connection of its own (jobs are rare): nothing stale is reused after an outage.
         with current_app.connection_for_write() as broker:
             result = current_app.send_task(
-                kind.task, args=[pk], queue=kind.queue, connection=broker, retry=True,
+                kind.task,
+                args=[pk],
+                queue=kind.queue,
+                connection=broker,
+                retry=True,
                 retry_policy=settings.JOBS_PUBLISH_RETRY,
-            )  # fmt: skip
+            )
     except (OperationalError, OSError) as exc:
         raise BrokerUnavailable(what=kind.name, pk=pk, cause=exc) from exc
     return result.id

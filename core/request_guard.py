@@ -1,7 +1,7 @@
 """Rejects, with a 400 naming the parameter, URLs the database cannot take: NUL in the path or query string.
 
 Postgres text cannot hold NUL, so `?project=%00` or `/projects/%00/` would otherwise surface as a DataError (500)
-from whichever lookup first uses the value. Request bodies are checked by their parsers (labeling.api.parsers).
+from whichever lookup first uses the value. Request bodies are checked by their parsers (core.api.parsers).
 """
 
 from __future__ import annotations

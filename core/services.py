@@ -1,19 +1,21 @@
-"""Write paths of the core domain: users with roles, worker heartbeats."""
+"""Write paths of the core domain: users with roles, their API tokens, worker heartbeats."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from django.contrib.auth import get_user_model
+from django.contrib.auth import authenticate, get_user_model
 from django.contrib.auth.models import AbstractUser, Group
 from django.contrib.auth.password_validation import validate_password
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
+from rest_framework.authtoken.models import Token
 
+from core.lockout import signin_succeeded
 from core.models import WorkerHeartbeat
 from core.roles import ALL_ROLES
-from core.selectors import user_roles_forget
+from core.selectors import user_roles, user_roles_forget
 
 
 @transaction.atomic
@@ -56,3 +58,35 @@ def worker_heartbeat_record(
         hostname=hostname,
         defaults={"queue": queue, "device": device, "last_seen": seen_at or timezone.now()},
     )
+
+
+# API tokens (DRF's `rest_framework.authtoken`): one per user, created on demand, rotated on request.
+
+
+@transaction.atomic
+def api_token_get_or_create(*, user, rotate: bool = False) -> Token:
+    """The user's token (a new key when `rotate`). Users without a role get none: the API has nothing for them."""
+    if not user.is_active:
+        raise PermissionDenied("This account is disabled.")
+    if not user_roles(user=user):
+        raise PermissionDenied("This account has no role; ask an admin for one.")
+    if rotate:
+        Token.objects.filter(user=user).delete()
+    token, _ = Token.objects.get_or_create(user=user)
+    return token
+
+
+def api_token_for_credentials(*, username: str, password: str, request=None) -> Token:
+    user = authenticate(request, username=username, password=password)
+    if user is None:
+        raise ValidationError({"__all__": "Wrong username or password."})
+    if request is not None:
+        signin_succeeded(request=request, username=username)
+    return api_token_get_or_create(user=user)
+
+
+def api_token_for_username(*, username: str, rotate: bool = False) -> Token:
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        raise ValidationError({"username": f"No user {username!r}."})
+    return api_token_get_or_create(user=user, rotate=rotate)

@@ -1,6 +1,4 @@
-from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
+from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
@@ -22,13 +20,3 @@ def healthz(request: HttpRequest) -> JsonResponse:
     for name, check in checks.items():
         payload[name] = {"ok": check.ok, "detail": check.detail} if show_details else {"ok": check.ok}
     return JsonResponse(payload, status=200 if ok else 503)
-
-
-@login_required
-def home(request: HttpRequest) -> HttpResponse:
-    from labeling.selectors.annotation import annotator_work  # core sits below the apps: import at use
-
-    context = {}
-    if user_has_role(user=request.user, role=Role.ANNOTATOR):
-        context["work"] = annotator_work(annotator=request.user)
-    return render(request, "core/home.html", context)

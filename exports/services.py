@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import Q
@@ -26,6 +25,7 @@ from exports.models import Export
 from exports.selectors import export_estimate, preference_counts
 from exports.writers import export_write
 from labeling.models import Project
+from registry.artifacts import artifact_path, export_folder, relative_to_root, resolve_inside_root
 
 
 def user_can_export(*, user) -> bool:
@@ -103,8 +103,15 @@ def export_retry(*, export: Export) -> Export:
 
 
 def export_relative_dir(export: Export) -> str:
-    stamp = export.created_at.strftime("%Y%m%dT%H%M%S")
-    return f"exports/{export.project.slug}/{stamp}-{export.pk}-{export.format}"
+    """The export's folder as its row stores it (relative to ARTIFACT_ROOT)."""
+    return relative_to_root(
+        export_folder(
+            project_slug=export.project.slug,
+            created_at=export.created_at,
+            export_id=export.pk,
+            data_format=export.format,
+        )
+    )
 
 
 def export_data_name(export: Export) -> str:
@@ -151,7 +158,7 @@ def export_run(*, export_id: int, task_id: str = "") -> Export:
             raise ExportCancelled  # cancelled meanwhile: stop writing
 
     relative = export_relative_dir(export)
-    folder = Path(settings.ARTIFACT_ROOT) / relative
+    folder = artifact_path(relative)
     data_name = export_data_name(export)
     try:
         result = export_write(
@@ -195,9 +202,8 @@ def export_file_path(*, export: Export) -> Path:
     """Absolute path of a finished export's data (file or directory), checked to stay inside ARTIFACT_ROOT."""
     if export.status != Export.Status.SUCCEEDED or not export.path:
         raise ValidationError({"status": "The export is not finished."})
-    root = Path(settings.ARTIFACT_ROOT).resolve()
-    path = (root / export.path).resolve()
-    if root not in path.parents or not path.exists():
+    path = resolve_inside_root(export.path)
+    if path is None or not path.exists():
         raise ValidationError({"path": "The export's files are gone."})
     return path
 

@@ -19,6 +19,8 @@ app.autodiscover_tasks()
 @worker_ready.connect
 def start_job_maintenance(**_kwargs) -> None:
     """Every worker runs the job maintenance pass on a timer, whatever queues it consumes (core.jobs)."""
+    # Imported when the worker is ready, not at the top: this module loads with the settings package, before
+    # Django's app registry, and core.jobs needs the job models.
     from core.jobs import maintenance_start
 
     maintenance_start()

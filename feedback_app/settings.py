@@ -78,6 +78,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "core",
+    "registry",
     "labeling",
     "exports",
     "training",
@@ -235,13 +236,13 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "labeling.api.pagination.Pagination",
+    "DEFAULT_PAGINATION_CLASS": "core.api.pagination.Pagination",
     "PAGE_SIZE": 50,
     "DEFAULT_FILTER_BACKENDS": [
         "django_filters.rest_framework.DjangoFilterBackend",
         "rest_framework.filters.OrderingFilter",
     ],
-    "EXCEPTION_HANDLER": "labeling.api.exceptions.exception_handler",
+    "EXCEPTION_HANDLER": "core.api.exceptions.exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Feedback loop API",
@@ -368,6 +369,9 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     # Exports, import jobs, sampling jobs and training runs: the one job vocabulary; stages say `pending`.
     "JobStatusEnum": "core.models.JobStatus",
     "StageRunStatusEnum": "training.models.StageRun.Status",
+    # Named for their model: a stage's and a model version's `kind` appear in several components each.
+    "StageRunKindEnum": "training.models.StageRun.Kind",
+    "ModelVersionKindEnum": "registry.models.ModelVersion.Kind",
 }
 # Files served at the site root (favicon.ico, which browsers and the admin request there) by WhiteNoise.
 WHITENOISE_ROOT = BASE_DIR / "static" / "root"
@@ -415,13 +419,13 @@ AUTHENTICATION_BACKENDS = ["core.lockout.LockoutBackend", "django.contrib.auth.b
 # API bodies: NUL, lone surrogates and (JSON) nesting deeper than API_JSON_MAX_DEPTH are a 400 naming the field.
 API_JSON_MAX_DEPTH = env_int("API_JSON_MAX_DEPTH", 64)
 REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"] = [
-    "labeling.api.parsers.StrictJSONParser",
-    "labeling.api.parsers.StrictFormParser",
-    "labeling.api.parsers.StrictMultiPartParser",
+    "core.api.parsers.StrictJSONParser",
+    "core.api.parsers.StrictFormParser",
+    "core.api.parsers.StrictMultiPartParser",
 ]
 SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"] = [
     "drf_spectacular.hooks.postprocess_schema_enums",
-    "labeling.api.schema.add_common_error_responses",
+    "core.api.schema.add_common_error_responses",
 ]
 # While the database is unreachable: 503 with Retry-After (seconds) instead of a 500.
 OUTAGE_RETRY_AFTER_S = env_int("OUTAGE_RETRY_AFTER_S", 5)
@@ -433,10 +437,10 @@ MIDDLEWARE += ["core.lockout.SignInLockedMiddleware", "core.outage.DatabaseOutag
 # === end of the abuse-resistance block =========================================================================
 
 # --- Annotator hot path (issue #17) -----------------------------------------------------------------------
-# API tokens are checked with the user's roles in the same query (labeling.api.authentication); sessions stay
+# API tokens are checked with the user's roles in the same query (core.api.authentication); sessions stay
 # DRF's. Persistent connections: gunicorn's threads (gunicorn.conf.py) each keep theirs for DB_CONN_MAX_AGE s.
 REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"] = [
-    "labeling.api.authentication.TokenAuthentication",
+    "core.api.authentication.TokenAuthentication",
     "rest_framework.authentication.SessionAuthentication",
 ]
 # --- end annotator hot path -------------------------------------------------------------------------------

@@ -1,13 +1,29 @@
 from django.contrib import admin
 from django.urls import include, path
+from rest_framework.routers import DefaultRouter
+
+from core.api import urls as core_api_urls
+from exports.api import urls as exports_api_urls
+from labeling import views as labeling_views
+from labeling.api import urls as labeling_api_urls
+from loop.api import urls as loop_api_urls
+from registry.api import urls as registry_api_urls
+from training.api import urls as training_api_urls
+
+# One REST API, one OpenAPI document: every app's router under /api/v1/, listed by one root view.
+api_router = DefaultRouter()
+for app_urls in (labeling_api_urls, exports_api_urls, registry_api_urls, training_api_urls, loop_api_urls):
+    api_router.registry.extend(app_urls.router.registry)
+api_urls = ([path("v1/", include(api_router.urls)), *core_api_urls.urlpatterns], "api")
 
 urlpatterns = [
+    path("", labeling_views.home, name="home"),
     path("", include("core.urls")),
     path("", include("labeling.urls")),
     path("", include("training.urls")),
     path("", include("loop.urls")),
     path("", include("exports.urls")),
-    path("api/", include("labeling.api.urls")),
+    path("api/", include(api_urls)),
     path("accounts/", include("django.contrib.auth.urls")),
     path("django-admin/", admin.site.urls),
 ]

@@ -98,7 +98,7 @@ class Response(models.Model):
     external_id = models.CharField(max_length=200)
     content = models.TextField()
     model_version = models.ForeignKey(
-        "training.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="responses"
+        "registry.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="responses"
     )
     source_name = models.CharField(
         max_length=200, blank=True, help_text="External source when not a ModelVersion."

@@ -1,8 +1,9 @@
-"""Thin views of the labeling app: annotator loop (htmx partials), import upload, dashboard, review."""
+"""Thin views of the labeling app: the home page, annotator loop (htmx partials), import upload, dashboard, review."""
 
 from __future__ import annotations
 
 from django.contrib import messages
+from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
@@ -17,6 +18,7 @@ from labeling.models import Assignment, Comparison, ImportJob, Project, Ranking,
 from labeling.selectors.annotation import (
     annotator_progress,
     annotator_rankings_shown,
+    annotator_work,
     assignment_responses,
     project_for_slug,
     projects_for_annotator,
@@ -52,6 +54,15 @@ from labeling.services.rankings import (
 
 annotator_required = role_required(Role.ANNOTATOR, Role.ADMIN)
 admin_required = role_required(Role.ADMIN)
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    """Where everyone lands after signing in: what each of their roles does, and an annotator's work left."""
+    context = {}
+    if user_has_role(user=request.user, role=Role.ANNOTATOR):
+        context["work"] = annotator_work(annotator=request.user)
+    return render(request, "labeling/home.html", context)
 
 
 def _error_text(error: ValidationError) -> str:

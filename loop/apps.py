@@ -9,4 +9,5 @@ class LoopConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        # Here, not at the top: Django imports apps.py before any model can load, ready() once they all have.
         from loop import jobs, signals  # noqa: F401  (sampling jobs for core.jobs; "sample after a training run")

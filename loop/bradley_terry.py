@@ -104,10 +104,16 @@ def rate(
         games[outcome.first] += 1
         games[outcome.second] += 1
     ratings = [
-        Rating(model=model, strength=float(strengths[i]), elo=float(point[i]), elo_low=float(low[i]),
-               elo_high=float(high[i]), games=games[model])
+        Rating(
+            model=model,
+            strength=float(strengths[i]),
+            elo=float(point[i]),
+            elo_low=float(low[i]),
+            elo_high=float(high[i]),
+            games=games[model],
+        )
         for i, model in enumerate(models)
-    ]  # fmt: skip
+    ]
     return sorted(ratings, key=lambda rating: -rating.elo)
 
 

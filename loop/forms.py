@@ -1,11 +1,11 @@
-import json
 
 from django import forms
 
 from labeling.models import Project
 from labeling.selectors.annotation import sole_project_slug
 from loop.models import SamplingJob
-from training.models import ModelVersion
+from registry.models import ModelVersion
+from registry.selectors import policies, sampling_policy
 
 
 class PolicyChoiceField(forms.ModelChoiceField):
@@ -23,9 +23,7 @@ POOL_CHOICES = [
 
 class SamplingForm(forms.Form):
     project = forms.ModelChoiceField(queryset=Project.objects.order_by("name"), to_field_name="slug")
-    model_version = PolicyChoiceField(
-        queryset=ModelVersion.objects.filter(kind="policy").order_by("-id"), label="Policy"
-    )
+    model_version = PolicyChoiceField(queryset=policies(), label="Policy")
     pool = forms.ChoiceField(
         choices=POOL_CHOICES,
         initial=SamplingJob.Pool.NEW,
@@ -50,14 +48,10 @@ class SamplingForm(forms.Form):
         if not self.initial.get("project"):
             self.initial["project"] = sole_project_slug()
         if not self.initial.get("model_version"):
-            sampling = ModelVersion.objects.filter(kind="policy", use_for_sampling=True).first()
+            sampling = sampling_policy()
             if sampling is not None:
                 self.initial["model_version"] = sampling.pk
 
     def params(self) -> dict:
         data = self.cleaned_data
         return {key: data[key] for key in ("max_new_tokens", "temperature", "top_p")}
-
-
-def params_json(params: dict) -> str:
-    return json.dumps(params, sort_keys=True)

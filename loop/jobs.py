@@ -14,7 +14,10 @@ def sampling_jobs_waiting(rows: QuerySet) -> QuerySet:
 
 SAMPLING_JOB = job_kind_register(
     JobKind(
-        name="sampling job", model=SamplingJob, task="loop.tasks.sample", queue="default",
+        name="sampling job",
+        model=SamplingJob,
+        task="loop.tasks.sample",
+        queue="default",
         waiting=sampling_jobs_waiting,
     )
-)  # fmt: skip
+)

@@ -14,12 +14,16 @@ class SamplingJob(QueuedJob):
 
     project = models.ForeignKey("labeling.Project", on_delete=models.CASCADE, related_name="sampling_jobs")
     model_version = models.ForeignKey(
-        "training.ModelVersion", on_delete=models.PROTECT, related_name="sampling_jobs"
+        "registry.ModelVersion", on_delete=models.PROTECT, related_name="sampling_jobs"
     )
     reward_model = models.ForeignKey(
-        "training.ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        "registry.ModelVersion",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
         help_text="Scores candidate pairs for active selection; the newest reward model when empty.",
-    )  # fmt: skip
+    )
     pool = models.CharField(max_length=16, choices=Pool.choices, default=Pool.NEW)
     limit = models.PositiveIntegerField(null=True, blank=True, help_text="At most this many prompts.")
     params = models.JSONField(

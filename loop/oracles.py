@@ -15,10 +15,14 @@ Scorer = Callable[[str, str], float]  # (prompt text, response) -> higher is bet
 
 _NUMBER = r"-?\d+(?:\.\d+)?"
 _OPERATIONS = {
-    "+": lambda a, b: a + b, "plus": lambda a, b: a + b,
-    "-": lambda a, b: a - b, "minus": lambda a, b: a - b,
-    "*": lambda a, b: a * b, "x": lambda a, b: a * b, "times": lambda a, b: a * b,
-}  # fmt: skip
+    "+": lambda a, b: a + b,
+    "plus": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "minus": lambda a, b: a - b,
+    "*": lambda a, b: a * b,
+    "x": lambda a, b: a * b,
+    "times": lambda a, b: a * b,
+}
 _EXPRESSION = re.compile(rf"({_NUMBER})\s*(\+|-|\*|x|plus|minus|times)\s*({_NUMBER})", re.IGNORECASE)
 
 

@@ -9,6 +9,8 @@ from django.db.models import Count, Q
 
 from labeling.models import ComparisonResponse, Project, Ranking, Response
 from loop import bradley_terry
+from registry.models import ModelVersion
+from registry.selectors import root_policies
 
 
 def version_label(version) -> str:
@@ -62,8 +64,6 @@ class PolicyRecord:
 
 def policy_records(*, versions) -> dict[int, PolicyRecord]:
     """Samples and win rate (against any other source, ties half) of each policy, over every project."""
-    from training.models import ModelVersion
-
     ids = [v.pk for v in versions if v.kind == ModelVersion.Kind.POLICY]
     samples = {
         row["model_version_id"]: row
@@ -127,8 +127,6 @@ class Leaderboard:
 def base_model_label(*, project: Project) -> str | None:
     """The model every round is measured against: the lineage root of the project's model answers, else the
     registry's first policy (the bundled base model)."""
-    from training.models import ModelVersion
-
     answered = (
         Response.objects.filter(prompt__project=project, model_version__isnull=False)
         .select_related("model_version__base")
@@ -138,7 +136,7 @@ def base_model_label(*, project: Project) -> str | None:
     if answered is not None:
         version = answered.model_version.base or answered.model_version
     else:
-        version = ModelVersion.objects.filter(kind="policy", parent__isnull=True).order_by("id").first()
+        version = root_policies().order_by("id").first()
     return version_label(version) if version is not None else None
 
 
@@ -150,9 +148,14 @@ def leaderboard_rows(
     def row(rating: bradley_terry.Rating | None, model: str) -> LeaderboardRow:
         games = rating.games if rating else 0
         return LeaderboardRow(
-            model=model, rating=rating, games=games, preliminary=games < min_games, rank=None,
-            is_base=model == base, vs_base=win_rates.get((model, base)) if base and model != base else None,
-        )  # fmt: skip
+            model=model,
+            rating=rating,
+            games=games,
+            preliminary=games < min_games,
+            rank=None,
+            is_base=model == base,
+            vs_base=win_rates.get((model, base)) if base and model != base else None,
+        )
 
     rows = [row(rating, rating.model) for rating in ratings]
     rows.sort(key=lambda r: (r.preliminary, -r.rating.elo))
@@ -173,6 +176,9 @@ def leaderboard(
     win_rates = bradley_terry.win_rates(outcomes)
     base = base_model_label(project=project)
     return Leaderboard(
-        ratings=ratings, win_rates=win_rates, games=len(outcomes), base=base,
+        ratings=ratings,
+        win_rates=win_rates,
+        games=len(outcomes),
+        base=base,
         rows=leaderboard_rows(ratings=ratings, win_rates=win_rates, base=base, min_games=min_games),
-    )  # fmt: skip
+    )

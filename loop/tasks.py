@@ -1,6 +1,6 @@
 from celery import shared_task
 
-from loop.services.sampling import sampling_job_execute
+from loop.services.sampling_execution import sampling_job_execute
 
 
 @shared_task(bind=True, name="loop.tasks.sample", acks_late=True, ignore_result=True)

@@ -29,10 +29,15 @@ def sampling(request: HttpRequest) -> HttpResponse:
         data = form.cleaned_data
         try:
             job = sampling_job_create(
-                project=data["project"], model_version=data["model_version"], pool=data["pool"], limit=data["limit"],
-                params=form.params(), make_comparisons=data["make_comparisons"],
-                uncertain_share=data["uncertain_share"], created_by=request.user,
-            )  # fmt: skip
+                project=data["project"],
+                model_version=data["model_version"],
+                pool=data["pool"],
+                limit=data["limit"],
+                params=form.params(),
+                make_comparisons=data["make_comparisons"],
+                uncertain_share=data["uncertain_share"],
+                created_by=request.user,
+            )
         except ValidationError as exc:
             for field, errors in exc.message_dict.items():
                 for error in errors:
@@ -76,10 +81,17 @@ def leaderboard_page(request: HttpRequest, slug: str) -> HttpResponse:
         if (r := row.rating) is not None
     ]
     return render(
-        request, "loop/leaderboard.html",
-        {"project": project, "board": board, "matrix": matrix, "chart": chart, "projects": Project.objects.order_by("name"),
-         "min_games": PRELIMINARY_BELOW_GAMES},
-    )  # fmt: skip
+        request,
+        "loop/leaderboard.html",
+        {
+            "project": project,
+            "board": board,
+            "matrix": matrix,
+            "chart": chart,
+            "projects": Project.objects.order_by("name"),
+            "min_games": PRELIMINARY_BELOW_GAMES,
+        },
+    )
 
 
 @reader_required

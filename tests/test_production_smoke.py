@@ -252,7 +252,8 @@ OTHER_PAGES = [
 
 SETUP = """
 from labeling.services.seed import demo_project_seed
-from training.models import ModelVersion, StageRun, TrainingRun
+from registry.models import ModelVersion
+from training.models import StageRun, TrainingRun
 
 project = demo_project_seed(slug="demo").project
 base = ModelVersion.objects.create(name="smoke-base", artifact_path="models/smoke-base", sha256="0" * 64)

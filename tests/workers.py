@@ -17,7 +17,7 @@ from django.db import connection
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_database_url() -> str:
+def session_database_url() -> str:
     """A DATABASE_URL naming the database this test session runs on (pytest-django's test_* database)."""
     params = connection.settings_dict
     if connection.vendor == "sqlite":
@@ -47,7 +47,7 @@ def celery_worker(
     hostname = f"test-{uuid.uuid4().hex[:8]}@localhost"
     env = {
         **os.environ,
-        "DATABASE_URL": test_database_url(),
+        "DATABASE_URL": session_database_url(),
         "CELERY_BROKER_URL": broker_url,
         "PYTHONUNBUFFERED": "1",
         **(extra_env or {}),
@@ -187,7 +187,7 @@ def web_server(*, extra_env: dict[str, str] | None = None, ready_timeout: float 
         "SECRET_KEY": "test-" + "k" * 60,
         "ALLOWED_HOSTS": "127.0.0.1",
         "SECURE_SSL_REDIRECT": "0",
-        "DATABASE_URL": test_database_url(),
+        "DATABASE_URL": session_database_url(),
         "PYTHONUNBUFFERED": "1",
         **(extra_env or {}),
     }

@@ -18,6 +18,7 @@ from datetime import datetime
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from core.models import WorkerHeartbeat
 from training.engine import stages as engine_stages
 from training.models import StageRun, TrainingRun
 from training.services.datasets import DataSize, snapshot_file_sizes
@@ -45,8 +46,6 @@ def expected_device_kind(config_device: str = "auto") -> str:
     device of the newest stage that ran, else a CPU."""
     if config_device and config_device != "auto":
         return device_kind(config_device)
-    from core.models import WorkerHeartbeat
-
     heartbeat = WorkerHeartbeat.objects.filter(queue="gpu").order_by("-last_seen").first()
     if heartbeat is not None and heartbeat.device:
         return device_kind(heartbeat.device)
@@ -196,9 +195,12 @@ def stage_estimate(
         )
     evaluation = evaluation_flops(kind, config, num_parameters, size, tokens) / speed
     return StageEstimate(
-        kind=kind, steps=int(config["max_steps"]), seconds_per_step=work / speed,
-        overhead_seconds=OVERHEAD_S[device] + evaluation, basis=basis,
-    )  # fmt: skip
+        kind=kind,
+        steps=int(config["max_steps"]),
+        seconds_per_step=work / speed,
+        overhead_seconds=OVERHEAD_S[device] + evaluation,
+        basis=basis,
+    )
 
 
 def launch_estimate(
@@ -274,9 +276,12 @@ def run_eta(*, run: TrainingRun, stages: list[StageRun] | None = None, now: date
                 elapsed = (now - stage.started_at).total_seconds() if stage.started_at else 0.0
                 planned = estimate.seconds * ratio
                 eta = StageEta(
-                    stage, max(planned - elapsed, 0.0), measured=False,
-                    seconds_per_step=estimate.seconds_per_step * ratio, overran=elapsed > planned,
-                )  # fmt: skip
+                    stage,
+                    max(planned - elapsed, 0.0),
+                    measured=False,
+                    seconds_per_step=estimate.seconds_per_step * ratio,
+                    overran=elapsed > planned,
+                )
         else:
             eta = StageEta(
                 stage,
@@ -297,9 +302,12 @@ def _estimate_for(stage: StageRun, sizes: dict[str, DataSize], device: str) -> S
         "max_steps": stage.total_steps or stage.config.get("max_steps", 1),
     }
     return stage_estimate(
-        kind=stage.kind, config=config, num_parameters=stage.run.base_model.num_parameters, sizes=sizes,
+        kind=stage.kind,
+        config=config,
+        num_parameters=stage.run.base_model.num_parameters,
+        sizes=sizes,
         device=device,
-    )  # fmt: skip
+    )
 
 
 def _ratio(measured_seconds: float, estimate: StageEstimate) -> float:

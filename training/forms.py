@@ -8,8 +8,9 @@ import re
 from django import forms
 
 from labeling.models import Project
+from registry.models import ModelVersion
 from training.engine import stages as engine_stages
-from training.models import ModelVersion, StageRun, TrainingRun
+from training.models import StageRun, TrainingRun
 from training.services.runs import PRESET_STAGES, SIZE_CHOICES, SIZE_PRESETS
 
 KEY_HYPERPARAMETERS = ("max_steps", "learning_rate", "batch_size")
@@ -89,12 +90,15 @@ class LaunchForm(forms.Form):
     preset = forms.ChoiceField(choices=TrainingRun.Preset.choices, initial=TrainingRun.Preset.RLHF)
     base_model = forms.ModelChoiceField(
         queryset=ModelVersion.objects.filter(kind=ModelVersion.Kind.POLICY).order_by("-id"),
-        required=False, empty_label="Newest base model (default)",
-    )  # fmt: skip
+        required=False,
+        empty_label="Newest base model (default)",
+    )
     size = forms.ChoiceField(
-        choices=SIZE_CHOICES, initial="default", required=False,
+        choices=SIZE_CHOICES,
+        initial="default",
+        required=False,
         help_text="Where the stages' settings start from; the fields below and the advanced JSON override them.",
-    )  # fmt: skip
+    )
     peft_sft = forms.ChoiceField(label="SFT", choices=StageRun.Peft.choices, initial="full")
     peft_reward = forms.ChoiceField(label="Reward model", choices=StageRun.Peft.choices, initial="full")
     peft_ppo = forms.ChoiceField(label="PPO", choices=StageRun.Peft.choices, initial="lora")
@@ -104,17 +108,23 @@ class LaunchForm(forms.Form):
     )
     learning_rate = forms.FloatField(label="Learning rate", required=False, min_value=0)
     batch_size = forms.IntegerField(
-        label="Batch size", required=False, min_value=1,
+        label="Batch size",
+        required=False,
+        min_value=1,
         help_text="PPO: prompts per rollout; its mini-batch follows unless the advanced JSON sets one.",
-    )  # fmt: skip
+    )
     advanced = forms.CharField(
-        label="Advanced (JSON per stage)", required=False, widget=forms.Textarea(attrs={"rows": 8, "spellcheck": "false"}),
+        label="Advanced (JSON per stage)",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 8, "spellcheck": "false"}),
         help_text='e.g. {"ppo": {"init_kl_coef": 0.05, "rules": [{"kind": "keyword", "keywords": ["because"]}]}}',
-    )  # fmt: skip
+    )
     sample_after = forms.BooleanField(
-        label="When it succeeds, sample from the new policy", required=False, initial=True,
+        label="When it succeeds, sample from the new policy",
+        required=False,
+        initial=True,
         help_text="Its answers become new comparisons for the annotators, uncertain pairs first.",
-    )  # fmt: skip
+    )
     min_agreement = forms.FloatField(required=False, min_value=0, max_value=1)
     exclude_flagged = forms.BooleanField(required=False, initial=True)
     adjudicated_only = forms.BooleanField(required=False)
@@ -207,10 +217,11 @@ class LaunchForm(forms.Form):
         if kind == "sample_after":
             return "sample_after"
         from_form = [
-            name for name in KEY_HYPERPARAMETERS
+            name
+            for name in KEY_HYPERPARAMETERS
             if self.cleaned_data.get(name) is not None
             and name not in self.cleaned_data.get("advanced", {}).get(kind, {})
-        ]  # fmt: skip
+        ]
         if rest in KEY_HYPERPARAMETERS and rest not in self.cleaned_data.get("advanced", {}).get(kind, {}):
             return rest
         if not message.startswith("unknown field"):

@@ -1,63 +1,11 @@
+"""Training runs and their stages; the model versions they start from and produce live in the registry."""
+
+from pathlib import Path
+
 from django.db import models
 
 from core.models import Job, JobStatus, QueuedJob
-
-
-class ModelVersion(models.Model):
-    """One entry of the model registry: an immutable artifact on disk under ARTIFACT_ROOT, with its lineage.
-
-    The bundled base model is the first row. Training stages register their outputs with `parent` set to the
-    model they started from and `base` to the root of that lineage.
-    """
-
-    class Kind(models.TextChoices):
-        POLICY = "policy", "Policy"
-        REWARD = "reward", "Reward model"
-        ADAPTER = "adapter", "Adapter"
-
-    name = models.CharField(max_length=200, unique=True)
-    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.POLICY)
-    base = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="derived")
-    parent = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
-    )
-    artifact_path = models.CharField(max_length=500, help_text="Relative to ARTIFACT_ROOT.")
-    sha256 = models.CharField(max_length=64)
-    source = models.CharField(max_length=300, blank=True, help_text="Where the weights came from.")
-    config = models.JSONField(default=dict, blank=True)
-    metrics = models.JSONField(default=dict, blank=True)
-    num_parameters = models.BigIntegerField(default=0)
-    stage_run = models.ForeignKey(
-        "training.StageRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="model_versions"
-    )
-    dataset_hash = models.CharField(max_length=64, blank=True, help_text="Content hash of the training data.")
-    use_for_sampling = models.BooleanField(
-        default=False, help_text="The policy whose responses feed the annotators (one at a time)."
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["id"]
-        constraints = [
-            models.UniqueConstraint(
-                fields=["use_for_sampling"],
-                condition=models.Q(use_for_sampling=True),
-                name="one_sampling_policy",
-            ),
-            models.CheckConstraint(
-                condition=models.Q(use_for_sampling=False) | models.Q(kind="policy"),
-                name="sampling_model_is_policy",
-            ),
-            models.CheckConstraint(
-                condition=models.Q(sha256__regex=r"^[0-9a-f]{64}$"), name="modelversion_sha256_hex"
-            ),
-            models.CheckConstraint(
-                condition=~models.Q(artifact_path=""), name="modelversion_artifact_path_set"
-            ),
-        ]
-
-    def __str__(self) -> str:
-        return f"#{self.pk} {self.name} ({self.kind})"
+from registry.artifacts import stage_folder
 
 
 class TrainingRun(Job):
@@ -72,7 +20,9 @@ class TrainingRun(Job):
 
     project = models.ForeignKey("labeling.Project", on_delete=models.PROTECT, related_name="training_runs")
     preset = models.CharField(max_length=16, choices=Preset.choices)
-    base_model = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="training_runs")
+    base_model = models.ForeignKey(
+        "registry.ModelVersion", on_delete=models.PROTECT, related_name="training_runs"
+    )
     config = models.JSONField(default=dict, blank=True, help_text="Validated per-stage engine configs.")
     dataset_filters = models.JSONField(default=dict, blank=True)
     dataset_hash = models.CharField(max_length=64, blank=True)
@@ -137,8 +87,13 @@ class StageRun(QueuedJob):
     worker = models.CharField(max_length=255, blank=True)
     device = models.CharField(max_length=128, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
-    output_model = models.ForeignKey(
-        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="produced_by_stages"
+    # The version this stage registered (one per stage, one stage per version): the registry's lineage of runs.
+    output_model = models.OneToOneField(
+        "registry.ModelVersion",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="produced_by_stage",
     )
 
     class Meta:
@@ -153,3 +108,8 @@ class StageRun(QueuedJob):
 
     def __str__(self) -> str:
         return f"stage {self.position} {self.kind}/{self.peft} of run #{self.run_id} ({self.status})"
+
+    @property
+    def output_dir(self) -> Path:
+        """Where the stage writes its artifact (the engine keeps its checkpoints beside it)."""
+        return stage_folder(run_id=self.run_id, position=self.position, kind=self.kind)

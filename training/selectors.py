@@ -1,4 +1,4 @@
-"""Read paths of the training domain: runs, stages, live progress, the registry with lineage."""
+"""Read paths of the training domain: runs, stages, live progress, the model versions runs produced."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from datetime import timedelta
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from registry.models import ModelVersion
+from registry.selectors import model_versions_list
 from training.engine.common import json_safe
-from training.models import ModelVersion, StageRun, TrainingRun
+from training.models import StageRun, TrainingRun
 
 FINISHED_RUN_STATES = (TrainingRun.Status.SUCCEEDED, TrainingRun.Status.FAILED, TrainingRun.Status.CANCELLED)
 
@@ -92,16 +94,17 @@ def stages_for_display(*, run: TrainingRun) -> list[StageRun]:
     return sorted(stages, key=lambda stage: (_STAGE_ORDER.get(stage.status, 3), stage.position))
 
 
-def model_versions_list() -> QuerySet[ModelVersion]:
-    return ModelVersion.objects.select_related("parent", "base", "stage_run__run").order_by("-id")
+def run_final_policy(*, run: TrainingRun) -> ModelVersion | None:
+    """The policy the run's last policy-producing stage registered; None when no stage produced one (yet)."""
+    stage = (
+        run.stages.filter(output_model__kind=ModelVersion.Kind.POLICY)
+        .select_related("output_model")
+        .order_by("-position")
+        .first()
+    )
+    return stage.output_model if stage else None
 
 
-def model_version_lineage(*, version: ModelVersion) -> list[ModelVersion]:
-    """The version and its ancestors, newest first, up to the base model."""
-    chain = [version]
-    seen = {version.pk}
-    while chain[-1].parent_id and chain[-1].parent_id not in seen:
-        parent = ModelVersion.objects.select_related("parent").get(pk=chain[-1].parent_id)
-        seen.add(parent.pk)
-        chain.append(parent)
-    return chain
+def model_versions_with_runs() -> QuerySet[ModelVersion]:
+    """The registry's versions, newest first, each with the run whose stage produced it (if one did)."""
+    return model_versions_list().select_related("produced_by_stage__run")

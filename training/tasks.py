@@ -2,7 +2,8 @@
 
 from celery import shared_task
 
-from training.services.execution import stage_run_execute, stale_stages_fail
+from training.jobs import stale_stages_fail
+from training.services.execution import stage_run_execute
 
 
 @shared_task(bind=True, name="training.tasks.run_stage", acks_late=True, ignore_result=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlencode
 
-from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
@@ -17,16 +16,21 @@ from core.jobs import BrokerUnavailable
 from core.permissions import role_required
 from core.roles import Role
 from core.selectors import user_has_role
+from exports.filters import PreferenceFilters
 from labeling.selectors.annotation import sole_project_slug
+from loop.selectors import policy_records
+from registry.artifacts import resolve_inside, resolve_inside_root
+from registry.models import ModelVersion
+from registry.selectors import model_version_lineage
+from registry.services import model_version_use_for_sampling
 from training import estimates
 from training.estimates import DEVICE_NAMES, expected_device_kind, format_duration, run_eta
 from training.forms import STAGE_LABELS, LaunchForm
 from training.jobs import stages_waiting
-from training.models import ModelVersion, StageRun, TrainingRun
+from training.models import StageRun, TrainingRun
 from training.selectors import (
     COLLAPSED_STAGE_STATES,
-    model_version_lineage,
-    model_versions_list,
+    model_versions_with_runs,
     run_is_finished,
     runs_list,
     stage_metrics,
@@ -35,7 +39,6 @@ from training.selectors import (
 )
 from training.services import runs as run_services
 from training.services.datasets import snapshot_counts, snapshot_sizes
-from training.services.registry import model_version_use_for_sampling
 
 admin_required = role_required(Role.ADMIN)
 reader_required = role_required(Role.ADMIN, Role.RESEARCHER)
@@ -96,8 +99,6 @@ def launch_count(request: HttpRequest) -> HttpResponse:
     data = form.cleaned_data
     context: dict = {"counts": None, "error": None}
     if data.get("project") and data.get("preset"):
-        from exports.filters import PreferenceFilters
-
         formats = run_services.preset_data_formats(data["preset"])
         try:
             filters = PreferenceFilters.from_dict(form.filters())
@@ -122,9 +123,11 @@ def launch_estimate(request: HttpRequest) -> HttpResponse:
         return render(request, "training/partials/launch_estimate.html", context)
     try:
         plan = run_services.launch_plan_validate(
-            preset=data["preset"], peft=form.peft_methods(), stage_configs=form.stage_configs(),
+            preset=data["preset"],
+            peft=form.peft_methods(),
+            stage_configs=form.stage_configs(),
             filters=form.filters(),
-        )  # fmt: skip
+        )
     except (ValidationError, KeyError):  # the launch itself names the bad fields
         context["error"] = "No estimate until the settings are valid."
         return render(request, "training/partials/launch_estimate.html", context)
@@ -132,14 +135,19 @@ def launch_estimate(request: HttpRequest) -> HttpResponse:
     sizes = snapshot_sizes(project=data["project"], filters=plan.filters, formats=plan.formats)
     estimate = estimates.launch_estimate(
         stages=[(kind, config) for kind, _, config in plan.stages],
-        num_parameters=base.num_parameters if base else 0, sizes=sizes,
-    )  # fmt: skip
+        num_parameters=base.num_parameters if base else 0,
+        sizes=sizes,
+    )
     context["estimate"] = estimate
     context["rows"] = [
-        {"estimate": stage, "label": STAGE_LABELS[stage.kind], "total": format_duration(stage.seconds),
-         "per_step": format_duration(stage.seconds_per_step)}
+        {
+            "estimate": stage,
+            "label": STAGE_LABELS[stage.kind],
+            "total": format_duration(stage.seconds),
+            "per_step": format_duration(stage.seconds_per_step),
+        }
         for stage in estimate.stages
-    ]  # fmt: skip
+    ]
     context["total"] = format_duration(estimate.seconds)
     context["device"] = DEVICE_NAMES[estimate.device]
     return render(request, "training/partials/launch_estimate.html", context)
@@ -171,8 +179,6 @@ def _run_context(request: HttpRequest, run: TrainingRun) -> dict:
 
 
 def _filters_sentence(run: TrainingRun) -> str:
-    from exports.filters import PreferenceFilters
-
     try:
         return PreferenceFilters.from_dict(run.dataset_filters).sentence()
     except (
@@ -252,9 +258,7 @@ def _after_action(request: HttpRequest, run: TrainingRun, message: str | None) -
 
 @reader_required
 def model_list(request: HttpRequest) -> HttpResponse:
-    from loop.selectors import policy_records
-
-    versions = list(model_versions_list()[:500])
+    versions = list(model_versions_with_runs()[:500])
     records = policy_records(versions=versions)
     context = {
         "rows": [(version, records.get(version.pk)) for version in versions],
@@ -266,7 +270,9 @@ def model_list(request: HttpRequest) -> HttpResponse:
 
 @reader_required
 def model_detail(request: HttpRequest, version_id: int) -> HttpResponse:
-    version = get_object_or_404(ModelVersion.objects.select_related("stage_run__run__project"), pk=version_id)
+    version = get_object_or_404(
+        ModelVersion.objects.select_related("produced_by_stage__run__project"), pk=version_id
+    )
     context = {
         "version": version,
         "lineage": model_version_lineage(version=version),
@@ -280,9 +286,8 @@ def model_detail(request: HttpRequest, version_id: int) -> HttpResponse:
 
 
 def _artifact_folder(version: ModelVersion) -> Path:
-    root = Path(settings.ARTIFACT_ROOT).resolve()
-    folder = (root / version.artifact_path).resolve()
-    if root not in folder.parents or not folder.is_dir():
+    folder = resolve_inside_root(version.artifact_path)
+    if folder is None or not folder.is_dir():
         raise Http404("The artifact is not on this server.")
     return folder
 
@@ -300,9 +305,8 @@ def artifact_files(version: ModelVersion) -> list[tuple[str, int]]:
 def model_file_download(request: HttpRequest, version_id: int, filename: str) -> FileResponse:
     """One file of the artifact, streamed from disk (weights can be hundreds of MB)."""
     version = get_object_or_404(ModelVersion, pk=version_id)
-    folder = _artifact_folder(version)
-    path = (folder / filename).resolve()
-    if folder not in path.parents or not path.is_file():
+    path = resolve_inside(_artifact_folder(version), filename)
+    if path is None or not path.is_file():
         raise Http404("No such file in this artifact.")
     return FileResponse(open(path, "rb"), as_attachment=True, filename=f"{version.name}--{path.name}")
 
@@ -310,8 +314,9 @@ def model_file_download(request: HttpRequest, version_id: int, filename: str) ->
 def sampling_url(version: ModelVersion) -> str:
     """The sampling page with this policy (and the project it was trained on) preselected."""
     query = {"model_version": version.pk}
-    if version.stage_run_id:
-        query["project"] = version.stage_run.run.project.slug
+    stage = getattr(version, "produced_by_stage", None)  # None: imported, not trained here
+    if stage is not None:
+        query["project"] = stage.run.project.slug
     return f"{reverse('loop:sampling')}?{urlencode(query)}"
 
 
@@ -319,7 +324,9 @@ def sampling_url(version: ModelVersion) -> str:
 @require_POST
 def model_use_for_sampling(request: HttpRequest, version_id: int) -> HttpResponse:
     """Make the policy the sampling one, then offer the sampling job: its form opens with this policy chosen."""
-    version = get_object_or_404(ModelVersion.objects.select_related("stage_run__run__project"), pk=version_id)
+    version = get_object_or_404(
+        ModelVersion.objects.select_related("produced_by_stage__run__project"), pk=version_id
+    )
     try:
         model_version_use_for_sampling(version=version)
     except ValidationError as exc:

@@ -1,4 +1,4 @@
-"""The exports API's routes; `labeling/api/urls.py` adds them to the one /api/v1/ router (one OpenAPI document)."""
+"""The exports app's endpoints under /api/v1/ (feedback_app/urls.py combines every app's router)."""
 
 from rest_framework.routers import SimpleRouter
 

@@ -8,13 +8,13 @@ from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response as ApiResponse
 
+from core.api.permissions import IsResearcherOrAdmin
+from core.api.schema import BROKER_DOWN
 from exports.api import serializers
 from exports.api.filters import ExportFilter
 from exports.downloads import download_response
 from exports.models import Export
 from exports.services import export_cancel, export_create, export_file_path, export_retry
-from labeling.api.exceptions import BROKER_DOWN
-from labeling.api.permissions import IsResearcherOrAdmin
 
 
 class ExportViewSet(

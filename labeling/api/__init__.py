@@ -1,1 +1,1 @@
-"""The REST API (`/api/v1/`): thin DRF views over the labeling and training services and selectors."""
+"""The labeling app's endpoints under /api/v1/: projects, prompts, responses, comparisons, rankings, imports."""

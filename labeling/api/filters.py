@@ -9,7 +9,6 @@ from django import forms
 from django_filters.fields import IsoDateTimeField
 
 from labeling.models import Comparison, Prompt, Ranking, Response
-from training.models import ModelVersion, TrainingRun
 
 # Real UTC offsets span -12:00..+14:00; Postgres rejects anything past +-15:59 with a DataError.
 MAX_UTC_OFFSET = dt.timedelta(hours=14)
@@ -71,15 +70,3 @@ class RankingFilter(django_filters.FilterSet):
         fields = ["project", "comparison", "both_bad", "created_after", "created_before"]
 
 
-class TrainingRunFilter(django_filters.FilterSet):
-    project = django_filters.CharFilter(field_name="project__slug")
-
-    class Meta:
-        model = TrainingRun
-        fields = ["project", "status", "preset"]
-
-
-class ModelVersionFilter(django_filters.FilterSet):
-    class Meta:
-        model = ModelVersion
-        fields = ["kind", "parent", "base", "name"]

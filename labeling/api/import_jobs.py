@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers, viewsets
 
-from labeling.api.permissions import IsAdmin
+from core.api.permissions import IsAdmin
 from labeling.models import ImportJob
 from labeling.services.imports import import_job_messages
 

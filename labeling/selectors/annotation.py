@@ -11,6 +11,7 @@ from django.utils import timezone
 from core import precompiled
 from labeling.models import Assignment, Comparison, Project, Ranking, Response
 from labeling.services.leasing import regular_open, regular_unavailable, responses_loaded_with
+from labeling.services.ranking_edits import ranking_editable
 
 LETTERS = "ABCDEFGH"
 
@@ -111,8 +112,6 @@ class RankingShown:
 def ranking_shown(
     *, ranking: Ranking, responses: dict[int, Response], now: datetime | None = None
 ) -> RankingShown:
-    from labeling.services.ranking_edits import ranking_editable
-
     shown = [
         (
             ShownResponse(response=responses[rid], letter=LETTERS[index], position=index + 1),
@@ -121,9 +120,11 @@ def ranking_shown(
         for index, rid in enumerate(ranking.display_order)
     ]
     return RankingShown(
-        ranking=ranking, responses=shown, editable=ranking_editable(ranking=ranking, now=now),
+        ranking=ranking,
+        responses=shown,
+        editable=ranking_editable(ranking=ranking, now=now),
         pairwise=len(shown) == 2,
-    )  # fmt: skip
+    )
 
 
 def annotator_rankings_shown(*, project: Project, annotator, limit: int = 100) -> list[RankingShown]:

@@ -38,11 +38,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from celery import current_app
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
 
+from core.errors import RejectedInput
 from core.roles import Role
 from core.selectors import user_has_role
 from labeling.models import MAX_K, MIN_K, Comparison, ImportJob, Project, Prompt, Response
@@ -52,6 +54,8 @@ from labeling.services.projects import (
     comparisons_bulk_create,
     project_get_or_create,
 )
+from registry.artifacts import artifact_path, import_upload_file, relative_to_root
+from registry.models import ModelVersion
 
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 MAX_ERRORS_REPORTED = 20
@@ -90,7 +94,7 @@ class LineError:
         return f"{where}, field '{self.field}': {self.message}" if self.field else f"{where}: {self.message}"
 
 
-class ImportRejected(ValidationError):
+class ImportRejected(RejectedInput):
     """The file was rejected; `errors` lists (line, field, message), and nothing was imported."""
 
     def __init__(self, errors: list[LineError], total: int | None = None):
@@ -524,8 +528,6 @@ def _check_against_database(*, project: Project, plan: ImportPlan) -> _Known:
 
     Returns the pks of the prompts and responses that exist already; raises ImportRejected on any conflict.
     """
-    from training.models import ModelVersion
-
     errors: list[LineError] = []
     known = _Known()
     file_prompts = {row.external_id for row in plan.prompts}
@@ -813,6 +815,7 @@ def import_upload_check(*, name: str, size: int, content_type: str | None = None
 MAX_ERRORS_KEPT = 200
 VALIDATE_SHARE = 0.4  # of a job's progress bar
 PROGRESS_WRITE_S = 1.0
+IMPORT_TASK = "labeling.import_run"  # labeling.tasks.import_run_task
 
 
 def user_can_import(*, user) -> bool:
@@ -845,8 +848,8 @@ def import_job_create(
     job.full_clean(exclude=["upload_path"])
     with transaction.atomic():
         job.save()
-        relative = f"imports/{job.pk}-{uuid.uuid4().hex[:8]}.{file_format}"
-        path = Path(settings.ARTIFACT_ROOT) / relative
+        path = import_upload_file(job_id=job.pk, token=uuid.uuid4().hex[:8], file_format=file_format)
+        relative = relative_to_root(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".part")
         tmp.write_bytes(data)
@@ -859,9 +862,8 @@ def import_job_create(
 
 
 def import_job_enqueue(*, job: ImportJob) -> None:
-    from labeling.tasks import import_run_task
-
-    result = import_run_task.apply_async(args=[job.pk], queue="default")
+    # By name: labeling.tasks imports this module to run the job.
+    result = current_app.send_task(IMPORT_TASK, args=[job.pk], queue="default")
     ImportJob.objects.filter(pk=job.pk).update(celery_task_id=result.id or "")
 
 
@@ -927,7 +929,7 @@ def _finish(job_id: int, **values) -> None:
 
 def _drop_upload(job: ImportJob) -> None:
     if job.upload_path:
-        (Path(settings.ARTIFACT_ROOT) / job.upload_path).unlink(missing_ok=True)
+        artifact_path(job.upload_path).unlink(missing_ok=True)
         ImportJob.objects.filter(pk=job.pk).update(upload_path="")
 
 
@@ -940,7 +942,7 @@ def import_job_run(*, job_id: int) -> ImportJob:
     job = ImportJob.objects.get(pk=job_id)
     if job.finished:
         return job
-    path = Path(settings.ARTIFACT_ROOT) / job.upload_path if job.upload_path else None
+    path = artifact_path(job.upload_path) if job.upload_path else None
     if path is None or not path.is_file():
         _finish(job.pk, status=ImportJob.Status.FAILED, error="The uploaded file is gone; upload it again.")
         job.refresh_from_db()

@@ -4,15 +4,18 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('loop', '0001_initial'),
+        ("loop", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='samplingjob',
-            name='enqueued_at',
-            field=models.DateTimeField(blank=True, help_text='When its task was last published; empty: not yet (core.jobs sends it).', null=True),
+            model_name="samplingjob",
+            name="enqueued_at",
+            field=models.DateTimeField(
+                blank=True,
+                help_text="When its task was last published; empty: not yet (core.jobs sends it).",
+                null=True,
+            ),
         ),
     ]

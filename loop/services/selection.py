@@ -8,17 +8,11 @@ priority above every ordinary item (higher = leased first), ordered by uncertain
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-
-from django.conf import settings
 
 from labeling.models import Project, Response
 from labeling.selectors.quality import review_queue
-from training.models import ModelVersion
-
-ScoreResponses = Callable[[Sequence[Response]], dict[int, float]]
 
 
 @dataclass(frozen=True)
@@ -62,24 +56,3 @@ def prompt_disagreement(*, project: Project) -> dict[int, float]:
         prompt_id = item.comparison.prompt_id
         result[prompt_id] = max(result.get(prompt_id, 0.0), 1.0 - item.agreement)
     return result
-
-
-def latest_reward_model() -> ModelVersion | None:
-    return ModelVersion.objects.filter(kind=ModelVersion.Kind.REWARD).order_by("-id").first()
-
-
-def reward_model_scorer(version: ModelVersion, *, batch_size: int = 16) -> ScoreResponses:
-    """Scores responses with a registered reward model (loaded once, on CUDA when present)."""
-    from training.engine.common import pick_device
-    from training.engine.reward import load_reward_model, score_texts
-
-    model, tokenizer = load_reward_model(
-        Path(settings.ARTIFACT_ROOT) / version.artifact_path, pick_device("auto")
-    )
-
-    def score(responses: Sequence[Response]) -> dict[int, float]:
-        prompts = [response.prompt.messages for response in responses]
-        values = score_texts(model, tokenizer, prompts, [r.content for r in responses], batch_size=batch_size)
-        return {response.pk: float(value) for response, value in zip(responses, values.tolist(), strict=True)}
-
-    return score

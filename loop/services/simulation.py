@@ -57,10 +57,13 @@ def annotators_simulate(
                 break
             shown = assignment_responses(assignment=assignment)
             ranks = oracle_ranks(
-                rule=scorer, prompt=assignment.comparison.prompt.last_user_message,
+                rule=scorer,
+                prompt=assignment.comparison.prompt.last_user_message,
                 responses=[(item.response.pk, item.response.content) for item in shown],
-                allow_ties=project.allow_ties, noise=noise, rng=rng,
-            )  # fmt: skip
+                allow_ties=project.allow_ties,
+                noise=noise,
+                rng=rng,
+            )
             ranking_submit(assignment_id=assignment.pk, annotator=person, ranks=ranks)
             done += 1
         total += done

@@ -5,11 +5,8 @@ from __future__ import annotations
 import pytest
 from rest_framework.test import APIClient
 
-from labeling.services.api_tokens import api_token_get_or_create
-from tests.labeling.conftest import _fast_password_hashing, make_comparison, make_project, make_user  # noqa: F401
-
-ROLES = ("anonymous", "annotator", "researcher", "admin")
-PASSWORD = "pw-for-tests-123"
+from core.services import api_token_get_or_create
+from tests.labeling.factories import make_user
 
 
 @pytest.fixture

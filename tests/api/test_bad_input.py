@@ -9,7 +9,8 @@ import pytest
 from exports.models import Export
 from labeling.models import Ranking
 from labeling.services.leasing import assignment_lease_next
-from tests.labeling.conftest import make_comparison, make_project
+from labeling.services.rankings import ranking_submit
+from tests.labeling.factories import make_comparison, make_project
 
 pytestmark = pytest.mark.django_db
 
@@ -99,8 +100,6 @@ def test_rankings_date_filter_converts_offsets(clients, annotator_ranking):
 
 @pytest.fixture
 def annotator_ranking(users):
-    from labeling.services.rankings import ranking_submit
-
     project = make_project("dated")
     make_comparison(project)
     assignment = assignment_lease_next(project=project, annotator=users["annotator"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from labeling.models import Comparison
-from tests.labeling.conftest import make_comparison, make_project
+from tests.labeling.factories import make_comparison, make_project
 
 pytestmark = pytest.mark.django_db
 

@@ -10,13 +10,16 @@ from exports.models import Export
 from exports.services import export_create, export_run
 from labeling.models import Ranking
 from labeling.services.leasing import assignment_lease_next
-from training.models import ModelVersion, StageRun, TrainingRun
-
-from .conftest import PASSWORD, ROLES, make_comparison, make_project, make_user
+from labeling.services.rankings import ranking_submit
+from loop.services.sampling import sampling_job_create
+from registry.models import ModelVersion
+from tests.labeling.factories import PASSWORD, make_comparison, make_project, make_user
+from training.models import StageRun, TrainingRun
 
 pytestmark = pytest.mark.django_db
 
 # expected status per role: (anonymous, annotator, researcher, admin)
+ROLES = ("anonymous", "annotator", "researcher", "admin")
 READ_ANY = (401, 200, 200, 200)
 READ_RESEARCH = (401, 403, 200, 200)
 ADMIN_ONLY = (401, 403, 403, 200)
@@ -28,8 +31,6 @@ def world(users, tmp_path):
     comparisons = [make_comparison(project) for _ in range(6)]
     other = make_user("api-other")
     lease = assignment_lease_next(project=project, annotator=other)
-    from labeling.services.rankings import ranking_submit
-
     foreign = ranking_submit(assignment_id=lease.pk, annotator=other, choice="a")
     version = ModelVersion.objects.create(name="base", artifact_path="models/base", sha256="0" * 64)
     run = TrainingRun.objects.create(project=project, preset="sft", base_model=version)
@@ -56,6 +57,8 @@ def world(users, tmp_path):
         project=project, format="pairwise", file_type="jsonl", created_by=users["admin"], enqueue=False
     )
     Export.objects.filter(pk=failed_export.pk).update(status=Export.Status.FAILED, error="disk full")
+    # Never sent: on-commit hooks do not run in these tests.
+    sampling_job = sampling_job_create(project=project, model_version=version, created_by=users["admin"])
     return {
         "project": project,
         "prompt": comparisons[0].prompt,
@@ -69,6 +72,7 @@ def world(users, tmp_path):
         "export": export,
         "hf_export": hf,
         "failed_export": failed_export,
+        "sampling_job": sampling_job,
     }
 
 
@@ -168,6 +172,17 @@ def _matrix(world, users):
             (401, 403, 202, 202),
         ),
         ("export download hf", "get", f"/api/v1/exports/{w['hf_export'].pk}/download/", None, READ_RESEARCH),
+        # The loop's pages: sampling is for admins, the leaderboard for researchers and admins.
+        ("sampling jobs list", "get", "/api/v1/sampling-jobs/", None, ADMIN_ONLY),
+        ("sampling job detail", "get", f"/api/v1/sampling-jobs/{w['sampling_job'].pk}/", None, ADMIN_ONLY),
+        (
+            "sampling job create",
+            "post",
+            "/api/v1/sampling-jobs/",
+            {"project": p.slug, "model_version": w["version"].pk, "limit": 2},
+            (401, 403, 403, 201),
+        ),
+        ("leaderboard", "get", f"/api/v1/leaderboard/{p.slug}/", None, READ_RESEARCH),
         (
             "token",
             "post",

@@ -9,8 +9,7 @@ from django.urls import reverse
 
 from labeling.models import Assignment, Prompt, Ranking
 from labeling.services.leasing import assignment_lease_next
-
-from .conftest import make_comparison, make_project
+from tests.labeling.factories import make_comparison, make_project
 
 pytestmark = pytest.mark.django_db
 

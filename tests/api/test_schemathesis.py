@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from core.services import api_token_get_or_create
 from exports import services as export_services
-from labeling.services.api_tokens import api_token_get_or_create
-from tests.labeling.conftest import make_comparison, make_project, make_user
+from loop.services import sampling
+from tests.labeling.factories import make_comparison, make_project, make_user
+from training.services import runs
 
 ST = shutil.which("st", path=str(Path(sys.executable).parent))
 CHECKS = ",".join(
@@ -28,12 +30,12 @@ CHECKS = ",".join(
 
 @pytest.fixture
 def _no_task_queue(monkeypatch):
-    """Exports and training runs created by the fuzzer are recorded, not queued for the suite's shared broker."""
-    from training.services import runs
-
+    """Exports, training runs and sampling jobs created by the fuzzer are recorded, not queued for the suite's
+    shared broker."""
     queued: list = []
     monkeypatch.setattr(export_services, "export_enqueue", lambda **kwargs: queued.append(kwargs))
     monkeypatch.setattr(runs, "stage_enqueue", lambda **kwargs: queued.append(kwargs))
+    monkeypatch.setattr(sampling, "sampling_job_enqueue", lambda **kwargs: queued.append(kwargs))
     return queued
 
 

@@ -11,8 +11,8 @@ from core.progress import ProgressLine
 from exports.selectors import iter_preference_rows
 from loop.management.commands import sample as sample_command
 from loop.models import SamplingJob
-from tests.exports.conftest import make_comparison, make_project, make_user, vote
-from training.models import ModelVersion
+from registry.models import ModelVersion
+from tests.exports.factories import make_comparison, make_project, make_user, vote
 
 pytestmark = pytest.mark.django_db
 

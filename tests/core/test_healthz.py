@@ -4,6 +4,8 @@ import socket
 import pytest
 from django.contrib.auth.models import User
 
+from core.services import user_create_or_update
+
 pytestmark = pytest.mark.django_db
 
 
@@ -85,8 +87,6 @@ def test_anonymous_healthz_says_ok_or_fail_per_check_but_not_where_things_are(cl
 
 
 def test_admins_get_the_details(client, settings, tmp_path):
-    from core.services import user_create_or_update
-
     queue = tmp_path / "queue"
     queue.mkdir()
     settings.CELERY_BROKER_URL = "filesystem://"

@@ -7,7 +7,7 @@ from django.contrib.staticfiles import finders
 
 from labeling.services.leasing import assignment_lease_next
 from labeling.services.rankings import ranking_submit
-from tests.labeling.conftest import make_comparison, make_project, make_user
+from tests.labeling.factories import make_comparison, make_project, make_user
 
 pytestmark = pytest.mark.django_db
 

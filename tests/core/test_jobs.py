@@ -24,6 +24,7 @@ from tests.training.factories import (
 )
 from tests.workers import celery_worker, private_redis, wait_until
 from training.models import TrainingRun
+from training.services.runs import training_run_launch
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -193,8 +194,6 @@ def test_cancelling_a_running_export_stops_it_and_leaves_no_files(monkeypatch):
 
 
 def test_a_stage_sent_long_ago_and_never_picked_up_is_sent_again(tmp_path, tiny_model_dir, settings):
-    from training.services.runs import training_run_launch
-
     settings.JOBS_REDELIVER_AFTER_S = 3
     project = ranked_project(slug="lost-message", prompts=4)
     register_tiny_base(tiny_model_dir)

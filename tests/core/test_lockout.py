@@ -9,7 +9,9 @@ import pytest
 import requests
 from django.core.management import call_command
 
-from tests.labeling.conftest import make_user
+from core import lockout
+from core.lockout import client_address
+from tests.labeling.factories import make_user
 from tests.workers import web_server
 
 PASSWORD = "pw-for-tests-123"
@@ -70,8 +72,6 @@ def test_lockout_holds_across_two_processes_and_ignores_forged_forwarded_for(
 
 @pytest.mark.django_db
 def test_browser_login_locks_per_user_with_doubling_backoff(client, settings, monkeypatch):
-    from core import lockout
-
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.LOGIN_LOCKOUT_USER_FAILURES = 3
     settings.LOGIN_LOCKOUT_BASE_S = 60
@@ -97,8 +97,6 @@ def test_browser_login_locks_per_user_with_doubling_backoff(client, settings, mo
 
 @pytest.mark.django_db
 def test_forwarded_for_is_used_only_behind_configured_proxies(rf, settings):
-    from core.lockout import client_address
-
     request = rf.get("/", HTTP_X_FORWARDED_FOR="1.1.1.1, 10.0.0.5", REMOTE_ADDR="10.0.0.9")
     settings.TRUSTED_PROXY_COUNT = 0
     assert client_address(request) == "10.0.0.9"

@@ -5,6 +5,7 @@ from django.contrib.auth.models import User
 from rest_framework.authtoken.models import Token
 
 from core.services import user_create_or_update
+from tests.labeling.factories import make_comparison, make_project, make_user
 
 pytestmark = pytest.mark.django_db
 
@@ -40,8 +41,6 @@ def test_annotator_page_keeps_its_422_swap_in_the_one_htmx_config(client):
     """htmx reads only the first htmx-config meta: the annotator page's keys must be in base.html's."""
     import json
     import re
-
-    from tests.labeling.conftest import make_comparison, make_project, make_user
 
     make_comparison(make_project("csp"))
     client.force_login(make_user("csp-annotator"))

@@ -22,7 +22,7 @@ from exports.writers import export_write
 from labeling.models import Response
 from labeling.services.projects import comparison_get_or_create
 
-from .conftest import adjudicate, make_comparison, make_project, make_user, vote
+from .factories import adjudicate, make_comparison, make_project, make_user, vote
 
 pytestmark = pytest.mark.django_db
 

@@ -19,7 +19,7 @@ from exports.models import Export
 from exports.selectors import iter_preference_rows
 from exports.services import export_create, export_run
 
-from .conftest import make_user
+from .factories import make_user
 
 pytestmark = pytest.mark.django_db
 HX = {"HTTP_HX_REQUEST": "true"}

@@ -18,7 +18,7 @@ from exports.selectors import iter_preference_rows
 from tests.browser import CHROMIUM, chromium_page, log_in
 from tests.workers import celery_worker
 
-from .conftest import make_user
+from .factories import make_user
 
 pytestmark = [
     pytest.mark.browser,

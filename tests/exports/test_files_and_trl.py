@@ -18,7 +18,7 @@ from exports.selectors import iter_preference_lines, iter_preference_rows
 from exports.services import export_create, export_run
 from exports.writers import export_write
 
-from .conftest import make_comparison, make_project, make_user, vote
+from .factories import make_comparison, make_project, make_user, vote
 
 pytestmark = pytest.mark.django_db
 

@@ -13,7 +13,7 @@ from exports.hashing import content_hash
 from exports.selectors import iter_preference_rows, preference_counts
 from labeling.pseudonyms import annotator_pseudonym
 
-from .conftest import make_comparison, make_project, make_user, response_ids, vote
+from .factories import make_comparison, make_project, make_user, response_ids, vote
 
 pytestmark = pytest.mark.django_db
 

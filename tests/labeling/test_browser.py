@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 
-from labeling.models import Ranking
+from labeling.models import Prompt, Ranking, Response
+from labeling.services.projects import comparison_get_or_create
 from tests.browser import CHROMIUM, chromium_page, log_in
-
-from .conftest import make_comparison, make_project, make_user
+from tests.labeling.factories import make_comparison, make_project, make_user
 
 pytestmark = [
     pytest.mark.browser,
@@ -79,9 +79,6 @@ LONG = "\n\n".join(
 
 
 def test_long_responses_sticky_bar_side_by_side_collapse_and_undo_restores_the_choice(live_server):
-    from labeling.models import Prompt, Response
-    from labeling.services.projects import comparison_get_or_create
-
     project = make_project("long", mode="ranking", k=3, overlap=1)
     for n, (k, priority) in enumerate([(2, 3), (2, 2), (3, 1)]):
         prompt = Prompt.objects.create(

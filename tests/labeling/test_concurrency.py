@@ -12,8 +12,7 @@ from django.db import connection, connections
 from labeling.models import Assignment, Ranking
 from labeling.services.leasing import assignment_lease_next
 from labeling.services.rankings import ranking_submit
-
-from .conftest import make_comparison, make_project, make_user
+from tests.labeling.factories import make_comparison, make_project, make_user
 
 THREADS = 16
 

@@ -12,11 +12,10 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from core.selectors import user_roles
-from core.services import user_create_or_update
+from core.services import api_token_get_or_create, user_create_or_update
 from labeling.api.serializers import AssignmentSerializer, RankingSerializer, assignment_data, ranking_data
 from labeling.models import Assignment, Comparison, Ranking
 from labeling.selectors.annotation import assignment_responses, regular_left_count
-from labeling.services.api_tokens import api_token_get_or_create
 from labeling.services.leasing import (
     _lock_next_candidate,
     assignment_lease_next,
@@ -25,8 +24,7 @@ from labeling.services.leasing import (
     slots_taken,
 )
 from labeling.services.rankings import assignment_skip, ranking_submit
-
-from .conftest import make_comparison, make_project, make_user
+from tests.labeling.factories import make_comparison, make_project, make_user
 
 pytestmark = pytest.mark.django_db
 

@@ -30,13 +30,11 @@ BAD = jsonl({"external_id": "q1", "prompt": "One?"}, {"prompt": ""}, {"prompt": 
 
 @pytest.fixture
 def background(settings, monkeypatch):
-    """Every upload above 10 bytes is a background job; collect the job ids that would go to the queue."""
+    """Every upload above 10 bytes is a background job; collect the ids of the jobs that would go to the queue
+    once committed (run the call inside `django_capture_on_commit_callbacks(execute=True)`)."""
     settings.LABELING_IMPORT_SYNC_MAX_BYTES = 10
     queued: list[int] = []
     monkeypatch.setattr(imports, "import_job_enqueue", lambda *, job: queued.append(job.pk))
-    monkeypatch.setattr(
-        "django.db.transaction.on_commit", lambda callback, using=None, robust=False: callback()
-    )
     return queued
 
 
@@ -44,12 +42,15 @@ def _kept_file(job: ImportJob) -> Path:
     return Path(django_settings.ARTIFACT_ROOT) / job.upload_path
 
 
-def test_a_large_upload_is_a_job_whose_page_polls_until_it_is_done(client, admin_user, background):
+def test_a_large_upload_is_a_job_whose_page_polls_until_it_is_done(
+    client, admin_user, background, django_capture_on_commit_callbacks
+):
     client.force_login(admin_user)
     upload = SimpleUploadedFile("big.jsonl", GOOD, content_type="application/octet-stream")
-    response = client.post(
-        reverse("labeling:import"), {"project": "bg", "file": upload, "build_k": "2", "pairing": "all"}
-    )
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            reverse("labeling:import"), {"project": "bg", "file": upload, "build_k": "2", "pairing": "all"}
+        )
     job = ImportJob.objects.get()
     assert response.status_code == 302 and response["Location"] == reverse(
         "labeling:import_job", args=[job.pk]
@@ -113,14 +114,17 @@ def test_a_small_upload_imports_during_the_request_through_the_same_job(client, 
     assert job.status == ImportJob.Status.SUCCEEDED and job.upload_path == "" and job.celery_task_id == ""
 
 
-def test_the_api_answers_a_large_upload_with_its_job(admin_user, background):
+def test_the_api_answers_a_large_upload_with_its_job(
+    admin_user, background, django_capture_on_commit_callbacks
+):
     api = APIClient()
     api.force_authenticate(admin_user)
-    response = api.post(
-        "/api/v1/prompts/import/",
-        {"project": "api-bg", "file": SimpleUploadedFile("f.jsonl", GOOD)},
-        format="multipart",
-    )
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.post(
+            "/api/v1/prompts/import/",
+            {"project": "api-bg", "file": SimpleUploadedFile("f.jsonl", GOOD)},
+            format="multipart",
+        )
     assert response.status_code == 202, response.content
     body = response.json()
     assert body["status"] == "queued" and body["project"] == "api-bg" and background == [body["id"]]

@@ -14,8 +14,7 @@ from labeling.selectors.quality import project_gold_stats, review_queue
 from labeling.services.leasing import assignment_lease_next, gold_due
 from labeling.services.projects import adjudication_record
 from labeling.services.rankings import assignment_skip, ranking_submit, ranking_undo_last
-
-from .conftest import make_comparison, make_project, make_user
+from tests.labeling.factories import make_comparison, make_project, make_user
 
 pytestmark = pytest.mark.django_db
 

@@ -13,8 +13,7 @@ from labeling.models import Ranking
 from labeling.services.leasing import assignment_lease_next
 from labeling.services.projects import adjudication_record
 from labeling.services.rankings import UNDO_WINDOW_SECONDS, ranking_submit
-
-from .conftest import make_comparison, make_project, make_user
+from tests.labeling.factories import make_comparison, make_project, make_user
 
 pytestmark = pytest.mark.django_db
 HX = {"HTTP_HX_REQUEST": "true"}

@@ -11,8 +11,7 @@ from django.urls import reverse
 from labeling.models import Adjudication, Assignment, Prompt, Ranking
 from labeling.services.leasing import assignment_lease_next
 from labeling.services.rankings import ranking_submit
-
-from .conftest import make_comparison, make_project, make_user
+from tests.labeling.factories import make_comparison, make_project, make_user
 
 pytestmark = pytest.mark.django_db
 HX = {"HTTP_HX_REQUEST": "true"}

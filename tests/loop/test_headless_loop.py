@@ -6,12 +6,12 @@ from labeling.models import Project, Prompt, Response
 from loop.oracles import oracle_ranks
 from loop.selectors import leaderboard
 from loop.services import sampling as sampling_services
-from loop.services.sampling import sampling_job_create, sampling_job_execute
+from loop.services.sampling import sampling_job_create
+from loop.services.sampling_execution import sampling_job_execute
 from loop.services.simulation import annotators_simulate
+from registry.models import ModelVersion
 from tests.training.factories import register_tiny_base
-from training.models import ModelVersion, TrainingRun
-from training.services import runs as run_services
-from training.services.execution import stage_run_execute
+from training.models import TrainingRun
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
@@ -20,8 +20,10 @@ HELPFUL = "Thanks for asking! Happy to help."
 UNHELPFUL = ["no", "Go away.", "I will not answer that.", "Whatever.", "Ask someone else.", "Not my problem."]
 
 
-def test_headless_round_learns_the_oracle_and_beats_the_base(tiny_model_dir, enqueued_stages, monkeypatch):
-    stages = enqueued_stages
+def test_headless_round_learns_the_oracle_and_beats_the_base(
+    tiny_model_dir, launch, drain_stages, monkeypatch, django_capture_on_commit_callbacks
+):
+    # A sampling job runs here as soon as it is committed, as a worker would pick it up.
     monkeypatch.setattr(
         sampling_services,
         "sampling_job_enqueue",
@@ -48,13 +50,14 @@ def test_headless_round_learns_the_oracle_and_beats_the_base(tiny_model_dir, enq
     base = register_tiny_base(tiny_model_dir)
 
     # The base policy answers; every answer is compared with the references; the oracle ranks them all.
-    sampling_job_create(
-        project=project, model_version=base, params={"max_new_tokens": 12, "temperature": 0.0}
-    )
+    with django_capture_on_commit_callbacks(execute=True):
+        sampling_job_create(
+            project=project, model_version=base, params={"max_new_tokens": 12, "temperature": 0.0}
+        )
     annotators_simulate(project=project, oracle=ORACLE)
 
     # One RLHF round on those rankings, sampling from the new policy afterwards.
-    run = run_services.training_run_launch(
+    run = launch(
         project=project, preset="rlhf", peft={"sft": "full", "reward": "full", "ppo": "lora"},
         stage_configs={
             "sft": {"max_steps": 40, "batch_size": 8, "max_length": 64, "learning_rate": 3e-3, "checkpoint_every": 0},
@@ -65,15 +68,14 @@ def test_headless_round_learns_the_oracle_and_beats_the_base(tiny_model_dir, enq
         },
         sample_after={"params": {"max_new_tokens": 12, "temperature": 0.0}},
     )  # fmt: skip
-    while stages:
-        stage_run_execute(stage_run_id=stages.pop(0), worker="headless")
+    drain_stages(worker="headless")
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.SUCCEEDED, run.error
 
-    reward_version = ModelVersion.objects.get(stage_run__run=run, kind="reward")
+    reward_version = ModelVersion.objects.get(produced_by_stage__run=run, kind="reward")
     assert reward_version.metrics["held_out_accuracy"] >= 0.9
-    policy = ModelVersion.objects.filter(stage_run__run=run, kind="policy").order_by("-id").first()
-    assert policy.stage_run.kind == "ppo"
+    policy = ModelVersion.objects.filter(produced_by_stage__run=run, kind="policy").order_by("-id").first()
+    assert policy.produced_by_stage.kind == "ppo"
 
     # The run asked for sampling: the new policy's answers are already there and in comparisons.
     new_answers = {r.prompt_id: r.content for r in Response.objects.filter(model_version=policy)}

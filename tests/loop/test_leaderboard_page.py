@@ -8,9 +8,9 @@ import pytest
 from labeling.models import Prompt, Ranking, Response
 from labeling.services.projects import comparison_get_or_create
 from loop.selectors import leaderboard
-from tests.exports.conftest import vote
-from tests.labeling.conftest import make_project, make_user
-from training.models import ModelVersion
+from registry.models import ModelVersion
+from tests.exports.factories import vote
+from tests.labeling.factories import make_project, make_user
 
 pytestmark = pytest.mark.django_db
 _prompts = itertools.count()

@@ -4,28 +4,28 @@ from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import transaction
 
 from labeling.models import Comparison, Project, Prompt, Ranking, Response
 from labeling.services.leasing import assignment_lease_next
 from loop.models import SamplingJob
 from loop.selectors import leaderboard, ranking_outcomes
 from loop.services import sampling as sampling_services
-from loop.services.sampling import sampling_job_create, sampling_job_execute
-from loop.services.selection import reward_model_scorer
+from loop.services.sampling import sampling_job_create
+from loop.services.sampling_execution import reward_model_scorer, sampling_job_execute
 from loop.services.simulation import annotators_simulate
+from registry.artifacts import base_model_folder
+from registry.services import model_version_register
 from tests.training.factories import make_user, register_tiny_base
 from training.engine import reward as reward_stage
 from training.engine.base_model import describe_saved_model
 from training.engine.common import ModelRef
-from training.services.registry import artifact_dir, model_version_register
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def run_on_commit(monkeypatch):
-    monkeypatch.setattr(transaction, "on_commit", lambda callback, using=None, robust=False: callback())
+def sent_jobs(monkeypatch) -> list[int]:
+    """Sampling jobs whose task would be published once committed (tests run them here instead)."""
     sent: list[int] = []
     monkeypatch.setattr(
         sampling_services, "sampling_job_enqueue", lambda *, job, quiet=False: sent.append(job.pk)
@@ -79,23 +79,26 @@ def tiny_reward_dir(tiny_model_dir, tmp_path_factory):
 def register_reward(path: Path):
     import shutil
 
-    target = artifact_dir(relative_path="models/tiny-reward")
+    target = base_model_folder("tiny-reward")
     shutil.copytree(path, target)
     return model_version_register(
         name="tiny-reward", kind="reward", saved=describe_saved_model(target), source="tests"
     )
 
 
-def test_sampling_generates_records_params_and_builds_comparisons(tiny_model_dir, run_on_commit):
+def test_sampling_generates_records_params_and_builds_comparisons(
+    tiny_model_dir, sent_jobs, django_capture_on_commit_callbacks
+):
     project = reference_project(prompts=5)
     base = register_tiny_base(tiny_model_dir)
-    job = sampling_job_create(
-        project=project,
-        model_version=base,
-        params={"max_new_tokens": 6, "batch_size": 2},
-        uncertain_share=0.0,
-    )
-    assert run_on_commit == [job.pk] and job.status == SamplingJob.Status.QUEUED
+    with django_capture_on_commit_callbacks(execute=True):
+        job = sampling_job_create(
+            project=project,
+            model_version=base,
+            params={"max_new_tokens": 6, "batch_size": 2},
+            uncertain_share=0.0,
+        )
+    assert sent_jobs == [job.pk] and job.status == SamplingJob.Status.QUEUED
     assert sampling_job_execute(job_id=job.pk) == SamplingJob.Status.SUCCEEDED
     job.refresh_from_db()
     assert (job.total, job.done, job.responses_created) == (5, 5, 5) and job.device == "cpu"
@@ -112,7 +115,7 @@ def test_sampling_generates_records_params_and_builds_comparisons(tiny_model_dir
     assert again.total == 0 and Response.objects.filter(model_version=base).count() == 5
 
 
-def test_ranking_project_gets_k_way_comparisons(tiny_model_dir, run_on_commit):
+def test_ranking_project_gets_k_way_comparisons(tiny_model_dir, sent_jobs):
     project = reference_project(slug="kway", prompts=2, mode="ranking", k=3)
     base = register_tiny_base(tiny_model_dir)
     job = sampling_job_create(
@@ -123,7 +126,7 @@ def test_ranking_project_gets_k_way_comparisons(tiny_model_dir, run_on_commit):
     assert Comparison.objects.filter(project=project).count() == 2
 
 
-def test_active_selection_orders_comparisons_by_reward_margin(tiny_model_dir, tiny_reward_dir, run_on_commit):
+def test_active_selection_orders_comparisons_by_reward_margin(tiny_model_dir, tiny_reward_dir, sent_jobs):
     project = reference_project(prompts=6)
     base = register_tiny_base(tiny_model_dir)
     reward = register_reward(tiny_reward_dir)
@@ -150,7 +153,7 @@ def test_active_selection_orders_comparisons_by_reward_margin(tiny_model_dir, ti
     assert assignment_lease_next(project=project, annotator=person).comparison_id == by_margin[0]
 
 
-def test_uncertain_share_boosts_only_that_share(tiny_model_dir, tiny_reward_dir, run_on_commit):
+def test_uncertain_share_boosts_only_that_share(tiny_model_dir, tiny_reward_dir, sent_jobs):
     project = reference_project(prompts=4)
     base = register_tiny_base(tiny_model_dir)
     reward = register_reward(tiny_reward_dir)
@@ -168,7 +171,7 @@ def test_uncertain_share_boosts_only_that_share(tiny_model_dir, tiny_reward_dir,
     assert len(priorities) == 8 and sum(p > 0 for p in priorities) == 2
 
 
-def test_simulated_annotators_rank_through_the_services(tiny_model_dir, run_on_commit):
+def test_simulated_annotators_rank_through_the_services(tiny_model_dir, sent_jobs):
     project = reference_project(prompts=4)
     project.overlap = 2
     project.save()
@@ -180,9 +183,8 @@ def test_simulated_annotators_rank_through_the_services(tiny_model_dir, run_on_c
         "simulate_annotators", "--project", project.slug, "--oracle", "keyword:thanks", "--annotators", "3"
     )
     comparisons = Comparison.objects.filter(project=project)
-    assert (
-        Ranking.objects.count() == 2 * comparisons.count()
-    )  # overlap 2 respected although 3 annotators tried
+    # Overlap 2 respected although 3 annotators tried.
+    assert Ranking.objects.count() == 2 * comparisons.count()
     for ranking in Ranking.objects.select_related("comparison"):
         contents = {str(r.pk): r.content for r in ranking.comparison.responses.all()}
         best = [rid for rid, rank in ranking.ranks.items() if rank == 1]
@@ -192,7 +194,7 @@ def test_simulated_annotators_rank_through_the_services(tiny_model_dir, run_on_c
         call_command("simulate_annotators", "--project", project.slug, "--oracle", "import os")
 
 
-def test_leaderboard_from_rankings_and_page(client, tiny_model_dir, run_on_commit):
+def test_leaderboard_from_rankings_and_page(client, tiny_model_dir, sent_jobs):
     project = reference_project(prompts=6)
     base = register_tiny_base(tiny_model_dir)
     sampling_job_execute(
@@ -212,7 +214,9 @@ def test_leaderboard_from_rankings_and_page(client, tiny_model_dir, run_on_commi
     assert client.get(f"/leaderboard/{project.slug}/").status_code == 403
 
 
-def test_sampling_page_permissions_and_validation(client, tiny_model_dir, run_on_commit):
+def test_sampling_page_permissions_and_validation(
+    client, tiny_model_dir, sent_jobs, django_capture_on_commit_callbacks
+):
     project = reference_project(prompts=2)
     base = register_tiny_base(tiny_model_dir)
     client.force_login(make_user("res", "researcher"))
@@ -224,26 +228,28 @@ def test_sampling_page_permissions_and_validation(client, tiny_model_dir, run_on
     response = client.post("/loop/sampling/", form)
     assert response.status_code == 422 and "max_new_tokens" in response.context["form"].errors
     assert SamplingJob.objects.count() == 0
-    response = client.post("/loop/sampling/", {**form, "max_new_tokens": 8})
-    assert response.status_code == 302 and SamplingJob.objects.count() == 1 and len(run_on_commit) == 1
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post("/loop/sampling/", {**form, "max_new_tokens": 8})
+    assert response.status_code == 302 and sent_jobs == [SamplingJob.objects.get().pk]
     assert b"sampling-jobs" in client.get("/loop/sampling/jobs/", HTTP_HX_REQUEST="true").content
 
 
-def test_sample_command_runs_here(tiny_model_dir, run_on_commit, capsys):
+def test_sample_command_runs_here(tiny_model_dir, sent_jobs, capsys, django_capture_on_commit_callbacks):
     project = reference_project(prompts=2)
     base = register_tiny_base(tiny_model_dir)
-    call_command(
-        "sample",
-        "--model-version",
-        str(base.pk),
-        "--project",
-        project.slug,
-        "--here",
-        "--params",
-        '{"max_new_tokens": 4}',
-    )
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command(
+            "sample",
+            "--model-version",
+            str(base.pk),
+            "--project",
+            project.slug,
+            "--here",
+            "--params",
+            '{"max_new_tokens": 4}',
+        )
     assert "2 responses, 4 new comparisons" in capsys.readouterr().out
-    assert run_on_commit == []  # --here does not also enqueue it
+    assert sent_jobs == []  # --here does not also enqueue it
 
 
 def test_sampling_params_and_options_refuse_strings_booleans_and_unrealistic_values():

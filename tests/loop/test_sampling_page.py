@@ -5,8 +5,9 @@ import re
 import pytest
 
 from labeling.models import Project
+from registry.models import ModelVersion
 from tests.training.factories import TINY_STAGE_CONFIGS, make_user, ranked_project
-from training.models import ModelVersion
+from training.models import StageRun
 from training.services import runs as run_services
 
 pytestmark = pytest.mark.django_db
@@ -23,7 +24,7 @@ def _policy(name: str, **fields) -> ModelVersion:
     )
 
 
-def test_use_for_sampling_opens_the_sampling_form_with_that_policy_and_its_project(client, enqueued_stages):
+def test_use_for_sampling_opens_the_sampling_form_with_that_policy_and_its_project(client):
     project = ranked_project(slug="trained-on", prompts=4)
     Project.objects.create(slug="other", name="other", mode="pairwise", k=2)
     run = run_services.training_run_launch(
@@ -32,10 +33,10 @@ def test_use_for_sampling_opens_the_sampling_form_with_that_policy_and_its_proje
         base_model=_policy("base"),
         stage_configs={"sft": TINY_STAGE_CONFIGS["sft"]},
     )
-    trained = _policy("trained", stage_run=run.stages.get())
-    _policy(
-        "newer"
-    )  # the newest policy is the form's first option: the preselection must not fall back to it
+    trained = _policy("trained")
+    StageRun.objects.filter(run=run).update(output_model=trained)
+    # The newest policy is the form's first option: the preselection must not fall back to it.
+    _policy("newer")
     client.force_login(make_user("sampler", "admin"))
 
     response = client.post(f"/models/{trained.pk}/use-for-sampling/")

@@ -10,12 +10,15 @@ from django.conf import settings as django_settings
 from exports.models import Export
 from exports.services import export_create
 from exports.writers import export_write
-from labeling.models import Comparison, Response
+from labeling.models import Comparison, ImportJob, Prompt, Response
+from labeling.services.imports import import_job_create
 from loop.models import SamplingJob
 from loop.services.sampling import sampling_job_create
 from tests.loop.test_loop import reference_project
-from tests.training.factories import make_user, ranked_project, register_tiny_base
+from tests.training.factories import TINY_STAGE_CONFIGS, make_user, ranked_project, register_tiny_base
 from tests.workers import celery_worker, wait_until
+from training.models import StageRun
+from training.services import runs as run_services
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
 
@@ -77,9 +80,6 @@ def test_export_job_runs_on_the_default_queue_worker(default_worker, tmp_path):
 
 def test_import_job_runs_on_the_default_queue_worker(default_worker):
     """A large upload's job goes through the broker to a real worker, which imports from the kept file."""
-    from labeling.models import ImportJob, Prompt
-    from labeling.services.imports import import_job_create
-
     lines = [{"external_id": f"q{i}", "prompt": f"Question {i}?"} for i in range(50)]
     lines += [
         {"prompt_external_id": f"q{i}", "content": f"answer {i} {s}", "source": s}
@@ -114,10 +114,6 @@ def test_import_job_runs_on_the_default_queue_worker(default_worker):
 @pytest.mark.slow
 def test_export_and_sampling_finish_while_a_training_stage_runs(tiny_model_dir, default_worker):
     """One worker per queue, as `make demo` and compose start them: `default` jobs never wait behind a stage."""
-    from tests.training.factories import TINY_STAGE_CONFIGS
-    from training.models import StageRun
-    from training.services import runs as run_services
-
     project = ranked_project(slug="busy-gpu", prompts=8)
     base = register_tiny_base(tiny_model_dir)
     long_sft = {**TINY_STAGE_CONFIGS["sft"], "max_steps": 400, "checkpoint_every": 1000}

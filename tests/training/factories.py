@@ -9,8 +9,9 @@ from labeling.models import Project, Prompt, Response
 from labeling.services.leasing import assignment_lease_next
 from labeling.services.projects import comparison_get_or_create
 from labeling.services.rankings import ranking_submit
-from training.engine.base_model import save_model_atomically
-from training.services.registry import artifact_dir, model_version_register
+from registry.artifacts import base_model_folder
+from registry.services import model_version_register
+from training.engine.base_model import load_saved_model, save_model_atomically
 
 GOOD = "Sure! The answer is {n}, because {n} is right."
 BAD = "no"
@@ -48,10 +49,8 @@ def ranked_project(*, slug: str = "loop", prompts: int = 12, annotators: int = 1
 
 def register_tiny_base(tiny_model_dir):
     """The tiny model as the registry's base policy (copied under ARTIFACT_ROOT like an import would)."""
-    from training.engine.base_model import load_saved_model
-
     model, tokenizer = load_saved_model(tiny_model_dir)
-    saved = save_model_atomically(model, tokenizer, artifact_dir(relative_path="models/tiny-base"))
+    saved = save_model_atomically(model, tokenizer, base_model_folder("tiny-base"))
     return model_version_register(name="tiny-base", kind="policy", saved=saved, source="tests")
 
 

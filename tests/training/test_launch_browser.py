@@ -7,9 +7,10 @@ import shutil
 
 import pytest
 
+from registry.models import ModelVersion
 from tests.browser import CHROMIUM, chromium_page, log_in
 from tests.training.factories import make_user, ranked_project
-from training.models import ModelVersion, TrainingRun
+from training.models import TrainingRun
 
 pytestmark = [
     pytest.mark.browser,

@@ -8,11 +8,14 @@ import pytest
 from django.utils import timezone
 
 from core.services import worker_heartbeat_record
+from registry.models import ModelVersion
 from tests.training.factories import make_user, ranked_project, register_tiny_base
 from training import estimates
 from training.engine.common import PhaseProgress, StepMetrics
-from training.models import ModelVersion, StageRun, TrainingRun
+from training.engine.stages import config_defaults
+from training.models import StageRun, TrainingRun
 from training.services import runs as run_services
+from training.services.datasets import DataSize
 from training.services.execution import StageReporter
 
 pytestmark = pytest.mark.django_db
@@ -245,9 +248,6 @@ def test_durations_read_as_a_person_plans():
 
 
 def test_data_size_counts_where_a_stage_goes_over_all_of_it():
-    from training.engine.stages import config_defaults
-    from training.services.datasets import DataSize
-
     def seconds(kind, rows):
         sizes = {
             "pairwise": DataSize(rows=rows, chars_per_row=800),
@@ -273,7 +273,13 @@ def test_a_stage_stored_with_a_partial_config_still_gets_an_eta(client, world):
     project, base, admin = world
     run = TrainingRun.objects.create(project=project, preset="reward", base_model=base, status="running")
     StageRun.objects.create(
-        run=run, position=0, kind="reward", status="running", step=0, total_steps=5, config={},
+        run=run,
+        position=0,
+        kind="reward",
+        status="running",
+        step=0,
+        total_steps=5,
+        config={},
         started_at=timezone.now(),
     )
     client.force_login(admin)

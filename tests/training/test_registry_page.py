@@ -6,12 +6,13 @@ import pytest
 
 from labeling.models import Response
 from labeling.services.projects import comparison_get_or_create
-from loop.services.sampling import sampling_job_create, sampling_job_execute
-from tests.exports.conftest import vote
-from tests.labeling.conftest import make_project
+from loop.services.sampling import sampling_job_create
+from loop.services.sampling_execution import sampling_job_execute
+from registry.models import ModelVersion
+from tests.exports.factories import vote
+from tests.labeling.factories import make_project
 from tests.loop.test_loop import reference_project
 from tests.training.factories import make_user, register_tiny_base
-from training.models import ModelVersion
 
 pytestmark = pytest.mark.django_db
 

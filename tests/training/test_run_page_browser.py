@@ -6,9 +6,10 @@ import shutil
 
 import pytest
 
+from registry.models import ModelVersion
 from tests.browser import CHROMIUM, chromium_page, log_in
 from tests.training.factories import TINY_STAGE_CONFIGS, make_user, ranked_project
-from training.models import ModelVersion, StageRun
+from training.models import StageRun
 from training.services import runs as run_services
 
 pytestmark = [

@@ -1,41 +1,55 @@
 """Training runs in-process (the worker-level tests live in test_worker_runs.py): launch, stages, registry."""
 
+import dataclasses
+import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import torch
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.utils import timezone
 
+from loop.models import SamplingJob
+from loop.services import sampling
+from registry.artifacts import base_model_folder, model_version_ref
+from registry.models import ModelVersion
+from registry.services import model_version_register
 from tests.training.factories import TINY_STAGE_CONFIGS, ranked_project, register_tiny_base
+from training.engine.base_model import load_saved_model, save_model_atomically
 from training.engine.peft import load_model_ref
-from training.models import ModelVersion, StageRun, TrainingRun
+from training.jobs import stale_stages_fail
+from training.models import StageRun, TrainingRun
+from training.selectors import stage_metrics
 from training.services import runs as run_services
-from training.services.execution import model_ref, stage_run_execute, stale_stages_fail
+from training.services.execution import stage_run_execute
 
 pytestmark = pytest.mark.django_db
 
 
-def _drain(queued: list[int]) -> None:
-    while queued:
-        stage_run_execute(stage_run_id=queued.pop(0), worker="test", task_id="local")
-
-
-def test_launch_validates_every_field_and_creates_nothing(tiny_model_dir, enqueued_stages):
-    project = ranked_project(prompts=4)
-    register_tiny_base(tiny_model_dir)
-    with pytest.raises(ValidationError) as excinfo:
-        run_services.training_run_launch(
-            project=project, preset="rlhf", peft={"sft": "full", "reward": "bogus", "ppo": "lora"},
-            stage_configs={"sft": {"max_steps": 0, "nope": 1}, "ppo": {"learning_rate": "fast"}},
-            filters={"min_agreement": 3},
-        )  # fmt: skip
-    errors = excinfo.value.message_dict
-    assert "reward.peft.method" in errors
-    assert errors["sft.max_steps"] == ["must be at least 1"]
-    assert "sft.nope" in errors
-    assert errors["ppo.learning_rate"] == ["must be a number"]
-    assert "filters" in errors
-    assert TrainingRun.objects.count() == 0 and not enqueued_stages
+def test_launch_validates_every_field_and_creates_nothing(
+    tiny_model_dir, enqueued_stages, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        project = ranked_project(prompts=4)
+        register_tiny_base(tiny_model_dir)
+        with pytest.raises(ValidationError) as excinfo:
+            run_services.training_run_launch(
+                project=project,
+                preset="rlhf",
+                peft={"sft": "full", "reward": "bogus", "ppo": "lora"},
+                stage_configs={"sft": {"max_steps": 0, "nope": 1}, "ppo": {"learning_rate": "fast"}},
+                filters={"min_agreement": 3},
+            )
+        errors = excinfo.value.message_dict
+        assert "reward.peft.method" in errors
+        assert errors["sft.max_steps"] == ["must be at least 1"]
+        assert "sft.nope" in errors
+        assert errors["ppo.learning_rate"] == ["must be a number"]
+        assert "filters" in errors
+        assert TrainingRun.objects.count() == 0
+    assert enqueued_stages == []  # nothing was sent, not even once committed
 
 
 def test_rft_needs_rules_and_rejects_bad_ones(tiny_model_dir, enqueued_stages):
@@ -61,18 +75,22 @@ def test_launch_with_no_matching_rows_is_refused(tiny_model_dir, enqueued_stages
     assert TrainingRun.objects.count() == 0
 
 
-def test_sft_then_contrastive_run_registers_lineage_and_snapshot(tiny_model_dir, enqueued_stages):
+def test_sft_then_contrastive_run_registers_lineage_and_snapshot(
+    tiny_model_dir, launch, drain_stages, enqueued_stages
+):
     project = ranked_project(prompts=8)
     base = register_tiny_base(tiny_model_dir)
-    run = run_services.training_run_launch(
-        project=project, preset="preference", peft={"sft": "full", "contrastive": "adapter"},
+    run = launch(
+        project=project,
+        preset="preference",
+        peft={"sft": "full", "contrastive": "adapter"},
         stage_configs={"sft": TINY_STAGE_CONFIGS["sft"], "contrastive": TINY_STAGE_CONFIGS["contrastive"]},
-    )  # fmt: skip
+    )
     assert run.dataset_counts["pairwise"] == 8 and run.dataset_counts["sft"] == 8
     snapshot = Path(settings.ARTIFACT_ROOT) / "datasets" / run.dataset_hash
     assert (snapshot / "pairwise.jsonl").read_text().count("\n") == 8
     assert enqueued_stages == [run.stages.get(position=0).pk]
-    _drain(enqueued_stages)
+    drain_stages()
 
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.SUCCEEDED, run.error
@@ -81,26 +99,27 @@ def test_sft_then_contrastive_run_registers_lineage_and_snapshot(tiny_model_dir,
     assert sft.step == 3
     losses = [point["values"]["loss"] for point in sft.metrics if "loss" in point["values"]]
     assert len(losses) == 3
-    assert sft.output_model.parent == base and sft.output_model.stage_run == sft
+    assert sft.output_model.parent == base and sft.output_model.produced_by_stage == sft
     assert contrastive.output_model.parent == sft.output_model
     assert contrastive.output_model.base == base
     assert contrastive.output_model.dataset_hash == run.dataset_hash
-    model, _ = load_model_ref(model_ref(contrastive.output_model), "cpu")
-    assert model is not None
+    # The registered artifact loads as a policy that scores a sequence (adapters and router included).
+    model, tokenizer = load_model_ref(model_version_ref(contrastive.output_model), "cpu")
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([tokenizer.encode("What is 2 plus 0?")])).logits
+    assert logits.shape[-1] == model.config.vocab_size and torch.isfinite(logits).all()
 
     # Same data, same filters → the same snapshot folder and hash.
-    again = run_services.training_run_launch(project=project, preset="preference")
+    again = launch(project=project, preset="preference")
     assert again.dataset_hash == run.dataset_hash
     assert len(list((Path(settings.ARTIFACT_ROOT) / "datasets").iterdir())) == 1
 
 
-def test_redelivered_task_for_finished_stage_does_nothing(tiny_model_dir, enqueued_stages):
+def test_redelivered_task_for_finished_stage_does_nothing(tiny_model_dir, launch, drain_stages):
     project = ranked_project(prompts=4)
     register_tiny_base(tiny_model_dir)
-    run = run_services.training_run_launch(
-        project=project, preset="sft", stage_configs={"sft": TINY_STAGE_CONFIGS["sft"]}
-    )
-    _drain(enqueued_stages)
+    run = launch(project=project, preset="sft", stage_configs={"sft": TINY_STAGE_CONFIGS["sft"]})
+    drain_stages()
     versions = ModelVersion.objects.count()
     stage = run.stages.get()
     assert stage_run_execute(stage_run_id=stage.pk, worker="again", task_id="again") == "skipped"
@@ -109,28 +128,28 @@ def test_redelivered_task_for_finished_stage_does_nothing(tiny_model_dir, enqueu
     assert stage.worker == "test"
 
 
-def test_cancel_before_start_and_resume_then_sample_after(tiny_model_dir, enqueued_stages, monkeypatch):
-    from loop.models import SamplingJob
-    from loop.services import sampling
-
+def test_cancel_before_start_and_resume_then_sample_after(
+    tiny_model_dir, launch, drain_stages, monkeypatch, django_capture_on_commit_callbacks
+):
     sampling_jobs: list[int] = []
     monkeypatch.setattr(
         sampling, "sampling_job_enqueue", lambda *, job, quiet=False: sampling_jobs.append(job.pk)
     )
     project = ranked_project(prompts=4)
     register_tiny_base(tiny_model_dir)
-    run = run_services.training_run_launch(
+    run = launch(
         project=project, preset="sft", stage_configs={"sft": TINY_STAGE_CONFIGS["sft"]}, sample_after={}
     )
     run_services.training_run_cancel(run=run)
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.CANCELLED
-    _drain(enqueued_stages)  # the already-queued message finds the run cancelled and does nothing
+    drain_stages()  # the already-queued message finds the run cancelled and does nothing
     stage = run.stages.get()
     assert stage.status == StageRun.Status.CANCELLED
     assert sampling_jobs == []  # a cancelled run samples nothing
-    run_services.stage_run_resume(stage_run=stage)
-    _drain(enqueued_stages)
+    with django_capture_on_commit_callbacks(execute=True):
+        run_services.stage_run_resume(stage_run=stage)
+    drain_stages()
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.SUCCEEDED
     # sample_after={} asked for sampling with default options: the new policy's job is queued.
@@ -139,10 +158,6 @@ def test_cancel_before_start_and_resume_then_sample_after(tiny_model_dir, enqueu
 
 
 def test_stale_heartbeat_marks_running_stage_failed(tiny_model_dir, enqueued_stages, settings):
-    from datetime import timedelta
-
-    from django.utils import timezone
-
     project = ranked_project(prompts=4)
     register_tiny_base(tiny_model_dir)
     run = run_services.training_run_launch(
@@ -164,33 +179,25 @@ def test_stale_heartbeat_marks_running_stage_failed(tiny_model_dir, enqueued_sta
 
 def _nan_base(tiny_model_dir) -> ModelVersion:
     """The tiny model with one weight matrix of NaN, registered like any base: its very first loss is NaN."""
-    import torch
-
-    from training.engine.base_model import load_saved_model, save_model_atomically
-    from training.services.registry import artifact_dir, model_version_register
-
     model, tokenizer = load_saved_model(tiny_model_dir)
     with torch.no_grad():
         model.model.layers[0].mlp.down_proj.weight.fill_(float("nan"))
-    saved = save_model_atomically(model, tokenizer, artifact_dir(relative_path="models/nan-base"))
+    saved = save_model_atomically(model, tokenizer, base_model_folder("nan-base"))
     return model_version_register(name="nan-base", kind="policy", saved=saved, source="tests")
 
 
 def test_nan_loss_fails_the_stage_at_once_with_the_reason_and_stores_null_metrics(
-    tiny_model_dir, enqueued_stages
+    tiny_model_dir, launch, drain_stages
 ):
-    import dataclasses
-    import json
-
-    from training.selectors import stage_metrics
-
     project = ranked_project(prompts=4)
     register_tiny_base(tiny_model_dir)
-    run = run_services.training_run_launch(
-        project=project, preset="sft", base_model=_nan_base(tiny_model_dir),
+    run = launch(
+        project=project,
+        preset="sft",
+        base_model=_nan_base(tiny_model_dir),
         stage_configs={"sft": {**TINY_STAGE_CONFIGS["sft"], "max_steps": 50}},
-    )  # fmt: skip
-    _drain(enqueued_stages)
+    )
+    drain_stages()
     stage = run.stages.get()
     run.refresh_from_db()
     assert stage.status == StageRun.Status.FAILED and run.status == TrainingRun.Status.FAILED
@@ -200,32 +207,30 @@ def test_nan_loss_fails_the_stage_at_once_with_the_reason_and_stores_null_metric
     # The NaN values were stored as null (Postgres refuses NaN in JSON), and the charts get valid JSON.
     assert stage.metrics[0]["values"]["loss"] is None
     json.dumps(dataclasses.asdict(stage_metrics(stage=stage)), allow_nan=False)
-    assert "loss became NaN" in stage.log_tail and not ModelVersion.objects.filter(stage_run=stage).exists()
+    assert "loss became NaN" in stage.log_tail and stage.output_model is None
 
 
-def test_stored_config_that_launch_would_refuse_fails_at_stage_start(tiny_model_dir, enqueued_stages):
+def test_stored_config_that_launch_would_refuse_fails_at_stage_start(tiny_model_dir, launch, drain_stages):
     project = ranked_project(prompts=4)
     register_tiny_base(tiny_model_dir)
-    run = run_services.training_run_launch(
-        project=project, preset="sft", stage_configs={"sft": TINY_STAGE_CONFIGS["sft"]}
-    )
+    run = launch(project=project, preset="sft", stage_configs={"sft": TINY_STAGE_CONFIGS["sft"]})
     stage = run.stages.get()
     StageRun.objects.filter(pk=stage.pk).update(config={**stage.config, "learning_rate": 1e308})  # an old row
-    _drain(enqueued_stages)
+    drain_stages()
     stage.refresh_from_db()
     assert stage.status == StageRun.Status.FAILED and "learning_rate: must be at most 1" in stage.error
     assert stage.step == 0
 
 
 @pytest.mark.parametrize("device", ["cuda:99", "cuda"])
-def test_unavailable_device_fails_the_stage_once_with_the_reason(tiny_model_dir, enqueued_stages, device):
-    import torch
-
+def test_unavailable_device_fails_the_stage_once_with_the_reason(
+    tiny_model_dir, launch, enqueued_stages, device
+):
     if device == "cuda" and torch.cuda.is_available():
         pytest.skip("this machine has the GPU the config asks for")
     project = ranked_project(prompts=4)
     register_tiny_base(tiny_model_dir)
-    run = run_services.training_run_launch(
+    run = launch(
         project=project, preset="sft", stage_configs={"sft": {**TINY_STAGE_CONFIGS["sft"], "device": device}}
     )
     stage = run.stages.get()

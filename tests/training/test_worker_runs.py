@@ -9,13 +9,16 @@ import pytest
 import torch
 from django.conf import settings as django_settings
 
+from registry.artifacts import model_version_ref
+from registry.models import ModelVersion
 from tests.training.factories import TINY_STAGE_CONFIGS, ranked_project, register_tiny_base
 from tests.workers import celery_worker, wait_until, web_server
+from training import estimates
 from training.engine.peft import load_model_ref
 from training.engine.reward import load_reward_model, score_texts
-from training.models import ModelVersion, StageRun, TrainingRun
+from training.jobs import stale_stages_fail
+from training.models import StageRun, TrainingRun
 from training.services import runs as run_services
-from training.services.execution import model_ref, stage_output_dir, stale_stages_fail
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.redis]
 
@@ -95,8 +98,6 @@ def test_rlhf_preset_end_to_end_registers_three_models_that_load_and_generate(re
     assert (
         ppo.phase == {} and "step 1: rollout, 4 prompts" in ppo.log_tail and "step 2: update" in ppo.log_tail
     )
-    from training import estimates
-
     assert estimates.measured_flop_s("ppo", "cpu")[1] == 1
     assert (
         "measured on 1 earlier sft stage"
@@ -107,7 +108,7 @@ def test_rlhf_preset_end_to_end_registers_three_models_that_load_and_generate(re
 
     prompt = [{"role": "user", "content": "What is 3 plus 0?"}]
     for version in (sft.output_model, ppo.output_model):
-        model, tokenizer = load_model_ref(model_ref(version), "cpu")
+        model, tokenizer = load_model_ref(model_version_ref(version), "cpu")
         inputs = tokenizer.apply_chat_template(
             prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True
         )
@@ -137,7 +138,7 @@ def test_cancel_stops_within_a_step_and_resume_continues_from_the_checkpoint(red
         assert stage.status == StageRun.Status.CANCELLED
         # should_stop is asked after every optimizer step: at most the step in flight finishes.
         assert asked_at <= stage.step <= asked_at + 1
-        assert not stage_output_dir(stage=stage).exists(), "no artifact after a cancelled stage"
+        assert not stage.output_dir.exists(), "no artifact after a cancelled stage"
         cancelled_at = stage.step
 
         run_services.stage_run_resume(stage_run=stage)

@@ -4,15 +4,18 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('training', '0003_sample_after'),
+        ("training", "0003_sample_after"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='stagerun',
-            name='enqueued_at',
-            field=models.DateTimeField(blank=True, help_text='When its task was last published; empty: not yet (core.jobs sends it).', null=True),
+            model_name="stagerun",
+            name="enqueued_at",
+            field=models.DateTimeField(
+                blank=True,
+                help_text="When its task was last published; empty: not yet (core.jobs sends it).",
+                null=True,
+            ),
         ),
     ]

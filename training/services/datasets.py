@@ -16,12 +16,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from django.conf import settings
-
 from exports.filters import PreferenceFilters
 from exports.selectors import iter_preference_rows
 from labeling.models import Project
 from labeling.selectors.prompts import prompt_rows
+from registry.artifacts import dataset_folder, datasets_folder
 
 SNAPSHOT_FORMATS = ("sft", "pairwise", "prompts")
 
@@ -75,7 +74,7 @@ def snapshot_sizes(
 
 def snapshot_file_sizes(*, content_hash: str, counts: dict[str, int]) -> dict[str, DataSize]:
     """The same for a frozen snapshot, from its files' sizes (no row is read)."""
-    folder = Path(settings.ARTIFACT_ROOT) / "datasets" / content_hash
+    folder = dataset_folder(content_hash)
     sizes = {}
     for fmt, rows in (counts or {}).items():
         try:
@@ -88,7 +87,7 @@ def snapshot_file_sizes(*, content_hash: str, counts: dict[str, int]) -> dict[st
 
 def snapshot_create(*, project: Project, filters: PreferenceFilters, formats: Iterable[str]) -> Snapshot:
     """Write the rows of each format into a staging folder, hash them, and move the folder to datasets/<hash>."""
-    root = Path(settings.ARTIFACT_ROOT) / "datasets"
+    root = datasets_folder()
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-snapshot-", dir=root))
     try:
@@ -129,7 +128,7 @@ def snapshot_load(*, content_hash: str, data_format: str):
     """The rows of one format as a `datasets.Dataset`, for the engine."""
     from datasets import Dataset
 
-    path = Path(settings.ARTIFACT_ROOT) / "datasets" / content_hash / f"{data_format}.jsonl"
+    path = dataset_folder(content_hash) / f"{data_format}.jsonl"
     with open(path, encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle if line.strip()]
     return Dataset.from_list(rows)

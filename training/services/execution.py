@@ -2,8 +2,9 @@
 
 Live state goes to the StageRun row (step, metrics, log tail, heartbeat) so the web page can poll it and closing
 the browser never affects the run. A heartbeat thread keeps `heartbeat_at` fresh while the stage loads models or
-runs long steps; `stale_stages_fail` marks stages whose worker vanished (SIGKILL, power loss) as failed, and
-`stage_run_resume` continues them from their last checkpoint.
+runs long steps; `training.jobs.stale_stages_fail` marks stages whose worker vanished (SIGKILL, power loss) as
+failed, and `stage_run_resume` continues them from their last checkpoint. Only workers import this module (through
+`training.tasks`): it loads the engine, torch included.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
+from registry.artifacts import model_version_ref
+from registry.models import ModelVersion
+from registry.services import model_version_register
 from training.engine import stages as engine_stages
 from training.engine.base_model import describe_saved_model
 from training.engine.common import (
     DeviceUnavailableError,
-    ModelRef,
     PhaseProgress,
     StageFailure,
     StepMetrics,
@@ -33,22 +36,15 @@ from training.engine.common import (
     json_safe,
     pick_device,
 )
-from training.models import ModelVersion, StageRun, TrainingRun
+from training.engine.peft import read_stage_manifest
+from training.jobs import stage_enqueue, stage_fail
+from training.models import StageRun, TrainingRun
 from training.services import datasets
-from training.services.registry import model_version_register
 from training.signals import training_run_succeeded
 
 logger = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 200
-
-
-def stage_output_dir(*, stage: StageRun) -> Path:
-    return Path(settings.ARTIFACT_ROOT) / "runs" / str(stage.run_id) / f"stage-{stage.position}-{stage.kind}"
-
-
-def model_ref(version: ModelVersion) -> ModelRef:
-    return ModelRef(path=Path(settings.ARTIFACT_ROOT) / version.artifact_path, name=version.name)
 
 
 def _earlier_output(stage: StageRun, produces: str) -> ModelVersion | None:
@@ -203,7 +199,7 @@ def _claim(*, stage_run_id: int, worker: str, task_id: str) -> StageRun | None:
             # Failed here, once, with the reason: the message is acknowledged, so nothing retries it.
             stage.worker = worker
             stage.save(update_fields=["worker"])
-            _fail(stage, str(exc), now)
+            stage_fail(stage=stage, message=str(exc), now=now)
             return None
         stage.status = StageRun.Status.RUNNING
         stage.worker = worker
@@ -211,22 +207,13 @@ def _claim(*, stage_run_id: int, worker: str, task_id: str) -> StageRun | None:
         stage.celery_task_id = task_id or stage.celery_task_id
         stage.started_at = stage.started_at or now
         stage.heartbeat_at = now
-        stage.checkpoint_path = str(checkpoint_dir_for(stage_output_dir(stage=stage)))
+        stage.checkpoint_path = str(checkpoint_dir_for(stage.output_dir))
         stage.save()
         if run.status != TrainingRun.Status.RUNNING:
             run.status = TrainingRun.Status.RUNNING
             run.started_at = run.started_at or now
             run.save(update_fields=["status", "started_at"])
     return stage
-
-
-def _fail(stage: StageRun, message: str, now) -> None:
-    StageRun.objects.filter(pk=stage.pk).update(status=StageRun.Status.FAILED, error=message, finished_at=now)
-    TrainingRun.objects.filter(pk=stage.run_id).update(
-        status=TrainingRun.Status.FAILED,
-        error=f"stage {stage.position} ({stage.kind}): {message}",
-        finished_at=now,
-    )
 
 
 def _finish_cancelled(stage: StageRun, now) -> None:
@@ -252,14 +239,10 @@ def stage_run_execute(*, stage_run_id: int, worker: str = "", task_id: str = "")
     heartbeat.start()
     try:
         start, reward = stage_inputs(stage=stage)
-        out_dir = stage_output_dir(stage=stage)
+        out_dir = stage.output_dir
         if out_dir.exists():
             # The artifact was completed before the worker died between writing it and registering it.
             log_lines.append("artifact already complete on disk; registering it without training again")
-            from training.engine.peft import (
-                read_stage_manifest,  # torch: loaded where stages run, not at start-up
-            )
-
             metrics = (read_stage_manifest(out_dir) or {}).get("metrics", {})
             status, steps = "completed", stage.total_steps
         else:
@@ -270,8 +253,8 @@ def stage_run_execute(*, stage_run_id: int, worker: str = "", task_id: str = "")
                 f"stage {stage.kind}/{stage.peft} on {len(data)} {spec.data_format} rows from {start.name}"
             )
             result = engine_stages.run(
-                stage.kind, config, data, model_ref(start), out_dir, reporter.on_progress, reporter.should_stop,
-                reward_model=model_ref(reward) if reward else None,
+                stage.kind, config, data, model_version_ref(start), out_dir, reporter.on_progress, reporter.should_stop,
+                reward_model=model_version_ref(reward) if reward else None,
             )  # fmt: skip
             metrics, status, steps = result.metrics, result.status, result.steps_completed
         reporter.step = max(reporter.step, steps)
@@ -297,7 +280,7 @@ def stage_run_execute(*, stage_run_id: int, worker: str = "", task_id: str = "")
             reporter.flush()
         except Exception:  # the live state is a nicety; the stage must still end failed with its own reason
             logger.exception("stage %s: last progress not written", stage.pk)
-        _fail(stage, message, timezone.now())
+        stage_fail(stage=stage, message=message, now=timezone.now())
         return StageRun.Status.FAILED
     finally:
         heartbeat.stop()
@@ -306,21 +289,19 @@ def stage_run_execute(*, stage_run_id: int, worker: str = "", task_id: str = "")
 
 
 def _finish_succeeded(*, stage: StageRun, start: ModelVersion, out_dir: Path, metrics: dict) -> str:
-    from training.services.runs import stage_enqueue
-
     spec = engine_stages.stage_spec(stage.kind)
     saved = describe_saved_model(out_dir)
     now = timezone.now()
     with transaction.atomic():
         stage = StageRun.objects.select_for_update().select_related("run").get(pk=stage.pk)
-        version = ModelVersion.objects.filter(stage_run=stage).first() or model_version_register(
+        # Registered with the stage's success in one transaction: a succeeded stage is never claimed again.
+        version = model_version_register(
             name=f"run{stage.run_id}-{stage.position}-{stage.kind}-{stage.peft}",
             kind=ModelVersion.Kind.REWARD if spec.produces == "reward" else ModelVersion.Kind.POLICY,
             saved=saved,
             source=f"{stage.kind} stage ({stage.peft}) of training run #{stage.run_id}",
             parent=start,
             metrics={key: float(value) for key, value in metrics.items() if isinstance(value, int | float)},
-            stage_run=stage,
             dataset_hash=stage.run.dataset_hash,
         )
         stage.status = StageRun.Status.SUCCEEDED
@@ -339,19 +320,3 @@ def _finish_succeeded(*, stage: StageRun, start: ModelVersion, out_dir: Path, me
             # Quiet: a broker outage here must not fail the finished stage; the maintenance pass sends the next.
             transaction.on_commit(lambda: stage_enqueue(stage_run=following, quiet=True))
     return StageRun.Status.SUCCEEDED
-
-
-def stale_stages_fail(*, now=None) -> list[int]:
-    """Mark running stages whose heartbeat stopped as failed (their worker died); they can be resumed."""
-    now = now or timezone.now()
-    cutoff = now - timedelta(seconds=settings.TRAINING_STALE_AFTER_S)
-    failed: list[int] = []
-    with transaction.atomic():
-        stale = StageRun.objects.select_for_update(
-            skip_locked=connection.features.has_select_for_update_skip_locked
-        )
-        for stage in stale.filter(status=StageRun.Status.RUNNING, heartbeat_at__lt=cutoff):
-            message = f"worker {stage.worker or '?'} stopped sending heartbeats (last {stage.heartbeat_at:%H:%M:%S})"
-            _fail(stage, message, now)
-            failed.append(stage.pk)
-    return failed

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from core.jobs import BrokerUnavailable, job_send
 from exports.filters import PreferenceFilters
 from labeling.models import Project
+
+# The options of the sampling job a run may ask for when it succeeds (`sample_after`) are the loop's to check.
+from loop.services.sampling import sampling_options_validate
+from registry.artifacts import model_version_folder
+from registry.models import ModelVersion
+from registry.selectors import root_policies
 from training.engine import stages as engine_stages
-from training.engine.common import checkpoint_dir_for
-from training.jobs import STAGE_JOB
-from training.models import ModelVersion, StageRun, TrainingRun
+from training.engine.base_model import linear_module_names
+from training.engine.common import checkpoint_dir_for, unmatched_lora_targets, unmatched_targets_message
+from training.engine.rewards import RuleSpecError, parse_rules
+from training.jobs import run_enqueue, stage_enqueue
+from training.models import StageRun, TrainingRun
 from training.services import datasets
 
 PRESET_STAGES: dict[str, tuple[str, ...]] = {
@@ -39,12 +45,25 @@ SIZE_PRESETS: dict[str, dict[str, dict]] = {
     "default": {},
     "cpu_demo": {
         "sft": {"max_steps": 8, "batch_size": 4, "max_length": 128, "checkpoint_every": 4},
-        "reward": {"max_steps": 8, "batch_size": 4, "max_length": 128, "checkpoint_every": 4, "eval_batch_size": 8},
-        "ppo": {"max_steps": 4, "batch_size": 4, "ppo_epochs": 1, "max_new_tokens": 24,
-                "max_length": 128, "reward_batch_size": 4, "checkpoint_every": 2},
+        "reward": {
+            "max_steps": 8,
+            "batch_size": 4,
+            "max_length": 128,
+            "checkpoint_every": 4,
+            "eval_batch_size": 8,
+        },
+        "ppo": {
+            "max_steps": 4,
+            "batch_size": 4,
+            "ppo_epochs": 1,
+            "max_new_tokens": 24,
+            "max_length": 128,
+            "reward_batch_size": 4,
+            "checkpoint_every": 2,
+        },
         "contrastive": {"max_steps": 8, "batch_size": 4, "max_length": 128, "checkpoint_every": 4},
     },
-}  # fmt: skip
+}
 SIZE_CHOICES = [
     ("default", "Stage defaults (a GPU worker)"),
     ("cpu_demo", "CPU demo: a few minutes on a laptop CPU (short texts, few steps; use LoRA)"),
@@ -183,10 +202,6 @@ def launch_validate(
     except ValidationError as exc:
         errors.update(exc.message_dict)
     if sample_after is not None:
-        from loop.services.sampling import (
-            sampling_options_validate,
-        )  # loop builds on training, not the reverse
-
         try:
             sampling_options_validate(sample_after)
         except ValidationError as exc:
@@ -207,14 +222,11 @@ def launch_validate(
 
 def _validate_lora_targets(plan: LaunchPlan, base_model: ModelVersion, errors: dict[str, list[str]]) -> None:
     """LoRA's target modules must name modules of the base model (every stage of a run shares its architecture)."""
-    from training.engine.base_model import linear_module_names
-    from training.engine.common import unmatched_lora_targets, unmatched_targets_message
-
     lora_stages = [(kind, config) for kind, method, config in plan.stages if method == StageRun.Peft.LORA]
     if not lora_stages:
         return
     try:
-        names = linear_module_names(Path(settings.ARTIFACT_ROOT) / base_model.artifact_path)
+        names = linear_module_names(model_version_folder(base_model))
     except (OSError, ValueError):
         return  # an unreadable base fails its first stage with the reason; nothing to compare against here
     if not names:
@@ -232,8 +244,6 @@ def preset_data_formats(preset: str) -> tuple[str, ...]:
 
 
 def _validate_reward_rules(config, errors: dict[str, list[str]]) -> None:
-    from training.engine.rewards import RuleSpecError, parse_rules
-
     if config.reward_source in ("rules", "mixed") and not config.rules:
         errors.setdefault("ppo.rules", []).append("Rule-based rewards need at least one rule.")
         return
@@ -247,7 +257,7 @@ def _validate_reward_rules(config, errors: dict[str, list[str]]) -> None:
 
 def default_base_model() -> ModelVersion | None:
     """The policy new rounds start from by default: the newest root policy (the bundled model is the first)."""
-    return ModelVersion.objects.filter(kind=ModelVersion.Kind.POLICY, parent=None).order_by("-id").first()
+    return root_policies().order_by("-id").first()
 
 
 def training_run_launch(
@@ -267,9 +277,13 @@ def training_run_launch(
     down the run is saved and BrokerUnavailable is raised after the commit: the run starts once the broker is back.
     """
     plan, base_model = launch_validate(
-        preset=preset, base_model=base_model, peft=peft, stage_configs=stage_configs, filters=filters,
+        preset=preset,
+        base_model=base_model,
+        peft=peft,
+        stage_configs=stage_configs,
+        filters=filters,
         sample_after=sample_after,
-    )  # fmt: skip
+    )
     snapshot = datasets.snapshot_create(project=project, filters=plan.filters, formats=plan.formats)
     empty = [fmt for fmt in plan.formats if snapshot.counts.get(fmt, 0) == 0]
     if empty:
@@ -306,21 +320,8 @@ def training_run_launch(
             stage.full_clean()
             stage.save()
         first = run.stages.order_by("position").first()
-        transaction.on_commit(lambda: _run_enqueue(run=run, first=first))
+        transaction.on_commit(lambda: run_enqueue(run=run, first=first))
     return run
-
-
-def _run_enqueue(*, run: TrainingRun, first: StageRun) -> None:
-    try:
-        stage_enqueue(stage_run=first)
-    except BrokerUnavailable as exc:  # the run is saved; its first stage is sent once the broker is back
-        raise exc.about(what="training run", pk=run.pk) from exc.cause
-
-
-def stage_enqueue(*, stage_run: StageRun, quiet: bool = False) -> None:
-    """Publish the stage's task on `gpu` (core.jobs: bounded retry; on an outage BrokerUnavailable, or a warning
-    when quiet, and the maintenance pass sends it once the broker is back)."""
-    job_send(kind=STAGE_JOB, pk=stage_run.pk, quiet=quiet)
 
 
 @transaction.atomic
@@ -351,11 +352,7 @@ def _restart(*, stage_run: StageRun, from_checkpoint: bool) -> StageRun:
             )
         run = stage.run
         if not from_checkpoint:
-            import shutil
-
-            from training.services.execution import stage_output_dir
-
-            shutil.rmtree(checkpoint_dir_for(stage_output_dir(stage=stage)), ignore_errors=True)
+            shutil.rmtree(checkpoint_dir_for(stage.output_dir), ignore_errors=True)
             stage.step = 0
             stage.metrics = []
         stage.status = StageRun.Status.PENDING

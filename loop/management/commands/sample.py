@@ -8,8 +8,9 @@ from core.jobs import BrokerUnavailable
 from core.progress import ProgressLine
 from labeling.models import Project
 from loop.models import SamplingJob
-from loop.services.sampling import sampling_job_create, sampling_job_execute
-from training.models import ModelVersion
+from loop.services.sampling import sampling_job_create
+from loop.services.sampling_execution import sampling_job_execute
+from registry.models import ModelVersion
 
 
 class Command(BaseCommand):
@@ -38,10 +39,15 @@ class Command(BaseCommand):
         try:
             params = json.loads(opts["params"]) if opts["params"] else None
             job = sampling_job_create(
-                project=project, model_version=version, pool=opts["pool"], limit=opts["limit"], params=params,
-                make_comparisons=not opts["no_comparisons"], uncertain_share=opts["uncertain_share"],
+                project=project,
+                model_version=version,
+                pool=opts["pool"],
+                limit=opts["limit"],
+                params=params,
+                make_comparisons=not opts["no_comparisons"],
+                uncertain_share=opts["uncertain_share"],
                 enqueue=not opts["here"],
-            )  # fmt: skip
+            )
         except (ValidationError, json.JSONDecodeError) as exc:
             raise CommandError(str(exc)) from exc
         except BrokerUnavailable as exc:  # saved: it starts once the broker is back

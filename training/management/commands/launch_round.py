@@ -19,9 +19,10 @@ class Command(BaseCommand):
         parser.add_argument("--project", required=True, help="Project slug.")
         parser.add_argument("--preset", required=True, choices=list(PRESET_STAGES))
         parser.add_argument(
-            "--peft", choices=["full", "lora", "adapter"],
+            "--peft",
+            choices=["full", "lora", "adapter"],
             help="PEFT method of every stage (default: each stage config's peft.method, else full).",
-        )  # fmt: skip
+        )
         parser.add_argument(
             "--config",
             help='Stage configs as JSON (or @file.json): {"sft": {"max_steps": 50}, "ppo": {"rules": [...]}}.',
@@ -29,9 +30,12 @@ class Command(BaseCommand):
         parser.add_argument("--filters", help='Data filters as JSON, e.g. {"min_agreement": 0.5}.')
         parser.add_argument("--user", help="Username recorded as the run's creator.")
         parser.add_argument(
-            "--sample-after", nargs="?", const="{}", metavar="JSON",
+            "--sample-after",
+            nargs="?",
+            const="{}",
+            metavar="JSON",
             help='Sample from the final policy when the run succeeds; optional options, e.g. {"limit": 100}.',
-        )  # fmt: skip
+        )
         parser.add_argument(
             "--wait", action="store_true", help="Wait for the run to finish, with progress bars."
         )
@@ -47,10 +51,14 @@ class Command(BaseCommand):
                 raise CommandError(f"No user {user!r}.")
         try:
             run = training_run_launch(
-                project=project_obj, preset=preset, peft=peft, created_by=created_by,
-                stage_configs=_json_argument(config, "--config"), filters=_json_argument(filters, "--filters"),
+                project=project_obj,
+                preset=preset,
+                peft=peft,
+                created_by=created_by,
+                stage_configs=_json_argument(config, "--config"),
+                filters=_json_argument(filters, "--filters"),
                 sample_after=_json_argument(sample_after, "--sample-after", allow_empty=True),
-            )  # fmt: skip
+            )
         except ValidationError as exc:
             lines = [f"  {field}: {'; '.join(messages)}" for field, messages in exc.message_dict.items()]
             raise CommandError("The round was not launched:\n" + "\n".join(lines)) from exc

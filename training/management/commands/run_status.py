@@ -21,9 +21,11 @@ def wait_for_run(*, run_id: int, stdout, poll_s: float = 1.0) -> TrainingRun:
                     )
                 last = stage.metrics[-1]["values"] if stage.metrics else {}
                 bar.show(
-                    stage.step, stage.total_steps, stage.status,
+                    stage.step,
+                    stage.total_steps,
+                    stage.status,
                     {k: f"{v:.3g}" for k, v in list(last.items())[:3]},
-                )  # fmt: skip
+                )
             if run_is_finished(run=run):
                 return run
             time.sleep(poll_s)

@@ -1,19 +1,14 @@
-"""Write paths of the model registry."""
+"""Write paths of the model registry: registering an artifact, importing the base model, the sampling policy."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from registry.artifacts import base_model_folder, relative_to_root
+from registry.models import ModelVersion
 from training.engine import base_model as engine_base_model
 from training.engine.common import json_safe
-from training.models import ModelVersion
-
-
-def artifact_dir(*, relative_path: str) -> Path:
-    return Path(settings.ARTIFACT_ROOT) / relative_path
 
 
 @transaction.atomic
@@ -25,25 +20,21 @@ def model_version_register(
     source: str = "",
     parent: ModelVersion | None = None,
     metrics: dict | None = None,
-    stage_run=None,
     dataset_hash: str = "",
 ) -> ModelVersion:
     """Register a complete artifact that lies under ARTIFACT_ROOT."""
-    root = Path(settings.ARTIFACT_ROOT).resolve()
-    relative = saved.path.resolve().relative_to(root)
     version = ModelVersion(
         name=name,
         kind=kind,
         parent=parent,
         base=(parent.base or parent) if parent else None,
-        artifact_path=str(relative),
+        artifact_path=relative_to_root(saved.path),
         sha256=saved.sha256,
         source=source,
         # NaN and infinities become null: JSON has none, and Postgres refuses them.
         config=json_safe(saved.config),
         metrics=json_safe(metrics or {}),
         num_parameters=saved.num_parameters,
-        stage_run=stage_run,
         dataset_hash=dataset_hash,
     )
     version.full_clean()
@@ -61,7 +52,7 @@ def base_model_import(*, tiny: bool = False, progress=print) -> tuple[ModelVersi
     existing = ModelVersion.objects.filter(name=name).first()
     if existing is not None:
         return existing, False
-    target = artifact_dir(relative_path=f"models/{name}")
+    target = base_model_folder(name)
     if target.exists():
         progress(f"Found a complete artifact at {target}; registering it.")
         saved = engine_base_model.describe_saved_model(target)
@@ -84,8 +75,6 @@ def base_model_import(*, tiny: bool = False, progress=print) -> tuple[ModelVersi
 def model_version_use_for_sampling(*, version: ModelVersion) -> ModelVersion:
     """Make this policy the one whose responses feed the annotators (the closed loop samples from it)."""
     if version.kind != ModelVersion.Kind.POLICY:
-        from django.core.exceptions import ValidationError
-
         raise ValidationError({"kind": ["Only a policy can generate responses for annotators."]})
     ModelVersion.objects.filter(use_for_sampling=True).exclude(pk=version.pk).update(use_for_sampling=False)
     version.use_for_sampling = True

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from labeling.services.api_tokens import api_token_for_username
+from core.services import api_token_for_username
 
 
 class Command(BaseCommand):

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from training.models import ModelVersion
+from registry.models import ModelVersion
 
 
 @admin.register(ModelVersion)

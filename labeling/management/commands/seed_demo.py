@@ -1,8 +1,11 @@
+"""manage.py seed_demo: the demo users (one per role, core) and the demo project (labeling)."""
+
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from core.roles import Role
 from core.services import user_create_or_update
+from labeling.services.seed import demo_project_seed
 
 # Local demo accounts only: the command refuses to run with DEBUG=0 unless forced.
 DEMO_USERS: tuple[tuple[str, Role, str], ...] = (
@@ -26,8 +29,6 @@ class Command(BaseCommand):
             raise CommandError("seed_demo creates accounts with known passwords; it runs only with DEBUG=1.")
         for username, role, password in DEMO_USERS:
             user_create_or_update(username=username, role=role, password=password, validate=False)
-        from labeling.services.seed import demo_project_seed
-
         report = demo_project_seed(slug="demo")
         self.stdout.write(
             self.style.SUCCESS(

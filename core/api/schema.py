@@ -1,4 +1,5 @@
-"""OpenAPI post-processing: every operation documents the error statuses the API really answers with."""
+"""OpenAPI: descriptions shared by the apps' operations, and post-processing so every operation documents the error
+statuses the API really answers with."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ ERROR_SCHEMA = {
     "properties": {"detail": {"type": "string"}},
     "additionalProperties": True,
 }
+
+# The 503 of an operation that creates or restarts a job (core.api.exceptions.broker_unavailable_response).
+BROKER_DOWN = (
+    "The task queue is unreachable: the job is saved and queued and starts by itself once the broker is back. "
+    "Body: {detail, job, id, status}."
+)
 
 # Statuses any operation can answer, whatever its own documented successes.
 COMMON_ERRORS = {

@@ -2,8 +2,8 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
+from registry.services import base_model_import
 from training.engine.base_model import BaseModelError
-from training.services.registry import base_model_import
 
 
 class Command(BaseCommand):

@@ -1,4 +1,5 @@
-"""Django's ValidationError / PermissionDenied from the services become 400 / 403 with the services' messages;
+"""Django's ValidationError / PermissionDenied from the services become 400 / 403 with the services' messages
+(RejectedInput: {"errors": [messages]});
 core.jobs.BrokerUnavailable (the job is saved, its task could not be published) becomes 503."""
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from core.errors import RejectedInput
 from core.jobs import BrokerUnavailable
 from core.lockout import SignInLocked
-from labeling.services.imports import ImportRejected
 
 # What a view that creates or restarts a job documents for its 503 (`broker_unavailable_response`).
 BROKER_DOWN = (
@@ -29,7 +30,7 @@ class PayloadTooLarge(exceptions.APIException):
 
 def validation_detail(error: DjangoValidationError) -> dict[str, list[str]]:
     """{field: [messages]}; errors not tied to a field go under `non_field_errors` (DRF's convention)."""
-    if isinstance(error, ImportRejected):
+    if isinstance(error, RejectedInput):
         return {"errors": list(error.messages)}
     if hasattr(error, "error_dict"):
         return {

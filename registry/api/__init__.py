@@ -1,0 +1,1 @@
+"""The registry's endpoints: model versions (read-only; training registers them)."""

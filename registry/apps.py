@@ -1,0 +1,12 @@
+from django.apps import AppConfig
+
+
+class RegistryConfig(AppConfig):
+    """The model registry (every model version with its lineage) and the layout of ARTIFACT_ROOT.
+
+    At the bottom of the domain apps: labeling, training and loop point at model versions; the registry points at
+    none of them (a training stage names the version it produced, not the reverse).
+    """
+
+    name = "registry"
+    default_auto_field = "django.db.models.BigAutoField"

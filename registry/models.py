@@ -1,0 +1,57 @@
+from django.db import models
+
+
+class ModelVersion(models.Model):
+    """One entry of the model registry: an immutable artifact on disk under ARTIFACT_ROOT, with its lineage.
+
+    The bundled base model is the first row. Training stages register their outputs with `parent` set to the
+    model they started from and `base` to the root of that lineage; the stage that produced a version points at
+    it (`StageRun.output_model`, reverse `produced_by_stage`).
+    """
+
+    class Kind(models.TextChoices):
+        POLICY = "policy", "Policy"
+        REWARD = "reward", "Reward model"
+        ADAPTER = "adapter", "Adapter"
+
+    name = models.CharField(max_length=200, unique=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.POLICY)
+    base = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="derived")
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
+    artifact_path = models.CharField(max_length=500, help_text="Relative to ARTIFACT_ROOT.")
+    sha256 = models.CharField(max_length=64)
+    source = models.CharField(max_length=300, blank=True, help_text="Where the weights came from.")
+    config = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    num_parameters = models.BigIntegerField(default=0)
+    dataset_hash = models.CharField(max_length=64, blank=True, help_text="Content hash of the training data.")
+    use_for_sampling = models.BooleanField(
+        default=False, help_text="The policy whose responses feed the annotators (one at a time)."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "training_modelversion"  # the table it had in the training app: existing rows stay
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["use_for_sampling"],
+                condition=models.Q(use_for_sampling=True),
+                name="one_sampling_policy",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(use_for_sampling=False) | models.Q(kind="policy"),
+                name="sampling_model_is_policy",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(sha256__regex=r"^[0-9a-f]{64}$"), name="modelversion_sha256_hex"
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(artifact_path=""), name="modelversion_artifact_path_set"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.name} ({self.kind})"

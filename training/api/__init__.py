@@ -1,0 +1,1 @@
+"""The training app's endpoints: training runs with their stages (launch, watch, cancel, resume, retry)."""
