@@ -25,6 +25,11 @@ class ModelVersion(models.Model):
     config = models.JSONField(default=dict, blank=True)
     metrics = models.JSONField(default=dict, blank=True)
     num_parameters = models.BigIntegerField(default=0)
+    facts = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Imported base models: architecture, dtype, context length, license, chat template and pad token.",
+    )
     stage_run = models.ForeignKey(
         "training.StageRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="model_versions"
     )
