@@ -18,6 +18,7 @@ from training.engine.common import checkpoint_dir_for
 from training.jobs import STAGE_JOB
 from training.models import ModelVersion, StageRun, TrainingRun
 from training.services import datasets
+from training.services.capacity import stages_fit_memory
 
 PRESET_STAGES: dict[str, tuple[str, ...]] = {
     TrainingRun.Preset.RLHF: ("sft", "reward", "ppo"),
@@ -200,6 +201,7 @@ def launch_validate(
         errors["base_model"] = ["The base model must be a policy."]
     elif plan is not None:
         _validate_lora_targets(plan, base_model, errors)
+        stages_fit_memory(stages=plan.stages, base_model=base_model, errors=errors)
     if errors:
         raise ValidationError(errors)
     return plan, base_model
