@@ -13,6 +13,12 @@ class WorkerHeartbeat(models.Model):
     hostname = models.CharField(max_length=255, unique=True)
     queue = models.CharField(max_length=64)
     device = models.CharField(max_length=128, blank=True)
+    device_count = models.PositiveSmallIntegerField(default=1, help_text="GPUs the worker sees (1 on a CPU).")
+    device_memory_bytes = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Memory of one of its GPUs (RAM on a CPU worker); the launch plans with it.",
+    )
     last_seen = models.DateTimeField()
 
     class Meta:

@@ -52,11 +52,23 @@ def user_create_or_update(
 
 
 def worker_heartbeat_record(
-    *, hostname: str, queue: str, device: str, seen_at: datetime | None = None
+    *,
+    hostname: str,
+    queue: str,
+    device: str,
+    device_count: int = 1,
+    device_memory_bytes: int | None = None,
+    seen_at: datetime | None = None,
 ) -> None:
     WorkerHeartbeat.objects.update_or_create(
         hostname=hostname,
-        defaults={"queue": queue, "device": device, "last_seen": seen_at or timezone.now()},
+        defaults={
+            "queue": queue,
+            "device": device,
+            "device_count": device_count,
+            "device_memory_bytes": device_memory_bytes,
+            "last_seen": seen_at or timezone.now(),
+        },
     )
 
 

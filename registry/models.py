@@ -26,6 +26,11 @@ class ModelVersion(models.Model):
     config = models.JSONField(default=dict, blank=True)
     metrics = models.JSONField(default=dict, blank=True)
     num_parameters = models.BigIntegerField(default=0)
+    facts = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Imported base models: architecture, dtype, context length, license, chat template and pad token.",
+    )
     dataset_hash = models.CharField(max_length=64, blank=True, help_text="Content hash of the training data.")
     use_for_sampling = models.BooleanField(
         default=False, help_text="The policy whose responses feed the annotators (one at a time)."

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.utils.text import slugify
 
 from registry.artifacts import base_model_folder, relative_to_root
 from registry.models import ModelVersion
 from training.engine import base_model as engine_base_model
+from training.engine import model_import
 from training.engine.common import json_safe
 
 
@@ -21,6 +25,7 @@ def model_version_register(
     parent: ModelVersion | None = None,
     metrics: dict | None = None,
     dataset_hash: str = "",
+    facts: dict | None = None,
 ) -> ModelVersion:
     """Register a complete artifact that lies under ARTIFACT_ROOT."""
     version = ModelVersion(
@@ -35,6 +40,7 @@ def model_version_register(
         config=json_safe(saved.config),
         metrics=json_safe(metrics or {}),
         num_parameters=saved.num_parameters,
+        facts=facts or {},
         dataset_hash=dataset_hash,
     )
     version.full_clean()
@@ -69,6 +75,50 @@ def base_model_import(*, tiny: bool = False, progress=print) -> tuple[ModelVersi
     )
     version = model_version_register(name=name, kind=ModelVersion.Kind.POLICY, saved=saved, source=source)
     return version, True
+
+
+def base_model_import_folder(
+    *,
+    source: str,
+    name: str = "",
+    chat_template: str | None = None,
+    revision: str | None = None,
+    progress=print,
+) -> ModelVersion:
+    """Register your own causal LM (a Hugging Face folder, or a hub id in this host's cache) as a base model.
+
+    Everything is checked before anything is written (`engine.model_import`); the weights are copied into
+    ARTIFACT_ROOT/models/ atomically, and removed again if the registry row cannot be saved, so a refused or failed
+    import leaves neither a row nor a folder.
+    """
+    folder = model_import.resolve_source(source, revision=revision)
+    name = name.strip() or (source.rstrip("/").split("/")[-1] + (f"@{revision}" if revision else ""))
+    if ModelVersion.objects.filter(name=name).exists():
+        raise model_import.ModelImportError(
+            f"A model named {name!r} is registered already; choose another --name."
+        )
+    progress(f"Checking {folder}…")
+    checked = model_import.check_model_folder(folder, chat_template=chat_template)
+    facts = checked.facts
+    progress(
+        f"{facts.architecture}: {facts.num_parameters / 1e6:.1f}M parameters, {facts.dtype}, "
+        f"context {facts.context_length or 'unknown'}, license {facts.license or 'not stated'}"
+        + (f"; no pad token, using {facts.pad_token!r}" if facts.pad_token_was_missing else "")
+    )
+    target = base_model_folder(f"{slugify(name) or 'model'}-{facts.sha256[:12]}")
+    saved = model_import.import_model_folder(checked, target, progress=progress)
+    source_text = f"imported from {source}" + (f" at revision {revision}" if revision else "")
+    try:
+        return model_version_register(
+            name=name,
+            kind=ModelVersion.Kind.POLICY,
+            saved=saved,
+            source=source_text[:300],
+            facts=facts.as_dict(),
+        )
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
 
 
 @transaction.atomic

@@ -32,6 +32,8 @@ def test_worker_consumes_ping_from_redis_on_both_queues():
             _publish_ping(broker_url=broker_url, transport_options={}, queue=queue)
             beat = wait_until(lambda q=queue: _heartbeat(hostname, q), message=f"ping on {queue}")
             assert beat.device.startswith(("cpu", "cuda"))
+            # What launch plans a round's memory with: this machine's RAM (a CPU worker) or one GPU's memory.
+            assert beat.device_count >= 1 and beat.device_memory_bytes > 2**30
 
 
 def test_worker_consumes_ping_from_filesystem_broker(tmp_path):

@@ -148,22 +148,24 @@ def save_model_atomically(model, tokenizer, target: Path) -> SavedModel:
 
 
 def describe_saved_model(path: Path) -> SavedModel:
-    """Hash, config and size of an artifact folder: a full model (model.safetensors + config.json), or an
-    adapter-only stage artifact (its *.safetensors files + stage.json), whose hash is that of its first weights file."""
+    """Hash, config and size of an artifact folder: a full model (model.safetensors, or shards with their index,
+    + config.json), or an adapter-only stage artifact (its *.safetensors files + stage.json), whose hash is that of
+    its first weights file."""
     from safetensors import safe_open
 
     path = Path(path)
-    full = path / "model.safetensors"
-    weights = [full] if full.is_file() else sorted(path.glob("*.safetensors"))
+    full = (path / "model.safetensors").is_file() or (path / "model.safetensors.index.json").is_file()
+    weights = sorted(path.glob("*.safetensors"))
     if not weights:
         raise BaseModelError(f"{path} holds no safetensors file")
-    config_file = path / "config.json" if full.is_file() else path / "stage.json"
+    config_file = path / "config.json" if full else path / "stage.json"
     config = json.loads(config_file.read_text()) if config_file.is_file() else {}
     num_parameters = 0
     for file in weights:
         with safe_open(str(file), framework="pt") as handle:
             num_parameters += sum(_numel(handle.get_slice(key).get_shape()) for key in handle.keys())
-    return SavedModel(path=path, sha256=sha256_file(weights[0]), config=config, num_parameters=num_parameters)
+    sha256 = weights_sha256(weights) if full else sha256_file(weights[0])
+    return SavedModel(path=path, sha256=sha256, config=config, num_parameters=num_parameters)
 
 
 def load_saved_model(path: Path, device: str = "cpu"):
@@ -180,6 +182,17 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
     with open(path, "rb") as handle:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_sha256(weight_files: list[Path]) -> str:
+    """sha256 of `model.safetensors`; for sharded weights, the sha256 of the shards' sha256s in name order."""
+    files = sorted(weight_files, key=lambda file: file.name)
+    if len(files) == 1:
+        return sha256_file(files[0])
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.name}:{sha256_file(file)}\n".encode())
     return digest.hexdigest()
 
 

@@ -166,6 +166,9 @@ class StageConfig:
     seed: int = 0
     checkpoint_every: int = 50  # optimizer steps; 0 disables checkpoints
     device: str = "auto"  # "auto" picks CUDA when present, else CPU
+    # Recompute activations in the backward pass: far less memory, about a third slower. Launch turns it on where
+    # the memory plan needs it (engine.memory); the SFT and reward stages use it.
+    gradient_checkpointing: bool = False
     peft: PeftSettings = field(default_factory=PeftSettings)
 
     LIMITS: ClassVar[dict[str, Bounds]] = {

@@ -113,8 +113,10 @@ def trainer_arguments(config: StageConfig, checkpoint_dir: Path, log_every: int)
         # The Trainer's default logs the mean of earlier losses in place of a NaN one, which hides a divergence.
         "logging_nan_inf_filter": False,
         "report_to": [],
-        # TRL turns gradient checkpointing on by default; at our sizes it only costs time (recomputes activations).
-        "gradient_checkpointing": False,
+        # TRL turns gradient checkpointing on by default; where a batch fits without it, it only costs time.
+        "gradient_checkpointing": config.gradient_checkpointing,
+        # Non-reentrant checkpointing needs no input that requires grad, so it works under LoRA and adapters too.
+        "gradient_checkpointing_kwargs": {"use_reentrant": False},
         "bf16": device.type == "cuda",
         "use_cpu": device.type == "cpu",
         "disable_tqdm": True,

@@ -24,6 +24,7 @@ from training.engine.rewards import RuleSpecError, parse_rules
 from training.jobs import run_enqueue, stage_enqueue
 from training.models import StageRun, TrainingRun
 from training.services import datasets
+from training.services.capacity import stages_fit_memory
 
 PRESET_STAGES: dict[str, tuple[str, ...]] = {
     TrainingRun.Preset.RLHF: ("sft", "reward", "ppo"),
@@ -215,6 +216,7 @@ def launch_validate(
         errors["base_model"] = ["The base model must be a policy."]
     elif plan is not None:
         _validate_lora_targets(plan, base_model, errors)
+        stages_fit_memory(stages=plan.stages, base_model=base_model, errors=errors)
     if errors:
         raise ValidationError(errors)
     return plan, base_model

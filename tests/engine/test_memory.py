@@ -1,0 +1,80 @@
+"""Memory planning: the estimate orders configurations as the hardware does, and checkpointing is picked to fit."""
+
+import torch
+from datasets import Dataset
+
+from training.engine import memory, sft
+from training.engine.common import ModelRef
+
+SMOLLM2_1_7B = memory.ModelShape(
+    num_parameters=1_711_000_000, hidden_size=2048, num_layers=24, vocab_size=49152
+)
+GIB = memory.GIB
+LOAD = dict(kind="sft", method="full", micro_batch_rows=8, sequence_tokens=2048, device_kind="cuda")
+
+
+def _estimate(gradient_checkpointing: bool = False, **overrides) -> memory.MemoryEstimate:
+    load = memory.StageLoad(**{**LOAD, **overrides})
+    return memory.training_memory(SMOLLM2_1_7B, load, gradient_checkpointing=gradient_checkpointing)
+
+
+def test_full_fine_tuning_pays_for_gradients_and_adamw_and_lora_does_not():
+    full, lora = _estimate(), _estimate(method="lora")
+    # fp32 weights + fp32 gradients + two fp32 AdamW moments: 16 bytes a parameter.
+    assert full.weights + full.gradients + full.optimizer == 16 * SMOLLM2_1_7B.num_parameters
+    assert lora.gradients + lora.optimizer < 0.05 * (full.gradients + full.optimizer)
+    assert full.activations == lora.activations
+
+
+def test_activations_grow_with_tokens_and_checkpointing_cuts_them():
+    small, large = _estimate(micro_batch_rows=4), _estimate(micro_batch_rows=8)
+    assert large.activations == 2 * small.activations
+    checkpointed = _estimate(gradient_checkpointing=True)
+    assert checkpointed.activations < 0.6 * large.activations
+
+
+def test_plan_turns_on_checkpointing_only_when_needed_and_only_where_supported():
+    sft_load, ppo_load = memory.StageLoad(**LOAD), memory.StageLoad(**{**LOAD, "kind": "ppo"})
+    fits, plain = memory.plan(SMOLLM2_1_7B, sft_load, device_memory=141 * GIB)
+    assert fits and not plain.gradient_checkpointing
+    fits, tight = memory.plan(SMOLLM2_1_7B, sft_load, device_memory=48 * GIB)
+    assert fits and tight.gradient_checkpointing and tight.total <= 0.9 * 48 * GIB < plain.total
+    fits, ppo = memory.plan(SMOLLM2_1_7B, ppo_load, device_memory=48 * GIB)
+    assert not fits and not ppo.gradient_checkpointing
+    assert "GiB" in ppo.describe() and "optimizer" in ppo.describe()
+
+
+def test_gradient_checkpointing_recomputes_layers_and_trains_the_same_model(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    # Counted one module inside each decoder layer: the layer's own forward is the one transformers checkpoints.
+    layer_forwards = []
+    real_forward = LlamaMLP.forward
+
+    def counting_forward(self, *args, **kwargs):
+        layer_forwards.append(1)
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(LlamaMLP, "forward", counting_forward)
+    rows = Dataset.from_list(
+        [{"messages": [{"role": "user", "content": f"Say {n}"}, {"role": "assistant", "content": f"{n} it is."}]}
+         for n in range(8)]
+    )  # fmt: skip
+    losses, layer_calls = {}, {}
+    for checkpointing in (False, True):
+        layer_forwards.clear()
+        config = sft.SftStageConfig(max_steps=3, learning_rate=1e-3, batch_size=4, max_length=64,
+                                    checkpoint_every=0, device="cpu", gradient_checkpointing=checkpointing)  # fmt: skip
+        seen = []
+        sft.run_stage(
+            config, rows, ModelRef(tiny_model_dir), tmp_path / f"sft-{checkpointing}",
+            lambda metrics, seen=seen: seen.append(metrics.values["loss"]) if "loss" in metrics.values else None,
+            lambda: False,
+        )  # fmt: skip
+        losses[checkpointing], layer_calls[checkpointing] = seen, len(layer_forwards)
+    # 3 steps × 2 decoder layers, each run once more in the backward pass when checkpointed.
+    assert layer_calls == {False: 3 * 2, True: 3 * 2 * 2}
+    assert len(losses[True]) == 3
+    assert torch.allclose(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-4)

@@ -1,0 +1,69 @@
+"""Launch plans memory: a round that cannot fit the gpu worker is refused with numbers; one that fits only with
+gradient checkpointing gets it."""
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from core.services import worker_heartbeat_record
+from registry.models import ModelVersion
+from tests.training.factories import ranked_project, register_tiny_base
+from training.models import TrainingRun
+from training.services import runs as run_services
+
+pytestmark = pytest.mark.django_db
+GIB = 2**30
+LLAMA_8B_CONFIG = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 128256}
+
+
+def _big_base(tiny_model_dir) -> ModelVersion:
+    """A registry row with an 8B model's shape (the weights are the tiny model's: no stage runs in these tests)."""
+    base = register_tiny_base(tiny_model_dir)
+    ModelVersion.objects.filter(pk=base.pk).update(config=LLAMA_8B_CONFIG, num_parameters=8_030_000_000)
+    base.refresh_from_db()
+    return base
+
+
+def _gpu_worker(memory_gib: int | None) -> None:
+    memory = memory_gib * GIB if memory_gib else None
+    worker_heartbeat_record(
+        hostname="gpu-1", queue="gpu", device="cuda:NVIDIA H100", device_memory_bytes=memory
+    )
+
+
+def _launch(base, method: str):
+    return run_services.training_run_launch(
+        project=ranked_project(prompts=4),
+        preset="sft",
+        base_model=base,
+        peft={"sft": method},
+        stage_configs={"sft": {"max_steps": 1, "batch_size": 8, "max_length": 2048}},
+    )
+
+
+def test_full_fine_tuning_that_cannot_fit_is_refused_with_the_numbers(tiny_model_dir, enqueued_stages):
+    _gpu_worker(80)
+    with pytest.raises(ValidationError) as excinfo:
+        _launch(_big_base(tiny_model_dir), "full")
+    (message,) = excinfo.value.message_dict["sft.batch_size"]
+    assert (
+        "about 141.4 GiB" in message
+        and "optimizer 59.8," in message
+        and "has 80 GiB" in message
+        and "or LoRA" in message
+    )
+    assert TrainingRun.objects.count() == 0 and not enqueued_stages
+
+
+@pytest.mark.parametrize(("memory_gib", "checkpointing"), [(80, True), (141, False)])
+def test_lora_gets_gradient_checkpointing_only_where_it_needs_it(
+    tiny_model_dir, enqueued_stages, memory_gib, checkpointing
+):
+    _gpu_worker(memory_gib)
+    run = _launch(_big_base(tiny_model_dir), "lora")
+    assert run.stages.get().config["gradient_checkpointing"] is checkpointing
+
+
+def test_nothing_is_planned_when_no_worker_reported_its_memory(tiny_model_dir, enqueued_stages):
+    _gpu_worker(None)
+    run = _launch(_big_base(tiny_model_dir), "full")
+    assert run.stages.get().config["gradient_checkpointing"] is False

@@ -1,0 +1,119 @@
+"""How much device memory a stage needs, stated before it starts (so a launch that cannot fit fails at once,
+not with an out-of-memory error an hour in), and whether gradient checkpointing is needed to make it fit.
+
+The estimate follows how our stages train: fp32 master weights (bf16 autocast on CUDA), AdamW's two fp32 moments
+for the trained parameters, fp32 gradients for them; activations per token and layer as measured for transformer
+blocks with fused (flash/SDPA) attention, about 34·h bytes in 16-bit (Korthikanti et al. 2022, table 2, without the
+attention-matrix term that fused attention does not store), twice that in fp32 on a CPU; logits and their gradient
+in fp32; with gradient checkpointing only each layer's input (2·h bytes a token in 16-bit) plus one layer's full
+activations. PPO holds a frozen reference and a reward model besides the policy and its value head. It is a
+planning figure (±30%), so the check keeps a margin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GIB = 2**30
+FITS_FRACTION = (
+    0.9  # plan at most this share of the device; allocator fragmentation and CUDA context take the rest
+)
+# The stages trained by transformers' Trainer; PPO and the contrastive stage run their own loop without it.
+CHECKPOINTING_STAGES = ("sft", "reward")
+ADAPTER_TRAINABLE_SHARE = 0.02  # LoRA r=16 / a bottleneck adapter: about 1-2% of a small model's parameters
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    num_parameters: int
+    hidden_size: int
+    num_layers: int
+    vocab_size: int
+
+    @classmethod
+    def from_config(cls, config: dict, num_parameters: int) -> ModelShape:
+        text = config.get("text_config") or config  # multimodal configs nest the language model's
+        return cls(
+            num_parameters=num_parameters,
+            hidden_size=int(text.get("hidden_size") or text.get("n_embd") or text.get("d_model") or 0),
+            num_layers=int(
+                text.get("num_hidden_layers") or text.get("n_layer") or text.get("num_layers") or 0
+            ),
+            vocab_size=int(text.get("vocab_size") or 0),
+        )
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    gradient_checkpointing: bool
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations
+
+    def describe(self) -> str:
+        parts = (
+            f"weights {self.weights / GIB:.1f}",
+            f"gradients {self.gradients / GIB:.1f}",
+            f"optimizer {self.optimizer / GIB:.1f}",
+            f"activations {self.activations / GIB:.1f}",
+        )
+        checkpointing = " with gradient checkpointing" if self.gradient_checkpointing else ""
+        return f"about {self.total / GIB:.1f} GiB{checkpointing} ({', '.join(parts)} GiB)"
+
+
+@dataclass(frozen=True)
+class StageLoad:
+    """What a stage puts on one device, besides the model: its kind and method, and one micro-batch."""
+
+    kind: str  # sft, reward, ppo, contrastive
+    method: str  # full, lora, adapter
+    micro_batch_rows: int
+    sequence_tokens: int
+    device_kind: str  # cuda, cpu, mps
+
+
+def training_memory(shape: ModelShape, load: StageLoad, *, gradient_checkpointing: bool) -> MemoryEstimate:
+    """Peak memory of one training stage on one device."""
+    params = shape.num_parameters
+    trained = params if load.method == "full" else int(params * ADAPTER_TRAINABLE_SHARE)
+    weights = 4 * params  # fp32 master weights; on CUDA the matmuls run under bf16 autocast
+    if load.kind == "ppo":
+        # A frozen reference policy and a reward model (same base) in bf16 on CUDA, fp32 elsewhere, plus the
+        # value head's copy of the policy when fully fine-tuned.
+        frozen_bytes = 2 if load.device_kind == "cuda" else 4
+        weights += 2 * frozen_bytes * params + (4 * params if load.method == "full" else 0)
+        trained *= 2 if load.method == "full" else 1
+    # Pairwise stages run a chosen and a rejected sequence per row.
+    rows = load.micro_batch_rows * (2 if load.kind in ("reward", "contrastive") else 1)
+    tokens = rows * load.sequence_tokens
+    activation_bytes = 2 if load.device_kind == "cuda" else 4
+    per_layer_token = 34 * shape.hidden_size * activation_bytes // 2
+    if gradient_checkpointing:
+        layers = 2 * shape.hidden_size * activation_bytes // 2 * shape.num_layers + per_layer_token
+    else:
+        layers = per_layer_token * shape.num_layers
+    logits = 0 if load.kind == "reward" else 2 * 4 * shape.vocab_size  # fp32 logits and their gradient
+    return MemoryEstimate(
+        weights=weights,
+        gradients=4 * trained,
+        optimizer=8 * trained,
+        activations=tokens * (layers + logits),
+        gradient_checkpointing=gradient_checkpointing,
+    )
+
+
+def plan(shape: ModelShape, load: StageLoad, *, device_memory: int) -> tuple[bool, MemoryEstimate]:
+    """(fits, estimate): without gradient checkpointing when that fits, else with it (slower, far less memory)
+    in the stages that support it."""
+    budget = int(device_memory * FITS_FRACTION)
+    estimate = None
+    for checkpointing in (False, True) if load.kind in CHECKPOINTING_STAGES else (False,):
+        estimate = training_memory(shape, load, gradient_checkpointing=checkpointing)
+        if estimate.total <= budget:
+            return True, estimate
+    return False, estimate
