@@ -103,7 +103,7 @@ def test_cancel_stops_within_one_step_and_resume_continues_from_checkpoint(tiny_
 
     def stop_after_three() -> bool:
         steps_seen.append(len(steps_seen) + 1)
-        return len(steps_seen) >= 3  # asked once per optimizer step: true right after step 3
+        return len(steps_seen) >= 3  # one micro-batch per step: asked once per step, true right after step 3
 
     cancelled = reward.run_stage(
         config(max_steps=8, checkpoint_every=2),

@@ -3,9 +3,11 @@
     run_stage(config: <Stage>Config, data: datasets.Dataset, base: ModelRef, out_dir: Path,
               on_progress: Callable[[StepMetrics], None], should_stop: Callable[[], bool]) -> StageResult
 
-Pure: no Django, no Celery. `on_progress` feeds live charts (StepMetrics after each step; PhaseProgress inside long steps), `should_stop` makes cancel cooperative (checked once
-per optimizer step), checkpoints under `checkpoint_dir_for(out_dir)` make resume work, and the artifact is written
-into a staging folder that is renamed to `out_dir` only when complete.
+Pure: no Django, no Celery. `on_progress` feeds live charts (StepMetrics after each step; PhaseProgress inside long
+steps), `should_stop` makes cancel cooperative (asked between micro-batches, and in PPO before every forward pass of
+its rollouts and scoring, so a cancel lands within seconds), checkpoints under `checkpoint_dir_for(out_dir)` make
+resume work (a cancel saves the last completed step), and the artifact is written into a staging folder that is
+renamed to `out_dir` only when complete.
 """
 
 from __future__ import annotations
@@ -237,6 +239,12 @@ StopCallback = Callable[[], bool]
 
 class StageCancelled(Exception):
     """Raised inside a training loop when `should_stop()` says so; stages turn it into a cancelled result."""
+
+
+def stop_if_asked(should_stop: StopCallback | None) -> None:
+    """Raise StageCancelled when `should_stop` (if any) says so: a cancel point inside a long loop."""
+    if should_stop is not None and should_stop():
+        raise StageCancelled()
 
 
 def pick_device(preference: str = "auto"):

@@ -419,6 +419,13 @@ def run_stage(
                 parameter.copy_(state["trainable"][key])
         optimizer.load_state_dict(state["optimizer"])
         step = state["step"]
+    start_step = step
+
+    def cancelled(metrics: dict[str, float]) -> StageResult:
+        # The weights and optimizer are those of the last completed step (a half-accumulated one is dropped).
+        if config.checkpoint_every > 0 and step > start_step:
+            _save_checkpoint(checkpoint_dir, step, trainable, optimizer)
+        return StageResult(status="cancelled", artifact_path=None, metrics=metrics, steps_completed=step)
 
     batch_size = min(config.batch_size, len(examples))
     batches_per_epoch = max(1, len(examples) // batch_size)
@@ -427,6 +434,8 @@ def run_stage(
     while step < config.max_steps:
         optimizer.zero_grad(set_to_none=True)
         for micro_step in range(config.gradient_accumulation_steps):
+            if micro_step > 0 and should_stop():  # between micro-batches; after a step is asked below
+                return cancelled(metrics)
             # The batch order depends only on (seed, step), so a resumed run sees the batches the first would have.
             index = step * config.gradient_accumulation_steps + micro_step
             epoch, position = divmod(index, batches_per_epoch)
@@ -464,11 +473,10 @@ def run_stage(
                 "preference_accuracy": float((margin > 0).float().mean()),
             }
             on_progress(StepMetrics(step=step, total_steps=config.max_steps, values=metrics))
-        stop = should_stop()
-        if config.checkpoint_every > 0 and (step % config.checkpoint_every == 0 or stop):
+        if should_stop():
+            return cancelled(metrics)
+        if config.checkpoint_every > 0 and step % config.checkpoint_every == 0:
             _save_checkpoint(checkpoint_dir, step, trainable, optimizer)
-        if stop:
-            return StageResult(status="cancelled", artifact_path=None, metrics=metrics, steps_completed=step)
 
     policy.model.eval()
     final = evaluate_margin(policy, examples, tokenizer.pad_token_id, device, batch_size)

@@ -1,6 +1,6 @@
 """What the Trainer-based stages (SFT, reward model) share: progress/cancel callback, arguments, checkpoints.
 
-The stage contract (common.py) asks for live progress, cancel within one optimizer step, and resume from the last
+The stage contract (common.py) asks for live progress, cancel within one micro-batch, and resume from the last
 checkpoint. With a `transformers.Trainer` that is one callback plus `resume_from_checkpoint`.
 """
 
@@ -23,10 +23,12 @@ from training.engine.common import (
 
 
 class ProgressAndCancelCallback(TrainerCallback):
-    """Forwards every log to `on_progress`; after each optimizer step asks `should_stop` and stops if told to.
+    """Forwards every log to `on_progress`; after each micro-batch asks `should_stop` and stops if told to.
 
-    A cancel also saves a checkpoint (when checkpoints are on), so a resumed run continues exactly where the
-    cancelled one stopped instead of at the previous multiple of `checkpoint_every`.
+    A cancel between the micro-batches of a step (gradient accumulation) drops that half-accumulated step: its
+    gradients are never applied, so the weights, optimizer and scheduler are still those of the last completed
+    step. The cancel then saves a checkpoint of that step (when checkpoints are on), so a resumed run continues
+    exactly where the cancelled one stopped instead of at the previous multiple of `checkpoint_every`.
     """
 
     def __init__(
@@ -47,10 +49,17 @@ class ProgressAndCancelCallback(TrainerCallback):
         self.last_step_values: dict[str, float] = {}  # the latest per-step log (loss, accuracy, …)
         self.summary: dict[str, float] = {}  # the end-of-training log (runtime, samples/s, mean loss)
 
+    def on_substep_end(self, args, state, control, **kwargs):
+        return self._stop_if_asked(control)  # between two micro-batches of one optimizer step
+
     def on_step_end(self, args, state, control, **kwargs):
+        return self._stop_if_asked(control)
+
+    def _stop_if_asked(self, control):
         if self.should_stop():
             self.cancelled = True
             control.should_training_stop = True
+            # The Trainer saves at the end of the interrupted epoch, at `global_step`: the last completed step.
             control.should_save = self.checkpoints_enabled
         return control
 

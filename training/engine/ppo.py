@@ -57,6 +57,7 @@ from training.engine.common import (
     pick_device,
     seed_everything,
     staged_output,
+    stop_if_asked,
     training_dtype,
     write_json,
 )
@@ -306,18 +307,27 @@ class SequenceScorer:
             self.reward_model = model.eval().requires_grad_(False)
             self.reward_tokenizer = tokenizer
 
-    def score(self, rows: list[dict], texts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def score(
+        self, rows: list[dict], texts: list[str], should_stop: StopCallback | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         total = torch.zeros(len(texts), device=self.device)
         parts = {}
         if self.reward_model is not None:
-            model_scores = score_texts(
-                self.reward_model,
-                self.reward_tokenizer,
-                [row["prompt"] for row in rows],
-                texts,
-                self.config.reward_batch_size,
-                self.config.max_length,
-            ).to(self.device)
+            size = self.config.reward_batch_size
+            chunks = []
+            for start in range(0, len(texts), size):  # a cancel point between reward-model batches
+                stop_if_asked(should_stop)
+                chunks.append(
+                    score_texts(
+                        self.reward_model,
+                        self.reward_tokenizer,
+                        [row["prompt"] for row in rows[start : start + size]],
+                        texts[start : start + size],
+                        size,
+                        self.config.max_length,
+                    )
+                )
+            model_scores = torch.cat(chunks).to(self.device)
             parts["reward_model_score"] = model_scores.mean()
             total = total + self.config.reward_model_weight * model_scores
         if self.rule_reward is not None:
@@ -368,8 +378,7 @@ def prompt_rows_for_iteration(data: Dataset, iteration: int, batch_size: int, se
 # Checkpoints: policy (trainable part) + value head + optimizer + KL controller + RNG + iteration
 
 
-def save_checkpoint(
-    checkpoint_dir: Path,
+def capture_checkpoint(
     iteration: int,
     policy,
     value_head,
@@ -378,9 +387,12 @@ def save_checkpoint(
     sampling_generator: torch.Generator,
     shuffle_generator: torch.Generator,
     history: list[dict[str, float]],
-) -> Path:
-    """Written into a temp folder and renamed, so a crash never leaves a half checkpoint; older ones are removed."""
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+) -> dict:
+    """Everything a resume needs after `iteration` completed iterations, copied to the CPU.
+
+    Taken at the start of each iteration, so a cancel in the middle of the next one (its updates change the
+    weights in place) still saves the state of the last completed iteration.
+    """
     trainable_names = set(trainable_parameters(policy))
     state = {
         "iteration": iteration,
@@ -391,8 +403,25 @@ def save_checkpoint(
         "sampling_rng": sampling_generator.get_state(),
         "shuffle_rng": shuffle_generator.get_state(),
         "torch_rng": torch.get_rng_state(),
-        "history": history,  # so the artifact's metrics.json covers the whole run after a resume
+        "history": list(history),  # so the artifact's metrics.json covers the whole run after a resume
     }
+    return _cpu_copy(state)
+
+
+def _cpu_copy(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _cpu_copy(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_cpu_copy(item) for item in value)
+    return value
+
+
+def save_checkpoint(checkpoint_dir: Path, state: dict) -> Path:
+    """Written into a temp folder and renamed, so a crash never leaves a half checkpoint; older ones are removed."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    iteration = state["iteration"]
     staging = Path(tempfile.mkdtemp(prefix=".tmp-step-", dir=checkpoint_dir))
     torch.save(state, staging / CHECKPOINT_FILE)
     target = checkpoint_dir / f"step-{iteration:08d}"
@@ -478,9 +507,25 @@ def run_stage(
         )
 
     sampling = config.sampling
+    boundary = None  # the state after the last completed iteration, for a checkpoint on cancel
+    saved_iteration = start_iteration
     try:
         for iteration in range(start_iteration, config.max_steps):
-            _stop_if_asked(should_stop)
+            if config.checkpoint_every > 0:
+                boundary = capture_checkpoint(
+                    iteration,
+                    policy,
+                    value_head,
+                    optimizer,
+                    kl_controller,
+                    sampling_generator,
+                    shuffle_generator,
+                    history,
+                )
+                if iteration > start_iteration and iteration % config.checkpoint_every == 0:
+                    save_checkpoint(checkpoint_dir, boundary)
+                    saved_iteration = iteration
+            stop_if_asked(should_stop)
             rows = prompt_rows_for_iteration(data, iteration, config.batch_size, config.seed)
             step = iteration + 1
 
@@ -491,20 +536,25 @@ def run_stage(
             )
             with autocast_for(device):
                 batch = generate(
-                    policy, tokenizer, [row["prompt"] for row in rows], sampling, sampling_generator
+                    policy,
+                    tokenizer,
+                    [row["prompt"] for row in rows],
+                    sampling,
+                    sampling_generator,
+                    should_stop,
                 )
             tokens = len(rows) * (
                 batch.prompt_ids.shape[1] + batch.completion_ids.shape[1]
             )  # shapes: no sync
             detail = f"{len(rows)} completions, {tokens} tokens with their prompts"
             on_progress(PhaseProgress(step, config.max_steps, "scoring", detail, tokens))
-            scores, score_parts = scorer.score(rows, batch.texts)
+            scores, score_parts = scorer.score(rows, batch.texts, should_stop)
             if config.missing_eos_penalty is not None:
                 scores = scores - config.missing_eos_penalty * (~batch.ended_with_eos).float()
 
             # ---- evaluate the rollout: old log-probs and values, reference log-probs
             old_log_probs, old_values, reference_log_probs = evaluate_rollout(
-                policy, value_head, reference, reference_context, batch, config, device
+                policy, value_head, reference, reference_context, batch, config, device, should_stop
             )
             mask = batch.completion_mask.float()
 
@@ -567,24 +617,10 @@ def run_stage(
             history.append({"step": iteration + 1, **values})
             on_progress(StepMetrics(step=iteration + 1, total_steps=config.max_steps, values=values))
             check_finite_training(values, step=iteration + 1, learning_rate=config.learning_rate)
-
-            if (
-                config.checkpoint_every > 0
-                and (iteration + 1) % config.checkpoint_every == 0
-                and iteration + 1 < config.max_steps
-            ):
-                save_checkpoint(
-                    checkpoint_dir,
-                    iteration + 1,
-                    policy,
-                    value_head,
-                    optimizer,
-                    kl_controller,
-                    sampling_generator,
-                    shuffle_generator,
-                    history,
-                )
     except StageCancelled:
+        # Checkpoints on: the last completed iteration is kept, whatever phase of the next one was cancelled.
+        if boundary is not None and boundary["iteration"] > saved_iteration:
+            save_checkpoint(checkpoint_dir, boundary)
         last = history[-1] if history else {}
         return StageResult(
             status="cancelled",
@@ -618,17 +654,27 @@ def run_stage(
 
 @torch.no_grad()
 def evaluate_rollout(
-    policy, value_head, reference, reference_context, batch: GeneratedBatch, config: PPOConfig, device
+    policy,
+    value_head,
+    reference,
+    reference_context,
+    batch: GeneratedBatch,
+    config: PPOConfig,
+    device,
+    should_stop: StopCallback | None = None,
 ):
-    """Log-probs and values under the sampling policy, and reference log-probs, in minibatch-sized chunks."""
+    """Log-probs and values under the sampling policy, and reference log-probs, in minibatch-sized chunks;
+    `should_stop` is asked before every pass."""
     sequence_ids, sequence_mask = batch.sequence_ids, batch.sequence_mask
     width = batch.completion_ids.shape[1]
     old_log_probs, old_values, reference_log_probs = [], [], []
     for rows in torch.arange(len(sequence_ids), device=device).split(config.mini_batch_size):
+        stop_if_asked(should_stop)
         with autocast_for(device):
             log_probs, _, values = completion_forward(
                 policy, value_head, sequence_ids[rows], sequence_mask[rows], width, config.temperature
             )
+            stop_if_asked(should_stop)
             with reference_context():
                 ref_log_probs, _, _ = completion_forward(
                     reference, None, sequence_ids[rows], sequence_mask[rows], width, config.temperature
@@ -675,9 +721,9 @@ def ppo_update(
     for _ in range(config.ppo_epochs):
         order = torch.randperm(rollout_size, generator=shuffle_generator).to(device)
         for minibatch in order.split(config.mini_batch_size):
-            _stop_if_asked(should_stop)
             micro_batches = minibatch.tensor_split(min(config.gradient_accumulation_steps, len(minibatch)))
             for rows in micro_batches:
+                stop_if_asked(should_stop)  # between micro-batches: a cancel drops the half-accumulated step
                 with autocast_for(device):
                     log_probs, entropy, values = completion_forward(
                         policy, value_head, sequence_ids[rows], sequence_mask[rows], width, config.temperature
@@ -725,8 +771,3 @@ def ppo_update(
     stats = {name: total / micro_batches_seen for name, total in totals.items()}
     stats["grad_norm"] = grad_norm_sum / max(optimizer_steps, 1)  # before clipping, like the Trainer's
     return stats
-
-
-def _stop_if_asked(should_stop: StopCallback) -> None:
-    if should_stop():
-        raise StageCancelled()

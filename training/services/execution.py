@@ -41,6 +41,7 @@ from training.signals import training_run_succeeded
 logger = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 200
+CANCEL_POLL_S = 0.5  # seconds between two cancel lookups of one running stage
 
 
 def stage_output_dir(*, stage: StageRun) -> Path:
@@ -95,6 +96,7 @@ class StageReporter:
         self._last_write = 0.0
         self._last_phase_write = 0.0
         self._cancelled = False
+        self._last_cancel_poll = -CANCEL_POLL_S  # the first question always asks the database
 
     def on_progress(self, progress: StepMetrics | PhaseProgress) -> None:
         if isinstance(progress, PhaseProgress):
@@ -142,9 +144,11 @@ class StageReporter:
         self._last_write = time.monotonic()
 
     def should_stop(self) -> bool:
-        """Asked once per optimizer step: one indexed lookup, so a cancel is honoured within one step."""
-        if not self._cancelled:
+        """Asked between micro-batches and decode steps, so a cancel is honoured within seconds; the indexed
+        lookup runs at most every CANCEL_POLL_S, so asking per generated token costs no query per token."""
+        if not self._cancelled and time.monotonic() - self._last_cancel_poll >= CANCEL_POLL_S:
             self._cancelled = TrainingRun.objects.filter(pk=self.run_id, cancel_requested=True).exists()
+            self._last_cancel_poll = time.monotonic()
         return self._cancelled
 
 
