@@ -221,7 +221,7 @@ def main() -> None:
 
     from training.engine.contrastive import ContrastiveStageConfig
     from training.engine.ppo import PPOConfig
-    from training.engine.reward import RewardStageConfig
+    from training.engine.reward_model import RewardStageConfig
     from training.engine.sft import SftStageConfig
 
     work = Path(tempfile.mkdtemp())

@@ -170,8 +170,8 @@ def generate_responses(*, job: SamplingJob, prompts: Sequence[Prompt], progress=
     import torch
 
     from training.engine.common import ModelRef, pick_device
+    from training.engine.finetuning_methods import load_model_ref
     from training.engine.generation import SamplingSettings, generate
-    from training.engine.peft import load_model_ref
 
     params = job.params
     device = pick_device("auto")

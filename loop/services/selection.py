@@ -71,7 +71,7 @@ def latest_reward_model() -> ModelVersion | None:
 def reward_model_scorer(version: ModelVersion, *, batch_size: int = 16) -> ScoreResponses:
     """Scores responses with a registered reward model (loaded once, on CUDA when present)."""
     from training.engine.common import pick_device
-    from training.engine.reward import load_reward_model, score_texts
+    from training.engine.reward_model import load_reward_model, score_texts
 
     model, tokenizer = load_reward_model(
         Path(settings.ARTIFACT_ROOT) / version.artifact_path, pick_device("auto")

@@ -9,7 +9,7 @@ import re
 import pytest
 from datasets import Dataset
 
-from training.engine import contrastive, reward, sft
+from training.engine import contrastive, reward_model, sft
 from training.engine.common import ModelRef, StepMetrics, checkpoint_dir_for
 
 MICRO_BATCHES = 4  # gradient_accumulation_steps of every stage here
@@ -55,8 +55,8 @@ def preference_pairs() -> Dataset:
 STAGES = {
     "sft": (sft, sft.SftStageConfig(**COMMON), conversations, 1, "train_loss"),
     "reward": (
-        reward,
-        reward.RewardStageConfig(**COMMON, held_out_fraction=0.0),
+        reward_model,
+        reward_model.RewardStageConfig(**COMMON, held_out_fraction=0.0),
         preference_pairs,
         1,
         "train_loss",

@@ -10,7 +10,7 @@ import torch
 from datasets import Dataset
 
 from training.engine import common as stages_common
-from training.engine import contrastive, sft, stages
+from training.engine import lora_mixture, sft, stages
 from training.engine.base_model import linear_module_names
 from training.engine.common import (
     DeviceUnavailableError,
@@ -21,7 +21,7 @@ from training.engine.common import (
     json_safe,
     pick_device,
 )
-from training.engine.peft import load_model_ref, prepare_model
+from training.engine.finetuning_methods import load_model_ref, prepare_model
 
 
 def errors_of(kind: str, values: dict) -> dict[str, str]:
@@ -178,9 +178,9 @@ def test_lora_targets_the_model_lacks_fail_before_training(tiny_model_dir):
     with pytest.raises(ValueError, match="no module of the base model is named 'query_key_value'.*q_proj"):
         prepare_model(model, settings)
     with pytest.raises(ValueError, match="'query_key_value'"):
-        contrastive.MixtureOfLoraExperts(model, ["a"], 4, 8, settings.lora_target_modules)
+        lora_mixture.MixtureOfLoraExperts(model, ["a"], 4, 8, settings.lora_target_modules)
     # Dotted suffixes work as in PEFT, in the mixture too.
-    mixture = contrastive.MixtureOfLoraExperts(model, ["a"], 4, 8, ("self_attn.q_proj",))
+    mixture = lora_mixture.MixtureOfLoraExperts(model, ["a"], 4, 8, ("self_attn.q_proj",))
     assert sorted(mixture.expert_layers) == [
         "model.layers.0.self_attn.q_proj",
         "model.layers.1.self_attn.q_proj",

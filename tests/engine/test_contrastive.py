@@ -6,9 +6,9 @@ import pytest
 import torch
 from datasets import Dataset
 
-from training.engine import contrastive
+from training.engine import contrastive, lora_mixture
 from training.engine.common import ModelRef, PeftSettings
-from training.engine.peft import base_parameters, load_model_ref
+from training.engine.finetuning_methods import base_parameters, load_model_ref
 
 TOPICS = {
     "math": ["add two and three", "multiply four by five", "divide ten by two", "subtract one from nine"],
@@ -85,7 +85,7 @@ def test_expert_mixture_router_routes_domains_apart_and_base_is_untouched(tiny_m
 
     policy, _ = contrastive.load_policy(result.artifact_path)
     assert policy.expert_mixture.domains == ["math", "poetry"]
-    routes = contrastive.route_of(policy, tokenizer, [row["prompt"] for row in data])
+    routes = lora_mixture.route_of(policy, tokenizer, [row["prompt"] for row in data])
     math_route, poetry_route = routes[:4].mean(0), routes[4:].mean(0)
     assert math_route.argmax() == 0 and poetry_route.argmax() == 1  # each domain mostly on its own expert
     assert margin_of(policy, tokenizer, data) > before

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from datasets import Dataset
 
-from training.engine import contrastive, ppo, reward, sft
+from training.engine import contrastive, ppo, reward_model, sft
 from training.engine.common import ModelRef, PeftSettings
 
 pytestmark = pytest.mark.slow
@@ -47,7 +47,7 @@ def test_each_stage_runs_two_steps_on_the_real_model(bundled_model_dir, tmp_path
     sft_rows = Dataset.from_list([{"messages": PROMPT + [{"role": "assistant", "content": "Blue."}]}] * 2)
     runs = [
         (sft, sft.SftStageConfig(**common), sft_rows),
-        (reward, reward.RewardStageConfig(held_out_fraction=0.25, **common), PAIRS),
+        (reward_model, reward_model.RewardStageConfig(held_out_fraction=0.25, **common), PAIRS),
         (contrastive, contrastive.ContrastiveStageConfig(**common), PAIRS),
         (
             ppo,

@@ -26,7 +26,7 @@ from training.engine.ppo import (
     prompt_rows_for_iteration,
     run_stage,
 )
-from training.engine.rewards import RuleSpecError
+from training.engine.reward_rules import RuleSpecError
 
 WORDS = ["yes", "no", "maybe", "sure", "ok", "fine"]
 QUESTIONS = [
@@ -98,8 +98,8 @@ def few_words_policy_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def yes_reward_model_dir(few_words_policy_dir, tmp_path_factory) -> Path:
     """A reward model trained by the reward stage on pairs where the reply with more "yes" is preferred."""
-    from training.engine.reward import RewardStageConfig
-    from training.engine.reward import run_stage as run_reward_stage
+    from training.engine.reward_model import RewardStageConfig
+    from training.engine.reward_model import run_stage as run_reward_stage
 
     rng = random.Random(1)
 

@@ -9,7 +9,7 @@ from datasets import Dataset
 
 from training.engine import sft
 from training.engine.common import ModelRef, PeftSettings
-from training.engine.peft import load_model_ref
+from training.engine.finetuning_methods import load_model_ref
 
 QUESTION = "What is the capital of Zorbia?"
 ANSWER = "Blorptown, of course."

@@ -15,7 +15,7 @@ from loop.services.sampling import sampling_job_create, sampling_job_execute
 from loop.services.selection import reward_model_scorer
 from loop.services.simulation import annotators_simulate
 from tests.training.factories import make_user, register_tiny_base
-from training.engine import reward as reward_stage
+from training.engine import reward_model as reward_stage
 from training.engine.base_model import describe_saved_model
 from training.engine.common import ModelRef
 from training.services.registry import artifact_dir, model_version_register

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from tests.training.factories import TINY_STAGE_CONFIGS, ranked_project, register_tiny_base
-from training.engine.peft import load_model_ref
+from training.engine.finetuning_methods import load_model_ref
 from training.models import ModelVersion, StageRun, TrainingRun
 from training.services import runs as run_services
 from training.services.execution import model_ref, stage_run_execute, stale_stages_fail

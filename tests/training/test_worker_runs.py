@@ -11,8 +11,8 @@ from django.conf import settings as django_settings
 
 from tests.training.factories import TINY_STAGE_CONFIGS, ranked_project, register_tiny_base
 from tests.workers import celery_worker, wait_until, web_server
-from training.engine.peft import load_model_ref
-from training.engine.reward import load_reward_model, score_texts
+from training.engine.finetuning_methods import load_model_ref
+from training.engine.reward_model import load_reward_model, score_texts
 from training.models import ModelVersion, StageRun, TrainingRun
 from training.services import runs as run_services
 from training.services.execution import model_ref, stage_output_dir, stale_stages_fail

@@ -4,7 +4,7 @@ TRL 1.x dropped PPO, so this is our own, written as one loop (Ziegler et al. 201
 al., "The N Implementation Details of RLHF with PPO", 2024). One PPO *iteration* (= one `step` of the stage):
 
     rollout   sample one completion per prompt with the current policy        (generation.py, KV cache)
-    score     sequence score s from the reward model and/or the rules          (reward.py, rewards.py)
+    score     sequence score s from the reward model and/or the rules          (reward_model.py, reward_rules.py)
     evaluate  old log-probs and values of the policy, log-probs of the reference, without gradients
     reward    per token: r_t = -β·(log π_old − log π_ref)_t, plus s at the completion's last token
               (optionally scaled to unit variance: reward whitening)
@@ -61,8 +61,7 @@ from training.engine.common import (
     training_dtype,
     write_json,
 )
-from training.engine.generation import GeneratedBatch, SamplingSettings, generate, positions_from_mask
-from training.engine.peft import (
+from training.engine.finetuning_methods import (
     autocast_for,
     disabled_adapters,
     has_disableable_adapter,
@@ -72,8 +71,9 @@ from training.engine.peft import (
     save_stage_artifact,
     trainable_parameters,
 )
-from training.engine.reward import score_texts
-from training.engine.rewards import ReferenceExactRule, ReferenceRegexRule, RuleReward, parse_rules
+from training.engine.generation import GeneratedBatch, SamplingSettings, generate, positions_from_mask
+from training.engine.reward_model import score_texts
+from training.engine.reward_rules import ReferenceExactRule, ReferenceRegexRule, RuleReward, parse_rules
 
 STAGE_NAME = "ppo"
 RewardSource = Literal["reward_model", "rules", "mixed"]
@@ -112,7 +112,7 @@ class PPOConfig(StageConfig):
     reward_source: RewardSource = "reward_model"
     reward_model_weight: float = 1.0
     rules_weight: float = 1.0
-    rules: list[dict] = field(default_factory=list)  # rule specs, see rewards.py
+    rules: list[dict] = field(default_factory=list)  # rule specs, see reward_rules.py
     missing_eos_penalty: float | None = None  # subtracted from the score of completions cut at max_new_tokens
     reward_batch_size: int = 16
 

@@ -25,7 +25,7 @@ from training.engine.common import (
     seed_everything,
     staged_output,
 )
-from training.engine.peft import load_model_ref, prepare_model, save_stage_artifact
+from training.engine.finetuning_methods import load_model_ref, prepare_model, save_stage_artifact
 
 STAGE_NAME = "sft"
 

@@ -42,7 +42,7 @@ class StageSpec:
 
 STAGES: dict[str, StageSpec] = {
     "sft": StageSpec("sft", "sft", "SftStageConfig", "sft", "policy"),
-    "reward": StageSpec("reward", "reward", "RewardStageConfig", "pairwise", "reward"),
+    "reward": StageSpec("reward", "reward_model", "RewardStageConfig", "pairwise", "reward"),
     "ppo": StageSpec("ppo", "ppo", "PPOConfig", "prompts", "policy"),
     "contrastive": StageSpec("contrastive", "contrastive", "ContrastiveStageConfig", "pairwise", "policy"),
 }
@@ -131,7 +131,7 @@ def _build(cls, values: dict, *, prefix: str, errors: dict[str, str]):
     except (TypeError, ValueError) as exc:  # other checks of a stage's __post_init__
         if own_errors:
             return None
-        from training.engine.rewards import RuleSpecError
+        from training.engine.reward_rules import RuleSpecError
 
         field = "rules" if isinstance(exc, RuleSpecError) else "__all__"
         errors[f"{prefix}{field}"] = str(exc)

@@ -260,7 +260,7 @@ def stage_run_execute(*, stage_run_id: int, worker: str = "", task_id: str = "")
         if out_dir.exists():
             # The artifact was completed before the worker died between writing it and registering it.
             log_lines.append("artifact already complete on disk; registering it without training again")
-            from training.engine.peft import (
+            from training.engine.finetuning_methods import (
                 read_stage_manifest,  # torch: loaded where stages run, not at start-up
             )
 

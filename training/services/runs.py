@@ -232,7 +232,7 @@ def preset_data_formats(preset: str) -> tuple[str, ...]:
 
 
 def _validate_reward_rules(config, errors: dict[str, list[str]]) -> None:
-    from training.engine.rewards import RuleSpecError, parse_rules
+    from training.engine.reward_rules import RuleSpecError, parse_rules
 
     if config.reward_source in ("rules", "mixed") and not config.rules:
         errors.setdefault("ppo.rules", []).append("Rule-based rewards need at least one rule.")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from training.engine import reward
+from training.engine import reward_model
 from training.engine.common import ModelRef, PeftSettings
 from training.engine.data import pairs_from_ranking, preference_pairs
 
@@ -31,7 +31,7 @@ def keyword_preference(count: int, seed: int = 0) -> Dataset:
     return Dataset.from_list(rows)
 
 
-def config(**overrides) -> reward.RewardStageConfig:
+def config(**overrides) -> reward_model.RewardStageConfig:
     values = dict(
         max_steps=20,
         learning_rate=1e-3,
@@ -42,7 +42,7 @@ def config(**overrides) -> reward.RewardStageConfig:
         device="cpu",
     )
     values.update(overrides)
-    return reward.RewardStageConfig(**values)
+    return reward_model.RewardStageConfig(**values)
 
 
 def never_stop() -> bool:
@@ -55,7 +55,7 @@ def test_reward_model_learns_preference_and_scores_after_reload(tiny_model_dir, 
     learning_rate = {"full": 1e-3, "lora": 5e-3, "adapter": 1e-2}[method]
     settings = PeftSettings(method=method, lora_r=8, adapter_bottleneck=16)
     progress = []
-    result = reward.run_stage(
+    result = reward_model.run_stage(
         config(peft=settings, learning_rate=learning_rate),
         data,
         ModelRef(tiny_model_dir),
@@ -70,13 +70,13 @@ def test_reward_model_learns_preference_and_scores_after_reload(tiny_model_dir, 
     assert result.metrics["held_out_mean_margin"] > 0
     assert [m.step for m in progress if "loss" in m.values][:3] == [1, 2, 3]  # live progress, every step
 
-    model, tokenizer = reward.load_reward_model(result.artifact_path, "cpu")
+    model, tokenizer = reward_model.load_reward_model(result.artifact_path, "cpu")
     fresh = keyword_preference(10, seed=99)
     prompts = list(fresh["prompt"])
-    chosen = reward.score_texts(
+    chosen = reward_model.score_texts(
         model, tokenizer, prompts, [c[0]["content"] for c in fresh["chosen"]], batch_size=4
     )
-    rejected = reward.score_texts(model, tokenizer, prompts, list(fresh["rejected"]), batch_size=4)
+    rejected = reward_model.score_texts(model, tokenizer, prompts, list(fresh["rejected"]), batch_size=4)
     assert chosen.shape == (10,) and chosen.dtype == torch.float32
     assert (chosen > rejected).float().mean() >= 0.9
 
@@ -105,7 +105,7 @@ def test_cancel_stops_within_one_step_and_resume_continues_from_checkpoint(tiny_
         steps_seen.append(len(steps_seen) + 1)
         return len(steps_seen) >= 3  # one micro-batch per step: asked once per step, true right after step 3
 
-    cancelled = reward.run_stage(
+    cancelled = reward_model.run_stage(
         config(max_steps=8, checkpoint_every=2),
         data,
         ModelRef(tiny_model_dir),
@@ -120,7 +120,7 @@ def test_cancel_stops_within_one_step_and_resume_continues_from_checkpoint(tiny_
     assert checkpoints == ["checkpoint-2", "checkpoint-3"]  # periodic + the one saved on cancel
 
     progress = []
-    resumed = reward.run_stage(
+    resumed = reward_model.run_stage(
         config(max_steps=8, checkpoint_every=2),
         data,
         ModelRef(tiny_model_dir),
@@ -141,7 +141,7 @@ def test_no_artifact_after_a_failed_stage(tiny_model_dir, tmp_path, monkeypatch)
             raise RuntimeError("worker lost")
 
     with pytest.raises(RuntimeError, match="worker lost"):
-        reward.run_stage(
+        reward_model.run_stage(
             config(max_steps=4), data, ModelRef(tiny_model_dir), tmp_path / "a", fail_at_step_two, never_stop
         )
     assert not (tmp_path / "a").exists()
@@ -150,9 +150,9 @@ def test_no_artifact_after_a_failed_stage(tiny_model_dir, tmp_path, monkeypatch)
         (folder / "model.safetensors").write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(reward, "save_stage_artifact", half_written)
+    monkeypatch.setattr(reward_model, "save_stage_artifact", half_written)
     with pytest.raises(OSError, match="disk full"):
-        reward.run_stage(
+        reward_model.run_stage(
             config(max_steps=2), data, ModelRef(tiny_model_dir), tmp_path / "b", lambda m: None, never_stop
         )
     # No artifact and no half-written staging folder; only the checkpoint folders, kept for a retry.

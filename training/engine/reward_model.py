@@ -31,7 +31,12 @@ from training.engine.common import (
     staged_output,
 )
 from training.engine.data import conversation_text, preference_pairs, split_held_out
-from training.engine.peft import autocast_for, load_model_ref, prepare_model, save_stage_artifact
+from training.engine.finetuning_methods import (
+    autocast_for,
+    load_model_ref,
+    prepare_model,
+    save_stage_artifact,
+)
 
 STAGE_NAME = "reward"
 

@@ -35,6 +35,7 @@ from training.engine.common import (
     unmatched_targets_message,
     write_json,
 )
+from training.engine.lora_mixture import attach_mixture
 
 Task = Literal["causal_lm", "reward"]
 
@@ -206,8 +207,6 @@ def load_model_ref(
     manifest = read_stage_manifest(ref.path)
     if manifest and manifest.get("layout") == "lora_mixture":
         # A contrastive stage's mixture of LoRA experts: the base plus experts and router that route per prompt.
-        from training.engine.contrastive import attach_mixture
-
         model, _ = load_model_ref(ModelRef(Path(manifest["base_path"])), device, task, dtype)
         attach_mixture(model, ref.path)
         return model.to(device), AutoTokenizer.from_pretrained(str(ref.path))
