@@ -10,7 +10,7 @@ import pytest
 from datasets import Dataset
 
 from training.engine import contrastive, reward_model, sft
-from training.engine.common import ModelRef, StepMetrics, checkpoint_dir_for
+from training.engine.common import ModelRef, StageInputs, StepMetrics, checkpoint_dir_for
 
 MICRO_BATCHES = 4  # gradient_accumulation_steps of every stage here
 COMMON = dict(
@@ -71,25 +71,21 @@ def saved_steps(out_dir) -> list[int]:
     return sorted(int(re.search(r"\d+", path.name).group()) for path in folder.iterdir() if path.is_dir())
 
 
-def never_stop() -> bool:
-    return False
-
-
 @pytest.mark.parametrize("kind", STAGES)
 def test_a_cancel_between_micro_batches_stops_before_the_step_ends_and_resume_finishes_the_same(
     kind, tiny_model_dir, tmp_path, forward_calls
 ):
     module, config, data, forwards_per_micro_batch, loss = STAGES[kind]
     base = ModelRef(tiny_model_dir)
-    straight = module.run_stage(config, data(), base, tmp_path / "straight", lambda report: None, never_stop)
+    straight = module.run(config, StageInputs(data(), base, tmp_path / "straight"))
     assert straight.status == "completed" and straight.steps_completed == 3
 
     forward_calls.count = 0
     # Step 1 takes MICRO_BATCHES micro-batches; the stop request comes when step 2's first one has run.
     stop_at = (MICRO_BATCHES + 1) * forwards_per_micro_batch
     out_dir = tmp_path / "cancelled"
-    cancelled = module.run_stage(
-        config, data(), base, out_dir, lambda report: None, lambda: forward_calls.count >= stop_at
+    cancelled = module.run(
+        config, StageInputs(data(), base, out_dir, should_stop=lambda: forward_calls.count >= stop_at)
     )
     assert cancelled.status == "cancelled" and cancelled.artifact_path is None and not out_dir.exists()
     assert cancelled.steps_completed == 1
@@ -98,7 +94,7 @@ def test_a_cancel_between_micro_batches_stops_before_the_step_ends_and_resume_fi
 
     forward_calls.count = 0
     progress: list[StepMetrics] = []
-    resumed = module.run_stage(config, data(), base, out_dir, progress.append, never_stop)
+    resumed = module.run(config, StageInputs(data(), base, out_dir, progress.append))
     assert resumed.status == "completed" and resumed.steps_completed == 3
     assert [report.step for report in progress if loss.removeprefix("train_") in report.values] == [2, 3]
     assert forward_calls.count >= 2 * MICRO_BATCHES * forwards_per_micro_batch  # step 2 again, from its start

@@ -17,6 +17,7 @@ from training.engine.common import (
     ModelRef,
     PeftSettings,
     StageConfigError,
+    StageInputs,
     TrainingDivergedError,
     json_safe,
     pick_device,
@@ -148,9 +149,7 @@ def test_sft_stops_at_the_first_nan_loss_with_the_reason(tiny_model_dir, tmp_pat
     with pytest.raises(
         TrainingDivergedError, match=r"became NaN at step [23]; lower the learning rate"
     ) as excinfo:
-        sft.run_stage(
-            config, rows(), ModelRef(tiny_model_dir), tmp_path / "sft", reports.append, lambda: False
-        )
+        sft.run(config, StageInputs(rows(), ModelRef(tiny_model_dir), tmp_path / "sft", reports.append))
     failed_at = int(str(excinfo.value).split("at step ")[1].split(";")[0])
     assert reports[-1].step == failed_at < 20  # stopped at once, not after 20 NaN steps
     assert not math.isfinite(reports[-1].values.get("grad_norm", 0.0)) or not math.isfinite(
@@ -185,3 +184,10 @@ def test_lora_targets_the_model_lacks_fail_before_training(tiny_model_dir):
         "model.layers.0.self_attn.q_proj",
         "model.layers.1.self_attn.q_proj",
     ]
+
+
+def test_stages_run_finds_the_stage_from_the_class_of_its_config():
+    for kind in stages.STAGES:
+        assert stages.kind_of(stages.config_class(kind)()) == kind
+    with pytest.raises(StageConfigError, match="not the config of a stage"):
+        stages.kind_of(stages_common.StageConfig())

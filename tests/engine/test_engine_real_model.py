@@ -6,7 +6,7 @@ import pytest
 from datasets import Dataset
 
 from training.engine import contrastive, ppo, reward_model, sft
-from training.engine.common import ModelRef, PeftSettings
+from training.engine.common import ModelRef, PeftSettings, StageInputs
 
 pytestmark = pytest.mark.slow
 
@@ -63,8 +63,6 @@ def test_each_stage_runs_two_steps_on_the_real_model(bundled_model_dir, tmp_path
         ),
     ]
     for stage, config, data in runs:
-        result = stage.run_stage(
-            config, data, base, tmp_path / stage.STAGE_NAME, lambda m: None, lambda: False
-        )
+        result = stage.run(config, StageInputs(data, base, tmp_path / stage.STAGE_NAME))
         assert result.status == "completed" and result.steps_completed == 2
         assert (result.artifact_path / "stage.json").is_file()

@@ -17,14 +17,21 @@ import torch
 from datasets import Dataset
 
 from training.engine import ppo
-from training.engine.common import ModelRef, PeftSettings, PhaseProgress, StepMetrics, checkpoint_dir_for
+from training.engine.common import (
+    ModelRef,
+    PeftSettings,
+    PhaseProgress,
+    StageInputs,
+    StepMetrics,
+    checkpoint_dir_for,
+)
 from training.engine.ppo import (
     AdaptiveKLController,
     PPOConfig,
     generalized_advantages,
     masked_whiten,
     prompt_rows_for_iteration,
-    run_stage,
+    run,
 )
 from training.engine.reward_rules import RuleSpecError
 
@@ -99,7 +106,7 @@ def few_words_policy_dir(tmp_path_factory) -> Path:
 def yes_reward_model_dir(few_words_policy_dir, tmp_path_factory) -> Path:
     """A reward model trained by the reward stage on pairs where the reply with more "yes" is preferred."""
     from training.engine.reward_model import RewardStageConfig
-    from training.engine.reward_model import run_stage as run_reward_stage
+    from training.engine.reward_model import run as run_reward_model
 
     rng = random.Random(1)
 
@@ -121,7 +128,7 @@ def yes_reward_model_dir(few_words_policy_dir, tmp_path_factory) -> Path:
             }
         )
     out_dir = tmp_path_factory.mktemp("reward") / "yes-rm"
-    result = run_reward_stage(
+    result = run_reward_model(
         RewardStageConfig(
             max_steps=40,
             learning_rate=1e-3,
@@ -130,11 +137,7 @@ def yes_reward_model_dir(few_words_policy_dir, tmp_path_factory) -> Path:
             held_out_fraction=0.2,
             max_length=64,
         ),
-        Dataset.from_list(rows),
-        ModelRef(path=few_words_policy_dir),
-        out_dir,
-        lambda metrics: None,
-        lambda: False,
+        StageInputs(Dataset.from_list(rows), ModelRef(path=few_words_policy_dir), out_dir),
     )
     assert result.metrics["held_out_accuracy"] >= 0.85, result.metrics  # the preference was learnt
     return out_dir
@@ -171,14 +174,11 @@ def run_collecting(config, base_dir, out_dir, reward_model=None, should_stop=lam
         else:
             reports.append(report)
 
-    result = run_stage(
+    result = run(
         config,
-        prompt_data(),
-        ModelRef(path=base_dir),
-        out_dir,
-        collect,
-        should_stop,
-        reward_model=reward_model,
+        StageInputs(
+            prompt_data(), ModelRef(path=base_dir), out_dir, collect, should_stop, reward_model=reward_model
+        ),
     )
     return result, reports
 
@@ -270,8 +270,10 @@ def test_mixed_reward_is_the_weighted_sum_of_reward_model_and_rules(
 def test_each_iteration_reports_rollout_scoring_and_update_before_its_metrics(few_words_policy_dir, tmp_path):
     everything: list = []
     config = small_config(max_steps=2, checkpoint_every=0)
-    run_stage(config, prompt_data(), ModelRef(path=few_words_policy_dir), tmp_path / "ppo", everything.append,
-              lambda: False)  # fmt: skip
+    run(
+        config,
+        StageInputs(prompt_data(), ModelRef(path=few_words_policy_dir), tmp_path / "ppo", everything.append),
+    )
     shown = [(r.phase, r.step) if isinstance(r, PhaseProgress) else ("metrics", r.step) for r in everything]
     assert shown == [("rollout", 1), ("scoring", 1), ("update", 1), ("metrics", 1),
                      ("rollout", 2), ("scoring", 2), ("update", 2), ("metrics", 2)]  # fmt: skip
@@ -341,8 +343,11 @@ def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(few
         finished_steps.append(metrics.step)
         reports_before.append(metrics)
 
-    cancelled = run_stage(
-        config, prompt_data(), ModelRef(path=few_words_policy_dir), out_dir, record, stop_during_step_four
+    cancelled = run(
+        config,
+        StageInputs(
+            prompt_data(), ModelRef(path=few_words_policy_dir), out_dir, record, stop_during_step_four
+        ),
     )
     assert cancelled.status == "cancelled" and cancelled.steps_completed == 3
     # The cancel saved step 3 (the periodic step-2 checkpoint it replaces was every 2 iterations).
@@ -405,8 +410,9 @@ def test_a_cancel_inside_an_iteration_stops_at_once_keeps_the_last_iteration_and
     phase, passes = MID_PHASE_STOPS[where]
     on_progress, should_stop, seen = stop_inside_phase(phase, 2, forward_calls, passes)
     out_dir = tmp_path / "cancelled"
-    cancelled = run_stage(
-        config, prompt_data(), ModelRef(path=few_words_policy_dir), out_dir, on_progress, should_stop
+    cancelled = run(
+        config,
+        StageInputs(prompt_data(), ModelRef(path=few_words_policy_dir), out_dir, on_progress, should_stop),
     )
     assert cancelled.status == "cancelled" and cancelled.steps_completed == 1 and not out_dir.exists()
     # Asked before every pass: the request came right after the chosen pass, and no pass ran after it.

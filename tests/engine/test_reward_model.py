@@ -9,7 +9,7 @@ import torch
 from datasets import Dataset
 
 from training.engine import reward_model
-from training.engine.common import ModelRef, PeftSettings
+from training.engine.common import ModelRef, PeftSettings, StageInputs
 from training.engine.data import pairs_from_ranking, preference_pairs
 
 WORDS = "apple river stone cloud green quick silver table moon paper garden yellow".split()
@@ -45,23 +45,15 @@ def config(**overrides) -> reward_model.RewardStageConfig:
     return reward_model.RewardStageConfig(**values)
 
 
-def never_stop() -> bool:
-    return False
-
-
 @pytest.mark.parametrize("method", ["full", "lora", "adapter"])
 def test_reward_model_learns_preference_and_scores_after_reload(tiny_model_dir, tmp_path, method):
     data = keyword_preference(48)
     learning_rate = {"full": 1e-3, "lora": 5e-3, "adapter": 1e-2}[method]
     settings = PeftSettings(method=method, lora_r=8, adapter_bottleneck=16)
     progress = []
-    result = reward_model.run_stage(
+    result = reward_model.run(
         config(peft=settings, learning_rate=learning_rate),
-        data,
-        ModelRef(tiny_model_dir),
-        tmp_path / "rm",
-        progress.append,
-        never_stop,
+        StageInputs(data, ModelRef(tiny_model_dir), tmp_path / "rm", progress.append),
     )
 
     assert result.status == "completed" and result.steps_completed == 20
@@ -105,13 +97,9 @@ def test_cancel_stops_within_one_step_and_resume_continues_from_checkpoint(tiny_
         steps_seen.append(len(steps_seen) + 1)
         return len(steps_seen) >= 3  # one micro-batch per step: asked once per step, true right after step 3
 
-    cancelled = reward_model.run_stage(
+    cancelled = reward_model.run(
         config(max_steps=8, checkpoint_every=2),
-        data,
-        ModelRef(tiny_model_dir),
-        out_dir,
-        lambda metrics: None,
-        stop_after_three,
+        StageInputs(data, ModelRef(tiny_model_dir), out_dir, should_stop=stop_after_three),
     )
     assert cancelled.status == "cancelled" and cancelled.artifact_path is None
     assert cancelled.steps_completed == 3  # stopped right after the step that saw should_stop() true
@@ -120,13 +108,9 @@ def test_cancel_stops_within_one_step_and_resume_continues_from_checkpoint(tiny_
     assert checkpoints == ["checkpoint-2", "checkpoint-3"]  # periodic + the one saved on cancel
 
     progress = []
-    resumed = reward_model.run_stage(
+    resumed = reward_model.run(
         config(max_steps=8, checkpoint_every=2),
-        data,
-        ModelRef(tiny_model_dir),
-        out_dir,
-        progress.append,
-        never_stop,
+        StageInputs(data, ModelRef(tiny_model_dir), out_dir, progress.append),
     )
     assert resumed.status == "completed" and resumed.steps_completed == 8
     assert [m.step for m in progress if "loss" in m.values] == [4, 5, 6, 7, 8]  # continued at the saved step
@@ -141,8 +125,8 @@ def test_no_artifact_after_a_failed_stage(tiny_model_dir, tmp_path, monkeypatch)
             raise RuntimeError("worker lost")
 
     with pytest.raises(RuntimeError, match="worker lost"):
-        reward_model.run_stage(
-            config(max_steps=4), data, ModelRef(tiny_model_dir), tmp_path / "a", fail_at_step_two, never_stop
+        reward_model.run(
+            config(max_steps=4), StageInputs(data, ModelRef(tiny_model_dir), tmp_path / "a", fail_at_step_two)
         )
     assert not (tmp_path / "a").exists()
 
@@ -152,8 +136,6 @@ def test_no_artifact_after_a_failed_stage(tiny_model_dir, tmp_path, monkeypatch)
 
     monkeypatch.setattr(reward_model, "save_stage_artifact", half_written)
     with pytest.raises(OSError, match="disk full"):
-        reward_model.run_stage(
-            config(max_steps=2), data, ModelRef(tiny_model_dir), tmp_path / "b", lambda m: None, never_stop
-        )
+        reward_model.run(config(max_steps=2), StageInputs(data, ModelRef(tiny_model_dir), tmp_path / "b"))
     # No artifact and no half-written staging folder; only the checkpoint folders, kept for a retry.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.checkpoints", "b.checkpoints"]

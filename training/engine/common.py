@@ -1,13 +1,13 @@
 """The stage contract shared by every training stage (see ../shared/design.md):
 
-    run_stage(config: <Stage>Config, data: datasets.Dataset, base: ModelRef, out_dir: Path,
-              on_progress: Callable[[StepMetrics], None], should_stop: Callable[[], bool]) -> StageResult
+    <stage module>.run(config: <Stage>Config, inputs: StageInputs) -> StageResult
 
-Pure: no Django, no Celery. `on_progress` feeds live charts (StepMetrics after each step; PhaseProgress inside long
-steps), `should_stop` makes cancel cooperative (asked between micro-batches, and in PPO before every forward pass of
-its rollouts and scoring, so a cancel lands within seconds), checkpoints under `checkpoint_dir_for(out_dir)` make
-resume work (a cancel saves the last completed step), and the artifact is written into a staging folder that is
-renamed to `out_dir` only when complete.
+`stages.run(config, inputs)` picks the module from the config's class. Pure: no Django, no Celery.
+`inputs.on_progress` feeds live charts (StepMetrics after each step; PhaseProgress inside long steps),
+`inputs.should_stop` makes cancel cooperative (asked between micro-batches, and in PPO before every forward pass of
+its rollouts and scoring, so a cancel lands within seconds), checkpoints under `checkpoint_dir_for(out_dir)`
+(`checkpoints.py`) make resume work (a cancel saves the last completed step), and the artifact is written into a
+staging folder that is renamed to `out_dir` only when complete.
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 PeftMethod = Literal["full", "lora", "adapter"]
 
@@ -235,6 +238,27 @@ class StageResult:
 
 ProgressCallback = Callable[[StepMetrics | PhaseProgress], None]
 StopCallback = Callable[[], bool]
+
+
+def ignore_progress(progress: StepMetrics | PhaseProgress) -> None:
+    """The default `on_progress`: nobody watches (a notebook, a benchmark)."""
+
+
+def never_stop() -> bool:
+    """The default `should_stop`: nothing cancels the stage."""
+    return False
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """Everything a stage runs on besides its config; the same for every stage."""
+
+    data: Dataset  # the snapshot rows of the stage's data format (stages.STAGES[kind].data_format)
+    base: ModelRef  # the model the stage starts from
+    out_dir: Path  # where the finished artifact appears; checkpoints live beside it (checkpoint_dir_for)
+    on_progress: ProgressCallback = ignore_progress
+    should_stop: StopCallback = never_stop
+    reward_model: ModelRef | None = None  # scores PPO's rollouts (reward_source "reward_model" or "mixed")
 
 
 class StageCancelled(Exception):

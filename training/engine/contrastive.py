@@ -34,11 +34,10 @@ from torch import nn
 from training.engine.common import (
     Bounds,
     ModelRef,
-    ProgressCallback,
     StageConfig,
+    StageInputs,
     StageResult,
     StepMetrics,
-    StopCallback,
     check_finite_training,
     checkpoint_dir_for,
     pick_device,
@@ -235,17 +234,16 @@ def _save_checkpoint(checkpoint_dir: Path, step: int, trainable: dict, optimizer
     )  # a crash mid-write never leaves a readable half state
 
 
-def run_stage(
-    config: ContrastiveStageConfig,
-    data: Dataset,
-    base: ModelRef,
-    out_dir: Path,
-    on_progress: ProgressCallback,
-    should_stop: StopCallback,
-) -> StageResult:
+def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
+    base, out_dir, on_progress, should_stop = (
+        inputs.base,
+        inputs.out_dir,
+        inputs.on_progress,
+        inputs.should_stop,
+    )
     seed_everything(config.seed)
     device = pick_device(config.device)
-    pairs = preference_pairs(data)
+    pairs = preference_pairs(inputs.data)
     domains = sorted(set(pairs["domain"])) if "domain" in pairs.column_names else [NO_DOMAIN]
     policy, tokenizer = build_policy(config, base, domains, device)
     examples = tokenize_pairs(tokenizer, pairs, config.max_length, domains)

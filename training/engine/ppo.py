@@ -46,9 +46,9 @@ from training.engine.common import (
     Bounds,
     ModelRef,
     PhaseProgress,
-    ProgressCallback,
     StageCancelled,
     StageConfig,
+    StageInputs,
     StageResult,
     StepMetrics,
     StopCallback,
@@ -460,16 +460,10 @@ def load_checkpoint(
 # The stage
 
 
-def run_stage(
-    config: PPOConfig,
-    data: Dataset,
-    base: ModelRef,
-    out_dir: Path,
-    on_progress: ProgressCallback,
-    should_stop: StopCallback,
-    reward_model: ModelRef | None = None,
-) -> StageResult:
-    out_dir = Path(out_dir)
+def run(config: PPOConfig, inputs: StageInputs) -> StageResult:
+    data, base, reward_model = inputs.data, inputs.base, inputs.reward_model
+    on_progress, should_stop = inputs.on_progress, inputs.should_stop
+    out_dir = Path(inputs.out_dir)
     if out_dir.exists():
         # Found now rather than when the finished artifact is moved into place, after all the training.
         raise FileExistsError(f"{out_dir} already exists; artifacts are immutable")

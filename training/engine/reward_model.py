@@ -21,10 +21,9 @@ from datasets import Dataset
 from training.engine.common import (
     Bounds,
     ModelRef,
-    ProgressCallback,
     StageConfig,
+    StageInputs,
     StageResult,
-    StopCallback,
     checkpoint_dir_for,
     pick_device,
     seed_everything,
@@ -121,14 +120,7 @@ def pairwise_accuracy(
     return {"accuracy": float((margins > 0).float().mean()), "mean_margin": float(margins.mean())}
 
 
-def run_stage(
-    config: RewardStageConfig,
-    data: Dataset,
-    base: ModelRef,
-    out_dir: Path,
-    on_progress: ProgressCallback,
-    should_stop: StopCallback,
-) -> StageResult:
+def run(config: RewardStageConfig, inputs: StageInputs) -> StageResult:
     from trl import RewardConfig, RewardTrainer
 
     from training.engine.hf_stage import (
@@ -140,7 +132,8 @@ def run_stage(
 
     seed_everything(config.seed)
     device = pick_device(config.device)
-    pairs = preference_pairs(data, config.margin_per_rank)
+    base, out_dir = inputs.base, inputs.out_dir
+    pairs = preference_pairs(inputs.data, config.margin_per_rank)
     columns = ["prompt", "chosen", "rejected"]
     if config.use_margin and "margin" in pairs.column_names:
         columns.append("margin")
@@ -151,7 +144,11 @@ def run_stage(
     model = prepare_model(model, config.peft)
     checkpoint_dir = checkpoint_dir_for(out_dir)
     callback = ProgressAndCancelCallback(
-        on_progress, should_stop, config.max_steps, config.checkpoint_every > 0, config.learning_rate
+        inputs.on_progress,
+        inputs.should_stop,
+        config.max_steps,
+        config.checkpoint_every > 0,
+        config.learning_rate,
     )
     arguments = RewardConfig(
         **trainer_arguments(config, checkpoint_dir, config.log_every),

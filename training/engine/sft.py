@@ -15,11 +15,9 @@ from pathlib import Path
 from datasets import Dataset
 
 from training.engine.common import (
-    ModelRef,
-    ProgressCallback,
     StageConfig,
+    StageInputs,
     StageResult,
-    StopCallback,
     checkpoint_dir_for,
     pick_device,
     seed_everything,
@@ -55,14 +53,7 @@ def prompt_completion_rows(data: Dataset) -> Dataset:
     return Dataset.from_list(rows)
 
 
-def run_stage(
-    config: SftStageConfig,
-    data: Dataset,
-    base: ModelRef,
-    out_dir: Path,
-    on_progress: ProgressCallback,
-    should_stop: StopCallback,
-) -> StageResult:
+def run(config: SftStageConfig, inputs: StageInputs) -> StageResult:
     from trl import SFTConfig, SFTTrainer
 
     from training.engine.hf_stage import (
@@ -74,12 +65,17 @@ def run_stage(
 
     seed_everything(config.seed)
     device = pick_device(config.device)
-    rows = prompt_completion_rows(data)
+    base, out_dir = inputs.base, inputs.out_dir
+    rows = prompt_completion_rows(inputs.data)
     model, tokenizer = load_model_ref(base, device, task="causal_lm")
     model = prepare_model(model, config.peft)
     checkpoint_dir = checkpoint_dir_for(out_dir)
     callback = ProgressAndCancelCallback(
-        on_progress, should_stop, config.max_steps, config.checkpoint_every > 0, config.learning_rate
+        inputs.on_progress,
+        inputs.should_stop,
+        config.max_steps,
+        config.checkpoint_every > 0,
+        config.learning_rate,
     )
     arguments = SFTConfig(
         **trainer_arguments(config, checkpoint_dir, config.log_every),

@@ -1,4 +1,4 @@
-"""One entry point over all stages: kind → (config dataclass, run_stage), and config validation from JSON.
+"""One entry point over all stages: kind → (config dataclass, stage module), and config validation from JSON.
 
 The web form, the CLI, the API and the Celery task all build stage configs through `config_from_dict`, which
 reports every bad field by name (`StageConfigError.errors`), so the advanced JSON editor can show field-level errors
@@ -15,17 +15,14 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module
-from pathlib import Path
 from typing import Any, Literal
 
 from training.engine.common import (
-    ModelRef,
     PeftSettings,
-    ProgressCallback,
     StageConfig,
     StageConfigError,
+    StageInputs,
     StageResult,
-    StopCallback,
 )
 
 StageKind = Literal["sft", "reward", "ppo", "contrastive"]
@@ -76,20 +73,23 @@ def config_defaults(kind: str) -> dict[str, Any]:
     return config_class(kind)().to_dict()
 
 
-def run(
-    kind: str,
-    config: StageConfig,
-    data,
-    base: ModelRef,
-    out_dir: Path,
-    on_progress: ProgressCallback,
-    should_stop: StopCallback,
-    reward_model: ModelRef | None = None,
-) -> StageResult:
-    spec = stage_spec(kind)
-    run_stage: Callable[..., StageResult] = import_module(f"training.engine.{spec.module}").run_stage
-    extra = {"reward_model": reward_model} if kind == "ppo" else {}
-    return run_stage(config, data, base, out_dir, on_progress, should_stop, **extra)
+def kind_of(config: StageConfig) -> str:
+    """The stage kind a config belongs to, from its class."""
+    for spec in STAGES.values():
+        if (
+            type(config).__module__ == f"training.engine.{spec.module}"
+            and type(config).__name__ == spec.config_class
+        ):
+            return spec.kind
+    raise StageConfigError({"__all__": f"{type(config).__name__} is not the config of a stage"})
+
+
+def run(config: StageConfig, inputs: StageInputs) -> StageResult:
+    """Run the stage `config` belongs to on `inputs`: every stage has the same `run(config, inputs)`."""
+    stage_run: Callable[[StageConfig, StageInputs], StageResult] = import_module(
+        f"training.engine.{stage_spec(kind_of(config)).module}"
+    ).run
+    return stage_run(config, inputs)
 
 
 # --- validation -------------------------------------------------------------------------------------------
@@ -190,8 +190,10 @@ __all__ = [
     "STAGES",
     "PeftSettings",
     "StageConfigError",
+    "StageInputs",
     "config_defaults",
     "config_from_dict",
+    "kind_of",
     "run",
     "stage_spec",
 ]

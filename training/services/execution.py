@@ -273,10 +273,15 @@ def stage_run_execute(*, stage_run_id: int, worker: str = "", task_id: str = "")
             log_lines.append(
                 f"stage {stage.kind}/{stage.peft} on {len(data)} {spec.data_format} rows from {start.name}"
             )
-            result = engine_stages.run(
-                stage.kind, config, data, model_ref(start), out_dir, reporter.on_progress, reporter.should_stop,
+            inputs = engine_stages.StageInputs(
+                data=data,
+                base=model_ref(start),
+                out_dir=out_dir,
+                on_progress=reporter.on_progress,
+                should_stop=reporter.should_stop,
                 reward_model=model_ref(reward) if reward else None,
-            )  # fmt: skip
+            )
+            result = engine_stages.run(config, inputs)
             metrics, status, steps = result.metrics, result.status, result.steps_completed
         reporter.step = max(reporter.step, steps)
         reporter.phase = {}
