@@ -106,6 +106,17 @@ def test_configs_built_in_python_are_checked_too():
         sft.SftStageConfig(learning_rate=1e308)
     with pytest.raises(StageConfigError, match="lora_r"):
         PeftSettings(lora_r=0)
+    # Types and choices too, with the words JSON input gets.
+    with pytest.raises(StageConfigError) as excinfo:
+        sft.SftStageConfig(max_steps="10", packing=1, device=None, peft="lora")
+    assert excinfo.value.errors == {
+        "max_steps": "must be an integer",
+        "packing": "must be true or false",
+        "device": "must be a string",
+        "peft": "must be an object",
+    }
+    with pytest.raises(StageConfigError, match="method: must be one of 'full', 'lora', 'adapter'"):
+        PeftSettings(method="qlora")
 
 
 def test_missing_device_is_a_clear_error():

@@ -21,6 +21,7 @@ from training.engine.common import (
     ModelRef,
     PeftSettings,
     PhaseProgress,
+    StageConfigError,
     StageInputs,
     StepMetrics,
     checkpoint_dir_for,
@@ -33,7 +34,6 @@ from training.engine.ppo import (
     prompt_rows_for_iteration,
     run,
 )
-from training.engine.reward_rules import RuleSpecError
 
 WORDS = ["yes", "no", "maybe", "sure", "ok", "fine"]
 QUESTIONS = [
@@ -537,10 +537,12 @@ def test_rollout_prompts_cover_each_pass_once_and_depend_only_on_seed_and_iterat
 def test_config_rejects_bad_reward_settings():
     with pytest.raises(ValueError, match="reward_source"):
         PPOConfig(reward_source="vibes")
-    with pytest.raises(RuleSpecError, match="rule #0"):
+    with pytest.raises(StageConfigError, match="rules: rule #0"):
         PPOConfig(reward_source="rules", rules=[{"kind": "regex", "pattern": "("}])
-    with pytest.raises(RuleSpecError, match="at least one"):
+    with pytest.raises(StageConfigError, match="rules: .*at least one"):
         PPOConfig(reward_source="rules", rules=[])
+    with pytest.raises(StageConfigError, match="rules: rule #0"):  # given rules are checked even when unused
+        PPOConfig(reward_source="reward_model", rules=[{"kind": "execute", "code": "1"}])
     with pytest.raises(ValueError, match="mini_batch_size"):
         PPOConfig(batch_size=4, mini_batch_size=8)
 

@@ -12,6 +12,7 @@ staging folder that is renamed to `out_dir` only when complete.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -19,6 +20,8 @@ import random
 import re
 import shutil
 import tempfile
+import types
+import typing
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -77,18 +80,71 @@ def _shown(number: float) -> str:
 
 
 def field_errors(config) -> dict[str, str]:
-    """Range errors of a config dataclass, from the `LIMITS` of its class and of every class it extends."""
+    """Type and range errors of a config dataclass, by field name.
+
+    Types come from the field annotations (`type_error`), ranges from the `LIMITS` of its class and of every class
+    it extends; a field of the wrong type is not range-checked. Every config dataclass checks itself with this
+    when it is built, in Python or from JSON (`stages.config_from_dict` only converts JSON values).
+    """
+    errors = {}
+    hints = typing.get_type_hints(type(config))
+    for config_field in dataclasses.fields(config):
+        annotation, value = hints[config_field.name], getattr(config, config_field.name)
+        if dataclasses.is_dataclass(annotation):
+            message = None if isinstance(value, annotation) else "must be an object"
+        else:
+            message = type_error(value, annotation)
+        if message is not None:
+            errors[config_field.name] = message
     limits: dict[str, Bounds] = {}
     for klass in reversed(type(config).__mro__):
         limits.update(vars(klass).get("LIMITS", {}))
-    errors = {}
     for name, bounds in limits.items():
-        if not hasattr(config, name):  # e.g. `log_every`, which only some stages have
+        if name in errors or not hasattr(config, name):  # e.g. `log_every`, which only some stages have
             continue
         message = bounds.error(getattr(config, name))
         if message is not None:
             errors[name] = message
     return errors
+
+
+def type_error(value, annotation) -> str | None:
+    """Why `value` does not fit a field annotated `annotation`, in words; None when it fits (ints fit floats)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        messages = [type_error(value, option) for option in args if option is not type(None)]
+        return None if None in messages else " or ".join(messages)
+    if origin is Literal:
+        return None if value in args else f"must be one of {', '.join(repr(arg) for arg in args)}"
+    if annotation is bool:
+        return None if isinstance(value, bool) else "must be true or false"
+    if annotation is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "must be an integer"
+    if annotation is float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return "must be a number"
+        try:
+            return None if math.isfinite(float(value)) else "must be a finite number"
+        except OverflowError:  # an integer beyond any float
+            return "must be a finite number"
+    if annotation is str:
+        return None if isinstance(value, str) else "must be a string"
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            return "must be a list"
+        item_type = args[0] if args else object
+        if item_type is str and not all(isinstance(item, str) for item in value):
+            return "must be a list of strings"
+        if (item_type is dict or typing.get_origin(item_type) is dict) and not all(
+            isinstance(item, dict) for item in value
+        ):
+            return "must be a list of objects"
+        return None
+    if origin is dict or annotation is dict:
+        return None if isinstance(value, dict) else "must be an object"
+    return None
 
 
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch's is wider
@@ -126,15 +182,16 @@ class PeftSettings:
 
     def __post_init__(self) -> None:
         errors = field_errors(self)
-        if self.method not in ("full", "lora", "adapter"):
-            errors["method"] = "must be one of 'full', 'lora', 'adapter'"
-        if not self.lora_target_modules:
-            errors["lora_target_modules"] = "name at least one module, e.g. q_proj"
-        elif bad := [
-            name for name in self.lora_target_modules if not MODULE_NAME_PATTERN.fullmatch(str(name))
-        ]:
-            errors["lora_target_modules"] = f"not a module name: {', '.join(map(repr, bad))}"
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", str(self.adapter_name)):
+        if "lora_target_modules" not in errors:
+            if not self.lora_target_modules:
+                errors["lora_target_modules"] = "name at least one module, e.g. q_proj"
+            elif bad := [
+                name for name in self.lora_target_modules if not MODULE_NAME_PATTERN.fullmatch(name)
+            ]:
+                errors["lora_target_modules"] = f"not a module name: {', '.join(map(repr, bad))}"
+        if "adapter_name" not in errors and not re.fullmatch(
+            r"[A-Za-z_][A-Za-z0-9_]{0,63}", self.adapter_name
+        ):
             errors["adapter_name"] = "must be a name of letters, digits and _ (at most 64)"
         if errors:
             raise StageConfigError(errors)
@@ -192,7 +249,7 @@ class StageConfig:
     def errors(self) -> dict[str, str]:
         """Every bad value by field name; stages extend it with their cross-field rules."""
         errors = field_errors(self)
-        if not isinstance(self.device, str) or not DEVICE_PATTERN.fullmatch(self.device):
+        if "device" not in errors and not DEVICE_PATTERN.fullmatch(self.device):
             errors["device"] = "must be 'auto', 'cpu', 'cuda', 'cuda:N' (a GPU index) or 'mps'"
         return errors
 

@@ -73,7 +73,13 @@ from training.engine.finetuning_methods import (
 )
 from training.engine.generation import GeneratedBatch, SamplingSettings, generate, positions_from_mask
 from training.engine.reward_model import score_texts
-from training.engine.reward_rules import ReferenceExactRule, ReferenceRegexRule, RuleReward, parse_rules
+from training.engine.reward_rules import (
+    ReferenceExactRule,
+    ReferenceRegexRule,
+    RuleReward,
+    RuleSpecError,
+    parse_rules,
+)
 
 STAGE_NAME = "ppo"
 RewardSource = Literal["reward_model", "rules", "mixed"]
@@ -139,17 +145,14 @@ class PPOConfig(StageConfig):
         "reward_batch_size": Bounds(1, 4096),
     }
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.reward_source in ("rules", "mixed"):
-            parse_rules(self.rules)  # raises RuleSpecError naming the bad rule and field
-
     def errors(self) -> dict[str, str]:
         errors = super().errors()
-        if self.reward_source not in ("reward_model", "rules", "mixed"):
-            errors["reward_source"] = (
-                f"reward_source must be 'reward_model', 'rules' or 'mixed', got {self.reward_source!r}"
-            )
+        # Rules given are checked even when this source does not use them; the rule sources need at least one.
+        if "rules" not in errors and (self.rules or self.reward_source in ("rules", "mixed")):
+            try:
+                parse_rules(self.rules)
+            except RuleSpecError as exc:  # names the bad rule and its field
+                errors["rules"] = str(exc)
         checked = {
             "batch_size",
             "mini_batch_size",

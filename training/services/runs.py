@@ -149,8 +149,6 @@ def launch_plan_validate(
             continue
         if not usable:
             continue
-        if kind == "ppo":
-            _validate_reward_rules(config, errors)
         planned.append((kind, method, config.to_dict()))
     try:
         parsed_filters = PreferenceFilters.from_dict(filters or {})
@@ -229,20 +227,6 @@ def _validate_lora_targets(plan: LaunchPlan, base_model: ModelVersion, errors: d
 def preset_data_formats(preset: str) -> tuple[str, ...]:
     """The snapshot files (sft, pairwise, prompts) the stages of a preset train on."""
     return tuple(sorted({engine_stages.stage_spec(kind).data_format for kind in PRESET_STAGES[preset]}))
-
-
-def _validate_reward_rules(config, errors: dict[str, list[str]]) -> None:
-    from training.engine.reward_rules import RuleSpecError, parse_rules
-
-    if config.reward_source in ("rules", "mixed") and not config.rules:
-        errors.setdefault("ppo.rules", []).append("Rule-based rewards need at least one rule.")
-        return
-    if not config.rules:
-        return
-    try:
-        parse_rules(config.rules)
-    except RuleSpecError as exc:
-        errors.setdefault("ppo.rules", []).append(str(exc))
 
 
 def default_base_model() -> ModelVersion | None:
