@@ -4,13 +4,11 @@ finishes the run exactly as an uninterrupted one would have. Work is counted in 
 
 from __future__ import annotations
 
-import re
-
 import pytest
 from datasets import Dataset
 
-from training.engine import contrastive, reward_model, sft
-from training.engine.common import ModelRef, StageInputs, StepMetrics, checkpoint_dir_for
+from training.engine import checkpoints, contrastive, reward_model, sft
+from training.engine.common import ModelRef, PeftSettings, StageInputs, StepMetrics, checkpoint_dir_for
 
 MICRO_BATCHES = 4  # gradient_accumulation_steps of every stage here
 COMMON = dict(
@@ -63,12 +61,28 @@ STAGES = {
     ),
     # DPO: the frozen reference's pass, then the policy's, in every micro-batch.
     "contrastive": (contrastive, contrastive.ContrastiveStageConfig(**COMMON), preference_pairs, 2, "loss"),
+    # The checkpoint holds only what is trained: LoRA pairs, or a bottleneck adapter and the new score head.
+    "sft-lora": (
+        sft,
+        sft.SftStageConfig(**COMMON, peft=PeftSettings(method="lora", lora_r=4)),
+        conversations,
+        1,
+        "train_loss",
+    ),
+    "reward-adapter": (
+        reward_model,
+        reward_model.RewardStageConfig(
+            **COMMON, held_out_fraction=0.0, peft=PeftSettings(method="adapter", adapter_bottleneck=8)
+        ),
+        preference_pairs,
+        1,
+        "train_loss",
+    ),
 }
 
 
 def saved_steps(out_dir) -> list[int]:
-    folder = checkpoint_dir_for(out_dir)
-    return sorted(int(re.search(r"\d+", path.name).group()) for path in folder.iterdir() if path.is_dir())
+    return [checkpoints.read(path).step for path in checkpoint_dir_for(out_dir).iterdir()]
 
 
 @pytest.mark.parametrize("kind", STAGES)

@@ -21,7 +21,6 @@ one readable loop keeps one code path for one or many experts and for both losse
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from datasets import Dataset
 from torch import nn
 
+from training.engine import checkpoints
 from training.engine.common import (
     Bounds,
     ModelRef,
@@ -53,7 +53,7 @@ from training.engine.finetuning_methods import (
     load_model_ref,
     prepare_model,
     resolve_model_ref,
-    save_stage_artifact,
+    save_completed_stage,
     trainable_parameters,
 )
 from training.engine.lora_mixture import MixtureOfLoraExperts
@@ -211,60 +211,35 @@ def preference_loss(
     raise ValueError(f"unknown contrastive loss {config.loss!r}; use 'dpo' or 'cpo'")
 
 
-def _latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    steps = [
-        (int(match.group(1)), path)
-        for path in checkpoint_dir.glob("checkpoint-*")
-        if (match := re.fullmatch(r"checkpoint-(\d+)", path.name)) and (path / "state.pt").is_file()
-    ]
-    return max(steps)[1] if steps else None
-
-
-def _save_checkpoint(checkpoint_dir: Path, step: int, trainable: dict, optimizer) -> None:
-    folder = checkpoint_dir / f"checkpoint-{step}"
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {
-        "step": step,
-        "trainable": {k: v.detach().cpu() for k, v in trainable.items()},
-        "optimizer": optimizer.state_dict(),
-    }
-    torch.save(state, folder / "state.pt.tmp")
-    (folder / "state.pt.tmp").replace(
-        folder / "state.pt"
-    )  # a crash mid-write never leaves a readable half state
-
-
 def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
-    base, out_dir, on_progress, should_stop = (
-        inputs.base,
-        inputs.out_dir,
-        inputs.on_progress,
-        inputs.should_stop,
-    )
     seed_everything(config.seed)
     device = pick_device(config.device)
     pairs = preference_pairs(inputs.data)
     domains = sorted(set(pairs["domain"])) if "domain" in pairs.column_names else [NO_DOMAIN]
-    policy, tokenizer = build_policy(config, base, domains, device)
+    policy, tokenizer = build_policy(config, inputs.base, domains, device)
     examples = tokenize_pairs(tokenizer, pairs, config.max_length, domains)
     trainable = policy.trainable()
     optimizer = torch.optim.AdamW(list(trainable.values()), lr=config.learning_rate, weight_decay=0.0)
 
-    checkpoint_dir = checkpoint_dir_for(out_dir)
+    checkpoint_dir = checkpoint_dir_for(inputs.out_dir)
     step = 0
-    if (checkpoint := _latest_checkpoint(checkpoint_dir)) is not None:
-        state = torch.load(checkpoint / "state.pt", map_location=device)
-        with torch.no_grad():
-            for key, parameter in trainable.items():
-                parameter.copy_(state["trainable"][key])
-        optimizer.load_state_dict(state["optimizer"])
-        step = state["step"]
+    if (path := checkpoints.latest(checkpoint_dir)) is not None:
+        checkpoint = checkpoints.read(path)
+        checkpoint.restore_parameters(trainable)
+        checkpoint.restore_optimizer(optimizer)
+        checkpoint.restore_rng()
+        step = checkpoint.step
     start_step = step
+
+    def save_checkpoint() -> None:
+        checkpoints.write(
+            checkpoint_dir, checkpoints.capture(step, parameters=trainable, optimizer=optimizer)
+        )
 
     def cancelled(metrics: dict[str, float]) -> StageResult:
         # The weights and optimizer are those of the last completed step (a half-accumulated one is dropped).
         if config.checkpoint_every > 0 and step > start_step:
-            _save_checkpoint(checkpoint_dir, step, trainable, optimizer)
+            save_checkpoint()
         return StageResult(status="cancelled", artifact_path=None, metrics=metrics, steps_completed=step)
 
     batch_size = min(config.batch_size, len(examples))
@@ -272,9 +247,13 @@ def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
     policy.model.train()
     metrics: dict[str, float] = {}
     while step < config.max_steps:
+        if step > start_step and inputs.should_stop():  # after each step (the finished last one is kept)
+            return cancelled(metrics)
+        if config.checkpoint_every > 0 and step > start_step and step % config.checkpoint_every == 0:
+            save_checkpoint()
         optimizer.zero_grad(set_to_none=True)
         for micro_step in range(config.gradient_accumulation_steps):
-            if micro_step > 0 and should_stop():  # between micro-batches; after a step is asked below
+            if micro_step > 0 and inputs.should_stop():  # between micro-batches
                 return cancelled(metrics)
             # The batch order depends only on (seed, step), so a resumed run sees the batches the first would have.
             index = step * config.gradient_accumulation_steps + micro_step
@@ -307,49 +286,39 @@ def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
         if step % config.log_every == 0 or step == config.max_steps:
             margin = (log_probs[: len(chosen)] - log_probs[len(chosen) :]).detach()
             metrics = {
-                "loss": float(loss),
-                "router_loss": float(router_loss),
+                "loss": float(loss.detach()),
+                "router_loss": float(router_loss.detach()),
                 "log_prob_margin": float(margin.mean()),
                 "preference_accuracy": float((margin > 0).float().mean()),
             }
-            on_progress(StepMetrics(step=step, total_steps=config.max_steps, values=metrics))
-        if should_stop():
-            return cancelled(metrics)
-        if config.checkpoint_every > 0 and step % config.checkpoint_every == 0:
-            _save_checkpoint(checkpoint_dir, step, trainable, optimizer)
+            inputs.on_progress(StepMetrics(step=step, total_steps=config.max_steps, values=metrics))
 
     policy.model.eval()
     final = evaluate_margin(policy, examples, tokenizer.pad_token_id, device, batch_size)
     metrics.update({f"final_{key}": value for key, value in final.items()})
-    with staged_output(out_dir) as staging:
-        if policy.mixture is not None:
-            policy.mixture.save(staging)
-            tokenizer.save_pretrained(str(staging))
-            write_json(
-                staging / STAGE_MANIFEST,
-                {
-                    "stage": STAGE_NAME,
-                    "peft": "lora",
-                    "layout": "lora_mixture",
-                    "base_path": str(Path(resolve_model_ref(base).path).resolve()),
-                    "base_name": base.name,
-                    "domains": domains,
-                    "config": config.to_dict(),
-                    "metrics": metrics,
-                },
-            )
-        else:
-            save_stage_artifact(
-                policy.model,
-                tokenizer,
-                config.peft,
-                staging,
-                stage=STAGE_NAME,
-                base=base,
-                config=config.to_dict(),
-                metrics=metrics,
-            )
-    return StageResult(status="completed", artifact_path=Path(out_dir), metrics=metrics, steps_completed=step)
+    if policy.mixture is None:
+        return save_completed_stage(
+            policy.model, tokenizer, config, inputs, stage=STAGE_NAME, metrics=metrics, steps_completed=step
+        )
+    with staged_output(inputs.out_dir) as staging:
+        policy.mixture.save(staging)
+        tokenizer.save_pretrained(str(staging))
+        write_json(
+            staging / STAGE_MANIFEST,
+            {
+                "stage": STAGE_NAME,
+                "peft": "lora",
+                "layout": "lora_mixture",
+                "base_path": str(Path(resolve_model_ref(inputs.base).path).resolve()),
+                "base_name": inputs.base.name,
+                "domains": domains,
+                "config": config.to_dict(),
+                "metrics": metrics,
+            },
+        )
+    return StageResult(
+        status="completed", artifact_path=Path(inputs.out_dir), metrics=metrics, steps_completed=step
+    )
 
 
 @torch.no_grad()

@@ -29,9 +29,6 @@ Choices, and why:
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +39,7 @@ from datasets import Dataset
 from safetensors.torch import save_file
 from torch import nn
 
+from training.engine import checkpoints
 from training.engine.common import (
     Bounds,
     ModelRef,
@@ -85,7 +83,6 @@ STAGE_NAME = "ppo"
 RewardSource = Literal["reward_model", "rules", "mixed"]
 VALUE_HEAD_FILE = "value_head.safetensors"
 METRICS_FILE = "metrics.json"
-CHECKPOINT_FILE = "state.pt"
 
 
 @dataclass
@@ -378,85 +375,39 @@ def prompt_rows_for_iteration(data: Dataset, iteration: int, batch_size: int, se
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Checkpoints: policy (trainable part) + value head + optimizer + KL controller + RNG + iteration
+# Checkpoints (checkpoints.py): policy (trainable part) + value head + optimizer + KL controller + RNG + history
 
 
-def capture_checkpoint(
+def capture_iteration(
     iteration: int,
     policy,
     value_head,
     optimizer,
     kl_controller,
-    sampling_generator: torch.Generator,
-    shuffle_generator: torch.Generator,
+    generators: dict,
     history: list[dict[str, float]],
-) -> dict:
+) -> checkpoints.Checkpoint:
     """Everything a resume needs after `iteration` completed iterations, copied to the CPU.
 
     Taken at the start of each iteration, so a cancel in the middle of the next one (its updates change the
-    weights in place) still saves the state of the last completed iteration.
+    weights in place) still saves the state of the last completed iteration. It costs one copy of the trainable
+    parameters and their optimizer state per iteration (small with LoRA or an adapter), only with checkpoints on.
     """
-    trainable_names = set(trainable_parameters(policy))
-    state = {
-        "iteration": iteration,
-        "policy": {name: tensor for name, tensor in policy.state_dict().items() if name in trainable_names},
-        "value_head": value_head.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "kl_coef": kl_controller.coef,
-        "sampling_rng": sampling_generator.get_state(),
-        "shuffle_rng": shuffle_generator.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "history": list(history),  # so the artifact's metrics.json covers the whole run after a resume
-    }
-    return _cpu_copy(state)
-
-
-def _cpu_copy(value):
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {key: _cpu_copy(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_cpu_copy(item) for item in value)
-    return value
-
-
-def save_checkpoint(checkpoint_dir: Path, state: dict) -> Path:
-    """Written into a temp folder and renamed, so a crash never leaves a half checkpoint; older ones are removed."""
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    iteration = state["iteration"]
-    staging = Path(tempfile.mkdtemp(prefix=".tmp-step-", dir=checkpoint_dir))
-    torch.save(state, staging / CHECKPOINT_FILE)
-    target = checkpoint_dir / f"step-{iteration:08d}"
-    os.replace(staging, target)
-    for older in checkpoint_dir.glob("step-*"):
-        if older != target:
-            shutil.rmtree(older, ignore_errors=True)
-    return target
-
-
-def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    candidates = sorted(
-        path for path in Path(checkpoint_dir).glob("step-*") if (path / CHECKPOINT_FILE).is_file()
+    return checkpoints.capture(
+        iteration,
+        parameters=trained_parameters(policy, value_head),
+        optimizer=optimizer,
+        generators=generators,
+        # the history, so that the artifact's metrics.json covers the whole run after a resume
+        stage_state={"kl_coef": kl_controller.coef, "history": list(history)},
     )
-    return candidates[-1] if candidates else None
 
 
-def load_checkpoint(
-    path: Path, policy, value_head, optimizer, kl_controller, sampling_generator, shuffle_generator
-) -> tuple[int, list[dict[str, float]]]:
-    """Restore everything `save_checkpoint` wrote; returns (iterations done, metrics history so far)."""
-    state = torch.load(path / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    missing = policy.load_state_dict(state["policy"], strict=False)
-    if missing.unexpected_keys:
-        raise ValueError(f"checkpoint {path} does not fit this policy: {missing.unexpected_keys[:5]}")
-    value_head.load_state_dict(state["value_head"])
-    optimizer.load_state_dict(state["optimizer"])
-    kl_controller.coef = state["kl_coef"]
-    sampling_generator.set_state(state["sampling_rng"])
-    shuffle_generator.set_state(state["shuffle_rng"])
-    torch.set_rng_state(state["torch_rng"])
-    return state["iteration"], state["history"]
+def trained_parameters(policy, value_head) -> dict[str, torch.nn.Parameter]:
+    return {
+        **{f"policy.{name}": parameter for name, parameter in trainable_parameters(policy).items()},
+        **{f"value_head.{name}": parameter for name, parameter in value_head.named_parameters()},
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -497,11 +448,15 @@ def run(config: PPOConfig, inputs: StageInputs) -> StageResult:
     sampling_generator = torch.Generator(device=device).manual_seed(config.seed)
     shuffle_generator = torch.Generator().manual_seed(config.seed + 1)
 
+    generators = {"sampling": sampling_generator, "shuffle": shuffle_generator}
     start_iteration, history = 0, []
-    if (checkpoint := latest_checkpoint(checkpoint_dir)) is not None:
-        start_iteration, history = load_checkpoint(
-            checkpoint, policy, value_head, optimizer, kl_controller, sampling_generator, shuffle_generator
-        )
+    if (path := checkpoints.latest(checkpoint_dir)) is not None:
+        checkpoint = checkpoints.read(path)
+        checkpoint.restore_parameters(trained_parameters(policy, value_head))
+        checkpoint.restore_optimizer(optimizer)
+        checkpoint.restore_rng(generators)
+        kl_controller.coef = checkpoint.stage_state["kl_coef"]
+        start_iteration, history = checkpoint.step, checkpoint.stage_state["history"]
 
     sampling = config.sampling
     boundary = None  # the state after the last completed iteration, for a checkpoint on cancel
@@ -509,18 +464,11 @@ def run(config: PPOConfig, inputs: StageInputs) -> StageResult:
     try:
         for iteration in range(start_iteration, config.max_steps):
             if config.checkpoint_every > 0:
-                boundary = capture_checkpoint(
-                    iteration,
-                    policy,
-                    value_head,
-                    optimizer,
-                    kl_controller,
-                    sampling_generator,
-                    shuffle_generator,
-                    history,
+                boundary = capture_iteration(
+                    iteration, policy, value_head, optimizer, kl_controller, generators, history
                 )
                 if iteration > start_iteration and iteration % config.checkpoint_every == 0:
-                    save_checkpoint(checkpoint_dir, boundary)
+                    checkpoints.write(checkpoint_dir, boundary)
                     saved_iteration = iteration
             stop_if_asked(should_stop)
             rows = prompt_rows_for_iteration(data, iteration, config.batch_size, config.seed)
@@ -616,8 +564,8 @@ def run(config: PPOConfig, inputs: StageInputs) -> StageResult:
             check_finite_training(values, step=iteration + 1, learning_rate=config.learning_rate)
     except StageCancelled:
         # Checkpoints on: the last completed iteration is kept, whatever phase of the next one was cancelled.
-        if boundary is not None and boundary["iteration"] > saved_iteration:
-            save_checkpoint(checkpoint_dir, boundary)
+        if boundary is not None and boundary.step > saved_iteration:
+            checkpoints.write(checkpoint_dir, boundary)
         last = history[-1] if history else {}
         return StageResult(
             status="cancelled",
