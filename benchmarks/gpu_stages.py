@@ -161,7 +161,7 @@ def run_ours(kind: str, config, data, base: ModelRef, work: Path, reward_model=N
 
     clock = StepClock()
     stages.run(
-        kind, config, data, base, work / f"ours-{kind}", clock, lambda: False, reward_model=reward_model
+        config, stages.StageInputs(data, base, work / f"ours-{kind}", clock, reward_model=reward_model)
     )
     return clock.steps_per_s()
 
@@ -221,7 +221,7 @@ def main() -> None:
 
     from training.engine.contrastive import ContrastiveStageConfig
     from training.engine.ppo import PPOConfig
-    from training.engine.reward import RewardStageConfig
+    from training.engine.reward_model import RewardStageConfig
     from training.engine.sft import SftStageConfig
 
     work = Path(tempfile.mkdtemp())
@@ -295,8 +295,8 @@ def main() -> None:
             start = time.perf_counter()
             from training.engine import stages
 
-            stages.run("ppo", config, Dataset.from_list([{"prompt": r["prompt"]} for r in rows[:256]]), base,
-                       work / "ours-ppo", clock, lambda: False)  # fmt: skip
+            prompts = Dataset.from_list([{"prompt": r["prompt"]} for r in rows[:256]])
+            stages.run(config, stages.StageInputs(prompts, base, work / "ours-ppo", clock))
             record("ppo", {"iterations": config.max_steps, "rollout_batch": config.batch_size,
                            "new_tokens": config.max_new_tokens, "seconds_total": time.perf_counter() - start,
                            "iterations_per_s_after_first": clock.steps_per_s()})  # fmt: skip

@@ -22,9 +22,9 @@ from registry.artifacts import model_version_folder, model_version_ref
 from registry.models import ModelVersion
 from registry.selectors import latest_reward_model
 from training.engine.common import pick_device
+from training.engine.finetuning_methods import load_model_ref
 from training.engine.generation import SamplingSettings, generate
-from training.engine.peft import load_model_ref
-from training.engine.reward import load_reward_model, score_texts
+from training.engine.reward_model import load_reward_model, score_texts
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import torch
 
 from training.engine import adapters
 from training.engine.common import ModelRef
-from training.engine.peft import load_model_ref
+from training.engine.finetuning_methods import load_model_ref
 
 
 @pytest.fixture()

@@ -10,18 +10,19 @@ import torch
 from datasets import Dataset
 
 from training.engine import common as stages_common
-from training.engine import contrastive, sft, stages
+from training.engine import lora_mixture, sft, stages
 from training.engine.base_model import linear_module_names
 from training.engine.common import (
     DeviceUnavailableError,
     ModelRef,
     PeftSettings,
     StageConfigError,
+    StageInputs,
     TrainingDivergedError,
     json_safe,
     pick_device,
 )
-from training.engine.peft import load_model_ref, prepare_model
+from training.engine.finetuning_methods import load_model_ref, prepare_model
 
 
 def errors_of(kind: str, values: dict) -> dict[str, str]:
@@ -105,6 +106,17 @@ def test_configs_built_in_python_are_checked_too():
         sft.SftStageConfig(learning_rate=1e308)
     with pytest.raises(StageConfigError, match="lora_r"):
         PeftSettings(lora_r=0)
+    # Types and choices too, with the words JSON input gets.
+    with pytest.raises(StageConfigError) as excinfo:
+        sft.SftStageConfig(max_steps="10", packing=1, device=None, peft="lora")
+    assert excinfo.value.errors == {
+        "max_steps": "must be an integer",
+        "packing": "must be true or false",
+        "device": "must be a string",
+        "peft": "must be an object",
+    }
+    with pytest.raises(StageConfigError, match="method: must be one of 'full', 'lora', 'adapter'"):
+        PeftSettings(method="qlora")
 
 
 def test_missing_device_is_a_clear_error():
@@ -148,9 +160,7 @@ def test_sft_stops_at_the_first_nan_loss_with_the_reason(tiny_model_dir, tmp_pat
     with pytest.raises(
         TrainingDivergedError, match=r"became NaN at step [23]; lower the learning rate"
     ) as excinfo:
-        sft.run_stage(
-            config, rows(), ModelRef(tiny_model_dir), tmp_path / "sft", reports.append, lambda: False
-        )
+        sft.run(config, StageInputs(rows(), ModelRef(tiny_model_dir), tmp_path / "sft", reports.append))
     failed_at = int(str(excinfo.value).split("at step ")[1].split(";")[0])
     assert reports[-1].step == failed_at < 20  # stopped at once, not after 20 NaN steps
     assert not math.isfinite(reports[-1].values.get("grad_norm", 0.0)) or not math.isfinite(
@@ -178,10 +188,17 @@ def test_lora_targets_the_model_lacks_fail_before_training(tiny_model_dir):
     with pytest.raises(ValueError, match="no module of the base model is named 'query_key_value'.*q_proj"):
         prepare_model(model, settings)
     with pytest.raises(ValueError, match="'query_key_value'"):
-        contrastive.MixtureOfLoraExperts(model, ["a"], 4, 8, settings.lora_target_modules)
+        lora_mixture.MixtureOfLoraExperts(model, ["a"], 4, 8, settings.lora_target_modules)
     # Dotted suffixes work as in PEFT, in the mixture too.
-    mixture = contrastive.MixtureOfLoraExperts(model, ["a"], 4, 8, ("self_attn.q_proj",))
+    mixture = lora_mixture.MixtureOfLoraExperts(model, ["a"], 4, 8, ("self_attn.q_proj",))
     assert sorted(mixture.expert_layers) == [
         "model.layers.0.self_attn.q_proj",
         "model.layers.1.self_attn.q_proj",
     ]
+
+
+def test_stages_run_finds_the_stage_from_the_class_of_its_config():
+    for kind in stages.STAGES:
+        assert stages.kind_of(stages.config_class(kind)()) == kind
+    with pytest.raises(StageConfigError, match="not the config of a stage"):
+        stages.kind_of(stages_common.StageConfig())

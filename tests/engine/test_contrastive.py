@@ -6,9 +6,9 @@ import pytest
 import torch
 from datasets import Dataset
 
-from training.engine import contrastive
-from training.engine.common import ModelRef, PeftSettings
-from training.engine.peft import base_parameters, load_model_ref
+from training.engine import contrastive, lora_mixture
+from training.engine.common import ModelRef, PeftSettings, StageInputs
+from training.engine.finetuning_methods import base_parameters, load_model_ref
 
 TOPICS = {
     "math": ["add two and three", "multiply four by five", "divide ten by two", "subtract one from nine"],
@@ -57,9 +57,7 @@ def test_full_training_widens_chosen_over_rejected_margin(tiny_model_dir, tmp_pa
     data = preference_rows(("math",))
     base_model, tokenizer = load_model_ref(ModelRef(tiny_model_dir), "cpu")
     before = margin_of(base_model.eval(), tokenizer, data)
-    result = contrastive.run_stage(
-        config(loss=loss), data, ModelRef(tiny_model_dir), tmp_path / loss, lambda m: None, lambda: False
-    )
+    result = contrastive.run(config(loss=loss), StageInputs(data, ModelRef(tiny_model_dir), tmp_path / loss))
     trained, _ = contrastive.load_policy(result.artifact_path)
     after = margin_of(trained, tokenizer, data)
     assert after > before + 1.0, (before, after)
@@ -73,19 +71,15 @@ def test_expert_mixture_router_routes_domains_apart_and_base_is_untouched(tiny_m
     base_state = {name: tensor.clone() for name, tensor in base_model.state_dict().items()}
     settings = PeftSettings(method="lora", lora_r=4, lora_alpha=8)
     progress = []
-    result = contrastive.run_stage(
+    result = contrastive.run(
         config(max_steps=12, peft=settings, router_loss_weight=1.0),
-        data,
-        ModelRef(tiny_model_dir),
-        tmp_path / "mix",
-        progress.append,
-        lambda: False,
+        StageInputs(data, ModelRef(tiny_model_dir), tmp_path / "mix", progress.append),
     )
     assert progress[-1].values["router_loss"] < progress[0].values["router_loss"]
 
     policy, _ = contrastive.load_policy(result.artifact_path)
     assert policy.expert_mixture.domains == ["math", "poetry"]
-    routes = contrastive.route_of(policy, tokenizer, [row["prompt"] for row in data])
+    routes = lora_mixture.route_of(policy, tokenizer, [row["prompt"] for row in data])
     math_route, poetry_route = routes[:4].mean(0), routes[4:].mean(0)
     assert math_route.argmax() == 0 and poetry_route.argmax() == 1  # each domain mostly on its own expert
     assert margin_of(policy, tokenizer, data) > before
@@ -99,13 +93,9 @@ def test_expert_mixture_router_routes_domains_apart_and_base_is_untouched(tiny_m
 
 def test_one_domain_means_one_expert_and_generation_routes_itself(tiny_model_dir, tmp_path):
     data = preference_rows(("poetry",)).remove_columns("domain")
-    result = contrastive.run_stage(
+    result = contrastive.run(
         config(max_steps=2, peft=PeftSettings(method="lora", lora_r=4)),
-        data,
-        ModelRef(tiny_model_dir),
-        tmp_path / "single",
-        lambda m: None,
-        lambda: False,
+        StageInputs(data, ModelRef(tiny_model_dir), tmp_path / "single"),
     )
     policy, tokenizer = contrastive.load_policy(result.artifact_path)
     assert policy.expert_mixture.domains == ["default"]
@@ -124,23 +114,17 @@ def test_cancel_then_resume_continues_at_saved_step(tiny_model_dir, tmp_path):
     data = preference_rows(("math",))
     out_dir = tmp_path / "dpo"
     calls = []
-    cancelled = contrastive.run_stage(
+    cancelled = contrastive.run(
         config(max_steps=5, checkpoint_every=2),
-        data,
-        ModelRef(tiny_model_dir),
-        out_dir,
-        lambda m: None,
-        lambda: calls.append(1) or len(calls) >= 3,
+        StageInputs(
+            data, ModelRef(tiny_model_dir), out_dir, should_stop=lambda: calls.append(1) or len(calls) >= 3
+        ),
     )
     assert cancelled.status == "cancelled" and cancelled.steps_completed == 3 and not out_dir.exists()
     progress = []
-    resumed = contrastive.run_stage(
+    resumed = contrastive.run(
         config(max_steps=5, checkpoint_every=2),
-        data,
-        ModelRef(tiny_model_dir),
-        out_dir,
-        progress.append,
-        lambda: False,
+        StageInputs(data, ModelRef(tiny_model_dir), out_dir, progress.append),
     )
     assert [m.step for m in progress] == [4, 5]
     assert resumed.status == "completed" and (out_dir / "stage.json").is_file()

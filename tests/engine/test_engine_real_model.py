@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from datasets import Dataset
 
-from training.engine import contrastive, ppo, reward, sft
-from training.engine.common import ModelRef, PeftSettings
+from training.engine import contrastive, ppo, reward_model, sft
+from training.engine.common import ModelRef, PeftSettings, StageInputs
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def test_each_stage_runs_two_steps_on_the_real_model(bundled_model_dir, tmp_path
     sft_rows = Dataset.from_list([{"messages": PROMPT + [{"role": "assistant", "content": "Blue."}]}] * 2)
     runs = [
         (sft, sft.SftStageConfig(**common), sft_rows),
-        (reward, reward.RewardStageConfig(held_out_fraction=0.25, **common), PAIRS),
+        (reward_model, reward_model.RewardStageConfig(held_out_fraction=0.25, **common), PAIRS),
         (contrastive, contrastive.ContrastiveStageConfig(**common), PAIRS),
         (
             ppo,
@@ -63,8 +63,6 @@ def test_each_stage_runs_two_steps_on_the_real_model(bundled_model_dir, tmp_path
         ),
     ]
     for stage, config, data in runs:
-        result = stage.run_stage(
-            config, data, base, tmp_path / stage.STAGE_NAME, lambda m: None, lambda: False
-        )
+        result = stage.run(config, StageInputs(data, base, tmp_path / stage.STAGE_NAME))
         assert result.status == "completed" and result.steps_completed == 2
         assert (result.artifact_path / "stage.json").is_file()

@@ -4,7 +4,7 @@ import torch
 from datasets import Dataset
 
 from training.engine import memory, sft
-from training.engine.common import ModelRef
+from training.engine.common import ModelRef, StageInputs
 
 SMOLLM2_1_7B = memory.ModelShape(
     num_parameters=1_711_000_000, hidden_size=2048, num_layers=24, vocab_size=49152
@@ -68,11 +68,15 @@ def test_gradient_checkpointing_recomputes_layers_and_trains_the_same_model(
         config = sft.SftStageConfig(max_steps=3, learning_rate=1e-3, batch_size=4, max_length=64,
                                     checkpoint_every=0, device="cpu", gradient_checkpointing=checkpointing)  # fmt: skip
         seen = []
-        sft.run_stage(
-            config, rows, ModelRef(tiny_model_dir), tmp_path / f"sft-{checkpointing}",
-            lambda metrics, seen=seen: seen.append(metrics.values["loss"]) if "loss" in metrics.values else None,
-            lambda: False,
-        )  # fmt: skip
+        inputs = StageInputs(
+            data=rows,
+            base=ModelRef(tiny_model_dir),
+            out_dir=tmp_path / f"sft-{checkpointing}",
+            on_progress=lambda metrics, seen=seen: (
+                seen.append(metrics.values["loss"]) if "loss" in metrics.values else None
+            ),
+        )
+        sft.run(config, inputs)
         losses[checkpointing], layer_calls[checkpointing] = seen, len(layer_forwards)
     # 3 steps × 2 decoder layers, each run once more in the backward pass when checkpointed.
     assert layer_calls == {False: 3 * 2, True: 3 * 2 * 2}

@@ -17,16 +17,23 @@ import torch
 from datasets import Dataset
 
 from training.engine import ppo
-from training.engine.common import ModelRef, PeftSettings, PhaseProgress, StepMetrics, checkpoint_dir_for
+from training.engine.common import (
+    ModelRef,
+    PeftSettings,
+    PhaseProgress,
+    StageConfigError,
+    StageInputs,
+    StepMetrics,
+    checkpoint_dir_for,
+)
 from training.engine.ppo import (
     AdaptiveKLController,
     PPOConfig,
     generalized_advantages,
     masked_whiten,
     prompt_rows_for_iteration,
-    run_stage,
+    run,
 )
-from training.engine.rewards import RuleSpecError
 
 WORDS = ["yes", "no", "maybe", "sure", "ok", "fine"]
 QUESTIONS = [
@@ -98,8 +105,8 @@ def few_words_policy_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def yes_reward_model_dir(few_words_policy_dir, tmp_path_factory) -> Path:
     """A reward model trained by the reward stage on pairs where the reply with more "yes" is preferred."""
-    from training.engine.reward import RewardStageConfig
-    from training.engine.reward import run_stage as run_reward_stage
+    from training.engine.reward_model import RewardStageConfig
+    from training.engine.reward_model import run as run_reward_model
 
     rng = random.Random(1)
 
@@ -121,7 +128,7 @@ def yes_reward_model_dir(few_words_policy_dir, tmp_path_factory) -> Path:
             }
         )
     out_dir = tmp_path_factory.mktemp("reward") / "yes-rm"
-    result = run_reward_stage(
+    result = run_reward_model(
         RewardStageConfig(
             max_steps=40,
             learning_rate=1e-3,
@@ -130,11 +137,7 @@ def yes_reward_model_dir(few_words_policy_dir, tmp_path_factory) -> Path:
             held_out_fraction=0.2,
             max_length=64,
         ),
-        Dataset.from_list(rows),
-        ModelRef(path=few_words_policy_dir),
-        out_dir,
-        lambda metrics: None,
-        lambda: False,
+        StageInputs(Dataset.from_list(rows), ModelRef(path=few_words_policy_dir), out_dir),
     )
     assert result.metrics["held_out_accuracy"] >= 0.85, result.metrics  # the preference was learnt
     return out_dir
@@ -171,14 +174,11 @@ def run_collecting(config, base_dir, out_dir, reward_model=None, should_stop=lam
         else:
             reports.append(report)
 
-    result = run_stage(
+    result = run(
         config,
-        prompt_data(),
-        ModelRef(path=base_dir),
-        out_dir,
-        collect,
-        should_stop,
-        reward_model=reward_model,
+        StageInputs(
+            prompt_data(), ModelRef(path=base_dir), out_dir, collect, should_stop, reward_model=reward_model
+        ),
     )
     return result, reports
 
@@ -270,8 +270,10 @@ def test_mixed_reward_is_the_weighted_sum_of_reward_model_and_rules(
 def test_each_iteration_reports_rollout_scoring_and_update_before_its_metrics(few_words_policy_dir, tmp_path):
     everything: list = []
     config = small_config(max_steps=2, checkpoint_every=0)
-    run_stage(config, prompt_data(), ModelRef(path=few_words_policy_dir), tmp_path / "ppo", everything.append,
-              lambda: False)  # fmt: skip
+    run(
+        config,
+        StageInputs(prompt_data(), ModelRef(path=few_words_policy_dir), tmp_path / "ppo", everything.append),
+    )
     shown = [(r.phase, r.step) if isinstance(r, PhaseProgress) else ("metrics", r.step) for r in everything]
     assert shown == [("rollout", 1), ("scoring", 1), ("update", 1), ("metrics", 1),
                      ("rollout", 2), ("scoring", 2), ("update", 2), ("metrics", 2)]  # fmt: skip
@@ -341,22 +343,86 @@ def test_resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run(few
         finished_steps.append(metrics.step)
         reports_before.append(metrics)
 
-    cancelled = run_stage(
-        config, prompt_data(), ModelRef(path=few_words_policy_dir), out_dir, record, stop_during_step_four
+    cancelled = run(
+        config,
+        StageInputs(
+            prompt_data(), ModelRef(path=few_words_policy_dir), out_dir, record, stop_during_step_four
+        ),
     )
     assert cancelled.status == "cancelled" and cancelled.steps_completed == 3
-    assert [path.name for path in checkpoint_dir_for(out_dir).glob("step-*")] == ["step-00000002"]
+    # The cancel saved step 3 (the periodic step-2 checkpoint it replaces was every 2 iterations).
+    assert [path.name for path in checkpoint_dir_for(out_dir).glob("step-*")] == ["step-00000003"]
 
     resumed, resumed_reports = run_collecting(config, few_words_policy_dir, out_dir)
 
     assert resumed.status == "completed"
-    assert [report.step for report in resumed_reports] == [3, 4]  # continues after the step-2 checkpoint
-    for resumed_report, straight_report in zip(resumed_reports, uninterrupted_reports[2:], strict=True):
+    assert [report.step for report in resumed_reports] == [4]  # continues after the step-3 checkpoint
+    assert_same_as_uninterrupted(resumed, resumed_reports, uninterrupted, uninterrupted_reports)
+    history = json.loads((resumed.artifact_path / "metrics.json").read_text())["history"]
+    assert [entry["step"] for entry in history] == [1, 2, 3, 4]  # steps 1–3 came from the checkpoint
+
+
+def assert_same_as_uninterrupted(resumed, resumed_reports, uninterrupted, uninterrupted_reports) -> None:
+    later = uninterrupted_reports[len(uninterrupted_reports) - len(resumed_reports) :]
+    for resumed_report, straight_report in zip(resumed_reports, later, strict=True):
+        assert resumed_report.step == straight_report.step
         for key, value in straight_report.values.items():
             assert resumed_report.values[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
     assert resumed.metrics == pytest.approx(uninterrupted.metrics, rel=1e-4, abs=1e-5)
-    history = json.loads((resumed.artifact_path / "metrics.json").read_text())["history"]
-    assert [entry["step"] for entry in history] == [1, 2, 3, 4]  # steps 1–2 came from the checkpoint
+
+
+def stop_inside_phase(phase: str, step: int, forward_calls, passes: int):
+    """(on_progress, should_stop, seen): the stop request comes `passes` forward passes into `phase` of `step`;
+    `seen` records the forward count at the phase's start and when should_stop first said True."""
+    seen: dict[str, int | None] = {"phase_start": None, "stop_requested": None}
+
+    def on_progress(report) -> None:
+        if isinstance(report, PhaseProgress) and (report.phase, report.step) == (phase, step):
+            seen["phase_start"] = forward_calls.count
+
+    def should_stop() -> bool:
+        if seen["stop_requested"] is None and seen["phase_start"] is not None:
+            if forward_calls.count >= seen["phase_start"] + passes:
+                seen["stop_requested"] = forward_calls.count
+        return seen["stop_requested"] is not None
+
+    return on_progress, should_stop, seen
+
+
+# (phase, forward passes into it when the stop request comes, what has run by then)
+MID_PHASE_STOPS = {
+    # the prefill and one decode step of six: the rollout is mid-generation
+    "rollout": ("rollout", 2),
+    # the policy's and the reference's pass over the first mini-batch of two
+    "scoring": ("scoring", 2),
+    # micro-batch 1 of 2 of the second mini-batch: one optimizer step of this iteration has changed the weights
+    "update": ("update", 3),
+}
+
+
+@pytest.mark.parametrize("where", MID_PHASE_STOPS)
+def test_a_cancel_inside_an_iteration_stops_at_once_keeps_the_last_iteration_and_resumes_exactly(
+    few_words_policy_dir, tmp_path, forward_calls, where
+):
+    config = small_config(max_steps=3, checkpoint_every=100, gradient_accumulation_steps=2)
+    uninterrupted, uninterrupted_reports = run_collecting(config, few_words_policy_dir, tmp_path / "straight")
+
+    phase, passes = MID_PHASE_STOPS[where]
+    on_progress, should_stop, seen = stop_inside_phase(phase, 2, forward_calls, passes)
+    out_dir = tmp_path / "cancelled"
+    cancelled = run(
+        config,
+        StageInputs(prompt_data(), ModelRef(path=few_words_policy_dir), out_dir, on_progress, should_stop),
+    )
+    assert cancelled.status == "cancelled" and cancelled.steps_completed == 1 and not out_dir.exists()
+    # Asked before every pass: the request came right after the chosen pass, and no pass ran after it.
+    assert seen["stop_requested"] == seen["phase_start"] + passes == forward_calls.count
+    assert [path.name for path in checkpoint_dir_for(out_dir).glob("step-*")] == ["step-00000001"]
+
+    resumed, resumed_reports = run_collecting(config, few_words_policy_dir, out_dir)
+    assert resumed.status == "completed" and [report.step for report in resumed_reports] == [2, 3]
+    # Step 2 ran again from its start: the checkpoint holds iteration 1, not the half-updated weights.
+    assert_same_as_uninterrupted(resumed, resumed_reports, uninterrupted, uninterrupted_reports)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -471,10 +537,12 @@ def test_rollout_prompts_cover_each_pass_once_and_depend_only_on_seed_and_iterat
 def test_config_rejects_bad_reward_settings():
     with pytest.raises(ValueError, match="reward_source"):
         PPOConfig(reward_source="vibes")
-    with pytest.raises(RuleSpecError, match="rule #0"):
+    with pytest.raises(StageConfigError, match="rules: rule #0"):
         PPOConfig(reward_source="rules", rules=[{"kind": "regex", "pattern": "("}])
-    with pytest.raises(RuleSpecError, match="at least one"):
+    with pytest.raises(StageConfigError, match="rules: .*at least one"):
         PPOConfig(reward_source="rules", rules=[])
+    with pytest.raises(StageConfigError, match="rules: rule #0"):  # given rules are checked even when unused
+        PPOConfig(reward_source="reward_model", rules=[{"kind": "execute", "code": "1"}])
     with pytest.raises(ValueError, match="mini_batch_size"):
         PPOConfig(batch_size=4, mini_batch_size=8)
 

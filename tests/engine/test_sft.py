@@ -8,8 +8,8 @@ import torch
 from datasets import Dataset
 
 from training.engine import sft
-from training.engine.common import ModelRef, PeftSettings
-from training.engine.peft import load_model_ref
+from training.engine.common import ModelRef, PeftSettings, StageInputs
+from training.engine.finetuning_methods import load_model_ref
 
 QUESTION = "What is the capital of Zorbia?"
 ANSWER = "Blorptown, of course."
@@ -52,13 +52,14 @@ def test_full_sft_loss_falls_and_reproduces_target_reply(tiny_model_dir, tmp_pat
         max_steps=20, learning_rate=3e-3, batch_size=4, max_length=64, checkpoint_every=0, device="cpu"
     )
     losses = []
-    result = sft.run_stage(
+    result = sft.run(
         config,
-        memorise_rows(),
-        ModelRef(tiny_model_dir),
-        tmp_path / "sft",
-        lambda metrics: losses.append(metrics.values["loss"]) if "loss" in metrics.values else None,
-        lambda: False,
+        StageInputs(
+            memorise_rows(),
+            ModelRef(tiny_model_dir),
+            tmp_path / "sft",
+            lambda metrics: losses.append(metrics.values["loss"]) if "loss" in metrics.values else None,
+        ),
     )
     assert result.status == "completed" and result.steps_completed == 20
     assert len(losses) == 20 and losses[-1] < 0.8 * losses[0]
@@ -82,13 +83,14 @@ def test_adapter_sft_writes_adapter_only_artifact_and_base_is_unchanged(tiny_mod
         peft=PeftSettings(method="adapter", adapter_bottleneck=16),
     )
     losses = []
-    result = sft.run_stage(
+    result = sft.run(
         config,
-        memorise_rows(4),
-        ModelRef(tiny_model_dir, name="tiny"),
-        tmp_path / "sft-adapter",
-        lambda metrics: losses.append(metrics.values["loss"]) if "loss" in metrics.values else None,
-        lambda: False,
+        StageInputs(
+            memorise_rows(4),
+            ModelRef(tiny_model_dir, name="tiny"),
+            tmp_path / "sft-adapter",
+            lambda metrics: losses.append(metrics.values["loss"]) if "loss" in metrics.values else None,
+        ),
     )
     assert losses[-1] < losses[0]
     artifact = result.artifact_path

@@ -16,9 +16,9 @@ from loop.services.simulation import annotators_simulate
 from registry.artifacts import base_model_folder
 from registry.services import model_version_register
 from tests.training.factories import make_user, register_tiny_base
-from training.engine import reward as reward_stage
+from training.engine import reward_model as reward_stage
 from training.engine.base_model import describe_saved_model
-from training.engine.common import ModelRef
+from training.engine.common import ModelRef, StageInputs
 
 pytestmark = pytest.mark.django_db
 
@@ -70,9 +70,7 @@ def tiny_reward_dir(tiny_model_dir, tmp_path_factory):
         checkpoint_every=0,
         held_out_fraction=0.0,
     )
-    result = reward_stage.run_stage(
-        config, Dataset.from_list(rows), ModelRef(tiny_model_dir), out, lambda m: None, lambda: False
-    )
+    result = reward_stage.run(config, StageInputs(Dataset.from_list(rows), ModelRef(tiny_model_dir), out))
     return result.artifact_path
 
 

@@ -18,7 +18,7 @@ from registry.models import ModelVersion
 from registry.services import model_version_register
 from tests.training.factories import TINY_STAGE_CONFIGS, ranked_project, register_tiny_base
 from training.engine.base_model import load_saved_model, save_model_atomically
-from training.engine.peft import load_model_ref
+from training.engine.finetuning_methods import load_model_ref
 from training.jobs import stale_stages_fail
 from training.models import StageRun, TrainingRun
 from training.selectors import stage_metrics

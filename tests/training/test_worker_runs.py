@@ -14,8 +14,8 @@ from registry.models import ModelVersion
 from tests.training.factories import TINY_STAGE_CONFIGS, ranked_project, register_tiny_base
 from tests.workers import celery_worker, wait_until, web_server
 from training import estimates
-from training.engine.peft import load_model_ref
-from training.engine.reward import load_reward_model, score_texts
+from training.engine.finetuning_methods import load_model_ref
+from training.engine.reward_model import load_reward_model, score_texts
 from training.jobs import stale_stages_fail
 from training.models import StageRun, TrainingRun
 from training.services import runs as run_services

@@ -1,15 +1,18 @@
 """The stage contract shared by every training stage (see ../shared/design.md):
 
-    run_stage(config: <Stage>Config, data: datasets.Dataset, base: ModelRef, out_dir: Path,
-              on_progress: Callable[[StepMetrics], None], should_stop: Callable[[], bool]) -> StageResult
+    <stage module>.run(config: <Stage>Config, inputs: StageInputs) -> StageResult
 
-Pure: no Django, no Celery. `on_progress` feeds live charts (StepMetrics after each step; PhaseProgress inside long steps), `should_stop` makes cancel cooperative (checked once
-per optimizer step), checkpoints under `checkpoint_dir_for(out_dir)` make resume work, and the artifact is written
-into a staging folder that is renamed to `out_dir` only when complete.
+`stages.run(config, inputs)` picks the module from the config's class. Pure: no Django, no Celery.
+`inputs.on_progress` feeds live charts (StepMetrics after each step; PhaseProgress inside long steps),
+`inputs.should_stop` makes cancel cooperative (asked between micro-batches, and in PPO before every forward pass of
+its rollouts and scoring, so a cancel lands within seconds), checkpoints under `checkpoint_dir_for(out_dir)`
+(`checkpoints.py`) make resume work (a cancel saves the last completed step), and the artifact is written into a
+staging folder that is renamed to `out_dir` only when complete.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -17,11 +20,16 @@ import random
 import re
 import shutil
 import tempfile
+import types
+import typing
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 PeftMethod = Literal["full", "lora", "adapter"]
 
@@ -72,18 +80,71 @@ def _shown(number: float) -> str:
 
 
 def field_errors(config) -> dict[str, str]:
-    """Range errors of a config dataclass, from the `LIMITS` of its class and of every class it extends."""
+    """Type and range errors of a config dataclass, by field name.
+
+    Types come from the field annotations (`type_error`), ranges from the `LIMITS` of its class and of every class
+    it extends; a field of the wrong type is not range-checked. Every config dataclass checks itself with this
+    when it is built, in Python or from JSON (`stages.config_from_dict` only converts JSON values).
+    """
+    errors = {}
+    hints = typing.get_type_hints(type(config))
+    for config_field in dataclasses.fields(config):
+        annotation, value = hints[config_field.name], getattr(config, config_field.name)
+        if dataclasses.is_dataclass(annotation):
+            message = None if isinstance(value, annotation) else "must be an object"
+        else:
+            message = type_error(value, annotation)
+        if message is not None:
+            errors[config_field.name] = message
     limits: dict[str, Bounds] = {}
     for klass in reversed(type(config).__mro__):
         limits.update(vars(klass).get("LIMITS", {}))
-    errors = {}
     for name, bounds in limits.items():
-        if not hasattr(config, name):  # e.g. `log_every`, which only some stages have
+        if name in errors or not hasattr(config, name):  # e.g. `log_every`, which only some stages have
             continue
         message = bounds.error(getattr(config, name))
         if message is not None:
             errors[name] = message
     return errors
+
+
+def type_error(value, annotation) -> str | None:
+    """Why `value` does not fit a field annotated `annotation`, in words; None when it fits (ints fit floats)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        messages = [type_error(value, option) for option in args if option is not type(None)]
+        return None if None in messages else " or ".join(messages)
+    if origin is Literal:
+        return None if value in args else f"must be one of {', '.join(repr(arg) for arg in args)}"
+    if annotation is bool:
+        return None if isinstance(value, bool) else "must be true or false"
+    if annotation is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else "must be an integer"
+    if annotation is float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return "must be a number"
+        try:
+            return None if math.isfinite(float(value)) else "must be a finite number"
+        except OverflowError:  # an integer beyond any float
+            return "must be a finite number"
+    if annotation is str:
+        return None if isinstance(value, str) else "must be a string"
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            return "must be a list"
+        item_type = args[0] if args else object
+        if item_type is str and not all(isinstance(item, str) for item in value):
+            return "must be a list of strings"
+        if (item_type is dict or typing.get_origin(item_type) is dict) and not all(
+            isinstance(item, dict) for item in value
+        ):
+            return "must be a list of objects"
+        return None
+    if origin is dict or annotation is dict:
+        return None if isinstance(value, dict) else "must be an object"
+    return None
 
 
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch's is wider
@@ -121,15 +182,16 @@ class PeftSettings:
 
     def __post_init__(self) -> None:
         errors = field_errors(self)
-        if self.method not in ("full", "lora", "adapter"):
-            errors["method"] = "must be one of 'full', 'lora', 'adapter'"
-        if not self.lora_target_modules:
-            errors["lora_target_modules"] = "name at least one module, e.g. q_proj"
-        elif bad := [
-            name for name in self.lora_target_modules if not MODULE_NAME_PATTERN.fullmatch(str(name))
-        ]:
-            errors["lora_target_modules"] = f"not a module name: {', '.join(map(repr, bad))}"
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", str(self.adapter_name)):
+        if "lora_target_modules" not in errors:
+            if not self.lora_target_modules:
+                errors["lora_target_modules"] = "name at least one module, e.g. q_proj"
+            elif bad := [
+                name for name in self.lora_target_modules if not MODULE_NAME_PATTERN.fullmatch(name)
+            ]:
+                errors["lora_target_modules"] = f"not a module name: {', '.join(map(repr, bad))}"
+        if "adapter_name" not in errors and not re.fullmatch(
+            r"[A-Za-z_][A-Za-z0-9_]{0,63}", self.adapter_name
+        ):
             errors["adapter_name"] = "must be a name of letters, digits and _ (at most 64)"
         if errors:
             raise StageConfigError(errors)
@@ -190,7 +252,7 @@ class StageConfig:
     def errors(self) -> dict[str, str]:
         """Every bad value by field name; stages extend it with their cross-field rules."""
         errors = field_errors(self)
-        if not isinstance(self.device, str) or not DEVICE_PATTERN.fullmatch(self.device):
+        if "device" not in errors and not DEVICE_PATTERN.fullmatch(self.device):
             errors["device"] = "must be 'auto', 'cpu', 'cuda', 'cuda:N' (a GPU index) or 'mps'"
         return errors
 
@@ -238,8 +300,35 @@ ProgressCallback = Callable[[StepMetrics | PhaseProgress], None]
 StopCallback = Callable[[], bool]
 
 
+def ignore_progress(progress: StepMetrics | PhaseProgress) -> None:
+    """The default `on_progress`: nobody watches (a notebook, a benchmark)."""
+
+
+def never_stop() -> bool:
+    """The default `should_stop`: nothing cancels the stage."""
+    return False
+
+
+@dataclass(frozen=True)
+class StageInputs:
+    """Everything a stage runs on besides its config; the same for every stage."""
+
+    data: Dataset  # the snapshot rows of the stage's data format (stages.STAGES[kind].data_format)
+    base: ModelRef  # the model the stage starts from
+    out_dir: Path  # where the finished artifact appears; checkpoints live beside it (checkpoint_dir_for)
+    on_progress: ProgressCallback = ignore_progress
+    should_stop: StopCallback = never_stop
+    reward_model: ModelRef | None = None  # scores PPO's rollouts (reward_source "reward_model" or "mixed")
+
+
 class StageCancelled(Exception):
     """Raised inside a training loop when `should_stop()` says so; stages turn it into a cancelled result."""
+
+
+def stop_if_asked(should_stop: StopCallback | None) -> None:
+    """Raise StageCancelled when `should_stop` (if any) says so: a cancel point inside a long loop."""
+    if should_stop is not None and should_stop():
+        raise StageCancelled()
 
 
 def pick_device(preference: str = "auto"):

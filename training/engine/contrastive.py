@@ -9,7 +9,7 @@ mix experts. (The published CoCoMix paper is a different, pretraining method; se
 With `peft.method == "lora"` the policy is a mixture of LoRA experts, one per value of the rows' `domain` column
 (one expert when there is no such column or a single domain). A small router — a linear layer over the mean-pooled
 prompt token embeddings, softmax over experts — gives each sample its mixing weights, and every target Linear adds
-Σ_e w_e · B_e A_e x to its output. The router learns jointly from the preference loss and an auxiliary
+Σ_e w_e · B_e A_e x to its output (`lora_mixture.py`). The router learns jointly from the preference loss and an auxiliary
 domain-classification loss, so different domains are routed to different experts. "full" and "adapter" train the
 plain model with the same losses.
 
@@ -21,9 +21,6 @@ one readable loop keeps one code path for one or many experts and for both losse
 from __future__ import annotations
 
 import copy
-import json
-import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -33,39 +30,35 @@ import torch.nn.functional as F
 from datasets import Dataset
 from torch import nn
 
+from training.engine import checkpoints
 from training.engine.common import (
     Bounds,
     ModelRef,
-    ProgressCallback,
     StageConfig,
+    StageInputs,
     StageResult,
     StepMetrics,
-    StopCallback,
     check_finite_training,
     checkpoint_dir_for,
-    lora_target_matches,
     pick_device,
     seed_everything,
     staged_output,
-    unmatched_lora_targets,
-    unmatched_targets_message,
     write_json,
 )
 from training.engine.data import conversation_text, preference_pairs, prompt_text
-from training.engine.peft import (
+from training.engine.finetuning_methods import (
     STAGE_MANIFEST,
     autocast_for,
     disabled_adapters,
     load_model_ref,
     prepare_model,
     resolve_model_ref,
-    save_stage_artifact,
+    save_completed_stage,
     trainable_parameters,
 )
+from training.engine.lora_mixture import MixtureOfLoraExperts
 
 STAGE_NAME = "contrastive"
-MIXTURE_WEIGHTS_FILE = "mixture.safetensors"
-MIXTURE_CONFIG_FILE = "mixture.json"
 NO_DOMAIN = "default"
 
 
@@ -85,160 +78,8 @@ class ContrastiveStageConfig(StageConfig):
     }
 
 
-# --- mixture of LoRA experts ------------------------------------------------------------------------------------
-
-
-class Routing:
-    """Per-sample mixing weights shared by every expert layer of one model; `None` switches the experts off."""
-
-    def __init__(self):
-        self.weights: torch.Tensor | None = None  # (batch, experts)
-
-
-class LoraExpertsLinear(nn.Module):
-    """A frozen Linear plus E low-rank experts: y = W x + (α/r) Σ_e w_e · B_e A_e x, w from the shared Routing."""
-
-    def __init__(self, base: nn.Linear, num_experts: int, rank: int, alpha: float, routing: Routing):
-        super().__init__()
-        self.base = base
-        self.routing = routing
-        self.scaling = alpha / rank
-        self.lora_A = nn.Parameter(
-            torch.empty(num_experts, rank, base.in_features, device=base.weight.device)
-        )
-        self.lora_B = nn.Parameter(
-            torch.zeros(num_experts, base.out_features, rank, device=base.weight.device)
-        )
-        for expert in range(
-            num_experts
-        ):  # same init as PEFT's LoRA: A random, B zero, so training starts at the base
-            nn.init.kaiming_uniform_(self.lora_A.data[expert], a=math.sqrt(5))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        output = self.base(x)
-        weights = self.routing.weights
-        if weights is None:
-            return output
-        down = torch.einsum("bti,eri->bter", x, self.lora_A.to(x.dtype))
-        up = torch.einsum("bter,eor->bteo", down, self.lora_B.to(x.dtype))
-        return output + self.scaling * torch.einsum("bteo,be->bto", up, weights.to(x.dtype))
-
-
-class MixtureOfLoraExperts:
-    """Installs expert layers and a router on a causal LM; the model keeps its usual forward and generate."""
-
-    def __init__(
-        self, model: nn.Module, domains: list[str], rank: int, alpha: float, target_modules: tuple[str, ...]
-    ):
-        self.model = model
-        self.domains = list(domains)
-        self.rank = rank
-        self.alpha = alpha
-        self.target_modules = tuple(target_modules)
-        self.routing = Routing()
-        self.auto_route = (
-            False  # inference: route from the prompt on every multi-token forward (see route_hook)
-        )
-        model.requires_grad_(False)
-        linear_names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-        if missing := unmatched_lora_targets(linear_names, self.target_modules):
-            raise ValueError(f"peft.lora_target_modules: {unmatched_targets_message(missing, linear_names)}")
-        self.expert_layers: dict[str, LoraExpertsLinear] = {}
-        for name, module in list(model.named_modules()):
-            for child_name, child in list(module.named_children()):
-                full_name = f"{name}.{child_name}" if name else child_name
-                if isinstance(child, nn.Linear) and any(
-                    lora_target_matches(full_name, target) for target in self.target_modules
-                ):
-                    wrapped = LoraExpertsLinear(child, len(self.domains), rank, alpha, self.routing)
-                    setattr(module, child_name, wrapped)
-                    self.expert_layers[full_name] = wrapped
-        hidden_size = model.config.get_text_config().hidden_size
-        embedding = model.get_input_embeddings().weight
-        self.router = nn.Linear(hidden_size, len(self.domains)).to(device=embedding.device)
-        model.add_module("expert_router", self.router)  # moves with .to() and shows up in parameters()
-        model.register_forward_pre_hook(self._route_hook, with_kwargs=True)
-
-    def parameters(self) -> dict[str, nn.Parameter]:
-        parameters = {f"{name}.lora_A": layer.lora_A for name, layer in self.expert_layers.items()}
-        parameters.update({f"{name}.lora_B": layer.lora_B for name, layer in self.expert_layers.items()})
-        parameters.update({f"expert_router.{key}": value for key, value in self.router.named_parameters()})
-        return parameters
-
-    def router_logits(self, input_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
-        """Router scores from the mean of the prompt's token embeddings (the response must not steer its own route)."""
-        embeddings = self.model.get_input_embeddings()(input_ids)
-        mask = prompt_mask.unsqueeze(-1).to(embeddings.dtype)
-        pooled = (embeddings * mask).sum(1) / mask.sum(1).clamp(min=1)
-        # RMS-normalised, so the router's input has unit scale whatever the embedding scale of the base model.
-        pooled = pooled.float() * torch.rsqrt(pooled.float().pow(2).mean(-1, keepdim=True) + 1e-6)
-        return self.router(pooled.to(self.router.weight.dtype))
-
-    def set_route(self, input_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
-        logits = self.router_logits(input_ids, prompt_mask)
-        self.routing.weights = logits.softmax(-1)
-        return logits
-
-    def _route_hook(self, module, args, kwargs):
-        # In generation the first forward sees the whole (left-padded) prompt; single-token decoding steps that
-        # follow reuse its weights. Training sets the route explicitly and leaves auto_route off.
-        if not self.auto_route:
-            return None
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        if input_ids is None:
-            return None
-        weights = self.routing.weights
-        if input_ids.shape[1] > 1 or weights is None or weights.shape[0] != input_ids.shape[0]:
-            attention_mask = kwargs.get("attention_mask")
-            prompt_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-            with torch.no_grad():
-                self.set_route(input_ids, prompt_mask)
-        return None
-
-    def save(self, folder: Path) -> None:
-        from safetensors.torch import save_file
-
-        tensors = {
-            key: value.detach().to("cpu", torch.float32).contiguous()
-            for key, value in self.parameters().items()
-        }
-        save_file(tensors, str(Path(folder) / MIXTURE_WEIGHTS_FILE))
-        write_json(
-            Path(folder) / MIXTURE_CONFIG_FILE,
-            {
-                "format": "lora-mixture/1",
-                "domains": self.domains,
-                "rank": self.rank,
-                "alpha": self.alpha,
-                "target_modules": list(self.target_modules),
-                "router_input": "RMS-normalised mean of prompt token embeddings",
-            },
-        )
-
-
-def attach_mixture(model: nn.Module, folder: Path) -> MixtureOfLoraExperts:
-    """Load a saved mixture onto its base model, routing automatically from each prompt (for generation)."""
-    from safetensors.torch import load_file
-
-    description = json.loads((Path(folder) / MIXTURE_CONFIG_FILE).read_text())
-    mixture = MixtureOfLoraExperts(
-        model,
-        description["domains"],
-        description["rank"],
-        description["alpha"],
-        tuple(description["target_modules"]),
-    )
-    saved = load_file(str(Path(folder) / MIXTURE_WEIGHTS_FILE))
-    with torch.no_grad():
-        for key, parameter in mixture.parameters().items():
-            parameter.copy_(saved[key])
-    mixture.auto_route = True
-    model.expert_mixture = mixture  # reachable from the model, e.g. to read the route it chose
-    return mixture
-
-
 def load_policy(path: Path, device="cpu"):
-    """The policy this stage wrote (any layout), in eval mode, with its tokenizer; same as `peft.load_model_ref`."""
+    """The policy this stage wrote (any layout), in eval mode, with its tokenizer; same as `finetuning_methods.load_model_ref`."""
     model, tokenizer = load_model_ref(ModelRef(Path(path)), device)
     return model.eval(), tokenizer
 
@@ -370,63 +211,50 @@ def preference_loss(
     raise ValueError(f"unknown contrastive loss {config.loss!r}; use 'dpo' or 'cpo'")
 
 
-def _latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    steps = [
-        (int(match.group(1)), path)
-        for path in checkpoint_dir.glob("checkpoint-*")
-        if (match := re.fullmatch(r"checkpoint-(\d+)", path.name)) and (path / "state.pt").is_file()
-    ]
-    return max(steps)[1] if steps else None
-
-
-def _save_checkpoint(checkpoint_dir: Path, step: int, trainable: dict, optimizer) -> None:
-    folder = checkpoint_dir / f"checkpoint-{step}"
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {
-        "step": step,
-        "trainable": {k: v.detach().cpu() for k, v in trainable.items()},
-        "optimizer": optimizer.state_dict(),
-    }
-    torch.save(state, folder / "state.pt.tmp")
-    (folder / "state.pt.tmp").replace(
-        folder / "state.pt"
-    )  # a crash mid-write never leaves a readable half state
-
-
-def run_stage(
-    config: ContrastiveStageConfig,
-    data: Dataset,
-    base: ModelRef,
-    out_dir: Path,
-    on_progress: ProgressCallback,
-    should_stop: StopCallback,
-) -> StageResult:
+def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
     seed_everything(config.seed)
     device = pick_device(config.device)
-    pairs = preference_pairs(data)
+    pairs = preference_pairs(inputs.data)
     domains = sorted(set(pairs["domain"])) if "domain" in pairs.column_names else [NO_DOMAIN]
-    policy, tokenizer = build_policy(config, base, domains, device)
+    policy, tokenizer = build_policy(config, inputs.base, domains, device)
     examples = tokenize_pairs(tokenizer, pairs, config.max_length, domains)
     trainable = policy.trainable()
     optimizer = torch.optim.AdamW(list(trainable.values()), lr=config.learning_rate, weight_decay=0.0)
 
-    checkpoint_dir = checkpoint_dir_for(out_dir)
+    checkpoint_dir = checkpoint_dir_for(inputs.out_dir)
     step = 0
-    if (checkpoint := _latest_checkpoint(checkpoint_dir)) is not None:
-        state = torch.load(checkpoint / "state.pt", map_location=device)
-        with torch.no_grad():
-            for key, parameter in trainable.items():
-                parameter.copy_(state["trainable"][key])
-        optimizer.load_state_dict(state["optimizer"])
-        step = state["step"]
+    if (path := checkpoints.latest(checkpoint_dir)) is not None:
+        checkpoint = checkpoints.read(path)
+        checkpoint.restore_parameters(trainable)
+        checkpoint.restore_optimizer(optimizer)
+        checkpoint.restore_rng()
+        step = checkpoint.step
+    start_step = step
+
+    def save_checkpoint() -> None:
+        checkpoints.write(
+            checkpoint_dir, checkpoints.capture(step, parameters=trainable, optimizer=optimizer)
+        )
+
+    def cancelled(metrics: dict[str, float]) -> StageResult:
+        # The weights and optimizer are those of the last completed step (a half-accumulated one is dropped).
+        if config.checkpoint_every > 0 and step > start_step:
+            save_checkpoint()
+        return StageResult(status="cancelled", artifact_path=None, metrics=metrics, steps_completed=step)
 
     batch_size = min(config.batch_size, len(examples))
     batches_per_epoch = max(1, len(examples) // batch_size)
     policy.model.train()
     metrics: dict[str, float] = {}
     while step < config.max_steps:
+        if step > start_step and inputs.should_stop():  # after each step (the finished last one is kept)
+            return cancelled(metrics)
+        if config.checkpoint_every > 0 and step > start_step and step % config.checkpoint_every == 0:
+            save_checkpoint()
         optimizer.zero_grad(set_to_none=True)
         for micro_step in range(config.gradient_accumulation_steps):
+            if micro_step > 0 and inputs.should_stop():  # between micro-batches
+                return cancelled(metrics)
             # The batch order depends only on (seed, step), so a resumed run sees the batches the first would have.
             index = step * config.gradient_accumulation_steps + micro_step
             epoch, position = divmod(index, batches_per_epoch)
@@ -458,50 +286,39 @@ def run_stage(
         if step % config.log_every == 0 or step == config.max_steps:
             margin = (log_probs[: len(chosen)] - log_probs[len(chosen) :]).detach()
             metrics = {
-                "loss": float(loss),
-                "router_loss": float(router_loss),
+                "loss": float(loss.detach()),
+                "router_loss": float(router_loss.detach()),
                 "log_prob_margin": float(margin.mean()),
                 "preference_accuracy": float((margin > 0).float().mean()),
             }
-            on_progress(StepMetrics(step=step, total_steps=config.max_steps, values=metrics))
-        stop = should_stop()
-        if config.checkpoint_every > 0 and (step % config.checkpoint_every == 0 or stop):
-            _save_checkpoint(checkpoint_dir, step, trainable, optimizer)
-        if stop:
-            return StageResult(status="cancelled", artifact_path=None, metrics=metrics, steps_completed=step)
+            inputs.on_progress(StepMetrics(step=step, total_steps=config.max_steps, values=metrics))
 
     policy.model.eval()
     final = evaluate_margin(policy, examples, tokenizer.pad_token_id, device, batch_size)
     metrics.update({f"final_{key}": value for key, value in final.items()})
-    with staged_output(out_dir) as staging:
-        if policy.mixture is not None:
-            policy.mixture.save(staging)
-            tokenizer.save_pretrained(str(staging))
-            write_json(
-                staging / STAGE_MANIFEST,
-                {
-                    "stage": STAGE_NAME,
-                    "peft": "lora",
-                    "layout": "lora_mixture",
-                    "base_path": str(Path(resolve_model_ref(base).path).resolve()),
-                    "base_name": base.name,
-                    "domains": domains,
-                    "config": config.to_dict(),
-                    "metrics": metrics,
-                },
-            )
-        else:
-            save_stage_artifact(
-                policy.model,
-                tokenizer,
-                config.peft,
-                staging,
-                stage=STAGE_NAME,
-                base=base,
-                config=config.to_dict(),
-                metrics=metrics,
-            )
-    return StageResult(status="completed", artifact_path=Path(out_dir), metrics=metrics, steps_completed=step)
+    if policy.mixture is None:
+        return save_completed_stage(
+            policy.model, tokenizer, config, inputs, stage=STAGE_NAME, metrics=metrics, steps_completed=step
+        )
+    with staged_output(inputs.out_dir) as staging:
+        policy.mixture.save(staging)
+        tokenizer.save_pretrained(str(staging))
+        write_json(
+            staging / STAGE_MANIFEST,
+            {
+                "stage": STAGE_NAME,
+                "peft": "lora",
+                "layout": "lora_mixture",
+                "base_path": str(Path(resolve_model_ref(inputs.base).path).resolve()),
+                "base_name": inputs.base.name,
+                "domains": domains,
+                "config": config.to_dict(),
+                "metrics": metrics,
+            },
+        )
+    return StageResult(
+        status="completed", artifact_path=Path(inputs.out_dir), metrics=metrics, steps_completed=step
+    )
 
 
 @torch.no_grad()
@@ -517,12 +334,3 @@ def evaluate_margin(policy: Policy, examples: list[dict], pad_token_id: int, dev
         "log_prob_margin": float(margin.mean()),
         "preference_accuracy": float((margin > 0).float().mean()),
     }
-
-
-def route_of(model, tokenizer, prompts: list[list[dict]]) -> torch.Tensor:
-    """Mixing weights (prompts × experts) a loaded mixture policy gives each prompt."""
-    mixture: MixtureOfLoraExperts = model.expert_mixture
-    texts = [prompt_text(tokenizer, prompt) for prompt in prompts]
-    batch = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
-    with torch.no_grad():
-        return mixture.router_logits(batch["input_ids"], batch["attention_mask"]).softmax(-1)

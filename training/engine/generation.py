@@ -12,10 +12,12 @@ post-processing, and it asks the device "is every row finished?" only once every
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from training.engine.common import stop_if_asked
 
 PromptInput = str | Sequence[dict]
 
@@ -162,9 +164,11 @@ def sample_completions(
     stop_ids: Sequence[int],
     pad_id: int,
     generator: torch.Generator | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The decode loop on tensors: prefill the prompt once, then one cached forward per new token.
 
+    `should_stop` (PPO's cancel) is asked before every forward pass; a True raises StageCancelled at once.
     no_grad rather than inference_mode: PPO feeds these ids into forward passes that need autograd, and
     inference-mode tensors cannot be saved for backward.
     """
@@ -173,6 +177,7 @@ def sample_completions(
     stop_ids_tensor = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
     cache_keyword = _cache_keyword(model)
 
+    stop_if_asked(should_stop)
     attention_mask = prompt_mask
     outputs = model(
         input_ids=prompt_ids,
@@ -195,6 +200,7 @@ def sample_completions(
         if (step + 1) % settings.finished_check_every == 0 and bool(finished.all()):
             steps_taken = step + 1
             break
+        stop_if_asked(should_stop)
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch_size, 1)], dim=1)
         outputs = model(
             input_ids=next_tokens.unsqueeze(1),
@@ -214,13 +220,15 @@ def generate(
     prompts: Sequence[PromptInput],
     settings: SamplingSettings,
     generator: torch.Generator | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> GeneratedBatch:
-    """Sample one completion per prompt. `generator` (on the model's device) makes sampling reproducible."""
+    """Sample one completion per prompt. `generator` (on the model's device) makes sampling reproducible;
+    `should_stop`, asked before each decode step, cancels the generation (StageCancelled)."""
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, settings.max_prompt_length, device)
     stop_ids = stop_token_ids(model, tokenizer)
     completion_ids, completion_mask = sample_completions(
-        model, prompt_ids, prompt_mask, settings, stop_ids, pad_token_id(tokenizer), generator
+        model, prompt_ids, prompt_mask, settings, stop_ids, pad_token_id(tokenizer), generator, should_stop
     )
     lengths = completion_mask.sum(dim=1)
     ids_on_host = completion_ids.tolist()

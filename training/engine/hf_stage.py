@@ -1,57 +1,76 @@
-"""What the Trainer-based stages (SFT, reward model) share: progress/cancel callback, arguments, checkpoints.
+"""What the Trainer-based stages (SFT, reward model) share: one training run of a TRL trainer under the contract.
 
-The stage contract (common.py) asks for live progress, cancel within one optimizer step, and resume from the last
-checkpoint. With a `transformers.Trainer` that is one callback plus `resume_from_checkpoint`.
+The stage contract (common.py) asks for live progress, cancel within one micro-batch, and resume from the last
+checkpoint in the one layout of `checkpoints.py`. With a `transformers.Trainer` that is a callback (progress,
+cancel, when to save) and a subclass that writes and reads its checkpoints through `checkpoints.py` instead of the
+Trainer's own files (pickled training arguments, `torch.save`d optimizer and RNG state).
 """
 
 from __future__ import annotations
 
-import json
-import re
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
 
+from training.engine import checkpoints
 from training.engine.common import (
-    ProgressCallback,
     StageConfig,
+    StageInputs,
+    StageResult,
     StepMetrics,
-    StopCallback,
     check_finite_training,
+    checkpoint_dir_for,
     pick_device,
 )
+from training.engine.finetuning_methods import save_completed_stage, trainable_parameters
+
+# The Trainer reads its state from this file of the folder it resumes from.
+TRAINER_STATE_FILE = "trainer_state.json"
 
 
 class ProgressAndCancelCallback(TrainerCallback):
-    """Forwards every log to `on_progress`; after each optimizer step asks `should_stop` and stops if told to.
+    """Forwards every log to `on_progress`; after each micro-batch asks `should_stop` and stops if told to.
 
-    A cancel also saves a checkpoint (when checkpoints are on), so a resumed run continues exactly where the
-    cancelled one stopped instead of at the previous multiple of `checkpoint_every`.
+    A cancel between the micro-batches of a step (gradient accumulation) drops that half-accumulated step: its
+    gradients are never applied, so the weights, optimizer and scheduler are still those of the last completed
+    step. The cancel then saves a checkpoint of that step (when checkpoints are on), so a resumed run continues
+    exactly where the cancelled one stopped instead of at the previous multiple of `checkpoint_every`.
     """
 
-    def __init__(
-        self,
-        on_progress: ProgressCallback,
-        should_stop: StopCallback,
-        total_steps: int,
-        checkpoints_enabled: bool,
-        learning_rate: float,
-    ):
-        self.on_progress = on_progress
-        self.learning_rate = learning_rate
-        self.should_stop = should_stop
-        self.total_steps = total_steps
-        self.checkpoints_enabled = checkpoints_enabled
+    def __init__(self, inputs: StageInputs, config: StageConfig):
+        self.on_progress = inputs.on_progress
+        self.should_stop = inputs.should_stop
+        self.total_steps = config.max_steps
+        self.checkpoints_enabled = config.checkpoint_every > 0
+        self.learning_rate = config.learning_rate
         self.cancelled = False
+        self.start_step = 0  # where this run began (a resumed one: at its checkpoint)
         self.first_step_values: dict[str, float] = {}  # the first per-step log of this run: "did loss fall?"
         self.last_step_values: dict[str, float] = {}  # the latest per-step log (loss, accuracy, …)
         self.summary: dict[str, float] = {}  # the end-of-training log (runtime, samples/s, mean loss)
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start_step = state.global_step
+        return control
+
+    def on_substep_end(self, args, state, control, **kwargs):
+        return self._stop_if_asked(state, control)  # between two micro-batches of one optimizer step
+
     def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = False  # the last step: the artifact follows, no checkpoint (as every stage)
+            return control  # and the finished work is kept, whatever a late cancel says
+        return self._stop_if_asked(state, control)
+
+    def _stop_if_asked(self, state, control):
         if self.should_stop():
             self.cancelled = True
             control.should_training_stop = True
-            control.should_save = self.checkpoints_enabled
+            # The Trainer saves at the end of the interrupted epoch, at `global_step`: the last completed step.
+            control.should_save = self.checkpoints_enabled and state.global_step > self.start_step
         return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -83,15 +102,107 @@ class ProgressAndCancelCallback(TrainerCallback):
         return metrics
 
 
-def quiet(trainer):
-    """With tqdm off, Trainer prints every log dict to stdout; the stage reports through `on_progress` instead."""
-    from transformers.trainer_callback import PrinterCallback
+def with_stage_checkpoints(trainer_class: type) -> type:
+    """`trainer_class` (SFTTrainer, RewardTrainer) saving and resuming through `checkpoints.py`.
 
+    The Trainer still decides when (its `save_steps`, our callback on cancel) and still skips the batches a resumed
+    run has seen (from `trainer_state.json`); these four methods replace only what it writes and reads. They are
+    private Trainer methods, stable across transformers 4.x and 5.x; `tests/engine/test_cancel.py` would catch a
+    change (a resume that does not reproduce an uninterrupted run).
+    """
+
+    class StageCheckpointTrainer(trainer_class):
+        resume_from: checkpoints.Checkpoint | None = (
+            None  # set before train(resume_from_checkpoint=its folder)
+        )
+
+        def _save_checkpoint(self, model, trial) -> None:
+            self.store_flos()
+            checkpoint = checkpoints.capture(
+                self.state.global_step,
+                parameters=trainable_parameters(self.model),
+                optimizer=self.optimizer,
+                scheduler=self.lr_scheduler,
+                documents={TRAINER_STATE_FILE: dataclasses.asdict(self.state)},
+            )
+            checkpoints.write(Path(self.args.output_dir), checkpoint)
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
+            self.resume_from.restore_parameters(trainable_parameters(self.model))
+
+        def _load_optimizer_and_scheduler(self, checkpoint) -> None:
+            if checkpoint is not None:
+                self.resume_from.restore_optimizer(self.optimizer)
+                self.resume_from.restore_scheduler(self.lr_scheduler)
+
+        def _load_rng_state(self, checkpoint) -> None:
+            if checkpoint is not None:
+                self.resume_from.restore_rng()
+
+    StageCheckpointTrainer.__name__ = StageCheckpointTrainer.__qualname__ = f"Stage{trainer_class.__name__}"
+    return StageCheckpointTrainer
+
+
+@dataclass
+class TrainerRun:
+    trainer: object
+    callback: ProgressAndCancelCallback
+
+    def cancelled_result(self) -> StageResult | None:
+        """The stage's result when it was cancelled (no artifact), else None."""
+        if not self.callback.cancelled:
+            return None
+        return StageResult(
+            status="cancelled",
+            artifact_path=None,
+            metrics=self.callback.final_metrics(),
+            steps_completed=self.trainer.state.global_step,
+        )
+
+    def completed_result(
+        self, tokenizer, config: StageConfig, inputs: StageInputs, **artifact
+    ) -> StageResult:
+        """Write the trained model's artifact (`artifact`: the stage's name and metrics) and report it."""
+        return save_completed_stage(
+            self.trainer.model,
+            tokenizer,
+            config,
+            inputs,
+            steps_completed=self.trainer.state.global_step,
+            **artifact,
+        )
+
+
+def train(
+    trainer_class: type,
+    arguments_class: type,
+    config: StageConfig,
+    inputs: StageInputs,
+    *,
+    model,
+    tokenizer,
+    train_dataset,
+    **stage_arguments,
+) -> TrainerRun:
+    """Train `model` with a TRL trainer under the stage contract, resuming from the newest checkpoint if any."""
+    checkpoint_dir = checkpoint_dir_for(inputs.out_dir)
+    callback = ProgressAndCancelCallback(inputs, config)
+    trainer = with_stage_checkpoints(trainer_class)(
+        model=model,
+        args=arguments_class(**trainer_arguments(config, checkpoint_dir), **stage_arguments),
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        callbacks=[callback],
+    )
+    # With tqdm off, the Trainer prints every log dict to stdout; the stage reports through `on_progress` instead.
     trainer.remove_callback(PrinterCallback)
-    return trainer
+    resume = checkpoints.latest(checkpoint_dir)
+    trainer.resume_from = checkpoints.read(resume) if resume is not None else None
+    trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    return TrainerRun(trainer, callback)
 
 
-def trainer_arguments(config: StageConfig, checkpoint_dir: Path, log_every: int) -> dict:
+def trainer_arguments(config: StageConfig, checkpoint_dir: Path) -> dict:
     """Keyword arguments every TRL config of ours gets (SFTConfig and RewardConfig both subclass TrainingArguments)."""
     device = pick_device(config.device)
     checkpoint_every = config.checkpoint_every
@@ -107,8 +218,7 @@ def trainer_arguments(config: StageConfig, checkpoint_dir: Path, log_every: int)
         # Checkpoints (with optimizer and scheduler state) make resume exact; "no" when disabled.
         "save_strategy": "steps" if checkpoint_every > 0 else "no",
         "save_steps": checkpoint_every if checkpoint_every > 0 else 500,
-        "save_only_model": False,
-        "logging_steps": log_every,
+        "logging_steps": config.log_every,
         "logging_strategy": "steps",
         # The Trainer's default logs the mean of earlier losses in place of a NaN one, which hides a divergence.
         "logging_nan_inf_filter": False,
@@ -123,36 +233,3 @@ def trainer_arguments(config: StageConfig, checkpoint_dir: Path, log_every: int)
         "dataloader_num_workers": 0,
         "remove_unused_columns": True,
     }
-
-
-def latest_checkpoint(checkpoint_dir: Path) -> str | None:
-    """The newest complete `checkpoint-N` folder a previous (cancelled or crashed) run of this stage left, if any.
-
-    A worker killed while the Trainer writes a checkpoint leaves a folder without `trainer_state.json`, which the
-    Trainer writes last (after weights, optimizer and RNG state); such a folder is skipped, not resumed from.
-    """
-    checkpoint_dir = Path(checkpoint_dir)
-    if not checkpoint_dir.is_dir():
-        return None
-    complete = [
-        (int(match.group(1)), path)
-        for path in checkpoint_dir.iterdir()
-        if (match := re.fullmatch(r"checkpoint-(\d+)", path.name))
-        and _readable_json(path / "trainer_state.json")
-    ]
-    return str(max(complete)[1]) if complete else None
-
-
-def _readable_json(path: Path) -> bool:
-    try:
-        json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def numeric_log_history(trainer) -> list[dict[str, float]]:
-    return [
-        {key: float(value) for key, value in entry.items() if isinstance(value, int | float)}
-        for entry in trainer.state.log_history
-    ]

@@ -4,7 +4,7 @@ TRL 1.x dropped PPO, so this is our own, written as one loop (Ziegler et al. 201
 al., "The N Implementation Details of RLHF with PPO", 2024). One PPO *iteration* (= one `step` of the stage):
 
     rollout   sample one completion per prompt with the current policy        (generation.py, KV cache)
-    score     sequence score s from the reward model and/or the rules          (reward.py, rewards.py)
+    score     sequence score s from the reward model and/or the rules          (reward_model.py, reward_rules.py)
     evaluate  old log-probs and values of the policy, log-probs of the reference, without gradients
     reward    per token: r_t = -β·(log π_old − log π_ref)_t, plus s at the completion's last token
               (optionally scaled to unit variance: reward whitening)
@@ -29,9 +29,6 @@ Choices, and why:
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,13 +39,14 @@ from datasets import Dataset
 from safetensors.torch import save_file
 from torch import nn
 
+from training.engine import checkpoints
 from training.engine.common import (
     Bounds,
     ModelRef,
     PhaseProgress,
-    ProgressCallback,
     StageCancelled,
     StageConfig,
+    StageInputs,
     StageResult,
     StepMetrics,
     StopCallback,
@@ -57,11 +55,11 @@ from training.engine.common import (
     pick_device,
     seed_everything,
     staged_output,
+    stop_if_asked,
     training_dtype,
     write_json,
 )
-from training.engine.generation import GeneratedBatch, SamplingSettings, generate, positions_from_mask
-from training.engine.peft import (
+from training.engine.finetuning_methods import (
     autocast_for,
     disabled_adapters,
     has_disableable_adapter,
@@ -71,14 +69,20 @@ from training.engine.peft import (
     save_stage_artifact,
     trainable_parameters,
 )
-from training.engine.reward import score_texts
-from training.engine.rewards import ReferenceExactRule, ReferenceRegexRule, RuleReward, parse_rules
+from training.engine.generation import GeneratedBatch, SamplingSettings, generate, positions_from_mask
+from training.engine.reward_model import score_texts
+from training.engine.reward_rules import (
+    ReferenceExactRule,
+    ReferenceRegexRule,
+    RuleReward,
+    RuleSpecError,
+    parse_rules,
+)
 
 STAGE_NAME = "ppo"
 RewardSource = Literal["reward_model", "rules", "mixed"]
 VALUE_HEAD_FILE = "value_head.safetensors"
 METRICS_FILE = "metrics.json"
-CHECKPOINT_FILE = "state.pt"
 
 
 @dataclass
@@ -111,7 +115,7 @@ class PPOConfig(StageConfig):
     reward_source: RewardSource = "reward_model"
     reward_model_weight: float = 1.0
     rules_weight: float = 1.0
-    rules: list[dict] = field(default_factory=list)  # rule specs, see rewards.py
+    rules: list[dict] = field(default_factory=list)  # rule specs, see reward_rules.py
     missing_eos_penalty: float | None = None  # subtracted from the score of completions cut at max_new_tokens
     reward_batch_size: int = 16
 
@@ -138,17 +142,14 @@ class PPOConfig(StageConfig):
         "reward_batch_size": Bounds(1, 4096),
     }
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.reward_source in ("rules", "mixed"):
-            parse_rules(self.rules)  # raises RuleSpecError naming the bad rule and field
-
     def errors(self) -> dict[str, str]:
         errors = super().errors()
-        if self.reward_source not in ("reward_model", "rules", "mixed"):
-            errors["reward_source"] = (
-                f"reward_source must be 'reward_model', 'rules' or 'mixed', got {self.reward_source!r}"
-            )
+        # Rules given are checked even when this source does not use them; the rule sources need at least one.
+        if "rules" not in errors and (self.rules or self.reward_source in ("rules", "mixed")):
+            try:
+                parse_rules(self.rules)
+            except RuleSpecError as exc:  # names the bad rule and its field
+                errors["rules"] = str(exc)
         checked = {
             "batch_size",
             "mini_batch_size",
@@ -306,18 +307,27 @@ class SequenceScorer:
             self.reward_model = model.eval().requires_grad_(False)
             self.reward_tokenizer = tokenizer
 
-    def score(self, rows: list[dict], texts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def score(
+        self, rows: list[dict], texts: list[str], should_stop: StopCallback | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         total = torch.zeros(len(texts), device=self.device)
         parts = {}
         if self.reward_model is not None:
-            model_scores = score_texts(
-                self.reward_model,
-                self.reward_tokenizer,
-                [row["prompt"] for row in rows],
-                texts,
-                self.config.reward_batch_size,
-                self.config.max_length,
-            ).to(self.device)
+            size = self.config.reward_batch_size
+            chunks = []
+            for start in range(0, len(texts), size):  # a cancel point between reward-model batches
+                stop_if_asked(should_stop)
+                chunks.append(
+                    score_texts(
+                        self.reward_model,
+                        self.reward_tokenizer,
+                        [row["prompt"] for row in rows[start : start + size]],
+                        texts[start : start + size],
+                        size,
+                        self.config.max_length,
+                    )
+                )
+            model_scores = torch.cat(chunks).to(self.device)
             parts["reward_model_score"] = model_scores.mean()
             total = total + self.config.reward_model_weight * model_scores
         if self.rule_reward is not None:
@@ -365,82 +375,49 @@ def prompt_rows_for_iteration(data: Dataset, iteration: int, batch_size: int, se
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Checkpoints: policy (trainable part) + value head + optimizer + KL controller + RNG + iteration
+# Checkpoints (checkpoints.py): policy (trainable part) + value head + optimizer + KL controller + RNG + history
 
 
-def save_checkpoint(
-    checkpoint_dir: Path,
+def capture_iteration(
     iteration: int,
     policy,
     value_head,
     optimizer,
     kl_controller,
-    sampling_generator: torch.Generator,
-    shuffle_generator: torch.Generator,
+    generators: dict,
     history: list[dict[str, float]],
-) -> Path:
-    """Written into a temp folder and renamed, so a crash never leaves a half checkpoint; older ones are removed."""
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    trainable_names = set(trainable_parameters(policy))
-    state = {
-        "iteration": iteration,
-        "policy": {name: tensor for name, tensor in policy.state_dict().items() if name in trainable_names},
-        "value_head": value_head.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "kl_coef": kl_controller.coef,
-        "sampling_rng": sampling_generator.get_state(),
-        "shuffle_rng": shuffle_generator.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "history": history,  # so the artifact's metrics.json covers the whole run after a resume
-    }
-    staging = Path(tempfile.mkdtemp(prefix=".tmp-step-", dir=checkpoint_dir))
-    torch.save(state, staging / CHECKPOINT_FILE)
-    target = checkpoint_dir / f"step-{iteration:08d}"
-    os.replace(staging, target)
-    for older in checkpoint_dir.glob("step-*"):
-        if older != target:
-            shutil.rmtree(older, ignore_errors=True)
-    return target
+) -> checkpoints.Checkpoint:
+    """Everything a resume needs after `iteration` completed iterations, copied to the CPU.
 
-
-def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
-    candidates = sorted(
-        path for path in Path(checkpoint_dir).glob("step-*") if (path / CHECKPOINT_FILE).is_file()
+    Taken at the start of each iteration, so a cancel in the middle of the next one (its updates change the
+    weights in place) still saves the state of the last completed iteration. It costs one copy of the trainable
+    parameters and their optimizer state per iteration (small with LoRA or an adapter), only with checkpoints on.
+    """
+    return checkpoints.capture(
+        iteration,
+        parameters=trained_parameters(policy, value_head),
+        optimizer=optimizer,
+        generators=generators,
+        # the history, so that the artifact's metrics.json covers the whole run after a resume
+        stage_state={"kl_coef": kl_controller.coef, "history": list(history)},
     )
-    return candidates[-1] if candidates else None
 
 
-def load_checkpoint(
-    path: Path, policy, value_head, optimizer, kl_controller, sampling_generator, shuffle_generator
-) -> tuple[int, list[dict[str, float]]]:
-    """Restore everything `save_checkpoint` wrote; returns (iterations done, metrics history so far)."""
-    state = torch.load(path / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    missing = policy.load_state_dict(state["policy"], strict=False)
-    if missing.unexpected_keys:
-        raise ValueError(f"checkpoint {path} does not fit this policy: {missing.unexpected_keys[:5]}")
-    value_head.load_state_dict(state["value_head"])
-    optimizer.load_state_dict(state["optimizer"])
-    kl_controller.coef = state["kl_coef"]
-    sampling_generator.set_state(state["sampling_rng"])
-    shuffle_generator.set_state(state["shuffle_rng"])
-    torch.set_rng_state(state["torch_rng"])
-    return state["iteration"], state["history"]
+def trained_parameters(policy, value_head) -> dict[str, torch.nn.Parameter]:
+    return {
+        **{f"policy.{name}": parameter for name, parameter in trainable_parameters(policy).items()},
+        **{f"value_head.{name}": parameter for name, parameter in value_head.named_parameters()},
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The stage
 
 
-def run_stage(
-    config: PPOConfig,
-    data: Dataset,
-    base: ModelRef,
-    out_dir: Path,
-    on_progress: ProgressCallback,
-    should_stop: StopCallback,
-    reward_model: ModelRef | None = None,
-) -> StageResult:
-    out_dir = Path(out_dir)
+def run(config: PPOConfig, inputs: StageInputs) -> StageResult:
+    data, base, reward_model = inputs.data, inputs.base, inputs.reward_model
+    on_progress, should_stop = inputs.on_progress, inputs.should_stop
+    out_dir = Path(inputs.out_dir)
     if out_dir.exists():
         # Found now rather than when the finished artifact is moved into place, after all the training.
         raise FileExistsError(f"{out_dir} already exists; artifacts are immutable")
@@ -471,16 +448,29 @@ def run_stage(
     sampling_generator = torch.Generator(device=device).manual_seed(config.seed)
     shuffle_generator = torch.Generator().manual_seed(config.seed + 1)
 
+    generators = {"sampling": sampling_generator, "shuffle": shuffle_generator}
     start_iteration, history = 0, []
-    if (checkpoint := latest_checkpoint(checkpoint_dir)) is not None:
-        start_iteration, history = load_checkpoint(
-            checkpoint, policy, value_head, optimizer, kl_controller, sampling_generator, shuffle_generator
-        )
+    if (path := checkpoints.latest(checkpoint_dir)) is not None:
+        checkpoint = checkpoints.read(path)
+        checkpoint.restore_parameters(trained_parameters(policy, value_head))
+        checkpoint.restore_optimizer(optimizer)
+        checkpoint.restore_rng(generators)
+        kl_controller.coef = checkpoint.stage_state["kl_coef"]
+        start_iteration, history = checkpoint.step, checkpoint.stage_state["history"]
 
     sampling = config.sampling
+    boundary = None  # the state after the last completed iteration, for a checkpoint on cancel
+    saved_iteration = start_iteration
     try:
         for iteration in range(start_iteration, config.max_steps):
-            _stop_if_asked(should_stop)
+            if config.checkpoint_every > 0:
+                boundary = capture_iteration(
+                    iteration, policy, value_head, optimizer, kl_controller, generators, history
+                )
+                if iteration > start_iteration and iteration % config.checkpoint_every == 0:
+                    checkpoints.write(checkpoint_dir, boundary)
+                    saved_iteration = iteration
+            stop_if_asked(should_stop)
             rows = prompt_rows_for_iteration(data, iteration, config.batch_size, config.seed)
             step = iteration + 1
 
@@ -491,20 +481,25 @@ def run_stage(
             )
             with autocast_for(device):
                 batch = generate(
-                    policy, tokenizer, [row["prompt"] for row in rows], sampling, sampling_generator
+                    policy,
+                    tokenizer,
+                    [row["prompt"] for row in rows],
+                    sampling,
+                    sampling_generator,
+                    should_stop,
                 )
             tokens = len(rows) * (
                 batch.prompt_ids.shape[1] + batch.completion_ids.shape[1]
             )  # shapes: no sync
             detail = f"{len(rows)} completions, {tokens} tokens with their prompts"
             on_progress(PhaseProgress(step, config.max_steps, "scoring", detail, tokens))
-            scores, score_parts = scorer.score(rows, batch.texts)
+            scores, score_parts = scorer.score(rows, batch.texts, should_stop)
             if config.missing_eos_penalty is not None:
                 scores = scores - config.missing_eos_penalty * (~batch.ended_with_eos).float()
 
             # ---- evaluate the rollout: old log-probs and values, reference log-probs
             old_log_probs, old_values, reference_log_probs = evaluate_rollout(
-                policy, value_head, reference, reference_context, batch, config, device
+                policy, value_head, reference, reference_context, batch, config, device, should_stop
             )
             mask = batch.completion_mask.float()
 
@@ -567,24 +562,10 @@ def run_stage(
             history.append({"step": iteration + 1, **values})
             on_progress(StepMetrics(step=iteration + 1, total_steps=config.max_steps, values=values))
             check_finite_training(values, step=iteration + 1, learning_rate=config.learning_rate)
-
-            if (
-                config.checkpoint_every > 0
-                and (iteration + 1) % config.checkpoint_every == 0
-                and iteration + 1 < config.max_steps
-            ):
-                save_checkpoint(
-                    checkpoint_dir,
-                    iteration + 1,
-                    policy,
-                    value_head,
-                    optimizer,
-                    kl_controller,
-                    sampling_generator,
-                    shuffle_generator,
-                    history,
-                )
     except StageCancelled:
+        # Checkpoints on: the last completed iteration is kept, whatever phase of the next one was cancelled.
+        if boundary is not None and boundary.step > saved_iteration:
+            checkpoints.write(checkpoint_dir, boundary)
         last = history[-1] if history else {}
         return StageResult(
             status="cancelled",
@@ -618,17 +599,27 @@ def run_stage(
 
 @torch.no_grad()
 def evaluate_rollout(
-    policy, value_head, reference, reference_context, batch: GeneratedBatch, config: PPOConfig, device
+    policy,
+    value_head,
+    reference,
+    reference_context,
+    batch: GeneratedBatch,
+    config: PPOConfig,
+    device,
+    should_stop: StopCallback | None = None,
 ):
-    """Log-probs and values under the sampling policy, and reference log-probs, in minibatch-sized chunks."""
+    """Log-probs and values under the sampling policy, and reference log-probs, in minibatch-sized chunks;
+    `should_stop` is asked before every pass."""
     sequence_ids, sequence_mask = batch.sequence_ids, batch.sequence_mask
     width = batch.completion_ids.shape[1]
     old_log_probs, old_values, reference_log_probs = [], [], []
     for rows in torch.arange(len(sequence_ids), device=device).split(config.mini_batch_size):
+        stop_if_asked(should_stop)
         with autocast_for(device):
             log_probs, _, values = completion_forward(
                 policy, value_head, sequence_ids[rows], sequence_mask[rows], width, config.temperature
             )
+            stop_if_asked(should_stop)
             with reference_context():
                 ref_log_probs, _, _ = completion_forward(
                     reference, None, sequence_ids[rows], sequence_mask[rows], width, config.temperature
@@ -675,9 +666,9 @@ def ppo_update(
     for _ in range(config.ppo_epochs):
         order = torch.randperm(rollout_size, generator=shuffle_generator).to(device)
         for minibatch in order.split(config.mini_batch_size):
-            _stop_if_asked(should_stop)
             micro_batches = minibatch.tensor_split(min(config.gradient_accumulation_steps, len(minibatch)))
             for rows in micro_batches:
+                stop_if_asked(should_stop)  # between micro-batches: a cancel drops the half-accumulated step
                 with autocast_for(device):
                     log_probs, entropy, values = completion_forward(
                         policy, value_head, sequence_ids[rows], sequence_mask[rows], width, config.temperature
@@ -725,8 +716,3 @@ def ppo_update(
     stats = {name: total / micro_batches_seen for name, total in totals.items()}
     stats["grad_norm"] = grad_norm_sum / max(optimizer_steps, 1)  # before clipping, like the Trainer's
     return stats
-
-
-def _stop_if_asked(should_stop: StopCallback) -> None:
-    if should_stop():
-        raise StageCancelled()

@@ -10,22 +10,21 @@ completion includes the end-of-turn token so the model learns to stop.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from datasets import Dataset
 
+from training.engine import hf_stage
 from training.engine.common import (
-    ModelRef,
-    ProgressCallback,
     StageConfig,
+    StageInputs,
     StageResult,
-    StopCallback,
-    checkpoint_dir_for,
     pick_device,
     seed_everything,
-    staged_output,
 )
-from training.engine.peft import load_model_ref, prepare_model, save_stage_artifact
+from training.engine.finetuning_methods import (
+    load_model_ref,
+    prepare_model,
+)
 
 STAGE_NAME = "sft"
 
@@ -55,62 +54,29 @@ def prompt_completion_rows(data: Dataset) -> Dataset:
     return Dataset.from_list(rows)
 
 
-def run_stage(
-    config: SftStageConfig,
-    data: Dataset,
-    base: ModelRef,
-    out_dir: Path,
-    on_progress: ProgressCallback,
-    should_stop: StopCallback,
-) -> StageResult:
-    from trl import SFTConfig, SFTTrainer
-
-    from training.engine.hf_stage import (
-        ProgressAndCancelCallback,
-        latest_checkpoint,
-        quiet,
-        trainer_arguments,
+def run(config: SftStageConfig, inputs: StageInputs) -> StageResult:
+    from trl import (  # TRL loads in a worker that runs a stage, not wherever this is imported
+        SFTConfig,
+        SFTTrainer,
     )
 
     seed_everything(config.seed)
     device = pick_device(config.device)
-    rows = prompt_completion_rows(data)
-    model, tokenizer = load_model_ref(base, device, task="causal_lm")
+    rows = prompt_completion_rows(inputs.data)
+    model, tokenizer = load_model_ref(inputs.base, device, task="causal_lm")
     model = prepare_model(model, config.peft)
-    checkpoint_dir = checkpoint_dir_for(out_dir)
-    callback = ProgressAndCancelCallback(
-        on_progress, should_stop, config.max_steps, config.checkpoint_every > 0, config.learning_rate
-    )
-    arguments = SFTConfig(
-        **trainer_arguments(config, checkpoint_dir, config.log_every),
+    run = hf_stage.train(
+        SFTTrainer,
+        SFTConfig,
+        config,
+        inputs,
+        model=model,
+        tokenizer=tokenizer,
+        train_dataset=rows,
         completion_only_loss=True,
         packing=config.packing,
     )
-    trainer = quiet(
-        SFTTrainer(
-            model=model, args=arguments, train_dataset=rows, processing_class=tokenizer, callbacks=[callback]
-        )
-    )
-    trainer.train(resume_from_checkpoint=latest_checkpoint(checkpoint_dir))
-    steps_completed = trainer.state.global_step
-    metrics = callback.final_metrics()
-    if callback.cancelled:
-        return StageResult(
-            status="cancelled", artifact_path=None, metrics=metrics, steps_completed=steps_completed
-        )
-
-    metrics["train_examples"] = float(len(rows))
-    with staged_output(out_dir) as staging:
-        save_stage_artifact(
-            trainer.model,
-            tokenizer,
-            config.peft,
-            staging,
-            stage=STAGE_NAME,
-            base=base,
-            config=config.to_dict(),
-            metrics=metrics,
-        )
-    return StageResult(
-        status="completed", artifact_path=Path(out_dir), metrics=metrics, steps_completed=steps_completed
-    )
+    if (cancelled := run.cancelled_result()) is not None:
+        return cancelled
+    metrics = {**run.callback.final_metrics(), "train_examples": float(len(rows))}
+    return run.completed_result(tokenizer, config, inputs, stage=STAGE_NAME, metrics=metrics)

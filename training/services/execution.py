@@ -36,7 +36,7 @@ from training.engine.common import (
     json_safe,
     pick_device,
 )
-from training.engine.peft import read_stage_manifest
+from training.engine.finetuning_methods import read_stage_manifest
 from training.jobs import stage_enqueue, stage_fail
 from training.models import StageRun, TrainingRun
 from training.services import datasets
@@ -45,6 +45,7 @@ from training.signals import training_run_succeeded
 logger = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 200
+CANCEL_POLL_S = 0.5  # seconds between two cancel lookups of one running stage
 
 
 def _earlier_output(stage: StageRun, produces: str) -> ModelVersion | None:
@@ -91,6 +92,7 @@ class StageReporter:
         self._last_write = 0.0
         self._last_phase_write = 0.0
         self._cancelled = False
+        self._last_cancel_poll = -CANCEL_POLL_S  # the first question always asks the database
 
     def on_progress(self, progress: StepMetrics | PhaseProgress) -> None:
         if isinstance(progress, PhaseProgress):
@@ -138,9 +140,11 @@ class StageReporter:
         self._last_write = time.monotonic()
 
     def should_stop(self) -> bool:
-        """Asked once per optimizer step: one indexed lookup, so a cancel is honoured within one step."""
-        if not self._cancelled:
+        """Asked between micro-batches and decode steps, so a cancel is honoured within seconds; the indexed
+        lookup runs at most every CANCEL_POLL_S, so asking per generated token costs no query per token."""
+        if not self._cancelled and time.monotonic() - self._last_cancel_poll >= CANCEL_POLL_S:
             self._cancelled = TrainingRun.objects.filter(pk=self.run_id, cancel_requested=True).exists()
+            self._last_cancel_poll = time.monotonic()
         return self._cancelled
 
 
@@ -252,10 +256,15 @@ def stage_run_execute(*, stage_run_id: int, worker: str = "", task_id: str = "")
             log_lines.append(
                 f"stage {stage.kind}/{stage.peft} on {len(data)} {spec.data_format} rows from {start.name}"
             )
-            result = engine_stages.run(
-                stage.kind, config, data, model_version_ref(start), out_dir, reporter.on_progress, reporter.should_stop,
+            inputs = engine_stages.StageInputs(
+                data=data,
+                base=model_version_ref(start),
+                out_dir=out_dir,
+                on_progress=reporter.on_progress,
+                should_stop=reporter.should_stop,
                 reward_model=model_version_ref(reward) if reward else None,
-            )  # fmt: skip
+            )
+            result = engine_stages.run(config, inputs)
             metrics, status, steps = result.metrics, result.status, result.steps_completed
         reporter.step = max(reporter.step, steps)
         reporter.phase = {}

@@ -20,7 +20,6 @@ from registry.selectors import root_policies
 from training.engine import stages as engine_stages
 from training.engine.base_model import linear_module_names
 from training.engine.common import checkpoint_dir_for, unmatched_lora_targets, unmatched_targets_message
-from training.engine.rewards import RuleSpecError, parse_rules
 from training.jobs import run_enqueue, stage_enqueue
 from training.models import StageRun, TrainingRun
 from training.services import datasets
@@ -169,8 +168,6 @@ def launch_plan_validate(
             continue
         if not usable:
             continue
-        if kind == "ppo":
-            _validate_reward_rules(config, errors)
         planned.append((kind, method, config.to_dict()))
     try:
         parsed_filters = PreferenceFilters.from_dict(filters or {})
@@ -243,18 +240,6 @@ def _validate_lora_targets(plan: LaunchPlan, base_model: ModelVersion, errors: d
 def preset_data_formats(preset: str) -> tuple[str, ...]:
     """The snapshot files (sft, pairwise, prompts) the stages of a preset train on."""
     return tuple(sorted({engine_stages.stage_spec(kind).data_format for kind in PRESET_STAGES[preset]}))
-
-
-def _validate_reward_rules(config, errors: dict[str, list[str]]) -> None:
-    if config.reward_source in ("rules", "mixed") and not config.rules:
-        errors.setdefault("ppo.rules", []).append("Rule-based rewards need at least one rule.")
-        return
-    if not config.rules:
-        return
-    try:
-        parse_rules(config.rules)
-    except RuleSpecError as exc:
-        errors.setdefault("ppo.rules", []).append(str(exc))
 
 
 def default_base_model() -> ModelVersion | None:

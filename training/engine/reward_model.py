@@ -18,20 +18,22 @@ from typing import ClassVar
 import torch
 from datasets import Dataset
 
+from training.engine import hf_stage
 from training.engine.common import (
     Bounds,
     ModelRef,
-    ProgressCallback,
     StageConfig,
+    StageInputs,
     StageResult,
-    StopCallback,
-    checkpoint_dir_for,
     pick_device,
     seed_everything,
-    staged_output,
 )
 from training.engine.data import conversation_text, preference_pairs, split_held_out
-from training.engine.peft import autocast_for, load_model_ref, prepare_model, save_stage_artifact
+from training.engine.finetuning_methods import (
+    autocast_for,
+    load_model_ref,
+    prepare_model,
+)
 
 STAGE_NAME = "reward"
 
@@ -116,61 +118,39 @@ def pairwise_accuracy(
     return {"accuracy": float((margins > 0).float().mean()), "mean_margin": float(margins.mean())}
 
 
-def run_stage(
-    config: RewardStageConfig,
-    data: Dataset,
-    base: ModelRef,
-    out_dir: Path,
-    on_progress: ProgressCallback,
-    should_stop: StopCallback,
-) -> StageResult:
-    from trl import RewardConfig, RewardTrainer
-
-    from training.engine.hf_stage import (
-        ProgressAndCancelCallback,
-        latest_checkpoint,
-        quiet,
-        trainer_arguments,
+def run(config: RewardStageConfig, inputs: StageInputs) -> StageResult:
+    from trl import (  # TRL loads in a worker that runs a stage, not wherever this is
+        RewardConfig,
+        RewardTrainer,
     )
 
     seed_everything(config.seed)
     device = pick_device(config.device)
-    pairs = preference_pairs(data, config.margin_per_rank)
+    pairs = preference_pairs(inputs.data, config.margin_per_rank)
     columns = ["prompt", "chosen", "rejected"]
     if config.use_margin and "margin" in pairs.column_names:
         columns.append("margin")
     pairs = pairs.select_columns(columns)
     train_pairs, held_out_pairs = split_held_out(pairs, config.held_out_fraction, config.seed)
 
-    model, tokenizer = load_model_ref(base, device, task="reward")
+    model, tokenizer = load_model_ref(inputs.base, device, task="reward")
     model = prepare_model(model, config.peft)
-    checkpoint_dir = checkpoint_dir_for(out_dir)
-    callback = ProgressAndCancelCallback(
-        on_progress, should_stop, config.max_steps, config.checkpoint_every > 0, config.learning_rate
-    )
-    arguments = RewardConfig(
-        **trainer_arguments(config, checkpoint_dir, config.log_every),
+    run = hf_stage.train(
+        RewardTrainer,
+        RewardConfig,
+        config,
+        inputs,
+        model=model,
+        tokenizer=tokenizer,
+        train_dataset=train_pairs,
         center_rewards_coefficient=config.center_rewards_coefficient,
         disable_dropout=True,
     )
-    trainer = quiet(
-        RewardTrainer(
-            model=model,
-            args=arguments,
-            train_dataset=train_pairs,
-            processing_class=tokenizer,
-            callbacks=[callback],
-        )
-    )
-    trainer.train(resume_from_checkpoint=latest_checkpoint(checkpoint_dir))
-    steps_completed = trainer.state.global_step
-    metrics = callback.final_metrics()
-    if callback.cancelled:
-        return StageResult(
-            status="cancelled", artifact_path=None, metrics=metrics, steps_completed=steps_completed
-        )
+    if (cancelled := run.cancelled_result()) is not None:
+        return cancelled
 
-    model = trainer.model
+    model = run.trainer.model
+    metrics = run.callback.final_metrics()
     if held_out_pairs is not None:
         held_out = pairwise_accuracy(
             model, tokenizer, held_out_pairs, config.eval_batch_size, config.max_length
@@ -178,17 +158,4 @@ def run_stage(
         metrics.update({f"held_out_{key}": value for key, value in held_out.items()})
         metrics["held_out_pairs"] = float(len(held_out_pairs))
     metrics["train_pairs"] = float(len(train_pairs))
-    with staged_output(out_dir) as staging:
-        save_stage_artifact(
-            model,
-            tokenizer,
-            config.peft,
-            staging,
-            stage=STAGE_NAME,
-            base=base,
-            config=config.to_dict(),
-            metrics=metrics,
-        )
-    return StageResult(
-        status="completed", artifact_path=Path(out_dir), metrics=metrics, steps_completed=steps_completed
-    )
+    return run.completed_result(tokenizer, config, inputs, stage=STAGE_NAME, metrics=metrics)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from datasets import Dataset
 
-from training.engine import reward
-from training.engine.common import ModelRef, PeftSettings
+from training.engine import finetuning_methods, reward_model
+from training.engine.common import ModelRef, PeftSettings, StageInputs
 from training.engine.data import pairs_from_ranking, preference_pairs
 
 WORDS = "apple river stone cloud green quick silver table moon paper garden yellow".split()
@@ -31,7 +31,7 @@ def keyword_preference(count: int, seed: int = 0) -> Dataset:
     return Dataset.from_list(rows)
 
 
-def config(**overrides) -> reward.RewardStageConfig:
+def config(**overrides) -> reward_model.RewardStageConfig:
     values = dict(
         max_steps=20,
         learning_rate=1e-3,
@@ -42,11 +42,7 @@ def config(**overrides) -> reward.RewardStageConfig:
         device="cpu",
     )
     values.update(overrides)
-    return reward.RewardStageConfig(**values)
-
-
-def never_stop() -> bool:
-    return False
+    return reward_model.RewardStageConfig(**values)
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "adapter"])
@@ -55,13 +51,9 @@ def test_reward_model_learns_preference_and_scores_after_reload(tiny_model_dir, 
     learning_rate = {"full": 1e-3, "lora": 5e-3, "adapter": 1e-2}[method]
     settings = PeftSettings(method=method, lora_r=8, adapter_bottleneck=16)
     progress = []
-    result = reward.run_stage(
+    result = reward_model.run(
         config(peft=settings, learning_rate=learning_rate),
-        data,
-        ModelRef(tiny_model_dir),
-        tmp_path / "rm",
-        progress.append,
-        never_stop,
+        StageInputs(data, ModelRef(tiny_model_dir), tmp_path / "rm", progress.append),
     )
 
     assert result.status == "completed" and result.steps_completed == 20
@@ -70,13 +62,13 @@ def test_reward_model_learns_preference_and_scores_after_reload(tiny_model_dir, 
     assert result.metrics["held_out_mean_margin"] > 0
     assert [m.step for m in progress if "loss" in m.values][:3] == [1, 2, 3]  # live progress, every step
 
-    model, tokenizer = reward.load_reward_model(result.artifact_path, "cpu")
+    model, tokenizer = reward_model.load_reward_model(result.artifact_path, "cpu")
     fresh = keyword_preference(10, seed=99)
     prompts = list(fresh["prompt"])
-    chosen = reward.score_texts(
+    chosen = reward_model.score_texts(
         model, tokenizer, prompts, [c[0]["content"] for c in fresh["chosen"]], batch_size=4
     )
-    rejected = reward.score_texts(model, tokenizer, prompts, list(fresh["rejected"]), batch_size=4)
+    rejected = reward_model.score_texts(model, tokenizer, prompts, list(fresh["rejected"]), batch_size=4)
     assert chosen.shape == (10,) and chosen.dtype == torch.float32
     assert (chosen > rejected).float().mean() >= 0.9
 
@@ -103,30 +95,22 @@ def test_cancel_stops_within_one_step_and_resume_continues_from_checkpoint(tiny_
 
     def stop_after_three() -> bool:
         steps_seen.append(len(steps_seen) + 1)
-        return len(steps_seen) >= 3  # asked once per optimizer step: true right after step 3
+        return len(steps_seen) >= 3  # one micro-batch per step: asked once per step, true right after step 3
 
-    cancelled = reward.run_stage(
+    cancelled = reward_model.run(
         config(max_steps=8, checkpoint_every=2),
-        data,
-        ModelRef(tiny_model_dir),
-        out_dir,
-        lambda metrics: None,
-        stop_after_three,
+        StageInputs(data, ModelRef(tiny_model_dir), out_dir, should_stop=stop_after_three),
     )
     assert cancelled.status == "cancelled" and cancelled.artifact_path is None
     assert cancelled.steps_completed == 3  # stopped right after the step that saw should_stop() true
     assert not out_dir.exists()
-    checkpoints = sorted(p.name for p in (tmp_path / "rm.checkpoints").glob("checkpoint-*"))
-    assert checkpoints == ["checkpoint-2", "checkpoint-3"]  # periodic + the one saved on cancel
+    # The one saved on cancel; the periodic step-2 checkpoint before it is removed.
+    assert [p.name for p in (tmp_path / "rm.checkpoints").iterdir()] == ["step-00000003"]
 
     progress = []
-    resumed = reward.run_stage(
+    resumed = reward_model.run(
         config(max_steps=8, checkpoint_every=2),
-        data,
-        ModelRef(tiny_model_dir),
-        out_dir,
-        progress.append,
-        never_stop,
+        StageInputs(data, ModelRef(tiny_model_dir), out_dir, progress.append),
     )
     assert resumed.status == "completed" and resumed.steps_completed == 8
     assert [m.step for m in progress if "loss" in m.values] == [4, 5, 6, 7, 8]  # continued at the saved step
@@ -141,8 +125,8 @@ def test_no_artifact_after_a_failed_stage(tiny_model_dir, tmp_path, monkeypatch)
             raise RuntimeError("worker lost")
 
     with pytest.raises(RuntimeError, match="worker lost"):
-        reward.run_stage(
-            config(max_steps=4), data, ModelRef(tiny_model_dir), tmp_path / "a", fail_at_step_two, never_stop
+        reward_model.run(
+            config(max_steps=4), StageInputs(data, ModelRef(tiny_model_dir), tmp_path / "a", fail_at_step_two)
         )
     assert not (tmp_path / "a").exists()
 
@@ -150,10 +134,8 @@ def test_no_artifact_after_a_failed_stage(tiny_model_dir, tmp_path, monkeypatch)
         (folder / "model.safetensors").write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(reward, "save_stage_artifact", half_written)
+    monkeypatch.setattr(finetuning_methods, "save_stage_artifact", half_written)
     with pytest.raises(OSError, match="disk full"):
-        reward.run_stage(
-            config(max_steps=2), data, ModelRef(tiny_model_dir), tmp_path / "b", lambda m: None, never_stop
-        )
+        reward_model.run(config(max_steps=2), StageInputs(data, ModelRef(tiny_model_dir), tmp_path / "b"))
     # No artifact and no half-written staging folder; only the checkpoint folders, kept for a retry.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.checkpoints", "b.checkpoints"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.engine.rewards import (
+from training.engine.reward_rules import (
     JsonRule,
     RuleReward,
     RuleSpecError,

@@ -19,7 +19,7 @@ Artifact layouts (`stage.json` in every artifact says which one and which base i
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Literal
@@ -31,10 +31,15 @@ from training.engine import adapters
 from training.engine.common import (
     ModelRef,
     PeftSettings,
+    StageConfig,
+    StageInputs,
+    StageResult,
+    staged_output,
     unmatched_lora_targets,
     unmatched_targets_message,
     write_json,
 )
+from training.engine.lora_mixture import attach_mixture
 
 Task = Literal["causal_lm", "reward"]
 
@@ -206,8 +211,6 @@ def load_model_ref(
     manifest = read_stage_manifest(ref.path)
     if manifest and manifest.get("layout") == "lora_mixture":
         # A contrastive stage's mixture of LoRA experts: the base plus experts and router that route per prompt.
-        from training.engine.contrastive import attach_mixture
-
         model, _ = load_model_ref(ModelRef(Path(manifest["base_path"])), device, task, dtype)
         attach_mixture(model, ref.path)
         return model.to(device), AutoTokenizer.from_pretrained(str(ref.path))
@@ -271,6 +274,40 @@ def save_stage_artifact(
     }
     write_json(folder / STAGE_MANIFEST, manifest)
     return folder
+
+
+def save_completed_stage(
+    model: nn.Module,
+    tokenizer,
+    config: StageConfig,
+    inputs: StageInputs,
+    *,
+    stage: str,
+    metrics: dict,
+    steps_completed: int,
+    write_more: Callable[[Path], None] | None = None,
+) -> StageResult:
+    """Write a finished stage's artifact into place (a staging folder renamed to `inputs.out_dir` once complete;
+    `write_more(staging)` adds the stage's own files) and return its completed result."""
+    with staged_output(inputs.out_dir) as staging:
+        save_stage_artifact(
+            model,
+            tokenizer,
+            config.peft,
+            staging,
+            stage=stage,
+            base=inputs.base,
+            config=config.to_dict(),
+            metrics=metrics,
+        )
+        if write_more is not None:
+            write_more(staging)
+    return StageResult(
+        status="completed",
+        artifact_path=Path(inputs.out_dir),
+        metrics=metrics,
+        steps_completed=steps_completed,
+    )
 
 
 def autocast_for(device) -> object:

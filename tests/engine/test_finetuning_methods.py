@@ -7,7 +7,7 @@ import torch
 
 from training.engine import adapters
 from training.engine.common import ModelRef, PeftSettings
-from training.engine.peft import (
+from training.engine.finetuning_methods import (
     base_parameters,
     disabled_adapters,
     load_model_ref,
