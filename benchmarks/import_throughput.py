@@ -70,7 +70,7 @@ def baseline_apply(*, project_slug: str, plan):
     from django.db import transaction
 
     from labeling.models import Comparison, Prompt, Response
-    from labeling.services.imports import ImportReport
+    from labeling.services.import_parsing import ImportReport
     from labeling.services.projects import comparison_get_or_create, project_get_or_create
 
     with transaction.atomic():
@@ -167,7 +167,8 @@ def main() -> None:
         from django.db import connection
 
         from labeling.models import Comparison, Response
-        from labeling.services.imports import import_apply, import_plan
+        from labeling.services.import_parsing import import_plan
+        from labeling.services.imports import import_apply
 
         call_command("migrate", verbosity=0, interactive=False)
         data = make_file(args.lines)

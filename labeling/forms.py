@@ -7,7 +7,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 
 from labeling.models import MAX_K, MIN_K
-from labeling.services.imports import import_upload_check
+from labeling.services.import_jobs import import_upload_check
 from labeling.services.projects import PAIRINGS
 from labeling.services.rankings import SKIP_REASONS
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from labeling.services.imports import IMPORT_TASK, import_job_run
+from labeling.services.import_jobs import IMPORT_TASK, import_job_run
 
 
 @shared_task(name=IMPORT_TASK, ignore_result=True, queue="default")

@@ -34,7 +34,7 @@ from labeling.selectors.quality import (
     review_queue,
     throughput_per_day,
 )
-from labeling.services.imports import (
+from labeling.services.import_jobs import (
     import_job_create,
     import_job_messages,
     import_job_run,

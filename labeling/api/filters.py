@@ -68,5 +68,3 @@ class RankingFilter(django_filters.FilterSet):
     class Meta:
         model = Ranking
         fields = ["project", "comparison", "both_bad", "created_after", "created_before"]
-
-

@@ -6,7 +6,7 @@ from rest_framework import serializers, viewsets
 
 from core.api.permissions import IsAdmin
 from labeling.models import ImportJob
-from labeling.services.imports import import_job_messages
+from labeling.services.import_jobs import import_job_messages
 
 
 class ImportJobSerializer(serializers.ModelSerializer):

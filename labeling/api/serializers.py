@@ -228,5 +228,3 @@ class SubmitSerializer(serializers.Serializer):
 class SkipSerializer(serializers.Serializer):
     assignment = serializers.IntegerField()
     reason = serializers.CharField(help_text=f"One of {', '.join(SKIP_REASONS)} or free text.")
-
-

@@ -28,7 +28,7 @@ from labeling.models import (
     Response,
 )
 from labeling.selectors.annotation import assignment_responses, project_for_slug
-from labeling.services.imports import (
+from labeling.services.import_jobs import (
     import_job_create,
     import_job_messages,
     import_job_run,

@@ -14,7 +14,8 @@ from pathlib import Path
 from django.db import transaction
 
 from labeling.models import Comparison, Project, Prompt
-from labeling.services.imports import import_apply, import_plan
+from labeling.services.import_parsing import import_plan
+from labeling.services.imports import import_apply
 from labeling.services.projects import comparison_get_or_create, comparisons_build, project_get_or_create
 
 DEMO_SEED_FILE = Path(__file__).resolve().parent.parent / "fixtures" / "demo_seed.jsonl"

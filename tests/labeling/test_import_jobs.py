@@ -13,8 +13,8 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from labeling.models import Comparison, ImportJob, Prompt
-from labeling.services import imports
-from labeling.services.imports import import_job_create, import_job_run
+from labeling.services import import_jobs
+from labeling.services.import_jobs import import_job_create, import_job_run
 
 from .test_imports import jsonl
 
@@ -34,7 +34,7 @@ def background(settings, monkeypatch):
     once committed (run the call inside `django_capture_on_commit_callbacks(execute=True)`)."""
     settings.LABELING_IMPORT_SYNC_MAX_BYTES = 10
     queued: list[int] = []
-    monkeypatch.setattr(imports, "import_job_enqueue", lambda *, job: queued.append(job.pk))
+    monkeypatch.setattr(import_jobs, "import_job_enqueue", lambda *, job: queued.append(job.pk))
     return queued
 
 
@@ -146,9 +146,9 @@ def test_progress_is_visible_while_the_import_transaction_is_open(admin_user, mo
     if connection.vendor != "postgresql":
         pytest.skip("SQLite has one writer: there only phase changes are written")
     settings.LABELING_IMPORT_SYNC_MAX_BYTES = 10
-    monkeypatch.setattr(imports, "PROGRESS_WRITE_S", 0.0)
+    monkeypatch.setattr(import_jobs, "PROGRESS_WRITE_S", 0.0)
     seen: list[tuple] = []
-    real_row = imports._JobProgress.row
+    real_row = import_jobs._JobProgress.row
 
     def row(self, count):
         real_row(self, count)
@@ -162,7 +162,7 @@ def test_progress_is_visible_while_the_import_transaction_is_open(admin_user, mo
         thread.start()
         thread.join()
 
-    monkeypatch.setattr(imports._JobProgress, "row", row)
+    monkeypatch.setattr(import_jobs._JobProgress, "row", row)
     job = import_job_create(project_slug="seen", file_name="f.jsonl", data=GOOD, file_format="jsonl",
                             created_by=admin_user, enqueue=False)  # fmt: skip
     import_job_run(job_id=job.pk)

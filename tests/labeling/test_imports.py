@@ -8,7 +8,8 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from labeling.models import Comparison, Project, Prompt, Response
-from labeling.services.imports import ImportRejected, import_data
+from labeling.services.import_parsing import ImportRejected
+from labeling.services.imports import import_data
 
 
 def jsonl(*records) -> bytes:

@@ -11,7 +11,7 @@ from exports.models import Export
 from exports.services import export_create
 from exports.writers import export_write
 from labeling.models import Comparison, ImportJob, Prompt, Response
-from labeling.services.imports import import_job_create
+from labeling.services.import_jobs import import_job_create
 from loop.models import SamplingJob
 from loop.services.sampling import sampling_job_create
 from tests.loop.test_loop import reference_project

@@ -9,7 +9,9 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from labeling.models import MAX_K, MIN_K
-from labeling.services.imports import ImportRejected, import_apply, import_plan, import_upload_check
+from labeling.services.import_jobs import import_upload_check
+from labeling.services.import_parsing import ImportRejected, import_plan
+from labeling.services.imports import import_apply
 from labeling.services.projects import PAIRINGS
 
 
