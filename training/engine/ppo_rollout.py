@@ -1,14 +1,10 @@
-"""PPO's rollout and advantages: sample, score, evaluate, per-token rewards and GAE (see ppo.py for the whole loop).
+"""PPO's rollout and advantages: the rollout, score, evaluate, reward and GAE rows of ppo.py's iteration table.
 
-    rollout   sample one completion per prompt with the current policy        (generation.py, KV cache)
-    score     sequence score s from the reward model and/or the rules          (reward_model.py, reward_rules.py)
-    evaluate  old log-probs and values of the policy, log-probs of the reference, without gradients
-    reward    per token: r_t = -β·(log π_old − log π_ref)_t, plus s at the completion's last token
-              (optionally scaled to unit variance: reward whitening)
-    GAE       δ_t = r_t + γ·V_{t+1} − V_t,  A_t = δ_t + γλ·A_{t+1},  return_t = A_t + V_t;  A whitened
-
-`should_stop` is asked before every forward pass (each decode step, each scoring and reference pass), so a cancel
-lands within one pass; it raises StageCancelled, and nothing here has changed any weight yet.
+`collect_rollout` samples one completion per prompt (generation.py), scores it (reward model and/or rules), takes
+the policy's old log-probs and values and the reference's log-probs, and turns the sequence scores and the KL into
+per-token rewards, whitened advantages and returns. `should_stop` is asked before every forward pass (each decode
+step, each scoring and reference pass), so a cancel lands within one pass; it raises StageCancelled, and nothing
+here has changed any weight yet.
 """
 
 from __future__ import annotations
