@@ -32,6 +32,7 @@ from training.engine.common import (
     checkpoint_dir_for,
     json_safe,
     pick_device,
+    read_stage_manifest,
 )
 from training.models import ModelVersion, StageRun, TrainingRun
 from training.services import datasets
@@ -260,10 +261,6 @@ def stage_run_execute(*, stage_run_id: int, worker: str = "", task_id: str = "")
         if out_dir.exists():
             # The artifact was completed before the worker died between writing it and registering it.
             log_lines.append("artifact already complete on disk; registering it without training again")
-            from training.engine.finetuning_methods import (
-                read_stage_manifest,  # torch: loaded where stages run, not at start-up
-            )
-
             metrics = (read_stage_manifest(out_dir) or {}).get("metrics", {})
             status, steps = "completed", stage.total_steps
         else:
