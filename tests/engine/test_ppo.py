@@ -26,13 +26,12 @@ from training.engine.common import (
     StepMetrics,
     checkpoint_dir_for,
 )
-from training.engine.ppo import (
+from training.engine.ppo import PPOConfig, run
+from training.engine.ppo_rollout import (
     AdaptiveKLController,
-    PPOConfig,
     generalized_advantages,
     masked_whiten,
     prompt_rows_for_iteration,
-    run,
 )
 
 WORDS = ["yes", "no", "maybe", "sure", "ok", "fine"]

@@ -1,4 +1,4 @@
-"""The stage contract shared by every training stage (see ../shared/design.md):
+"""The stage contract shared by every training stage (see docs/engine.md):
 
     <stage module>.run(config: <Stage>Config, inputs: StageInputs) -> StageResult
 
@@ -425,6 +425,15 @@ def staged_output(out_dir: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+STAGE_MANIFEST = "stage.json"  # in every artifact: its stage, layout, base, config and metrics
+
+
+def read_stage_manifest(path: Path) -> dict | None:
+    """The `stage.json` of the artifact folder `path`, or None when it has none (a base model)."""
+    manifest = Path(path) / STAGE_MANIFEST
+    return json.loads(manifest.read_text()) if manifest.is_file() else None
 
 
 def write_json(path: Path, payload: dict) -> None:

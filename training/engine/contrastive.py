@@ -32,6 +32,7 @@ from torch import nn
 
 from training.engine import checkpoints
 from training.engine.common import (
+    STAGE_MANIFEST,
     Bounds,
     ModelRef,
     StageConfig,
@@ -47,7 +48,6 @@ from training.engine.common import (
 )
 from training.engine.data import conversation_text, preference_pairs, prompt_text
 from training.engine.finetuning_methods import (
-    STAGE_MANIFEST,
     autocast_for,
     disabled_adapters,
     load_model_ref,

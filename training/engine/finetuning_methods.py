@@ -18,7 +18,6 @@ Artifact layouts (`stage.json` in every artifact says which one and which base i
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -29,11 +28,13 @@ from torch import nn
 
 from training.engine import adapters
 from training.engine.common import (
+    STAGE_MANIFEST,
     ModelRef,
     PeftSettings,
     StageConfig,
     StageInputs,
     StageResult,
+    read_stage_manifest,
     staged_output,
     unmatched_lora_targets,
     unmatched_targets_message,
@@ -43,7 +44,6 @@ from training.engine.lora_mixture import attach_mixture
 
 Task = Literal["causal_lm", "reward"]
 
-STAGE_MANIFEST = "stage.json"
 LORA_SUBFOLDER = "lora_adapter"
 HEAD_WEIGHTS_FILE = "head.safetensors"
 # The new, randomly initialised output head of a sequence-classification model: always trained, never frozen.
@@ -178,11 +178,6 @@ def load_trainable(
 
         return PeftModel.from_pretrained(model, str(directory), is_trainable=is_trainable)
     raise ValueError(f"{directory} holds neither a bottleneck adapter nor a PEFT adapter")
-
-
-def read_stage_manifest(path: Path) -> dict | None:
-    manifest = Path(path) / STAGE_MANIFEST
-    return json.loads(manifest.read_text()) if manifest.is_file() else None
 
 
 def resolve_model_ref(ref: ModelRef) -> ModelRef:

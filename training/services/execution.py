@@ -35,6 +35,7 @@ from training.engine.common import (
     checkpoint_dir_for,
     json_safe,
     pick_device,
+    read_stage_manifest,
 )
 from training.engine.finetuning_methods import read_stage_manifest
 from training.jobs import stage_enqueue, stage_fail
