@@ -37,7 +37,6 @@ from training.engine.common import (
     pick_device,
     read_stage_manifest,
 )
-from training.engine.finetuning_methods import read_stage_manifest
 from training.jobs import stage_enqueue, stage_fail
 from training.models import StageRun, TrainingRun
 from training.services import datasets
