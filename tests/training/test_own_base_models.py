@@ -9,7 +9,8 @@ from django.core.management import CommandError, call_command
 from django.test import Client
 from django.urls import reverse
 
-from loop.services.sampling import sampling_job_create, sampling_job_execute
+from loop.services.sampling import sampling_job_create
+from loop.services.sampling_execution import sampling_job_execute
 from registry.models import ModelVersion
 from registry.services import base_model_import_folder
 from tests.model_zoo import build_tiny_model_folder
