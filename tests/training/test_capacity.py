@@ -8,7 +8,6 @@ from core.services import worker_heartbeat_record
 from registry.models import ModelVersion
 from tests.training.factories import ranked_project, register_tiny_base
 from training.models import TrainingRun
-from training.services import runs as run_services
 
 pytestmark = pytest.mark.django_db
 GIB = 2**30
@@ -30,8 +29,8 @@ def _gpu_worker(memory_gib: int | None) -> None:
     )
 
 
-def _launch(base, method: str):
-    return run_services.training_run_launch(
+def _launch(launch, base, method: str):
+    return launch(
         project=ranked_project(prompts=4),
         preset="sft",
         base_model=base,
@@ -40,10 +39,10 @@ def _launch(base, method: str):
     )
 
 
-def test_full_fine_tuning_that_cannot_fit_is_refused_with_the_numbers(tiny_model_dir, enqueued_stages):
+def test_full_fine_tuning_that_cannot_fit_is_refused_with_the_numbers(tiny_model_dir, launch, enqueued_stages):
     _gpu_worker(80)
     with pytest.raises(ValidationError) as excinfo:
-        _launch(_big_base(tiny_model_dir), "full")
+        _launch(launch, _big_base(tiny_model_dir), "full")
     (message,) = excinfo.value.message_dict["sft.batch_size"]
     assert (
         "about 141.4 GiB" in message
@@ -56,14 +55,14 @@ def test_full_fine_tuning_that_cannot_fit_is_refused_with_the_numbers(tiny_model
 
 @pytest.mark.parametrize(("memory_gib", "checkpointing"), [(80, True), (141, False)])
 def test_lora_gets_gradient_checkpointing_only_where_it_needs_it(
-    tiny_model_dir, enqueued_stages, memory_gib, checkpointing
+    tiny_model_dir, launch, memory_gib, checkpointing
 ):
     _gpu_worker(memory_gib)
-    run = _launch(_big_base(tiny_model_dir), "lora")
+    run = _launch(launch, _big_base(tiny_model_dir), "lora")
     assert run.stages.get().config["gradient_checkpointing"] is checkpointing
 
 
-def test_nothing_is_planned_when_no_worker_reported_its_memory(tiny_model_dir, enqueued_stages):
+def test_nothing_is_planned_when_no_worker_reported_its_memory(tiny_model_dir, launch):
     _gpu_worker(None)
-    run = _launch(_big_base(tiny_model_dir), "full")
+    run = _launch(launch, _big_base(tiny_model_dir), "full")
     assert run.stages.get().config["gradient_checkpointing"] is False

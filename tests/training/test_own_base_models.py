@@ -17,8 +17,6 @@ from tests.model_zoo import build_tiny_model_folder
 from tests.training.factories import TINY_STAGE_CONFIGS, make_user, ranked_project
 from training.engine.base_model import load_bundled_tokenizer, load_saved_model, sha256_file
 from training.models import StageRun, TrainingRun
-from training.services import runs as run_services
-from training.services.execution import stage_run_execute
 
 pytestmark = pytest.mark.django_db
 
@@ -74,21 +72,16 @@ def test_a_taken_name_is_refused_before_anything_is_copied(tmp_path):
     assert ModelVersion.objects.count() == 1 and len(list(_models_folder().iterdir())) == 1
 
 
-def _drain(queued: list[int]) -> None:
-    while queued:
-        stage_run_execute(stage_run_id=queued.pop(0), worker="test", task_id="local")
-
-
-def _run(project, base, preset, method, queued) -> TrainingRun:
+def _run(launch, drain_stages, project, base, preset, method) -> TrainingRun:
     stages = {"rlhf": ("sft", "reward", "ppo"), "preference": ("sft", "contrastive")}[preset]
-    run = run_services.training_run_launch(
+    run = launch(
         project=project,
         preset=preset,
         base_model=base,
         peft={stage: method for stage in stages},
         stage_configs={stage: TINY_STAGE_CONFIGS[stage] for stage in stages},
     )
-    _drain(queued)
+    drain_stages()
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.SUCCEEDED, run.error
     return run
@@ -99,7 +92,7 @@ def _run(project, base, preset, method, queued) -> TrainingRun:
     [("qwen2", "full", True, True), ("mistral", "lora", True, False), ("gemma", "adapter", False, True)],
 )
 def test_every_stage_and_sampling_work_on_another_architecture(
-    tmp_path, enqueued_stages, architecture, method, chat_template, pad_token
+    tmp_path, launch, drain_stages, architecture, method, chat_template, pad_token
 ):
     source = build_tiny_model_folder(
         tmp_path / architecture, architecture, chat_template=chat_template, pad_token=pad_token, seed=1
@@ -108,7 +101,7 @@ def test_every_stage_and_sampling_work_on_another_architecture(
     base = base_model_import_folder(source=str(source), chat_template=template, progress=lambda _: None)
     project = ranked_project(prompts=8)
 
-    rlhf = _run(project, base, "rlhf", method, enqueued_stages)
+    rlhf = _run(launch, drain_stages, project, base, "rlhf", method)
     sft, reward, ppo = rlhf.stages.order_by("position")
     assert {sft.status, reward.status, ppo.status} == {StageRun.Status.SUCCEEDED}
     assert ppo.output_model.base == base and ppo.output_model.parent == sft.output_model
@@ -116,7 +109,7 @@ def test_every_stage_and_sampling_work_on_another_architecture(
     sft_losses = [point["values"]["loss"] for point in sft.metrics if "loss" in point["values"]]
     assert len(sft_losses) == 3 and all(torch.isfinite(torch.tensor(sft_losses)))
 
-    preference = _run(project, base, "preference", method, enqueued_stages)
+    preference = _run(launch, drain_stages, project, base, "preference", method)
     contrastive = preference.stages.get(kind="contrastive")
     assert contrastive.output_model.parent.produced_by_stage.run == preference
 
