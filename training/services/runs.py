@@ -11,8 +11,6 @@ from django.utils import timezone
 
 from exports.filters import PreferenceFilters
 from labeling.models import Project
-
-# The options of the sampling job a run may ask for when it succeeds (`sample_after`) are the loop's to check.
 from loop.services.sampling import sampling_options_validate
 from registry.artifacts import model_version_folder
 from registry.models import ModelVersion
@@ -200,7 +198,7 @@ def launch_validate(
     except ValidationError as exc:
         errors.update(exc.message_dict)
     if sample_after is not None:
-        try:
+        try:  # the options of the sampling job the run starts when it succeeds: the loop's to check
             sampling_options_validate(sample_after)
         except ValidationError as exc:
             for field, messages in exc.message_dict.items():
