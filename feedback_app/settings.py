@@ -221,6 +221,8 @@ TRAINING_STALE_AFTER_S = float(env_str("TRAINING_STALE_AFTER_S", "120"))
 TRAINING_STALE_CHECK_S = float(env_str("TRAINING_STALE_CHECK_S", "60"))
 # Live progress (step, metrics, log tail) is written at most this often; the final state is always written.
 TRAINING_PROGRESS_WRITE_S = float(env_str("TRAINING_PROGRESS_WRITE_S", "1"))
+# A running stage asks for cancel between micro-batches and decode steps; it looks the flag up at most this often.
+TRAINING_CANCEL_POLL_S = float(env_str("TRAINING_CANCEL_POLL_S", "0.5"))
 # Publishing a job's task: a short bounded retry (about 1.5 s), then the caller hears that the broker is down.
 JOBS_PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
 # A job published this long ago and still not picked up is published again (its message may be lost, e.g. a

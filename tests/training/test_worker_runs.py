@@ -40,6 +40,8 @@ def _worker(broker: str, **env):
         "ARTIFACT_ROOT": str(django_settings.ARTIFACT_ROOT),
         "TRAINING_HEARTBEAT_S": "0.5",
         "TRAINING_PROGRESS_WRITE_S": "0",
+        # Every question looks the flag up, so a cancel is seen at the next micro-batch (the tests count steps).
+        "TRAINING_CANCEL_POLL_S": "0",
         **env,
     }
     return celery_worker(broker_url=broker, queues="gpu", extra_env=extra, ready_timeout=90)
@@ -136,7 +138,8 @@ def test_cancel_stops_within_a_step_and_resume_continues_from_the_checkpoint(red
         assert run.status == TrainingRun.Status.CANCELLED
         stage.refresh_from_db()
         assert stage.status == StageRun.Status.CANCELLED
-        # should_stop is asked after every optimizer step: at most the step in flight finishes.
+        # should_stop is asked between micro-batches and (TRAINING_CANCEL_POLL_S=0) looks the flag up each time:
+        # at most the step in flight finishes.
         assert asked_at <= stage.step <= asked_at + 1
         assert not stage.output_dir.exists(), "no artifact after a cancelled stage"
         cancelled_at = stage.step

@@ -10,6 +10,7 @@ failed, and `stage_run_resume` continues them from their last checkpoint. Only w
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import threading
 import time
@@ -45,7 +46,6 @@ from training.signals import training_run_succeeded
 logger = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 200
-CANCEL_POLL_S = 0.5  # seconds between two cancel lookups of one running stage
 
 
 def _earlier_output(stage: StageRun, produces: str) -> ModelVersion | None:
@@ -92,7 +92,7 @@ class StageReporter:
         self._last_write = 0.0
         self._last_phase_write = 0.0
         self._cancelled = False
-        self._last_cancel_poll = -CANCEL_POLL_S  # the first question always asks the database
+        self._last_cancel_poll = -math.inf  # the first question always asks the database
 
     def on_progress(self, progress: StepMetrics | PhaseProgress) -> None:
         if isinstance(progress, PhaseProgress):
@@ -141,8 +141,11 @@ class StageReporter:
 
     def should_stop(self) -> bool:
         """Asked between micro-batches and decode steps, so a cancel is honoured within seconds; the indexed
-        lookup runs at most every CANCEL_POLL_S, so asking per generated token costs no query per token."""
-        if not self._cancelled and time.monotonic() - self._last_cancel_poll >= CANCEL_POLL_S:
+        lookup runs at most every TRAINING_CANCEL_POLL_S, so asking per generated token costs no query per token."""
+        if (
+            not self._cancelled
+            and time.monotonic() - self._last_cancel_poll >= settings.TRAINING_CANCEL_POLL_S
+        ):
             self._cancelled = TrainingRun.objects.filter(pk=self.run_id, cancel_requested=True).exists()
             self._last_cancel_poll = time.monotonic()
         return self._cancelled
