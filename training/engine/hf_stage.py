@@ -15,7 +15,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
-from training.engine import checkpoints
+from training.engine import checkpoints, fast_paths
 from training.engine.common import (
     StageConfig,
     StageInputs,
@@ -228,6 +228,7 @@ def trainer_arguments(config: StageConfig, checkpoint_dir: Path) -> dict:
         # Non-reentrant checkpointing needs no input that requires grad, so it works under LoRA and adapters too.
         "gradient_checkpointing_kwargs": {"use_reentrant": False},
         "bf16": device.type == "cuda",
+        "optim": fast_paths.trainer_optimizer_name(device),
         "use_cpu": device.type == "cpu",
         "disable_tqdm": True,
         "dataloader_num_workers": 0,

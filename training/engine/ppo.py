@@ -40,7 +40,7 @@ import torch
 from datasets import Dataset
 from safetensors.torch import save_file
 
-from training.engine import checkpoints
+from training.engine import checkpoints, fast_paths
 from training.engine.common import (
     Bounds,
     ModelRef,
@@ -285,7 +285,7 @@ def run(config: PPOConfig, inputs: StageInputs) -> StageResult:
 
     parameters = list(trained_parameters(models.policy, models.value_head).values())
     # eps 1e-5 as in OpenAI's and TRL's PPO: Adam's default 1e-8 makes early updates of tiny-gradient weights large.
-    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, eps=1e-5, weight_decay=0.0)
+    optimizer = fast_paths.adamw(parameters, device, lr=config.learning_rate, eps=1e-5, weight_decay=0.0)
     kl_controller = AdaptiveKLController(config.init_kl_coef, config.kl_target, config.kl_horizon)
     sampling_generator = torch.Generator(device=device).manual_seed(config.seed)
     shuffle_generator = torch.Generator().manual_seed(config.seed + 1)

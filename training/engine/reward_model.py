@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 from datasets import Dataset
 
-from training.engine import hf_stage
+from training.engine import fast_paths, hf_stage
 from training.engine.common import (
     Bounds,
     ModelRef,
@@ -135,6 +135,8 @@ def run(config: RewardStageConfig, inputs: StageInputs) -> StageResult:
 
     model, tokenizer = load_model_ref(inputs.base, device, task="reward")
     model = prepare_model(model, config.peft)
+    if fast_paths.use_compiled_layers(config, device):
+        fast_paths.compile_decoder_layers(model)
     run = hf_stage.train(
         RewardTrainer,
         RewardConfig,

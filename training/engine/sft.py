@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from datasets import Dataset
 
-from training.engine import hf_stage
+from training.engine import fast_paths, hf_stage
 from training.engine.common import (
     StageConfig,
     StageInputs,
@@ -65,6 +65,8 @@ def run(config: SftStageConfig, inputs: StageInputs) -> StageResult:
     rows = prompt_completion_rows(inputs.data)
     model, tokenizer = load_model_ref(inputs.base, device, task="causal_lm")
     model = prepare_model(model, config.peft)
+    if fast_paths.use_compiled_layers(config, device):
+        fast_paths.compile_decoder_layers(model)
     run = hf_stage.train(
         SFTTrainer,
         SFTConfig,
