@@ -243,3 +243,25 @@ def test_the_import_job_is_a_job_of_the_shared_enqueue_path():
     assert list(BASE_MODEL_IMPORT_JOB.waiting_rows()) == [job]
     BaseModelImport.objects.filter(pk=job.pk).update(status="running")
     assert not BASE_MODEL_IMPORT_JOB.waiting_rows().exists()
+
+
+def test_the_api_queues_an_import_and_shows_its_outcome(
+    sent_imports, django_capture_on_commit_callbacks, tmp_path
+):
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_authenticate(make_user("api-boss", "admin"))
+    outside = client.post("/api/v1/model-imports/", {"path": str(tmp_path)}, format="json")
+    assert outside.status_code == 400 and "outside the folders" in outside.json()["path"][0]
+    source = build_tiny_model_folder(_incoming("api-llama"), "llama")
+    with django_capture_on_commit_callbacks(execute=True):
+        created = client.post(
+            "/api/v1/model-imports/", {"path": str(source), "name": "From the API"}, format="json"
+        )
+    assert created.status_code == 202 and created.json()["status"] == "queued"
+    assert sent_imports == [created.json()["id"]]
+    base_model_import_job_run(job_id=sent_imports[0])
+    shown = client.get(f"/api/v1/model-imports/{sent_imports[0]}/").json()
+    version = ModelVersion.objects.get(name="From the API")
+    assert (shown["status"], shown["model_version"], shown["progress"]) == ("succeeded", version.pk, 1.0)
