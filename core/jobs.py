@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,7 +25,7 @@ from django.db import close_old_connections, connection, models
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
-from core.models import QueuedJob
+from core.models import JobStatus, QueuedJob
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,24 @@ def job_send(*, kind: JobKind, pk: int, quiet: bool = False) -> bool:
         raise
     _record_sent(kind=kind, pk=pk, task_id=task_id)
     return True
+
+
+def job_claim(*, model: type[QueuedJob], pk: int, task_id: str = "", **fields) -> models.QuerySet | None:
+    """Claim a row for the task that runs it (running, started now, `fields` reset): a queued row, or a running
+    one whose own message came back (its worker died). None when not claimed: a duplicate message does nothing.
+
+    Returns the row as a queryset that matches only while the row is still this claim's, so an update through it
+    is a no-op once the job was cancelled or claimed again (a task without an id claims as a local run)."""
+    claim = task_id or f"local-{uuid.uuid4().hex}"
+    claimable = models.Q(status=JobStatus.QUEUED)
+    if task_id:
+        claimable |= models.Q(status=JobStatus.RUNNING, celery_task_id=task_id)
+    claimed = model.objects.filter(claimable, pk=pk).update(
+        status=JobStatus.RUNNING, started_at=timezone.now(), celery_task_id=claim, **fields
+    )
+    if not claimed:
+        return None
+    return model.objects.filter(pk=pk, status=JobStatus.RUNNING, celery_task_id=claim)
 
 
 def jobs_sweep(*, now=None) -> dict[str, list[int]]:

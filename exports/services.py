@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import shutil
 import tarfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
-from core.jobs import job_send
+from core.jobs import job_claim, job_send
 from core.roles import Role
 from core.selectors import user_has_role
 from exports.filters import PreferenceFilters
@@ -131,22 +129,10 @@ def export_run(*, export_id: int, task_id: str = "") -> Export:
     failed or cancelled does nothing; the export's own message coming back (its worker died half-way) writes it
     again.
     """
-    claim = task_id or f"local-{uuid.uuid4().hex}"
-    claimable = Q(status=Export.Status.QUEUED)
-    if task_id:
-        claimable |= Q(status=Export.Status.RUNNING, celery_task_id=task_id)
-    claimed = Export.objects.filter(claimable, pk=export_id).update(
-        status=Export.Status.RUNNING,
-        started_at=timezone.now(),
-        progress=0.0,
-        rows=0,
-        error="",
-        celery_task_id=claim,
-    )
+    ours = job_claim(model=Export, pk=export_id, task_id=task_id, progress=0.0, rows=0, error="")
     export = Export.objects.select_related("project").get(pk=export_id)
-    if not claimed:
+    if ours is None:
         return export
-    ours = Export.objects.filter(pk=export.pk, status=Export.Status.RUNNING, celery_task_id=claim)
     filters = PreferenceFilters.from_dict(export.filters)
     counts = preference_counts(project=export.project, filters=filters)
     estimate = max(

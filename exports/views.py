@@ -18,6 +18,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from core.forms import form_add_service_errors
 from core.jobs import BrokerUnavailable
 from core.permissions import role_required
 from core.roles import Role
@@ -97,8 +98,7 @@ def exports_page(request: HttpRequest) -> HttpResponse:
                     created_by=request.user,
                 )
             except ValidationError as exc:
-                for name, errors in exc.message_dict.items():
-                    form.add_error(name if name in form.fields else None, errors)
+                form_add_service_errors(form, exc)
             except BrokerUnavailable as exc:  # saved; it starts once the broker is back
                 messages.warning(request, str(exc))
                 return _back_to_page(data["project"].slug, exc.pk)

@@ -175,6 +175,8 @@ STORAGES = {
 
 # --- Artifacts (model weights, exports) -------------------------------------------------------------------
 ARTIFACT_ROOT = Path(env_str("ARTIFACT_ROOT", str(VAR_DIR / "artifacts"))).resolve()
+# Folders whose model folders admins may import from the web ("Add a base model"); empty: ARTIFACT_ROOT itself.
+MODEL_IMPORT_ROOTS = [Path(root).resolve() for root in env_list("MODEL_IMPORT_ROOTS", [])]
 
 # --- Celery -----------------------------------------------------------------------------------------------
 # Redis in production. Unset: kombu's file-system transport under var/celery/, which needs no server.

@@ -6,6 +6,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET
 
+from core.forms import form_add_service_errors
 from core.jobs import BrokerUnavailable
 from core.permissions import role_required
 from core.roles import Role
@@ -39,9 +40,7 @@ def sampling(request: HttpRequest) -> HttpResponse:
                 created_by=request.user,
             )
         except ValidationError as exc:
-            for field, errors in exc.message_dict.items():
-                for error in errors:
-                    form.add_error(field if field in form.fields else None, error)
+            form_add_service_errors(form, exc)
         except BrokerUnavailable as exc:  # the job is saved and starts once the broker is back
             messages.warning(request, str(exc))
             return redirect("loop:sampling")

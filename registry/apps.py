@@ -10,3 +10,7 @@ class RegistryConfig(AppConfig):
 
     name = "registry"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Not at the top: models may only be imported once the app registry is ready, i.e. here.
+        from registry import jobs  # noqa: F401  (registers base model imports with core.jobs)

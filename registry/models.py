@@ -1,4 +1,8 @@
+from django.conf import settings
 from django.db import models
+from django.db.models import Q
+
+from core.models import QueuedJob
 
 
 class ModelVersion(models.Model):
@@ -60,3 +64,49 @@ class ModelVersion(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.name} ({self.kind})"
+
+
+class BaseModelImport(QueuedJob):
+    """An admin's "Add a base model": a folder on the shared artifact volume, checked and copied into the registry
+    by a Celery task on the `default` queue (`registry.services.base_model_import_folder`, as the command does)."""
+
+    source_path = models.CharField(
+        max_length=1000, help_text="The model folder, resolved, inside one of MODEL_IMPORT_ROOTS."
+    )
+    name = models.CharField(max_length=200, blank=True, help_text="Registry name; empty: the folder's name.")
+    chat_template = models.TextField(
+        blank=True, help_text="A Jinja chat template for a tokenizer without one."
+    )
+    bytes_total = models.BigIntegerField(default=0, help_text="Size of the weights to copy.")
+    bytes_copied = models.BigIntegerField(default=0)
+    progress = models.FloatField(default=0.0, help_text="0–1: the share of the weights copied.")
+    model_version = models.OneToOneField(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="import_job"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="base_model_imports",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(progress__gte=0) & Q(progress__lte=1), name="basemodelimport_progress_range"
+            ),
+            models.CheckConstraint(
+                condition=~Q(status="succeeded") | Q(model_version__isnull=False),
+                name="basemodelimport_succeeded_has_model",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"base model import #{self.pk} {self.source_path} ({self.status})"
+
+    @property
+    def percent(self) -> int:
+        return int(100 * self.progress)

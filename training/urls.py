@@ -14,6 +14,8 @@ urlpatterns = [
     path("training/runs/<int:run_id>/cancel/", views.run_cancel, name="run_cancel"),
     path("training/stages/<int:stage_id>/<str:mode>/", views.stage_restart, name="stage_restart"),
     path("models/", views.model_list, name="models"),
+    path("models/add/", views.model_import, name="model_import"),
+    path("models/imports/<int:job_id>/", views.model_import_job, name="model_import_job"),
     path("models/<int:version_id>/", views.model_detail, name="model"),
     path("models/<int:version_id>/files/<path:filename>", views.model_file_download, name="model_file"),
     path(

@@ -10,8 +10,9 @@ from django.core.exceptions import ValidationError
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from core.forms import form_add_service_errors
 from core.jobs import BrokerUnavailable
 from core.permissions import role_required
 from core.roles import Role
@@ -20,9 +21,10 @@ from exports.filters import PreferenceFilters
 from labeling.selectors.annotation import sole_project_slug
 from loop.selectors import policy_records
 from registry.artifacts import resolve_inside, resolve_inside_root
-from registry.models import ModelVersion
+from registry.forms import BaseModelImportForm
+from registry.models import BaseModelImport, ModelVersion
 from registry.selectors import model_version_lineage
-from registry.services import model_version_use_for_sampling
+from registry.services import base_model_import_job_create, model_version_use_for_sampling
 from training import estimates
 from training.estimates import DEVICE_NAMES, expected_device_kind, format_duration, run_eta
 from training.forms import STAGE_LABELS, LaunchForm
@@ -266,6 +268,44 @@ def model_list(request: HttpRequest) -> HttpResponse:
         "is_admin": _is_admin(request),
     }
     return render(request, "training/model_list.html", context)
+
+
+@admin_required
+@require_http_methods(["GET", "POST"])
+def model_import(request: HttpRequest) -> HttpResponse:
+    """ "Add a base model": a folder on the shared volume, imported by a task on the `default` queue."""
+    form = BaseModelImportForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            job = base_model_import_job_create(
+                path=data["path"],
+                name=data["name"],
+                chat_template=data["chat_template"],
+                created_by=request.user,
+            )
+        except ValidationError as exc:
+            form_add_service_errors(form, exc)
+        except BrokerUnavailable as exc:  # the job is saved and starts once the broker is back
+            messages.warning(request, str(exc))
+            return redirect("training:model_import_job", job_id=exc.pk)
+        else:
+            messages.success(
+                request, f"Import #{job.pk} is queued: the folder is checked before anything is copied."
+            )
+            return redirect("training:model_import_job", job_id=job.pk)
+    status = 422 if request.method == "POST" else 200
+    context = {"form": form, "jobs": BaseModelImport.objects.select_related("model_version")[:10]}
+    return render(request, "training/model_import.html", context, status=status)
+
+
+@admin_required
+@require_GET
+def model_import_job(request: HttpRequest, job_id: int) -> HttpResponse:
+    """An import's page; its status partial polls itself (htmx) until the job has finished."""
+    job = get_object_or_404(BaseModelImport.objects.select_related("model_version"), pk=job_id)
+    template = "training/partials/model_import_job.html" if request.htmx else "training/model_import_job.html"
+    return render(request, template, {"job": job})
 
 
 @reader_required

@@ -4,3 +4,4 @@ from registry.api import views
 
 router = SimpleRouter()
 router.register("model-versions", views.ModelVersionViewSet, basename="model-version")
+router.register("model-imports", views.BaseModelImportViewSet, basename="model-import")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 
 from exports.models import Export
 from exports.services import export_create, export_run
@@ -12,7 +13,7 @@ from labeling.models import Ranking
 from labeling.services.leasing import assignment_lease_next
 from labeling.services.rankings import ranking_submit
 from loop.services.sampling import sampling_job_create
-from registry.models import ModelVersion
+from registry.models import BaseModelImport, ModelVersion
 from tests.labeling.factories import PASSWORD, make_comparison, make_project, make_user
 from training.models import StageRun, TrainingRun
 
@@ -59,6 +60,10 @@ def world(users, tmp_path):
     Export.objects.filter(pk=failed_export.pk).update(status=Export.Status.FAILED, error="disk full")
     # Never sent: on-commit hooks do not run in these tests.
     sampling_job = sampling_job_create(project=project, model_version=version, created_by=users["admin"])
+    # A folder on the shared volume to import (the worker checks that it is a model; creating the job does not).
+    model_folder = Path(settings.ARTIFACT_ROOT) / "incoming" / "my-model"
+    model_folder.mkdir(parents=True)
+    model_import = BaseModelImport.objects.create(source_path=str(model_folder))
     return {
         "project": project,
         "prompt": comparisons[0].prompt,
@@ -73,6 +78,8 @@ def world(users, tmp_path):
         "hf_export": hf,
         "failed_export": failed_export,
         "sampling_job": sampling_job,
+        "model_folder": model_folder,
+        "model_import": model_import,
     }
 
 
@@ -128,6 +135,15 @@ def _matrix(world, users):
         ),
         ("model versions list", "get", "/api/v1/model-versions/", None, READ_RESEARCH),
         ("model version detail", "get", f"/api/v1/model-versions/{w['version'].pk}/", None, READ_RESEARCH),
+        ("model imports list", "get", "/api/v1/model-imports/", None, ADMIN_ONLY),
+        ("model import detail", "get", f"/api/v1/model-imports/{w['model_import'].pk}/", None, ADMIN_ONLY),
+        (
+            "model import create",
+            "post",
+            "/api/v1/model-imports/",
+            {"path": str(w["model_folder"]), "name": "Ours"},
+            (401, 403, 403, 202),
+        ),
         ("training runs list", "get", "/api/v1/training-runs/", None, READ_RESEARCH),
         ("training run detail", "get", f"/api/v1/training-runs/{w['run'].pk}/", None, READ_RESEARCH),
         (

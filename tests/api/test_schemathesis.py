@@ -14,6 +14,7 @@ import pytest
 from core.services import api_token_get_or_create
 from exports import services as export_services
 from loop.services import sampling
+from registry import services as registry_services
 from tests.labeling.factories import make_comparison, make_project, make_user
 from training.services import runs
 
@@ -30,12 +31,15 @@ CHECKS = ",".join(
 
 @pytest.fixture
 def _no_task_queue(monkeypatch):
-    """Exports, training runs and sampling jobs created by the fuzzer are recorded, not queued for the suite's
+    """Exports, training runs, sampling jobs and base model imports created by the fuzzer are recorded, not queued for the suite's
     shared broker."""
     queued: list = []
     monkeypatch.setattr(export_services, "export_enqueue", lambda **kwargs: queued.append(kwargs))
     monkeypatch.setattr(runs, "stage_enqueue", lambda **kwargs: queued.append(kwargs))
     monkeypatch.setattr(sampling, "sampling_job_enqueue", lambda **kwargs: queued.append(kwargs))
+    monkeypatch.setattr(
+        registry_services, "base_model_import_job_enqueue", lambda **kwargs: queued.append(kwargs)
+    )
     return queued
 
 

@@ -24,6 +24,9 @@ def test_full_fine_tuning_pays_for_gradients_and_adamw_and_lora_does_not():
     assert full.weights + full.gradients + full.optimizer == 16 * SMOLLM2_1_7B.num_parameters
     assert lora.gradients + lora.optimizer < 0.05 * (full.gradients + full.optimizer)
     assert full.activations == lora.activations
+    # LoRA's frozen base is bf16 on CUDA (2 bytes), its trained pairs fp32; on a CPU everything is fp32.
+    assert lora.weights == 2 * SMOLLM2_1_7B.num_parameters + 4 * int(SMOLLM2_1_7B.num_parameters * 0.02)
+    assert _estimate(method="lora", device_kind="cpu").weights == 4 * SMOLLM2_1_7B.num_parameters
 
 
 def test_activations_grow_with_tokens_and_checkpointing_cuts_them():

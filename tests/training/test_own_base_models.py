@@ -120,3 +120,47 @@ def test_every_stage_and_sampling_work_on_another_architecture(
     job.refresh_from_db()
     assert job.status == job.Status.SUCCEEDED, job.error
     assert project.prompts.filter(responses__model_version=ppo.output_model).count() == 8
+
+
+def test_an_imported_model_is_offered_and_used_by_the_launch_form_and_the_api(
+    tmp_path, tiny_model_dir, enqueued_stages, django_capture_on_commit_callbacks
+):
+    from rest_framework.test import APIClient
+
+    from tests.training.factories import register_tiny_base
+
+    register_tiny_base(tiny_model_dir)  # the bundled one stays the default; ours must be picked
+    ours = base_model_import_folder(
+        source=str(build_tiny_model_folder(tmp_path / "qwen", "qwen2")),
+        name="Our Qwen",
+        progress=lambda _: None,
+    )
+    mistral = base_model_import_folder(
+        source=str(build_tiny_model_folder(tmp_path / "mistral", "mistral")), progress=lambda _: None
+    )
+    project = ranked_project(prompts=4)
+    admin = make_user("launcher", "admin")
+    client = Client()
+    client.force_login(admin)
+    page = client.get(reverse("training:launch")).content.decode()
+    assert f'<option value="{ours.pk}">' in page and f'<option value="{mistral.pk}">' in page
+    form = {
+        "project": project.slug, "preset": "sft", "base_model": str(ours.pk), "peft_sft": "lora",
+        "peft_reward": "full", "peft_ppo": "lora", "peft_contrastive": "lora", "max_steps": "2",
+    }  # fmt: skip
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(reverse("training:launch"), form)
+    assert response.status_code == 302, response.content.decode()[-2000:]
+    by_page = TrainingRun.objects.get()
+    assert by_page.base_model == ours and enqueued_stages == [by_page.stages.get().pk]
+
+    api = APIClient()
+    api.force_authenticate(admin)
+    with django_capture_on_commit_callbacks(execute=True):
+        created = api.post(
+            "/api/v1/training-runs/",
+            {"project": project.slug, "preset": "sft", "base_model": mistral.pk, "peft": "lora"},
+            format="json",
+        )
+    assert created.status_code == 201, created.json()
+    assert TrainingRun.objects.get(pk=created.json()["id"]).base_model == mistral

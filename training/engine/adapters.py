@@ -47,7 +47,9 @@ class BottleneckAdapter(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return hidden_states + self.up(self.activation(self.down(hidden_states)))
+        # An fp32 adapter on a bf16 frozen base: computed in its own dtype, added back in the base's.
+        delta = self.up(self.activation(self.down(hidden_states.to(self.down.weight.dtype))))
+        return hidden_states + delta.to(hidden_states.dtype)
 
 
 def transformer_layers(model: nn.Module) -> nn.ModuleList:

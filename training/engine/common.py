@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from datasets import Dataset
 
 PeftMethod = Literal["full", "lora", "adapter"]
+BaseDtype = Literal["auto", "float32", "bfloat16"]
 
 
 class StageConfigError(ValueError):
@@ -179,9 +180,17 @@ class PeftSettings:
     )
     adapter_bottleneck: int = 64
     adapter_name: str = "default"
+    # The frozen base's weights under LoRA or an adapter (`finetuning_methods.base_dtype_for`): auto is bf16 on
+    # CUDA, fp32 elsewhere. Trained parameters are fp32 whatever this says.
+    base_dtype: BaseDtype = "auto"
 
     def __post_init__(self) -> None:
         errors = field_errors(self)
+        if "base_dtype" not in errors and self.method == "full" and self.base_dtype == "bfloat16":
+            errors["base_dtype"] = (
+                "full fine-tuning trains every weight, in fp32 (bf16 autocast on CUDA); bfloat16 is for the frozen "
+                "base under lora or adapter"
+            )
         if "lora_target_modules" not in errors:
             if not self.lora_target_modules:
                 errors["lora_target_modules"] = "name at least one module, e.g. q_proj"

@@ -49,6 +49,7 @@ from training.engine.common import (
 from training.engine.data import conversation_text, preference_pairs, prompt_text
 from training.engine.finetuning_methods import (
     autocast_for,
+    base_dtype_for,
     disabled_adapters,
     load_model_ref,
     prepare_model,
@@ -178,7 +179,13 @@ class Policy:
 def build_policy(
     config: ContrastiveStageConfig, base: ModelRef, domains: list[str], device
 ) -> tuple[Policy, object]:
-    model, tokenizer = load_model_ref(base, device, task="causal_lm", adapter_name=config.peft.adapter_name)
+    model, tokenizer = load_model_ref(
+        base,
+        device,
+        task="causal_lm",
+        dtype=base_dtype_for(device, config.peft),
+        adapter_name=config.peft.adapter_name,
+    )
     if config.peft.method == "lora":
         settings = config.peft
         mixture = MixtureOfLoraExperts(

@@ -2,8 +2,9 @@
 
 Every stage goes through the same four calls, so a stage never cares which method it trains:
 
-    model, tokenizer = load_model_ref(base, device, task="causal_lm" | "reward")
-    model = prepare_model(model, settings)           # freezes what must stay frozen
+    model, tokenizer = load_model_ref(base, device, task="causal_lm" | "reward",
+                                      dtype=base_dtype_for(device, settings))  # bf16 frozen base on CUDA
+    model = prepare_model(model, settings)           # freezes what must stay frozen; trained parameters in fp32
     ...train `trainable_parameters(model)`...
     save_stage_artifact(model, tokenizer, settings, staging, base=..., stage=..., config=..., metrics=...)
 
@@ -64,12 +65,42 @@ def _head_modules(model: nn.Module) -> dict[str, nn.Module]:
     }
 
 
+def base_dtype_for(device, settings: PeftSettings) -> torch.dtype:
+    """The dtype a stage loads its base model in: what `settings.base_dtype` asks for, else (auto) bf16 for the frozen
+    base of LoRA or an adapter on CUDA (half the memory; its matmuls run in bf16 under autocast anyway) and fp32
+    for full fine-tuning (the weights are the trained ones: fp32 master weights) and on CPU (slow bf16 matmuls)."""
+    if settings.base_dtype != "auto":
+        return getattr(torch, settings.base_dtype)
+    if settings.method != "full" and torch.device(device).type == "cuda":
+        return torch.bfloat16
+    return torch.float32
+
+
+def _trained_in_fp32(model: nn.Module) -> nn.Module:
+    """Trained parameters in fp32 over a bf16 frozen base (AdamW's updates are lost in bf16's 8 bits). A trained
+    head that reads the base's bf16 hidden states casts them to its own dtype (CUDA's autocast would; a CPU not)."""
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()
+    for head in _head_modules(model).values():
+        head.register_forward_pre_hook(_inputs_to_trained_dtype)
+    return model
+
+
+def _inputs_to_trained_dtype(module: nn.Module, args: tuple) -> tuple:
+    dtype = next((p.dtype for p in module.parameters() if p.requires_grad), None)
+    if dtype is None:
+        return args
+    return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+
 def prepare_model(model: nn.Module, settings: PeftSettings) -> nn.Module:
     """Make exactly the parameters that `settings.method` trains require gradients; returns the model to train.
 
     full: every parameter. lora: PEFT LoRA on `settings.lora_target_modules` (a sequence-classification head is
     trained fully). adapter: one bottleneck adapter named `settings.adapter_name` (continued if the model already
     carries one of that name, e.g. loaded from the parent stage), plus the classification head if there is one.
+    The trained parameters are fp32 also when the base was loaded in bf16 (`base_dtype_for`).
     """
     if settings.method == "full":
         model.requires_grad_(True)
@@ -93,7 +124,7 @@ def prepare_model(model: nn.Module, settings: PeftSettings) -> nn.Module:
             # SEQ_CLS makes PEFT train the new score head fully (modules_to_save) beside the LoRA pairs.
             task_type=TaskType.SEQ_CLS if _head_modules(model) else TaskType.CAUSAL_LM,
         )
-        return get_peft_model(model, lora_config)
+        return _trained_in_fp32(get_peft_model(model, lora_config))
     if settings.method == "adapter":
         if settings.adapter_name not in adapters.adapter_names(model):
             adapters.add_adapter(model, settings.adapter_name, settings.adapter_bottleneck)
@@ -101,7 +132,7 @@ def prepare_model(model: nn.Module, settings: PeftSettings) -> nn.Module:
         adapters.freeze_base_train_adapter(model, settings.adapter_name)
         for head in _head_modules(model).values():
             head.requires_grad_(True)
-        return model
+        return _trained_in_fp32(model)
     raise ValueError(f"unknown PEFT method {settings.method!r}")
 
 

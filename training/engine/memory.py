@@ -82,6 +82,9 @@ def training_memory(shape: ModelShape, load: StageLoad, *, gradient_checkpointin
     params = shape.num_parameters
     trained = params if load.method == "full" else int(params * ADAPTER_TRAINABLE_SHARE)
     weights = 4 * params  # fp32 master weights; on CUDA the matmuls run under bf16 autocast
+    if load.method != "full" and load.device_kind == "cuda":
+        # LoRA / adapters: the frozen base is loaded in bf16 there (finetuning_methods.base_dtype_for).
+        weights = 2 * params + 4 * trained
     if load.kind == "ppo":
         # A frozen reference policy and a reward model (same base) in bf16 on CUDA, fp32 elsewhere, plus the
         # value head's copy of the policy when fully fine-tuned.

@@ -28,6 +28,8 @@ SHARD_INDEX = "model.safetensors.index.json"
 # Copied as they are; the tokenizer files are written by the tokenizer itself (with the pad token and chat
 # template we settled on).
 MODEL_FILES = ("config.json", "generation_config.json", "README.md", "LICENSE", "LICENSE.txt", "NOTICE")
+# Weights are copied in pieces this big, so a multi-gigabyte shard still moves a progress bar.
+COPY_CHUNK_BYTES = 16 * 2**20
 _SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
 
 
@@ -115,9 +117,15 @@ def check_model_folder(folder: Path, *, chat_template: str | None = None) -> Che
 
 
 def import_model_folder(
-    checked: CheckedModel, target: Path, *, progress: Callable[[str], None] = print
+    checked: CheckedModel,
+    target: Path,
+    *,
+    progress: Callable[[str], None] = print,
+    on_bytes: Callable[[int, int], None] | None = None,
 ) -> SavedModel:
-    """Copy a checked model into `target` atomically (staging folder, then one rename)."""
+    """Copy a checked model into `target` atomically (staging folder, then one rename).
+
+    `on_bytes(copied, total)` is called as the weights are copied (every COPY_CHUNK_BYTES), for a progress bar."""
     target = Path(target)
     if target.exists():
         raise ModelImportError(f"{target} exists already; choose another name.")
@@ -130,8 +138,12 @@ def import_model_folder(
         total = sum(file.stat().st_size for file in checked.weight_files)
         copied = 0
         for file in checked.weight_files:
-            shutil.copyfile(file, staging / file.name)
-            copied += file.stat().st_size
+            with open(file, "rb") as source, open(staging / file.name, "wb") as copy:
+                while chunk := source.read(COPY_CHUNK_BYTES):
+                    copy.write(chunk)
+                    copied += len(chunk)
+                    if on_bytes is not None:
+                        on_bytes(copied, total)
             progress(f"Copied {file.name} ({copied / 2**20:.0f} / {total / 2**20:.0f} MiB)")
         checked.tokenizer.save_pretrained(staging)
         if weights_sha256(sorted(staging.glob("*.safetensors"))) != checked.facts.sha256:

@@ -59,6 +59,7 @@ from training.engine.common import (
     write_json,
 )
 from training.engine.finetuning_methods import (
+    base_dtype_for,
     disabled_adapters,
     has_disableable_adapter,
     load_model_ref,
@@ -250,7 +251,9 @@ def trained_parameters(policy, value_head) -> dict[str, torch.nn.Parameter]:
 def load_models(config: PPOConfig, inputs: StageInputs, device) -> PPOModels:
     """The policy (fp32 master weights; on CUDA its passes run under bf16 autocast), its critic, its reference and
     the scorer's reward model."""
-    policy, tokenizer = load_model_ref(inputs.base, device, task="causal_lm")
+    policy, tokenizer = load_model_ref(
+        inputs.base, device, task="causal_lm", dtype=base_dtype_for(device, config.peft)
+    )
     policy = prepare_model(policy, config.peft).eval()
     value_head = ValueHead(policy.config.hidden_size).to(device)
     # A bottleneck adapter continued from a parent adapter artifact: disabling it would give the grandparent,

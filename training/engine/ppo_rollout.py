@@ -56,7 +56,7 @@ class ValueHead(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.linear(hidden_states).squeeze(-1)
+        return self.linear(hidden_states.to(self.linear.weight.dtype)).squeeze(-1)  # a bf16 base's states
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from training.engine.common import (
 from training.engine.data import conversation_text, preference_pairs, split_held_out
 from training.engine.finetuning_methods import (
     autocast_for,
+    base_dtype_for,
     load_model_ref,
     prepare_model,
 )
@@ -133,7 +134,9 @@ def run(config: RewardStageConfig, inputs: StageInputs) -> StageResult:
     pairs = pairs.select_columns(columns)
     train_pairs, held_out_pairs = split_held_out(pairs, config.held_out_fraction, config.seed)
 
-    model, tokenizer = load_model_ref(inputs.base, device, task="reward")
+    model, tokenizer = load_model_ref(
+        inputs.base, device, task="reward", dtype=base_dtype_for(device, config.peft)
+    )
     model = prepare_model(model, config.peft)
     if fast_paths.use_compiled_layers(config, device):
         fast_paths.compile_decoder_layers(model)

@@ -22,6 +22,7 @@ from training.engine.common import (
     seed_everything,
 )
 from training.engine.finetuning_methods import (
+    base_dtype_for,
     load_model_ref,
     prepare_model,
 )
@@ -63,7 +64,9 @@ def run(config: SftStageConfig, inputs: StageInputs) -> StageResult:
     seed_everything(config.seed)
     device = pick_device(config.device)
     rows = prompt_completion_rows(inputs.data)
-    model, tokenizer = load_model_ref(inputs.base, device, task="causal_lm")
+    model, tokenizer = load_model_ref(
+        inputs.base, device, task="causal_lm", dtype=base_dtype_for(device, config.peft)
+    )
     model = prepare_model(model, config.peft)
     if fast_paths.use_compiled_layers(config, device):
         fast_paths.compile_decoder_layers(model)
