@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -14,13 +14,13 @@ from rest_framework.test import APIClient
 from core.selectors import user_roles
 from core.services import api_token_get_or_create, user_create_or_update
 from labeling.api.serializers import AssignmentSerializer, RankingSerializer, assignment_data, ranking_data
-from labeling.models import Assignment, Comparison, Ranking
+from labeling.models import Assignment, Comparison, Ranking, Response
 from labeling.selectors.annotation import assignment_responses, regular_left_count
 from labeling.services.leasing import (
     _lock_next_candidate,
+    _take,
     assignment_lease_next,
     regular_candidates,
-    slot_state,
     slots_taken,
 )
 from labeling.services.rankings import assignment_skip, ranking_submit
@@ -164,16 +164,48 @@ def test_precompiled_candidates_follow_the_orm_queue(busy_project):
     while found := _lock_next_candidate(
         project=project, annotator_id=me.pk, now=now, skip=got, skip_locked=True
     ):
-        assert found.prompt.messages and found.status == Comparison.Status.OPEN
-        got.append(found.id)
+        comparison, responses = found
+        assert comparison.prompt.messages and comparison.status == Comparison.Status.OPEN
+        assert [r.id for r in responses] == list(
+            comparison.items.order_by("position").values_list("response_id", flat=True)
+        )
+        got.append(comparison.id)
     assert got == expected and len(expected) == 5  # made[0], [2], [5], [6], [8]
     assert regular_left_count(project=project, annotator_id=me.pk, now=now) == len(expected)
-    for comparison in Comparison.objects.filter(project=project):
-        state = slot_state(comparison_id=comparison.id, now=now, annotator_id=me.pk)
-        assert state["taken"] == slots_taken(comparison_id=comparison.id, now=now, exclude_annotator_id=me.pk)
+
+
+def test_taking_a_slot_recounts_it_and_revives_only_an_own_expired_lease(busy_project):
+    project, me, now = busy_project
+    for comparison in Comparison.objects.filter(project=project, is_gold=False):
         mine = Assignment.objects.filter(comparison=comparison, annotator=me).first()
-        assert state["mine"] == (mine.pk if mine else None)
-        assert bool(state["mine_done"]) == bool(mine and mine.state != Assignment.State.LEASED)
+        full = (
+            slots_taken(comparison_id=comparison.id, now=now, exclude_annotator_id=me.pk) >= project.overlap
+        )
+        done = mine is not None and mine.state != Assignment.State.LEASED
+        responses = list(Response.objects.filter(comparison_items__comparison=comparison))
+        with transaction.atomic():
+            taken = _take(
+                comparison=comparison,
+                responses=responses,
+                project=project,
+                annotator_id=me.pk,
+                now=now,
+                overlap=project.overlap,
+            )
+            assert (taken is None) == (full or done), comparison
+            if taken is not None:
+                stored = Assignment.objects.get(comparison=comparison, annotator=me)
+                assert (stored.pk, stored.state, stored.leased_until) == (
+                    taken.pk,
+                    Assignment.State.LEASED,
+                    now + timedelta(seconds=project.lease_seconds),
+                )
+                # A revived lease keeps the order its annotator saw; a new one shows every response once.
+                if mine is not None:
+                    assert stored.pk == mine.pk and taken.display_order == mine.display_order
+                else:
+                    assert sorted(taken.display_order) == sorted(r.id for r in responses)
+            transaction.set_rollback(True)
 
 
 def test_left_count_follows_leases_submissions_and_skips(busy_project):
