@@ -196,7 +196,7 @@ def _record_submission(
             if overlap is not None:
                 cursor.execute(_COMPLETE_SQL.format(plus=""), [comparison_id, comparison_id, overlap])
                 done = cursor.rowcount > 0
-    ranking._state.adding = False
+    ranking._state.adding, ranking._state.db = False, connection.alias
     return bool(done)
 
 

@@ -36,6 +36,7 @@ SUBMIT_BUDGET = 2 + WRITE  # token+user+roles, assignment+comparison+project (lo
 # session, user, roles, project, own assignment, submit (lock + write), next lease (3), page (4)
 HTMX_SUBMIT_BUDGET = 13 + WRITE
 
+
 def _statements(queries) -> list[str]:
     return [q["sql"] for q in queries.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))]
 
