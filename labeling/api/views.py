@@ -16,7 +16,7 @@ from core.api.parsers import StrictFormParser, StrictJSONParser, StrictMultiPart
 from core.api.permissions import IsAdmin, IsAnnotator, IsResearcherOrAdmin, ReadAnyRoleWriteAdmin
 from core.roles import Role
 from core.selectors import user_roles
-from labeling.api import filters, serializers
+from labeling.api import filters, hot_path, serializers
 from labeling.api.import_jobs import ImportJobSerializer
 from labeling.models import (
     Comparison,
@@ -157,6 +157,13 @@ class RankingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     serializer_class = serializers.RankingSerializer
     filterset_class = filters.RankingFilter
     ordering_fields = ["id", "created_at"]
+
+    def dispatch(self, request, *args, **kwargs):
+        # The annotator loop's plain requests skip DRF's machinery (labeling.api.hot_path: same answers).
+        fast = hot_path.answer(request, self.action_map.get(request.method.lower()), self)
+        if fast is not None:
+            return fast
+        return super().dispatch(request, *args, **kwargs)
 
     def get_permissions(self):
         if self.action in ("next", "submit", "skip"):

@@ -17,8 +17,9 @@ from __future__ import annotations
 import math
 import random
 from datetime import datetime, timedelta
+from functools import cache
 
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -31,7 +32,7 @@ from labeling.models import Assignment, Comparison, ComparisonResponse, Project,
 _MAX_CANDIDATES = 16
 
 # The hot path of every lease as precompiled SQL: building these statements with the ORM cost several times the
-# CPU of running them. They say the same as regular_candidates() / slot_state() (tests hold them to it) and run on
+# CPU of running them. They say the same as regular_candidates() / slots_taken() (tests hold them to it) and run on
 # Postgres and SQLite alike; only the row-lock suffix differs.
 _A, _C = Assignment._meta.db_table, Comparison._meta.db_table
 _P, _R = Prompt._meta.db_table, Response._meta.db_table
@@ -58,17 +59,69 @@ _CANDIDATE_SQL = (
     f"AND (s.state = {_SUBMITTED} OR (s.state = {_LEASED} AND s.leased_until > %s))) < %s "
     "ORDER BY o.priority DESC, o.id LIMIT 1{lock}"
 )
-_SLOT_STATE_SQL = (
-    f"SELECT COUNT(CASE WHEN annotator_id <> %s AND (state = {_SUBMITTED} "
-    f"OR (state = {_LEASED} AND leased_until > %s)) THEN 1 END), "
-    "MAX(CASE WHEN annotator_id = %s THEN id END), "
-    f"COUNT(CASE WHEN annotator_id = %s AND state IN ({_SUBMITTED}, {_SKIPPED}) THEN 1 END) "
-    f'FROM "{_A}" WHERE comparison_id = %s'
-)
 _RESPONSES_SQL = (
     f'SELECT {precompiled.columns(Response, "r", "")} FROM "{_R}" r '
     f'JOIN "{_CR}" cr ON cr.response_id = r.id WHERE cr.comparison_id = %s ORDER BY cr.position'
 )
+# The locked candidate with its responses (one row per response, in position order).
+_CANDIDATE_WITH_RESPONSES_SQL = (
+    f"SELECT cand.*, {precompiled.columns(Response, 'r', 'r_')} FROM ({_CANDIDATE_SQL}) cand "
+    f'JOIN "{_CR}" cr ON cr.comparison_id = cand.c_id JOIN "{_R}" r ON r.id = cr.response_id '
+    "ORDER BY cr.position"
+)
+
+
+def _insert_fields(model) -> list:
+    return [field for field in model._meta.concrete_fields if not field.primary_key]
+
+
+def precompiled_insert(model) -> str:
+    """`INSERT INTO "table" (every column but the id) VALUES (%s, …)`, the values as insert_values() gives them."""
+    fields = _insert_fields(model)
+    names = ", ".join(f'"{field.column}"' for field in fields)
+    return f'INSERT INTO "{model._meta.db_table}" ({names}) VALUES ({", ".join(["%s"] * len(fields))})'
+
+
+def insert_values(instance) -> list:
+    """The instance's column values for precompiled_insert(), prepared as the ORM's insert prepares them
+    (auto_now_add fields are set on the instance)."""
+    return [
+        field.get_db_prep_save(field.pre_save(instance, True), connection)
+        for field in _insert_fields(type(instance))
+    ]
+
+
+# Takes a slot of a comparison whose row this transaction holds, in one statement: the slot count is read by this
+# fresh statement after the lock (see the module docstring), and this annotator's expired lease on it, if any, is
+# revived (keeping its display order) by the upsert. No row comes back when the slots are full or this annotator
+# already submitted or skipped it.
+_TAKE_SQL = (
+    f'INSERT INTO "{_A}" ({{names}}) SELECT {{values}} '
+    f'WHERE NOT EXISTS (SELECT 1 FROM "{_A}" d WHERE d.comparison_id = %s AND d.annotator_id = %s '
+    f"AND d.state IN ({_SUBMITTED}, {_SKIPPED})) {{slots}}"
+    "ON CONFLICT (comparison_id, annotator_id) DO UPDATE SET state = excluded.state, "
+    f'leased_at = excluded.leased_at, leased_until = excluded.leased_until WHERE "{_A}".state = {_LEASED} '
+    "RETURNING id, display_order"
+)
+_SLOTS_FREE = (
+    f'AND (SELECT COUNT(*) FROM "{_A}" s WHERE s.comparison_id = %s AND s.annotator_id <> %s '
+    f"AND (s.state = {_SUBMITTED} OR (s.state = {_LEASED} AND s.leased_until > %s))) < %s "
+)
+_TAKEN_FIELDS = ("id", "display_order")
+
+
+@cache
+def _take_sql(vendor: str, *, slots: bool) -> str:
+    fields = _insert_fields(Assignment)
+    # Postgres types the SELECT list's parameters by their values (a string is text, not varchar or jsonb):
+    # cast each to its column's type. SQLite's columns take any value (a CAST would change its affinity).
+    values = (
+        ", ".join(f"CAST(%s AS {field.db_type(connection)})" for field in fields)
+        if vendor == "postgresql"
+        else ", ".join(["%s"] * len(fields))
+    )
+    names = ", ".join(f'"{field.column}"' for field in fields)
+    return _TAKE_SQL.format(names=names, values=values, slots=_SLOTS_FREE if slots else "")
 
 
 def slot_count_expression(*, now: datetime, exclude_annotator_id: int | None = None) -> Coalesce:
@@ -168,44 +221,39 @@ def _comparison_responses(comparison: Comparison) -> list[Response]:
     ]
 
 
-def slot_state(*, comparison_id: int, now: datetime, annotator_id: int) -> dict:
-    """In one statement: slots of the comparison others hold (`taken`), and this annotator's own assignment on it
-    (`mine`: its id or None; `mine_done`: whether it was submitted or skipped)."""
-    at = connection.ops.adapt_datetimefield_value(now)
-    with connection.cursor() as cursor:
-        cursor.execute(_SLOT_STATE_SQL, [annotator_id, at, annotator_id, annotator_id, comparison_id])
-        taken, mine, mine_done = cursor.fetchone()
-    return {"taken": taken, "mine": mine, "mine_done": mine_done}
-
-
 def _take(
-    *, comparison: Comparison, project: Project, annotator_id: int, now: datetime, existing_id: int | None
-) -> Assignment:
-    """Create (or revive this annotator's expired) lease on a comparison whose row this transaction holds."""
-    until = now + timedelta(seconds=project.lease_seconds)
-    responses = _comparison_responses(comparison)
-    if existing_id is not None:
-        existing = Assignment.objects.get(pk=existing_id)
-        existing.state = Assignment.State.LEASED
-        existing.leased_at = now
-        existing.leased_until = until
-        existing.full_clean(exclude=_KNOWN_TO_EXIST, validate_unique=False, validate_constraints=False)
-        existing.save(update_fields=["state", "leased_at", "leased_until"])
-        assignment = existing
-    else:
-        order = [response.pk for response in responses]
-        random.SystemRandom().shuffle(order)
-        assignment = Assignment(
-            comparison=comparison,
-            annotator_id=annotator_id,
-            project=project,
-            state=Assignment.State.LEASED,
-            leased_at=now,
-            leased_until=until,
-            display_order=order,
-        )
-        assignment.full_clean(exclude=_KNOWN_TO_EXIST, validate_unique=False, validate_constraints=False)
-        assignment.save()
+    *,
+    comparison: Comparison,
+    responses: list[Response],
+    project: Project,
+    annotator_id: int,
+    now: datetime,
+    overlap: int | None,
+) -> Assignment | None:
+    """Lease a comparison (or revive this annotator's expired lease on it) in one statement; None when, with
+    `overlap` given, its slots are full, or when this annotator already submitted or skipped it. A regular
+    comparison's row must be locked by this transaction (gold ones have no slots to count: `overlap` None)."""
+    order = [response.pk for response in responses]
+    random.SystemRandom().shuffle(order)
+    assignment = Assignment(
+        comparison=comparison,
+        annotator_id=annotator_id,
+        project=project,
+        state=Assignment.State.LEASED,
+        leased_at=now,
+        leased_until=now + timedelta(seconds=project.lease_seconds),
+        display_order=order,
+    )
+    assignment.full_clean(exclude=_KNOWN_TO_EXIST, validate_unique=False, validate_constraints=False)
+    params = [*insert_values(assignment), comparison.pk, annotator_id]
+    if overlap is not None:
+        params += [comparison.pk, annotator_id, connection.ops.adapt_datetimefield_value(now), overlap]
+    rows = precompiled.fetch(_take_sql(connection.vendor, slots=overlap is not None), params)
+    if not rows:
+        return None
+    taken = precompiled.instance(Assignment, rows[0], "", only=_TAKEN_FIELDS)
+    assignment.pk, assignment.display_order = taken.pk, taken.display_order  # a revived lease keeps its order
+    assignment._state.adding, assignment._state.db = False, connection.alias
     assignment.comparison = comparison
     assignment.project = project
     assignment.__dict__[_LOADED_RESPONSES] = {response.pk: response for response in responses}
@@ -214,8 +262,9 @@ def _take(
 
 def _lock_next_candidate(
     *, project: Project, annotator_id: int, now: datetime, skip: list[int], skip_locked: bool
-) -> Comparison | None:
-    """The first of regular_candidates() not in `skip`, row-locked (with its prompt's messages)."""
+) -> tuple[Comparison, list[Response]] | None:
+    """The first of regular_candidates() not in `skip`, row-locked (with its prompt's messages), and its
+    responses in position order."""
     features = connection.features
     lock = ""
     if features.has_select_for_update:  # SQLite: BEGIN IMMEDIATE already serialises writers.
@@ -226,12 +275,13 @@ def _lock_next_candidate(
     fence = " OFFSET 0" if connection.vendor == "postgresql" else ""
     at = connection.ops.adapt_datetimefield_value(now)
     params = [project.pk, *skip, annotator_id, annotator_id, at, project.overlap]
-    rows = precompiled.fetch(_CANDIDATE_SQL.format(exclude=exclude, fence=fence, lock=lock), params)
+    sql = _CANDIDATE_WITH_RESPONSES_SQL.format(exclude=exclude, fence=fence, lock=lock)
+    rows = precompiled.fetch(sql, params)
     if not rows:
         return None
     comparison = precompiled.instance(Comparison, rows[0], "c_")
     comparison.prompt = precompiled.instance(Prompt, rows[0], "p_", only=_PROMPT_FIELDS)
-    return comparison
+    return comparison, [precompiled.instance(Response, row, "r_") for row in rows]
 
 
 def _lease_regular(*, project: Project, annotator_id: int, now: datetime) -> Assignment | None:
@@ -242,26 +292,27 @@ def _lease_regular(*, project: Project, annotator_id: int, now: datetime) -> Ass
         if not skip_locked and inspected:
             return None
         while len(inspected) < _MAX_CANDIDATES:
-            comparison = _lock_next_candidate(
+            found = _lock_next_candidate(
                 project=project, annotator_id=annotator_id, now=now, skip=inspected, skip_locked=skip_locked
             )
-            if comparison is None:
+            if found is None:
                 break
+            comparison, responses = found
             inspected.append(comparison.id)
             if comparison.status != Comparison.Status.OPEN:
                 continue
-            # A fresh statement now that the row is locked: the candidate query's snapshot may predate a lease
-            # or a submission another annotator committed meanwhile.
-            state = slot_state(comparison_id=comparison.id, now=now, annotator_id=annotator_id)
-            if state["mine_done"] or state["taken"] >= project.overlap:
-                continue
-            return _take(
+            # _take recounts the slots in a fresh statement now that the row is locked: the candidate query's
+            # snapshot may predate a lease or a submission another annotator committed meanwhile.
+            assignment = _take(
                 comparison=comparison,
+                responses=responses,
                 project=project,
                 annotator_id=annotator_id,
                 now=now,
-                existing_id=state["mine"],
+                overlap=project.overlap,
             )
+            if assignment is not None:
+                return assignment
     return None
 
 
@@ -269,13 +320,16 @@ def _lease_gold(*, project: Project, annotator_id: int, now: datetime) -> Assign
     comparison = gold_candidates(project=project, annotator_id=annotator_id).select_related("prompt").first()
     if comparison is None:
         return None
-    try:
-        with transaction.atomic():
-            return _take(
-                comparison=comparison, project=project, annotator_id=annotator_id, now=now, existing_id=None
-            )
-    except IntegrityError:  # the same annotator in a second tab took it a moment ago
-        return None
+    # Shown to every annotator: no slots to count. The upsert makes a second tab of the same annotator that took
+    # it a moment ago share that lease rather than fail on the unique constraint.
+    return _take(
+        comparison=comparison,
+        responses=_comparison_responses(comparison),
+        project=project,
+        annotator_id=annotator_id,
+        now=now,
+        overlap=None,
+    )
 
 
 def assignment_current(*, project: Project, annotator_id: int, now: datetime) -> Assignment | None:

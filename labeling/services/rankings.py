@@ -13,7 +13,7 @@ from django.utils import timezone
 from core import precompiled
 from labeling.models import Assignment, Comparison, Project, Ranking
 from labeling.ranks import ranks_from_pairwise_choice, ranks_validate
-from labeling.services.leasing import slots_taken
+from labeling.services.leasing import insert_values, precompiled_insert, slots_taken
 
 UNDO_WINDOW_SECONDS = 60
 MAX_RATIONALE_CHARS = 5000
@@ -33,9 +33,23 @@ _ASSIGNMENT_SQL = (
     f'FROM "{_A}" a JOIN "{_C}" c ON c.id = a.comparison_id JOIN "{_P}" p ON p.id = a.project_id '
     "WHERE a.id = %s{lock}"
 )
+_R = Ranking._meta.db_table
+_SUBMITTED, _COMPLETE = f"'{Assignment.State.SUBMITTED}'", f"'{Comparison.Status.COMPLETE}'"
+# Every column but the id, in the order insert_values() gives their values.
+_RANKING_INSERT = precompiled_insert(Ranking)
+_CLOSE_ASSIGNMENT_SQL = f'UPDATE "{_A}" SET state = {_SUBMITTED}, finished_at = %s WHERE id = %s'
+# Marks the comparison complete once its rankings reach the overlap. The comparison row is locked by this
+# transaction and every writer of its rankings locks it first, so the count (a snapshot taken after the lock) is
+# current.
 _COMPLETE_SQL = (
-    f'UPDATE "{_C}" SET status = %s WHERE id = %s AND status <> %s '
-    f'AND (SELECT COUNT(*) FROM "{Ranking._meta.db_table}" r WHERE r.comparison_id = %s) >= %s'
+    f'UPDATE "{_C}" SET status = {_COMPLETE} WHERE id = %s AND status <> {_COMPLETE} '
+    f'AND (SELECT COUNT(*) FROM "{_R}" r WHERE r.comparison_id = %s) {{plus}}>= %s'
+)
+# Postgres: the whole submission in one statement. The completion count runs on the statement's snapshot, which
+# does not see the ranking inserted beside it: hence its `+ 1`.
+_SUBMISSION_SQL = (
+    f"WITH r AS ({_RANKING_INSERT} RETURNING id), a AS ({_CLOSE_ASSIGNMENT_SQL}){{complete}} "
+    "SELECT (SELECT id FROM r), {completed}"
 )
 
 
@@ -146,18 +160,44 @@ def ranking_submit(
     ranking.full_clean(
         exclude=["comparison", "annotator", "assignment"], validate_unique=False, validate_constraints=False
     )
-    ranking.save()
+    completes = not comparison.is_gold and comparison.status != Comparison.Status.COMPLETE
+    completed = _record_submission(
+        ranking=ranking, assignment=assignment, now=now, overlap=project.overlap if completes else None
+    )
     assignment.state = Assignment.State.SUBMITTED
     assignment.finished_at = now
-    assignment.save(update_fields=["state", "finished_at"])
-    if not comparison.is_gold and comparison.status != Comparison.Status.COMPLETE:
-        # Counted and marked in one statement; the row lock makes the count (a new snapshot) current.
-        complete = Comparison.Status.COMPLETE
-        with connection.cursor() as cursor:
-            cursor.execute(_COMPLETE_SQL, [complete, comparison.pk, complete, comparison.pk, project.overlap])
-            if cursor.rowcount:
-                comparison.status = complete
+    if completed:
+        comparison.status = Comparison.Status.COMPLETE
     return ranking
+
+
+def _record_submission(
+    *, ranking: Ranking, assignment: Assignment, now: datetime, overlap: int | None
+) -> bool:
+    """Insert the ranking, mark its assignment submitted and (when `overlap` is given) its comparison complete if
+    the rankings reach it: one statement on Postgres, three elsewhere. Returns whether the comparison completed."""
+    values = insert_values(ranking)
+    at = connection.ops.adapt_datetimefield_value(now)
+    comparison_id = ranking.comparison_id
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            complete, completed, params = "", "false", [*values, at, assignment.pk]
+            if overlap is not None:
+                complete = f", c AS ({_COMPLETE_SQL.format(plus='+ 1 ')} RETURNING 1)"
+                completed = "EXISTS (SELECT 1 FROM c)"
+                params += [comparison_id, comparison_id, overlap]
+            cursor.execute(_SUBMISSION_SQL.format(complete=complete, completed=completed), params)
+            ranking.pk, done = cursor.fetchone()
+        else:
+            cursor.execute(f"{_RANKING_INSERT} RETURNING id", values)
+            ranking.pk = cursor.fetchone()[0]
+            cursor.execute(_CLOSE_ASSIGNMENT_SQL, [at, assignment.pk])
+            done = False
+            if overlap is not None:
+                cursor.execute(_COMPLETE_SQL.format(plus=""), [comparison_id, comparison_id, overlap])
+                done = cursor.rowcount > 0
+    ranking._state.adding, ranking._state.db = False, connection.alias
+    return bool(done)
 
 
 @transaction.atomic
