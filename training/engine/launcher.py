@@ -35,8 +35,8 @@ logger = logging.getLogger(__name__)
 
 LAUNCHER_LOG = "torchrun.log"
 LOG_TAIL_CHARS = 3000
-# torchrun's summary of a failed job names the first failure's rank and exit code.
-ROOT_CAUSE = re.compile(r"rank\s*:\s*(\d+).*?\n\s*exitcode\s*:\s*(-?\d+)", re.DOTALL)
+# torchrun's summary of a failed job names the first failure's rank and exit code (after the other failures).
+ROOT_CAUSE = re.compile(r"Root Cause.*?rank\s*:\s*(\d+).*?\n\s*exitcode\s*:\s*(-?\d+)", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -61,14 +61,14 @@ def processes_available(device) -> int:
     return os.cpu_count() or 1
 
 
-def processes_error(config: StageConfig, *, owned: int) -> str | None:
-    """Why `config.processes` cannot run on a worker that owns `owned` GPUs (or cores), None when it can."""
-    if config.processes <= owned:
+def processes_error(processes: int, *, device, owned: int) -> str | None:
+    """Why a stage of `processes` processes cannot run on a worker that owns `owned` GPUs (or CPU cores) of
+    `device`'s kind, None when it can."""
+    if processes <= owned:
         return None
-    device = common.pick_device(config.device)
     what = "GPU(s)" if device.type == "cuda" else "CPU core(s)"
     return (
-        f"the stage asks for {config.processes} processes but this worker owns {owned} {what} "
+        f"the stage asks for {processes} processes but this worker owns {owned} {what} "
         "(TRAINING_GPUS_PER_WORKER); lower `processes` or run it on a worker with more GPUs"
     )
 
@@ -80,7 +80,8 @@ def run_distributed(
     from training.engine.stages import kind_of
 
     settings = settings or LaunchSettings()
-    if message := processes_error(config, owned=processes_available(common.pick_device(config.device))):
+    device = common.pick_device(config.device)
+    if message := processes_error(config.processes, device=device, owned=processes_available(device)):
         raise common.DeviceUnavailableError(message)
     job_dir = Path(tempfile.mkdtemp(prefix="stage-job-"))
     process = None

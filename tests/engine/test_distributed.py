@@ -1,0 +1,196 @@
+"""Stages on several processes (torch.distributed, gloo on the CPU), launched by torchrun as child processes.
+
+Two processes with the same global batch train what one process trains: the same losses step by step and the same
+weights. A cancel reaches both ranks at the same micro-batch, rank 0 keeps the checkpoint, and a resume on two
+processes finishes as an uninterrupted run. A killed rank fails the stage at once, with the reason, and no rank is
+left running.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.engine.test_cancel import conversations, preference_pairs, saved_steps
+from training.engine import distributed, reward_model, sft, stages
+from training.engine.common import ModelRef, StageConfigError, StageInputs, StepMetrics
+from training.engine.launcher import DistributedStageError, LaunchSettings
+
+pytestmark = pytest.mark.distributed
+
+FAST_POLL = LaunchSettings(poll_s=0.05)
+COMMON = dict(
+    batch_size=4,  # the global micro-batch: 2 rows on each of 2 processes
+    learning_rate=1e-3,
+    max_length=64,
+    checkpoint_every=100,  # none but the one a cancel saves
+    device="cpu",
+)
+STAGES = {
+    "sft": (sft.SftStageConfig, conversations, dict(max_steps=4)),
+    "reward": (reward_model.RewardStageConfig, preference_pairs, dict(max_steps=4, held_out_fraction=0.0)),
+}
+
+
+def step_losses(progress: list) -> list[float]:
+    return [
+        report.values["loss"]
+        for report in progress
+        if isinstance(report, StepMetrics) and "loss" in report.values
+    ]
+
+
+def rank_processes() -> dict[int, int]:
+    """rank → process id of the distributed stages this test process launched (read from /proc)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"training.engine.distributed" not in arguments:
+                continue
+            job_dir = Path(arguments[arguments.index(b"training.engine.distributed") + 1].decode())
+            environment = dict(
+                item.split(b"=", 1) for item in (entry / "environ").read_bytes().split(b"\0") if b"=" in item
+            )
+            if f'"launcher_pid": {os.getpid()}' in (job_dir / distributed.JOB_FILE).read_text():
+                found[int(environment[b"RANK"])] = int(entry.name)
+        except (OSError, ValueError, IndexError, KeyError):
+            continue  # not ours, or gone while we looked
+    return found
+
+
+@pytest.mark.parametrize("kind", STAGES)
+def test_two_processes_follow_the_loss_trajectory_of_one_with_the_same_global_batch(
+    kind, tiny_model_dir, tmp_path
+):
+    config_class, data, extra = STAGES[kind]
+    runs = {}
+    for processes in (1, 2):
+        progress: list = []
+        config = config_class(**COMMON, **extra, processes=processes)
+        out_dir = tmp_path / f"on-{processes}"
+        result = stages.run(
+            config, StageInputs(data(), ModelRef(tiny_model_dir), out_dir, progress.append), FAST_POLL
+        )
+        assert (
+            result.status == "completed" and result.steps_completed == 4 and result.artifact_path == out_dir
+        )
+        runs[processes] = (step_losses(progress), load_file(str(out_dir / "model.safetensors")))
+    (one_losses, one_weights), (two_losses, two_weights) = runs[1], runs[2]
+    assert (
+        len(two_losses) == 4 and one_losses[-1] < one_losses[0]
+    )  # it learns, step by step as on one process
+    assert two_losses == pytest.approx(one_losses, rel=1e-3)
+    assert two_weights.keys() == one_weights.keys()
+    for name, weight in one_weights.items():
+        torch.testing.assert_close(two_weights[name], weight, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_a_cancel_reaches_both_ranks_and_a_two_process_resume_finishes_like_an_uninterrupted_run(
+    tiny_model_dir, tmp_path
+):
+    config = sft.SftStageConfig(**COMMON, max_steps=8, processes=2)
+    base = ModelRef(tiny_model_dir)
+    straight = sft.run(
+        sft.SftStageConfig(**COMMON, max_steps=8), StageInputs(conversations(), base, tmp_path / "one")
+    )
+
+    progress: list = []
+    out_dir = tmp_path / "two"
+    asked_at = []
+
+    def should_stop() -> bool:  # asked by the launcher; the ranks hear it through the stop file
+        seen = [report.step for report in progress if isinstance(report, StepMetrics)]
+        if seen and seen[-1] >= 2 and not asked_at:
+            asked_at.append(seen[-1])
+        return bool(asked_at)
+
+    cancelled = stages.run(
+        config, StageInputs(conversations(), base, out_dir, progress.append, should_stop), FAST_POLL
+    )
+    assert cancelled.status == "cancelled" and cancelled.artifact_path is None and not out_dir.exists()
+    assert asked_at[0] <= cancelled.steps_completed < 8
+    assert saved_steps(out_dir) == [
+        cancelled.steps_completed
+    ]  # rank 0's checkpoint of the last completed step
+
+    resumed_progress: list = []
+    resumed = stages.run(
+        config, StageInputs(conversations(), base, out_dir, resumed_progress.append), FAST_POLL
+    )
+    assert resumed.status == "completed" and resumed.steps_completed == 8
+    steps = [
+        report.step
+        for report in resumed_progress
+        if isinstance(report, StepMetrics) and "loss" in report.values
+    ]
+    assert steps == list(range(cancelled.steps_completed + 1, 9))  # both ranks went on from the checkpoint
+    assert resumed.metrics["train_loss"] == pytest.approx(straight.metrics["train_loss"], rel=1e-3)
+
+
+def kill_rank_when_training(rank: int, progress: list) -> threading.Thread:
+    """SIGKILL `rank` once the stage has reported a step (the model is loaded and training)."""
+
+    def kill() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            ranks = rank_processes()
+            if rank in ranks and any(isinstance(report, StepMetrics) for report in progress):
+                os.kill(ranks[rank], signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill, daemon=True)
+    killer.start()
+    return killer
+
+
+def test_a_killed_rank_fails_the_stage_at_once_stops_the_other_and_the_stage_resumes(
+    tiny_model_dir, tmp_path
+):
+    config = sft.SftStageConfig(**{**COMMON, "checkpoint_every": 1}, max_steps=30, processes=2)
+    base = ModelRef(tiny_model_dir)
+    progress: list = []
+    killer = kill_rank_when_training(1, progress)
+    started = time.monotonic()
+    with pytest.raises(
+        DistributedStageError, match=r"rank 1 of the 2-process stage was killed by SIGKILL"
+    ) as failed:
+        stages.run(config, StageInputs(conversations(), base, tmp_path / "out", progress.append), FAST_POLL)
+    killer.join()
+    assert time.monotonic() - started < 30  # no hang: torchrun stopped rank 0 as soon as rank 1 died
+    assert "Resume the stage" in str(failed.value)
+    assert rank_processes() == {}  # no rank outlives the failed stage
+    assert not (tmp_path / "out").exists()
+    [checkpoint_step] = saved_steps(tmp_path / "out")
+    assert 1 <= checkpoint_step < 30
+
+    resumed_progress: list = []
+    resumed = stages.run(
+        config, StageInputs(conversations(), base, tmp_path / "out", resumed_progress.append), FAST_POLL
+    )
+    assert resumed.status == "completed" and resumed.steps_completed == 30
+    assert (
+        min(report.step for report in resumed_progress if isinstance(report, StepMetrics))
+        == checkpoint_step + 1
+    )
+
+
+def test_a_stage_asks_for_processes_it_can_use():
+    with pytest.raises(StageConfigError) as uneven:
+        sft.SftStageConfig(batch_size=6, processes=4)
+    assert "split evenly over the 4 processes" in uneven.value.errors["batch_size"]
+    with pytest.raises(StageConfigError) as one_gpu:
+        sft.SftStageConfig(batch_size=4, processes=2, device="cuda:1")
+    assert "each takes its own GPU" in one_gpu.value.errors["device"]
+    with pytest.raises(StageConfigError) as own_loop:
+        stages.config_from_dict("ppo", {"processes": 2, "batch_size": 4, "mini_batch_size": 2})
+    assert "runs on one process" in own_loop.value.errors["processes"]
+    assert stages.config_from_dict("reward", {"processes": 2, "batch_size": 4}).processes == 2
