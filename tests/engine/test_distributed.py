@@ -3,7 +3,7 @@
 Two processes with the same global batch train what one process trains: the same losses step by step and the same
 weights. A cancel reaches both ranks at the same micro-batch, rank 0 keeps the checkpoint, and a resume on two
 processes finishes as an uninterrupted run. A killed rank fails the stage at once, with the reason, and no rank is
-left running.
+left running (its resume: tests/training/test_distributed_stages.py).
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def step_losses(progress: list) -> list[float]:
     ]
 
 
-def rank_processes() -> dict[int, int]:
-    """rank → process id of the distributed stages this test process launched (read from /proc)."""
+def rank_processes() -> dict[int, tuple[int, Path]]:
+    """rank → (process id, job folder) of the distributed stages this test process launched (read from /proc)."""
     found = {}
     for entry in Path("/proc").iterdir():
         try:
@@ -60,10 +60,30 @@ def rank_processes() -> dict[int, int]:
                 item.split(b"=", 1) for item in (entry / "environ").read_bytes().split(b"\0") if b"=" in item
             )
             if f'"launcher_pid": {os.getpid()}' in (job_dir / distributed.JOB_FILE).read_text():
-                found[int(environment[b"RANK"])] = int(entry.name)
+                found[int(environment[b"RANK"])] = (int(entry.name), job_dir)
         except (OSError, ValueError, IndexError, KeyError):
             continue  # not ours, or gone while we looked
     return found
+
+
+def kill_rank_when_training(rank: int) -> threading.Thread:
+    """SIGKILL `rank` of the stage this process launches once rank 0 has reported two steps: it is training, and
+    (with `checkpoint_every` 1) step 1's checkpoint is written."""
+
+    def kill() -> None:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if (found := rank_processes().get(rank)) is not None:
+                pid, job_dir = found
+                events = job_dir / distributed.EVENTS_FILE
+                if events.exists() and events.read_text().count('"type": "step"') >= 2:
+                    os.kill(pid, signal.SIGKILL)
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill, daemon=True)
+    killer.start()
+    return killer
 
 
 @pytest.mark.parametrize("kind", STAGES)
@@ -135,30 +155,13 @@ def test_a_cancel_reaches_both_ranks_and_a_two_process_resume_finishes_like_an_u
     assert resumed.metrics["train_loss"] == pytest.approx(straight.metrics["train_loss"], rel=1e-3)
 
 
-def kill_rank_when_training(rank: int, progress: list) -> threading.Thread:
-    """SIGKILL `rank` once the stage has reported a step (the model is loaded and training)."""
-
-    def kill() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            ranks = rank_processes()
-            if rank in ranks and any(isinstance(report, StepMetrics) for report in progress):
-                os.kill(ranks[rank], signal.SIGKILL)
-                return
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=kill, daemon=True)
-    killer.start()
-    return killer
-
-
-def test_a_killed_rank_fails_the_stage_at_once_stops_the_other_and_the_stage_resumes(
+def test_a_killed_rank_fails_the_stage_at_once_stops_the_other_and_keeps_the_checkpoint(
     tiny_model_dir, tmp_path
 ):
-    config = sft.SftStageConfig(**{**COMMON, "checkpoint_every": 1}, max_steps=30, processes=2)
+    config = sft.SftStageConfig(**{**COMMON, "checkpoint_every": 1}, max_steps=12, processes=2)
     base = ModelRef(tiny_model_dir)
     progress: list = []
-    killer = kill_rank_when_training(1, progress)
+    killer = kill_rank_when_training(1)
     started = time.monotonic()
     with pytest.raises(
         DistributedStageError, match=r"rank 1 of the 2-process stage was killed by SIGKILL"
@@ -170,17 +173,9 @@ def test_a_killed_rank_fails_the_stage_at_once_stops_the_other_and_the_stage_res
     assert rank_processes() == {}  # no rank outlives the failed stage
     assert not (tmp_path / "out").exists()
     [checkpoint_step] = saved_steps(tmp_path / "out")
-    assert 1 <= checkpoint_step < 30
+    assert 1 <= checkpoint_step < 12
 
-    resumed_progress: list = []
-    resumed = stages.run(
-        config, StageInputs(conversations(), base, tmp_path / "out", resumed_progress.append), FAST_POLL
-    )
-    assert resumed.status == "completed" and resumed.steps_completed == 30
-    assert (
-        min(report.step for report in resumed_progress if isinstance(report, StepMetrics))
-        == checkpoint_step + 1
-    )
+    # The resume on two processes: tests/training/test_distributed_stages.py, through the worker's task.
 
 
 def test_a_stage_asks_for_processes_it_can_use():
