@@ -35,8 +35,8 @@ logger = logging.getLogger(__name__)
 
 LAUNCHER_LOG = "torchrun.log"
 LOG_TAIL_CHARS = 3000
-# torchrun's summary of a failed job names the first failure's rank and exit code (after the other failures).
-ROOT_CAUSE = re.compile(r"Root Cause.*?rank\s*:\s*(\d+).*?\n\s*exitcode\s*:\s*(-?\d+)", re.DOTALL)
+# torchrun's summary of a failed job: a block per failed rank with its exit code.
+RANK_EXIT = re.compile(r"rank\s*:\s*(\d+) \(local_rank.*?\n\s*exitcode\s*:\s*(-?\d+)")
 
 
 @dataclass(frozen=True)
@@ -218,21 +218,40 @@ def _failure(job_dir: Path, returncode: int, processes: int) -> StageFailure:
     if errors and errors[0]["type"] in failure_classes:  # a reason the user can act on, as the stage said it
         return failure_classes[errors[0]["type"]](errors[0]["message"])
     log_text = (job_dir / LAUNCHER_LOG).read_text(errors="replace")
-    if match := ROOT_CAUSE.search(log_text):
-        failed_rank, exit_code = int(match.group(1)), int(match.group(2))
-        how = _exit_described(exit_code)
-    else:
-        failed_rank, how = None, _exit_described(returncode)
-    rank_error = next(
-        (error for error in errors if error["rank"] == failed_rank), errors[0] if errors else None
-    )
-    reason = f": {rank_error['type']}: {rank_error['message']}" if rank_error else ""
-    who = f"rank {failed_rank}" if failed_rank is not None else "a rank"
     logger.warning("distributed stage failed; torchrun's output ends with:\n%s", log_text[-LOG_TAIL_CHARS:])
+    failed_rank, exit_code = _first_failed_rank(errors, _exit_codes(log_text))
+    error = next((error for error in errors if error["rank"] == failed_rank), None)
+    how = _exit_described(exit_code if exit_code is not None else returncode)
+    reason = f": {error['type']}: {error['message']}" if error else ""
+    who = f"rank {failed_rank}" if failed_rank is not None else "a rank"
     return DistributedStageError(
         f"{who} of the {processes}-process stage {how}{reason}; the other processes were stopped. "
         "Resume the stage to continue from its last checkpoint."
     )
+
+
+def _exit_codes(log_text: str) -> dict[int, int]:
+    """Each failed rank's exit code, from torchrun's summary (a negative code: the signal that ended it)."""
+    codes: dict[int, int] = {}
+    for match in RANK_EXIT.finditer(log_text):
+        codes.setdefault(int(match.group(1)), int(match.group(2)))
+    return codes
+
+
+def _first_failed_rank(errors: list[dict], exit_codes: dict[int, int]) -> tuple[int | None, int | None]:
+    """(rank, exit code) of the failure the others follow from. torchrun's own "root cause" is the first exit it
+    noticed, which can be a peer it stopped itself; so: a rank that died without raising (killed, out of memory) and
+    not by torchrun's SIGTERM, else the rank that raised first, else any rank that failed."""
+    raised = {error["rank"] for error in errors}
+    died = sorted(rank for rank, code in exit_codes.items() if rank not in raised and code != -signal.SIGTERM)
+    if died:
+        return died[0], exit_codes[died[0]]
+    if errors:
+        return errors[0]["rank"], exit_codes.get(errors[0]["rank"])
+    if exit_codes:
+        rank = min(exit_codes)
+        return rank, exit_codes[rank]
+    return None, None
 
 
 def _exit_described(code: int) -> str:
