@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -49,6 +51,10 @@ def step_losses(progress: list) -> list[float]:
 
 def rank_processes() -> dict[int, tuple[int, Path]]:
     """rank → (process id, job folder) of the distributed stages this test process launched (read from /proc)."""
+    return rank_processes_of(os.getpid())
+
+
+def rank_processes_of(launcher_pid: int) -> dict[int, tuple[int, Path]]:
     found = {}
     for entry in Path("/proc").iterdir():
         try:
@@ -59,7 +65,7 @@ def rank_processes() -> dict[int, tuple[int, Path]]:
             environment = dict(
                 item.split(b"=", 1) for item in (entry / "environ").read_bytes().split(b"\0") if b"=" in item
             )
-            if f'"launcher_pid": {os.getpid()}' in (job_dir / distributed.JOB_FILE).read_text():
+            if f'"launcher_pid": {launcher_pid}' in (job_dir / distributed.JOB_FILE).read_text():
                 found[int(environment[b"RANK"])] = (int(entry.name), job_dir)
         except (OSError, ValueError, IndexError, KeyError):
             continue  # not ours, or gone while we looked
@@ -189,3 +195,53 @@ def test_a_stage_asks_for_processes_it_can_use():
         stages.config_from_dict("ppo", {"processes": 2, "batch_size": 4, "mini_batch_size": 2})
     assert "runs on one process" in own_loop.value.errors["processes"]
     assert stages.config_from_dict("reward", {"processes": 2, "batch_size": 4}).processes == 2
+
+
+LAUNCHER_SCRIPT = """
+import sys
+from pathlib import Path
+from tests.engine.test_cancel import conversations
+from training.engine import sft, stages
+from training.engine.common import ModelRef, StageInputs
+from training.engine.launcher import LaunchSettings
+
+config = sft.SftStageConfig(
+    max_steps=200, batch_size=4, learning_rate=1e-3, max_length=64, checkpoint_every=1000, device="cpu", processes=2
+)
+inputs = StageInputs(conversations(), ModelRef(Path(sys.argv[1])), Path(sys.argv[2]))
+stages.run(config, inputs, LaunchSettings(poll_s=0.05))
+"""
+
+
+def test_ranks_whose_launcher_is_killed_stop_at_the_next_micro_batch_and_keep_a_checkpoint(
+    tiny_model_dir, tmp_path
+):
+    """A gpu worker killed mid-stage (SIGKILL, OOM killer) leaves no rank training on: they see their launcher gone,
+    stop together as on a cancel and checkpoint, so the resume after the stale-heartbeat check loses nothing."""
+    out_dir = tmp_path / "out"
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER_SCRIPT, str(tiny_model_dir), str(out_dir)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), *sys.path])},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        job_dir = None
+        while time.monotonic() < deadline and job_dir is None:
+            for _rank, (_pid, folder) in rank_processes_of(launcher.pid).items():
+                events = folder / distributed.EVENTS_FILE
+                if events.exists() and events.read_text().count('"type": "step"') >= 2:
+                    job_dir = folder
+            time.sleep(0.05)
+        assert job_dir is not None, "the stage never reported two steps"
+    finally:
+        launcher.kill()
+        launcher.wait()
+    deadline = time.monotonic() + 30
+    while rank_processes_of(launcher.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert rank_processes_of(launcher.pid) == {}
+    [step] = saved_steps(out_dir)
+    assert 2 <= step < 200 and not out_dir.exists()
+    assert not job_dir.exists()  # rank 0 removed the job folder its launcher could not

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -253,6 +254,15 @@ def run_rank(job_dir: Path) -> None:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+        if this_rank == 0 and not _alive(_launcher_pid(job_dir)):
+            shutil.rmtree(job_dir, ignore_errors=True)  # nobody else is left to remove it
+
+
+def _launcher_pid(job_dir: Path) -> int | None:
+    try:
+        return json.loads((job_dir / JOB_FILE).read_text()).get("launcher_pid")
+    except (OSError, ValueError):
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:

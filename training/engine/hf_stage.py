@@ -231,5 +231,6 @@ def trainer_arguments(config: StageConfig, checkpoint_dir: Path) -> dict:
         "use_cpu": device.type == "cpu",
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
+        "ddp_find_unused_parameters": False,  # several processes: every trained parameter gets a gradient
         "remove_unused_columns": True,
     }

@@ -142,6 +142,7 @@ def _torchrun_command(processes: int, job_dir: Path) -> list[str]:
         f"--nproc-per-node={processes}",
         "--max-restarts=0",  # a failed rank fails the stage; resume is the user's call
         "--monitor-interval=0.2",
+        f"--log-dir={job_dir / 'torchelastic'}",  # removed with the job folder (its default is a new /tmp folder)
         "-m",
         "training.engine.distributed",
         str(job_dir),
