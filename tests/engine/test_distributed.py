@@ -21,8 +21,8 @@ import torch
 from safetensors.torch import load_file
 
 from tests.engine.test_cancel import conversations, preference_pairs, saved_steps
-from training.engine import distributed, reward_model, sft, stages
-from training.engine.common import ModelRef, StageConfigError, StageInputs, StepMetrics
+from training.engine import contrastive, distributed, reward_model, sft, stages
+from training.engine.common import ModelRef, PeftSettings, StageConfigError, StageInputs, StepMetrics
 from training.engine.launcher import DistributedStageError, LaunchSettings
 
 pytestmark = pytest.mark.distributed
@@ -38,6 +38,12 @@ COMMON = dict(
 STAGES = {
     "sft": (sft.SftStageConfig, conversations, dict(max_steps=4)),
     "reward": (reward_model.RewardStageConfig, preference_pairs, dict(max_steps=4, held_out_fraction=0.0)),
+    # Its own loop, with the gradients averaged over the ranks; a full fine-tune, so the weights compare.
+    "contrastive": (
+        contrastive.ContrastiveStageConfig,
+        preference_pairs,
+        dict(max_steps=4, peft=PeftSettings(method="full")),
+    ),
 }
 
 

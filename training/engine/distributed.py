@@ -75,6 +75,48 @@ def per_process_batch(global_batch: int) -> int:
     return max(1, global_batch // world_size())
 
 
+def shard(rows: list) -> list:
+    """This rank's contiguous share of a global batch (all of it outside a distributed job), as the Trainer's
+    sharded data loader splits one: rank r of n gets the r-th n-th."""
+    size, index = world_size(), rank()
+    return rows[index * len(rows) // size : (index + 1) * len(rows) // size]
+
+
+def average_gradients(parameters) -> None:
+    """What DDP does to the gradients, for the stages with their own loop: each becomes the mean over the ranks, so
+    every rank takes the same optimizer step (outside a distributed job: nothing). Call it after the backward
+    passes of a step's micro-batches, on every rank."""
+    if world_size() == 1:
+        return
+    import torch.distributed as dist
+
+    for parameter in parameters:
+        if parameter.grad is not None:
+            dist.all_reduce(parameter.grad, op=dist.ReduceOp.AVG if _nccl() else dist.ReduceOp.SUM)
+            if not _nccl():  # gloo has no average
+                parameter.grad.div_(world_size())
+
+
+def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """`values` (a step's metrics) averaged over the ranks, every rank calling it; unchanged outside a job."""
+    if world_size() == 1 or not values:
+        return values
+    import torch
+    import torch.distributed as dist
+
+    device = torch.device("cuda", torch.cuda.current_device()) if _nccl() else torch.device("cpu")
+    names = sorted(values)
+    summed = torch.tensor([float(values[name]) for name in names], dtype=torch.float64, device=device)
+    dist.all_reduce(summed)
+    return {name: float(total) / world_size() for name, total in zip(names, summed.tolist(), strict=True)}
+
+
+def _nccl() -> bool:
+    import torch.distributed as dist
+
+    return dist.get_backend() == "nccl"
+
+
 def process_group_init(device, timeout_s: float) -> None:
     """Join the torchrun job's process group: NCCL between GPUs, gloo on the CPU. A collective that waits longer
     than `timeout_s` (a peer died or hangs) raises instead of hanging the job."""

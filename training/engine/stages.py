@@ -39,7 +39,8 @@ class StageSpec:
     config_class: str
     data_format: Literal["sft", "pairwise", "prompts"]  # which snapshot file the stage trains on
     produces: Literal["policy", "reward"]
-    # Runs on several processes (`processes` > 1, DDP through the Trainer); the own-loop stages run on one for now.
+    # Runs on several processes (`processes` > 1): DDP through the Trainer, or `distributed.average_gradients` in an
+    # own loop (contrastive); PPO runs on one for now.
     distributed: bool = False
 
 
@@ -49,7 +50,9 @@ STAGES: dict[str, StageSpec] = {
         "reward", "reward_model", "RewardStageConfig", "pairwise", "reward", distributed=True
     ),
     "ppo": StageSpec("ppo", "ppo", "PPOConfig", "prompts", "policy"),
-    "contrastive": StageSpec("contrastive", "contrastive", "ContrastiveStageConfig", "pairwise", "policy"),
+    "contrastive": StageSpec(
+        "contrastive", "contrastive", "ContrastiveStageConfig", "pairwise", "policy", distributed=True
+    ),
 }
 
 
