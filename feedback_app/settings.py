@@ -225,6 +225,14 @@ TRAINING_STALE_CHECK_S = float(env_str("TRAINING_STALE_CHECK_S", "60"))
 TRAINING_PROGRESS_WRITE_S = float(env_str("TRAINING_PROGRESS_WRITE_S", "1"))
 # A running stage asks for cancel between micro-batches and decode steps; it looks the flag up at most this often.
 TRAINING_CANCEL_POLL_S = float(env_str("TRAINING_CANCEL_POLL_S", "0.5"))
+# GPUs this worker owns: a stage whose config asks for `processes` > 1 runs as a torch.distributed job of that many
+# child processes, one per GPU, and may ask for at most this many (unset: every GPU the worker sees, which
+# CUDA_VISIBLE_DEVICES limits; 0 or 1: one process). On a CPU worker it caps gloo processes the same way.
+TRAINING_GPUS_PER_WORKER = env_int("TRAINING_GPUS_PER_WORKER", -1)
+if TRAINING_GPUS_PER_WORKER < -1:
+    raise ImproperlyConfigured("TRAINING_GPUS_PER_WORKER must be 0 or more (unset: all the worker sees)")
+# A rank of a distributed stage waiting this long in a collective (a peer hangs) fails the stage instead of hanging.
+TRAINING_DISTRIBUTED_TIMEOUT_S = float(env_str("TRAINING_DISTRIBUTED_TIMEOUT_S", "1800"))
 # Publishing a job's task: a short bounded retry (about 1.5 s), then the caller hears that the broker is down.
 JOBS_PUBLISH_RETRY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
 # A job published this long ago and still not picked up is published again (its message may be lost, e.g. a

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from training.engine import distributed
 from training.engine.common import json_safe
 
 FORMAT = "stage-checkpoint/1"
@@ -141,8 +142,14 @@ def capture(
 
 
 def write(checkpoint_dir: Path, checkpoint: Checkpoint) -> Path:
-    """Write `checkpoint` as `step-N` under `checkpoint_dir` and remove the older ones (and any half-written one)."""
+    """Write `checkpoint` as `step-N` under `checkpoint_dir` and remove the older ones (and any half-written one).
+
+    In a distributed job only rank 0 writes (every rank holds the same state under DDP); the others return at once.
+    """
     checkpoint_dir = Path(checkpoint_dir)
+    target = checkpoint_dir / f"step-{checkpoint.step:08d}"
+    if not distributed.is_main_process():
+        return target
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-step-", dir=checkpoint_dir))
     try:
@@ -153,7 +160,6 @@ def write(checkpoint_dir: Path, checkpoint: Checkpoint) -> Path:
         for name, document in {STATE_FILE: checkpoint.state, **checkpoint.documents}.items():
             # No `default=`: a value JSON cannot hold is an error here, not a string that a resume misreads.
             (staging / name).write_text(json.dumps(json_safe(document), indent=1, sort_keys=True))
-        target = checkpoint_dir / f"step-{checkpoint.step:08d}"
         if target.exists():  # the same step again (a cancel right after a periodic checkpoint): same state
             shutil.rmtree(target)
         os.replace(staging, target)

@@ -243,6 +243,9 @@ class StageConfig:
     # CUDA only (ignored on CPU): compile each decoder layer (fast_paths.py). About 40 s of compilation, then
     # 2.4× faster SFT steps on an H200 (benchmarks/RESULTS.md); False for short runs or a debugging session.
     compile: bool = True
+    # One process per GPU as a torch.distributed job (DDP) when above 1 (`launcher.py`); `batch_size` stays the
+    # global micro-batch, split evenly over the processes. On a CPU worker: gloo processes.
+    processes: int = 1
     peft: PeftSettings = field(default_factory=PeftSettings)
 
     LIMITS: ClassVar[dict[str, Bounds]] = {
@@ -254,6 +257,7 @@ class StageConfig:
         "seed": Bounds(0, MAX_SEED),
         "checkpoint_every": Bounds(0, 1_000_000),  # 0 disables checkpoints
         "log_every": Bounds(1, 1_000_000),  # in the stages that have it
+        "processes": Bounds(1, 64),
     }
 
     def __post_init__(self) -> None:
@@ -266,6 +270,15 @@ class StageConfig:
         errors = field_errors(self)
         if "device" not in errors and not DEVICE_PATTERN.fullmatch(self.device):
             errors["device"] = "must be 'auto', 'cpu', 'cuda', 'cuda:N' (a GPU index) or 'mps'"
+        if "processes" not in errors and self.processes > 1:
+            if "batch_size" not in errors and self.batch_size % self.processes:
+                errors["batch_size"] = (
+                    f"must split evenly over the {self.processes} processes (the global micro-batch)"
+                )
+            if "device" not in errors and self.device not in ("auto", "cpu", "cuda"):
+                errors["device"] = (
+                    "must be 'auto', 'cuda' or 'cpu' on several processes (each takes its own GPU)"
+                )
         return errors
 
     def to_dict(self) -> dict:
@@ -348,7 +361,9 @@ def pick_device(preference: str = "auto"):
     import torch
 
     if preference == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        preference = "cuda" if torch.cuda.is_available() else "cpu"
+    if preference == "cuda" and "LOCAL_RANK" in os.environ:  # a rank of a distributed job: its own GPU
+        preference = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     if not isinstance(preference, str) or not DEVICE_PATTERN.fullmatch(preference):
         raise DeviceUnavailableError(
             f"device {preference!r} is not a training device; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"

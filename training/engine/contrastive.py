@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from datasets import Dataset
 from torch import nn
 
-from training.engine import checkpoints, fast_paths
+from training.engine import checkpoints, distributed, fast_paths
 from training.engine.common import (
     STAGE_MANIFEST,
     Bounds,
@@ -268,7 +268,7 @@ def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
             order = torch.randperm(
                 len(examples), generator=torch.Generator().manual_seed(config.seed + epoch)
             )
-            chosen = order[position * batch_size : (position + 1) * batch_size].tolist()
+            chosen = distributed.shard(order[position * batch_size : (position + 1) * batch_size].tolist())
             batch = collate([examples[i] for i in chosen], tokenizer.pad_token_id, device)
             with autocast_for(device):
                 reference = policy.reference_log_probs(batch) if config.loss == "dpo" else None
@@ -287,6 +287,7 @@ def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
                     step=step + 1,
                     learning_rate=config.learning_rate,
                 )
+        distributed.average_gradients(trainable.values())  # several processes: DDP's mean over the ranks
         optimizer.step()
         step += 1
 
@@ -298,6 +299,7 @@ def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
                 "log_prob_margin": float(margin.mean()),
                 "preference_accuracy": float((margin > 0).float().mean()),
             }
+            metrics = distributed.mean_over_ranks(metrics)
             inputs.on_progress(StepMetrics(step=step, total_steps=config.max_steps, values=metrics))
 
     policy.model.eval()
@@ -307,6 +309,8 @@ def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
         return save_completed_stage(
             policy.model, tokenizer, config, inputs, stage=STAGE_NAME, metrics=metrics, steps_completed=step
         )
+    if not distributed.is_main_process():  # rank 0 writes the artifact
+        return StageResult("completed", None, metrics, steps_completed=step)
     with staged_output(inputs.out_dir) as staging:
         policy.mixture.save(staging)
         tokenizer.save_pretrained(str(staging))

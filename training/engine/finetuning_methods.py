@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from training.engine import adapters
+from training.engine import adapters, distributed
 from training.engine.common import (
     STAGE_MANIFEST,
     ModelRef,
@@ -314,7 +314,10 @@ def save_completed_stage(
     write_more: Callable[[Path], None] | None = None,
 ) -> StageResult:
     """Write a finished stage's artifact into place (a staging folder renamed to `inputs.out_dir` once complete;
-    `write_more(staging)` adds the stage's own files) and return its completed result."""
+    `write_more(staging)` adds the stage's own files) and return its completed result. In a distributed job only
+    rank 0 writes it (the ranks' models are the same)."""
+    if not distributed.is_main_process():
+        return StageResult("completed", None, metrics, steps_completed)
     with staged_output(inputs.out_dir) as staging:
         save_stage_artifact(
             model,

@@ -15,7 +15,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
-from training.engine import checkpoints, fast_paths
+from training.engine import checkpoints, distributed, fast_paths
 from training.engine.common import (
     StageConfig,
     StageInputs,
@@ -209,7 +209,7 @@ def trainer_arguments(config: StageConfig, checkpoint_dir: Path) -> dict:
     return {
         "output_dir": str(checkpoint_dir),
         "max_steps": config.max_steps,
-        "per_device_train_batch_size": config.batch_size,
+        "per_device_train_batch_size": distributed.per_process_batch(config.batch_size),  # same global batch
         "gradient_accumulation_steps": config.gradient_accumulation_steps,
         "learning_rate": config.learning_rate,
         "seed": config.seed,
@@ -232,5 +232,6 @@ def trainer_arguments(config: StageConfig, checkpoint_dir: Path) -> dict:
         "use_cpu": device.type == "cpu",
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
+        "ddp_find_unused_parameters": False,  # several processes: every trained parameter gets a gradient
         "remove_unused_columns": True,
     }

@@ -15,7 +15,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import import_module
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from training.engine.common import (
     PeftSettings,
@@ -25,6 +25,9 @@ from training.engine.common import (
     StageResult,
     type_error,
 )
+
+if TYPE_CHECKING:
+    from training.engine.launcher import LaunchSettings
 
 StageKind = Literal["sft", "reward", "ppo", "contrastive"]
 
@@ -36,13 +39,20 @@ class StageSpec:
     config_class: str
     data_format: Literal["sft", "pairwise", "prompts"]  # which snapshot file the stage trains on
     produces: Literal["policy", "reward"]
+    # Runs on several processes (`processes` > 1): DDP through the Trainer, or `distributed.average_gradients` in an
+    # own loop (contrastive); PPO runs on one for now.
+    distributed: bool = False
 
 
 STAGES: dict[str, StageSpec] = {
-    "sft": StageSpec("sft", "sft", "SftStageConfig", "sft", "policy"),
-    "reward": StageSpec("reward", "reward_model", "RewardStageConfig", "pairwise", "reward"),
+    "sft": StageSpec("sft", "sft", "SftStageConfig", "sft", "policy", distributed=True),
+    "reward": StageSpec(
+        "reward", "reward_model", "RewardStageConfig", "pairwise", "reward", distributed=True
+    ),
     "ppo": StageSpec("ppo", "ppo", "PPOConfig", "prompts", "policy"),
-    "contrastive": StageSpec("contrastive", "contrastive", "ContrastiveStageConfig", "pairwise", "policy"),
+    "contrastive": StageSpec(
+        "contrastive", "contrastive", "ContrastiveStageConfig", "pairwise", "policy", distributed=True
+    ),
 }
 
 
@@ -67,7 +77,17 @@ def config_from_dict(kind: str, values: dict[str, Any] | None) -> StageConfig:
     config = _build(cls, values or {}, prefix="", errors=errors)
     if errors:
         raise StageConfigError(errors)
+    processes_check(kind, config)
     return config
+
+
+def processes_check(kind: str, config: StageConfig) -> None:
+    """StageConfigError when a stage that runs on one process only asks for several."""
+    if config.processes > 1 and not stage_spec(kind).distributed:
+        on_several = ", ".join(name for name, spec in STAGES.items() if spec.distributed)
+        raise StageConfigError(
+            {"processes": f"the {kind} stage runs on one process; only {on_several} run on several"}
+        )
 
 
 def config_defaults(kind: str) -> dict[str, Any]:
@@ -85,8 +105,14 @@ def kind_of(config: StageConfig) -> str:
     raise StageConfigError({"__all__": f"{type(config).__name__} is not the config of a stage"})
 
 
-def run(config: StageConfig, inputs: StageInputs) -> StageResult:
-    """Run the stage `config` belongs to on `inputs`: every stage has the same `run(config, inputs)`."""
+def run(config: StageConfig, inputs: StageInputs, launch: LaunchSettings | None = None) -> StageResult:
+    """Run the stage `config` belongs to on `inputs`: every stage has the same `run(config, inputs)`. A stage that
+    asks for several processes runs as a torch.distributed job of child processes (`launcher`, with `launch`)."""
+    if config.processes > 1:
+        from training.engine.launcher import run_distributed
+
+        processes_check(kind_of(config), config)
+        return run_distributed(config, inputs, launch)
     stage_run: Callable[[StageConfig, StageInputs], StageResult] = import_module(
         f"training.engine.{stage_spec(kind_of(config)).module}"
     ).run

@@ -33,7 +33,7 @@ def stages_fit_memory(
     kind_of_device = device_kind(worker.device)
     where = "GPU" if kind_of_device == "cuda" else "machine"
     for kind, method, config in stages:
-        rows = config["batch_size"]
+        rows = max(1, config["batch_size"] // config.get("processes", 1))  # each GPU's share of the batch
         if kind == "ppo":
             rows = max(1, config["mini_batch_size"] // config["gradient_accumulation_steps"])
         load = memory.StageLoad(kind, method, rows, config["max_length"], kind_of_device)

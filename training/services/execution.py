@@ -41,6 +41,7 @@ from training.engine.common import (
 from training.jobs import stage_enqueue, stage_fail
 from training.models import StageRun, TrainingRun
 from training.services import datasets
+from training.services.distributed_launch import launch_settings, stage_processes_error
 from training.signals import training_run_succeeded
 
 logger = logging.getLogger(__name__)
@@ -200,8 +201,11 @@ def _claim(*, stage_run_id: int, worker: str, task_id: str) -> StageRun | None:
         blocking = run.stages.filter(position__lt=stage.position).exclude(status=StageRun.Status.SUCCEEDED)
         if blocking.exists():
             return None
+        processes = stage.config.get("processes", 1)
         try:
             device = pick_device(stage.config.get("device", "auto"))
+            if message := stage_processes_error(processes=processes, device=device):
+                raise DeviceUnavailableError(message)
         except DeviceUnavailableError as exc:
             # Failed here, once, with the reason: the message is acknowledged, so nothing retries it.
             stage.worker = worker
@@ -210,7 +214,7 @@ def _claim(*, stage_run_id: int, worker: str, task_id: str) -> StageRun | None:
             return None
         stage.status = StageRun.Status.RUNNING
         stage.worker = worker
-        stage.device = str(device)
+        stage.device = f"{device} ×{processes}" if processes > 1 else str(device)
         stage.celery_task_id = task_id or stage.celery_task_id
         stage.started_at = stage.started_at or now
         stage.heartbeat_at = now
@@ -267,7 +271,7 @@ def stage_run_execute(*, stage_run_id: int, worker: str = "", task_id: str = "")
                 should_stop=reporter.should_stop,
                 reward_model=model_version_ref(reward) if reward else None,
             )
-            result = engine_stages.run(config, inputs)
+            result = engine_stages.run(config, inputs, launch_settings())
             metrics, status, steps = result.metrics, result.status, result.steps_completed
         reporter.step = max(reporter.step, steps)
         reporter.phase = {}

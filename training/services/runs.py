@@ -22,6 +22,7 @@ from training.jobs import run_enqueue, stage_enqueue
 from training.models import StageRun, TrainingRun
 from training.services import datasets
 from training.services.capacity import stages_fit_memory
+from training.services.distributed_launch import stages_fit_workers
 
 PRESET_STAGES: dict[str, tuple[str, ...]] = {
     TrainingRun.Preset.RLHF: ("sft", "reward", "ppo"),
@@ -212,6 +213,7 @@ def launch_validate(
     elif plan is not None:
         _validate_lora_targets(plan, base_model, errors)
         stages_fit_memory(stages=plan.stages, base_model=base_model, errors=errors)
+        stages_fit_workers(stages=plan.stages, errors=errors)
     if errors:
         raise ValidationError(errors)
     return plan, base_model

@@ -1,0 +1,253 @@
+"""Stages on several processes (torch.distributed, gloo on the CPU), launched by torchrun as child processes.
+
+Two processes with the same global batch train what one process trains: the same losses step by step and the same
+weights. A cancel reaches both ranks at the same micro-batch, rank 0 keeps the checkpoint, and a resume on two
+processes finishes as an uninterrupted run. A killed rank fails the stage at once, with the reason, and no rank is
+left running (its resume: tests/training/test_distributed_stages.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.engine.test_cancel import conversations, preference_pairs, saved_steps
+from training.engine import contrastive, distributed, reward_model, sft, stages
+from training.engine.common import ModelRef, PeftSettings, StageConfigError, StageInputs, StepMetrics
+from training.engine.launcher import DistributedStageError, LaunchSettings
+
+pytestmark = pytest.mark.distributed
+
+FAST_POLL = LaunchSettings(poll_s=0.05)
+COMMON = dict(
+    batch_size=4,  # the global micro-batch: 2 rows on each of 2 processes
+    learning_rate=1e-3,
+    max_length=64,
+    checkpoint_every=100,  # none but the one a cancel saves
+    device="cpu",
+)
+STAGES = {
+    "sft": (sft.SftStageConfig, conversations, dict(max_steps=4)),
+    "reward": (reward_model.RewardStageConfig, preference_pairs, dict(max_steps=4, held_out_fraction=0.0)),
+    # Its own loop, with the gradients averaged over the ranks; a full fine-tune, so the weights compare.
+    "contrastive": (
+        contrastive.ContrastiveStageConfig,
+        preference_pairs,
+        dict(max_steps=4, peft=PeftSettings(method="full")),
+    ),
+}
+
+
+def step_losses(progress: list) -> list[float]:
+    return [
+        report.values["loss"]
+        for report in progress
+        if isinstance(report, StepMetrics) and "loss" in report.values
+    ]
+
+
+def rank_processes() -> dict[int, tuple[int, Path]]:
+    """rank → (process id, job folder) of the distributed stages this test process launched (read from /proc)."""
+    return rank_processes_of(os.getpid())
+
+
+def rank_processes_of(launcher_pid: int) -> dict[int, tuple[int, Path]]:
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"training.engine.distributed" not in arguments:
+                continue
+            job_dir = Path(arguments[arguments.index(b"training.engine.distributed") + 1].decode())
+            environment = dict(
+                item.split(b"=", 1) for item in (entry / "environ").read_bytes().split(b"\0") if b"=" in item
+            )
+            if f'"launcher_pid": {launcher_pid}' in (job_dir / distributed.JOB_FILE).read_text():
+                found[int(environment[b"RANK"])] = (int(entry.name), job_dir)
+        except (OSError, ValueError, IndexError, KeyError):
+            continue  # not ours, or gone while we looked
+    return found
+
+
+def kill_rank_when_training(rank: int) -> threading.Thread:
+    """SIGKILL `rank` of the stage this process launches once rank 0 has reported two steps: it is training, and
+    (with `checkpoint_every` 1) step 1's checkpoint is written."""
+
+    def kill() -> None:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if (found := rank_processes().get(rank)) is not None:
+                pid, job_dir = found
+                events = job_dir / distributed.EVENTS_FILE
+                if events.exists() and events.read_text().count('"type": "step"') >= 2:
+                    os.kill(pid, signal.SIGKILL)
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill, daemon=True)
+    killer.start()
+    return killer
+
+
+@pytest.mark.parametrize("kind", STAGES)
+def test_two_processes_follow_the_loss_trajectory_of_one_with_the_same_global_batch(
+    kind, tiny_model_dir, tmp_path
+):
+    config_class, data, extra = STAGES[kind]
+    runs = {}
+    for processes in (1, 2):
+        progress: list = []
+        config = config_class(**COMMON, **extra, processes=processes)
+        out_dir = tmp_path / f"on-{processes}"
+        result = stages.run(
+            config, StageInputs(data(), ModelRef(tiny_model_dir), out_dir, progress.append), FAST_POLL
+        )
+        assert (
+            result.status == "completed" and result.steps_completed == 4 and result.artifact_path == out_dir
+        )
+        runs[processes] = (step_losses(progress), load_file(str(out_dir / "model.safetensors")))
+    (one_losses, one_weights), (two_losses, two_weights) = runs[1], runs[2]
+    assert (
+        len(two_losses) == 4 and one_losses[-1] < one_losses[0]
+    )  # it learns, step by step as on one process
+    assert two_losses == pytest.approx(one_losses, rel=1e-3)
+    assert two_weights.keys() == one_weights.keys()
+    for name, weight in one_weights.items():
+        torch.testing.assert_close(two_weights[name], weight, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_a_cancel_reaches_both_ranks_and_a_two_process_resume_finishes_like_an_uninterrupted_run(
+    tiny_model_dir, tmp_path
+):
+    config = sft.SftStageConfig(**COMMON, max_steps=8, processes=2)
+    base = ModelRef(tiny_model_dir)
+    straight = sft.run(
+        sft.SftStageConfig(**COMMON, max_steps=8), StageInputs(conversations(), base, tmp_path / "one")
+    )
+
+    progress: list = []
+    out_dir = tmp_path / "two"
+    asked_at = []
+
+    def should_stop() -> bool:  # asked by the launcher; the ranks hear it through the stop file
+        seen = [report.step for report in progress if isinstance(report, StepMetrics)]
+        if seen and seen[-1] >= 2 and not asked_at:
+            asked_at.append(seen[-1])
+        return bool(asked_at)
+
+    cancelled = stages.run(
+        config, StageInputs(conversations(), base, out_dir, progress.append, should_stop), FAST_POLL
+    )
+    assert cancelled.status == "cancelled" and cancelled.artifact_path is None and not out_dir.exists()
+    assert asked_at[0] <= cancelled.steps_completed < 8
+    assert saved_steps(out_dir) == [
+        cancelled.steps_completed
+    ]  # rank 0's checkpoint of the last completed step
+
+    resumed_progress: list = []
+    resumed = stages.run(
+        config, StageInputs(conversations(), base, out_dir, resumed_progress.append), FAST_POLL
+    )
+    assert resumed.status == "completed" and resumed.steps_completed == 8
+    steps = [
+        report.step
+        for report in resumed_progress
+        if isinstance(report, StepMetrics) and "loss" in report.values
+    ]
+    assert steps == list(range(cancelled.steps_completed + 1, 9))  # both ranks went on from the checkpoint
+    assert resumed.metrics["train_loss"] == pytest.approx(straight.metrics["train_loss"], rel=1e-3)
+
+
+def test_a_killed_rank_fails_the_stage_at_once_stops_the_other_and_keeps_the_checkpoint(
+    tiny_model_dir, tmp_path
+):
+    config = sft.SftStageConfig(**{**COMMON, "checkpoint_every": 1}, max_steps=12, processes=2)
+    base = ModelRef(tiny_model_dir)
+    progress: list = []
+    killer = kill_rank_when_training(1)
+    started = time.monotonic()
+    with pytest.raises(
+        DistributedStageError, match=r"rank 1 of the 2-process stage was killed by SIGKILL"
+    ) as failed:
+        stages.run(config, StageInputs(conversations(), base, tmp_path / "out", progress.append), FAST_POLL)
+    killer.join()
+    assert time.monotonic() - started < 30  # no hang: torchrun stopped rank 0 as soon as rank 1 died
+    assert "Resume the stage" in str(failed.value)
+    assert rank_processes() == {}  # no rank outlives the failed stage
+    assert not (tmp_path / "out").exists()
+    [checkpoint_step] = saved_steps(tmp_path / "out")
+    assert 1 <= checkpoint_step < 12
+
+    # The resume on two processes: tests/training/test_distributed_stages.py, through the worker's task.
+
+
+def test_a_stage_asks_for_processes_it_can_use():
+    with pytest.raises(StageConfigError) as uneven:
+        sft.SftStageConfig(batch_size=6, processes=4)
+    assert "split evenly over the 4 processes" in uneven.value.errors["batch_size"]
+    with pytest.raises(StageConfigError) as one_gpu:
+        sft.SftStageConfig(batch_size=4, processes=2, device="cuda:1")
+    assert "each takes its own GPU" in one_gpu.value.errors["device"]
+    with pytest.raises(StageConfigError) as own_loop:
+        stages.config_from_dict("ppo", {"processes": 2, "batch_size": 4, "mini_batch_size": 2})
+    assert "runs on one process" in own_loop.value.errors["processes"]
+    assert stages.config_from_dict("reward", {"processes": 2, "batch_size": 4}).processes == 2
+
+
+LAUNCHER_SCRIPT = """
+import sys
+from pathlib import Path
+from tests.engine.test_cancel import conversations
+from training.engine import sft, stages
+from training.engine.common import ModelRef, StageInputs
+from training.engine.launcher import LaunchSettings
+
+config = sft.SftStageConfig(
+    max_steps=200, batch_size=4, learning_rate=1e-3, max_length=64, checkpoint_every=1000, device="cpu", processes=2
+)
+inputs = StageInputs(conversations(), ModelRef(Path(sys.argv[1])), Path(sys.argv[2]))
+stages.run(config, inputs, LaunchSettings(poll_s=0.05))
+"""
+
+
+def test_ranks_whose_launcher_is_killed_stop_at_the_next_micro_batch_and_keep_a_checkpoint(
+    tiny_model_dir, tmp_path
+):
+    """A gpu worker killed mid-stage (SIGKILL, OOM killer) leaves no rank training on: they see their launcher gone,
+    stop together as on a cancel and checkpoint, so the resume after the stale-heartbeat check loses nothing."""
+    out_dir = tmp_path / "out"
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER_SCRIPT, str(tiny_model_dir), str(out_dir)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[2]), *sys.path])},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        job_dir = None
+        while time.monotonic() < deadline and job_dir is None:
+            for _rank, (_pid, folder) in rank_processes_of(launcher.pid).items():
+                events = folder / distributed.EVENTS_FILE
+                if events.exists() and events.read_text().count('"type": "step"') >= 2:
+                    job_dir = folder
+            time.sleep(0.05)
+        assert job_dir is not None, "the stage never reported two steps"
+    finally:
+        launcher.kill()
+        launcher.wait()
+    deadline = time.monotonic() + 30
+    while rank_processes_of(launcher.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert rank_processes_of(launcher.pid) == {}
+    [step] = saved_steps(out_dir)
+    assert 2 <= step < 200 and not out_dir.exists()
+    assert not job_dir.exists()  # rank 0 removed the job folder its launcher could not
