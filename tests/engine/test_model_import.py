@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -144,16 +143,16 @@ def test_a_folder_without_tokenizer_is_refused(tmp_path):
 def test_a_failed_copy_leaves_nothing_behind(tmp_path, monkeypatch):
     source = build_tiny_model_folder(tmp_path / "ok", "llama")
     checked = check_model_folder(source)
-    real_copy = shutil.copyfile
+    monkeypatch.setattr(model_import, "COPY_CHUNK_BYTES", 64 * 1024)  # several chunks, so it fails mid-file
 
-    def copy_then_fail(src, dst, *args, **kwargs):
-        if str(src).endswith(".safetensors"):
+    def disk_full_half_way(copied: int, total: int) -> None:
+        if copied > total // 2:
             raise OSError(28, "No space left on device")
-        return real_copy(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(model_import.shutil, "copyfile", copy_then_fail)
     with pytest.raises(OSError, match="No space"):
-        import_model_folder(checked, tmp_path / "registry" / "ok", progress=lambda _: None)
+        import_model_folder(
+            checked, tmp_path / "registry" / "ok", progress=lambda _: None, on_bytes=disk_full_half_way
+        )
     assert list((tmp_path / "registry").iterdir()) == []
 
 
