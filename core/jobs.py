@@ -38,11 +38,15 @@ class JobKind:
     model: type[QueuedJob]  # celery_task_id and enqueued_at record what was sent
     task: str  # the Celery task name; it takes the row's id
     queue: str
-    waiting: Callable[[models.QuerySet], models.QuerySet]  # narrows a queryset to rows that wait for a worker
+    # Narrows a queryset to the rows that wait for a worker; None: the rows whose status is "queued".
+    waiting: Callable[[models.QuerySet], models.QuerySet] | None = None
     fail_stale: Callable[[], list[int]] | None = None  # marks rows whose worker died; returns their ids
 
+    def waiting_among(self, rows: models.QuerySet) -> models.QuerySet:
+        return rows.filter(status=JobStatus.QUEUED) if self.waiting is None else self.waiting(rows)
+
     def waiting_rows(self) -> models.QuerySet:
-        return self.waiting(self.model.objects.all())
+        return self.waiting_among(self.model.objects.all())
 
 
 JOB_KINDS: dict[str, JobKind] = {}
@@ -92,7 +96,9 @@ def _publish(*, kind: JobKind, pk: int) -> str:
 
 def _record_sent(*, kind: JobKind, pk: int, task_id: str) -> None:
     # Only while the row still waits: a worker that already claimed it keeps its own task id.
-    kind.waiting(kind.model.objects.filter(pk=pk)).update(celery_task_id=task_id, enqueued_at=timezone.now())
+    kind.waiting_among(kind.model.objects.filter(pk=pk)).update(
+        celery_task_id=task_id, enqueued_at=timezone.now()
+    )
 
 
 def job_send(*, kind: JobKind, pk: int, quiet: bool = False) -> bool:
@@ -143,7 +149,7 @@ def jobs_sweep(*, now=None) -> dict[str, list[int]]:
     for kind in JOB_KINDS.values():
         due = kind.waiting_rows().filter(models.Q(enqueued_at=None) | models.Q(enqueued_at__lt=resend_before))
         for pk, previous in due.order_by("pk").values_list("pk", "enqueued_at"):
-            rows = kind.waiting(kind.model.objects.filter(pk=pk, enqueued_at=previous))
+            rows = kind.waiting_among(kind.model.objects.filter(pk=pk, enqueued_at=previous))
             if not rows.update(enqueued_at=now):
                 continue  # another process took it, or a worker picked it up meanwhile
             try:

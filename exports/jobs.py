@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
-
 from core.jobs import JobKind, job_kind_register
 from exports.models import Export
 
@@ -11,10 +9,4 @@ from exports.models import Export
 EXPORT_TASK = "labeling.export_run"
 
 
-def exports_waiting(rows: QuerySet) -> QuerySet:
-    return rows.filter(status=Export.Status.QUEUED)
-
-
-EXPORT_JOB = job_kind_register(
-    JobKind(name="export", model=Export, task=EXPORT_TASK, queue="default", waiting=exports_waiting)
-)
+EXPORT_JOB = job_kind_register(JobKind(name="export", model=Export, task=EXPORT_TASK, queue="default"))

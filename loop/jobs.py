@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
-
 from core.jobs import JobKind, job_kind_register
 from loop.models import SamplingJob
-
-
-def sampling_jobs_waiting(rows: QuerySet) -> QuerySet:
-    return rows.filter(status=SamplingJob.Status.QUEUED)
-
 
 SAMPLING_JOB = job_kind_register(
     JobKind(
@@ -18,6 +11,5 @@ SAMPLING_JOB = job_kind_register(
         model=SamplingJob,
         task="loop.tasks.sample",
         queue="default",
-        waiting=sampling_jobs_waiting,
     )
 )

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
-
 from core.jobs import JobKind, job_kind_register
 from registry.models import BaseModelImport
 
 BASE_MODEL_IMPORT_TASK = "registry.base_model_import"  # registry.tasks.base_model_import_task
-
-
-def base_model_imports_waiting(rows: QuerySet) -> QuerySet:
-    return rows.filter(status=BaseModelImport.Status.QUEUED)
 
 
 BASE_MODEL_IMPORT_JOB = job_kind_register(
@@ -20,6 +14,5 @@ BASE_MODEL_IMPORT_JOB = job_kind_register(
         model=BaseModelImport,
         task=BASE_MODEL_IMPORT_TASK,
         queue="default",
-        waiting=base_model_imports_waiting,
     )
 )
