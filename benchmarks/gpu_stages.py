@@ -306,6 +306,7 @@ def main() -> None:
     parser.add_argument(
         "--sft-variants", default="default,compile", help="default, compile, lora (comma list)"
     )
+    parser.add_argument("--contrastive-variants", default="default", help="default, eager (comma list)")
     parser.add_argument("--ppo-methods", default="lora")
     parser.add_argument("--trl-baselines", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="Tiny sizes: checks the script on a CPU.")
@@ -380,12 +381,6 @@ def main() -> None:
     if "raw" in only:
         guarded("sft_raw_compiled", lambda: raw_compiled_loop(model_path, tokenizer, rows, size["sft"],
                                                               size["max_length"], args.steps))  # fmt: skip
-        raw = results["sft_raw_compiled"].get("tokens_per_s")
-        for name in ("sft", "sft_eager", "sft_lora"):
-            if raw and "ours_tokens_per_s" in results.get(name, {}):
-                results[name]["raw_compiled_tokens_per_s"] = raw
-                results[name]["ratio_vs_raw_compiled"] = results[name]["ours_tokens_per_s"] / raw
-                record(name, results[name])
     reward_artifact = None
     if "reward" in only:
         config = RewardStageConfig(
@@ -395,12 +390,27 @@ def main() -> None:
         artifact = results["reward"].get("artifact")
         reward_artifact = ModelRef(Path(artifact), "reward") if artifact and artifact != "None" else None
     if "contrastive" in only:
-        config = ContrastiveStageConfig(batch_size=size["contrastive"], learning_rate=1e-6,
-                                        peft=PeftSettings(method="lora"), **common)  # fmt: skip
-        guarded(
-            "contrastive",
-            lambda: stage("contrastive", config, Dataset.from_list(rows), ("chosen", "rejected")),
-        )
+        for variant in args.contrastive_variants.split(","):
+            config = ContrastiveStageConfig(batch_size=size["contrastive"], learning_rate=1e-6,
+                                            peft=PeftSettings(method="lora"), compile=variant != "eager",
+                                            **common)  # fmt: skip
+            name = "contrastive" if variant == "default" else f"contrastive_{variant}"
+            guarded(name, lambda config=config, name=name: stage(
+                name, config, Dataset.from_list(rows), ("chosen", "rejected")))  # fmt: skip
+    raw = results.get("sft_raw_compiled", {}).get("tokens_per_s")
+    for name in (
+        "sft",
+        "sft_eager",
+        "sft_lora",
+        "reward",
+        "reward_eager",
+        "contrastive",
+        "contrastive_eager",
+    ):
+        if raw and "ours_tokens_per_s" in results.get(name, {}):
+            results[name]["raw_compiled_tokens_per_s"] = raw
+            results[name]["ratio_vs_raw_compiled"] = results[name]["ours_tokens_per_s"] / raw
+            record(name, results[name])
     if "ppo" in only:
         for method in args.ppo_methods.split(","):
             guarded("ppo" if method == "lora" else f"ppo_{method}", lambda method=method: ppo_benchmark(

@@ -132,13 +132,10 @@ def collate(examples: list[dict], pad_token_id: int, device) -> dict[str, torch.
 
 def sequence_log_probs(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of log π(token) over each row's response tokens, and the mean token NLL (for CPO's SFT term)."""
-    logits = (
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    sums, counts = fast_paths.response_log_probs(
+        model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
     )
-    targets = batch["input_ids"][:, 1:]
-    mask = batch["completion_mask"][:, 1:].float()
-    token_log_probs = torch.gather(logits.log_softmax(-1), 2, targets.unsqueeze(-1)).squeeze(-1) * mask
-    return token_log_probs.sum(-1), -token_log_probs.sum(-1) / mask.sum(-1).clamp(min=1)
+    return sums, -sums / counts.clamp(min=1)
 
 
 # --- the stage --------------------------------------------------------------------------------------------------
@@ -225,6 +222,10 @@ def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
     domains = sorted(set(pairs["domain"])) if "domain" in pairs.column_names else [NO_DOMAIN]
     policy, tokenizer = build_policy(config, inputs.base, domains, device)
     examples = tokenize_pairs(tokenizer, pairs, config.max_length, domains)
+    if fast_paths.use_compiled_layers(config, device):
+        for model in (policy.model, policy.reference_copy):
+            if model is not None:
+                fast_paths.compile_decoder_layers(model)
     trainable = policy.trainable()
     optimizer = fast_paths.adamw(list(trainable.values()), device, lr=config.learning_rate, weight_decay=0.0)
 
