@@ -377,6 +377,7 @@ def ppo_on_rank(rank: int, config: ppo.PPOConfig, base_dir: Path, out_root: Path
     assert "on each of 2 processes" in phases[0]
 
 
+@pytest.mark.slow
 def test_ppo_on_two_processes_raises_the_rule_reward_and_keeps_the_ranks_weights_equal(
     few_words_policy_dir, tmp_path
 ):
@@ -393,8 +394,8 @@ def test_ppo_on_two_processes_raises_the_rule_reward_and_keeps_the_ranks_weights
         mean_of(reports, "reward_mean", slice(0, 3)),
         mean_of(reports, "reward_mean", slice(-3, None)),
     )
-    assert last > first + 0.2, (first, last)  # as on one process (seeds 0–4 gained 0.32–0.65 there)
-    assert max(entry["kl"] for entry in histories[0]) < 10.0
+    assert last > first + 0.2, (first, last)  # seeds 0–2 gained 0.60, 0.49, 0.50 (one process: 0.32–0.65)
+    assert max(entry["kl"] for entry in histories[0]) < 10.0  # seeds 0–2 peaked at 3.1–5.8
 
     policies = [load_file(str(tmp_path / f"policy-rank-{rank}.safetensors")) for rank in (0, 1)]
     critics = [load_file(str(tmp_path / f"rank-{rank}" / ppo.VALUE_HEAD_FILE)) for rank in (0, 1)]
