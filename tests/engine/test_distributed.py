@@ -377,7 +377,6 @@ def ppo_on_rank(rank: int, config: ppo.PPOConfig, base_dir: Path, out_root: Path
     assert "on each of 2 processes" in phases[0]
 
 
-@pytest.mark.slow
 def test_ppo_on_two_processes_raises_the_rule_reward_and_keeps_the_ranks_weights_equal(
     few_words_policy_dir, tmp_path
 ):
