@@ -3,11 +3,13 @@
 Two processes with the same global batch train what one process trains: the same losses step by step and the same
 weights. A cancel reaches both ranks at the same micro-batch, rank 0 keeps the checkpoint, and a resume on two
 processes finishes as an uninterrupted run. A killed rank fails the stage at once, with the reason, and no rank is
-left running (its resume: tests/training/test_distributed_stages.py).
+left running (its resume: tests/training/test_distributed_stages.py). PPO, with its own loop, shards its prompts,
+whitens over all ranks' tokens (as one process whitens the whole batch), learns, and keeps the ranks' weights equal.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,14 +20,34 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
+from tests.engine import test_ppo
 from tests.engine.test_cancel import conversations, preference_pairs, saved_steps
-from training.engine import contrastive, distributed, reward_model, sft, stages
-from training.engine.common import ModelRef, PeftSettings, StageConfigError, StageInputs, StepMetrics
+from tests.engine.test_ppo import (
+    SAY_YES_RULE,
+    assert_same_as_uninterrupted,
+    learning_config,
+    mean_of,
+    prompt_data,
+    small_config,
+)
+from training.engine import contrastive, distributed, ppo, reward_model, sft, stages
+from training.engine.common import (
+    ModelRef,
+    PeftSettings,
+    PhaseProgress,
+    StageConfigError,
+    StageInputs,
+    StepMetrics,
+)
 from training.engine.launcher import DistributedStageError, LaunchSettings
+from training.engine.ppo_rollout import masked_whiten
 
 pytestmark = pytest.mark.distributed
+few_words_policy_dir = (
+    test_ppo.few_words_policy_dir
+)  # the fixture: the tiny model taught to answer in a few words
 
 FAST_POLL = LaunchSettings(poll_s=0.05)
 COMMON = dict(
@@ -197,10 +219,27 @@ def test_a_stage_asks_for_processes_it_can_use():
     with pytest.raises(StageConfigError) as one_gpu:
         sft.SftStageConfig(batch_size=4, processes=2, device="cuda:1")
     assert "each takes its own GPU" in one_gpu.value.errors["device"]
-    with pytest.raises(StageConfigError) as own_loop:
-        stages.config_from_dict("ppo", {"processes": 2, "batch_size": 4, "mini_batch_size": 2})
-    assert "runs on one process" in own_loop.value.errors["processes"]
     assert stages.config_from_dict("reward", {"processes": 2, "batch_size": 4}).processes == 2
+    # PPO: the rollout's prompts and each optimizer step's rows split evenly, and a rank's rows hold its micro-batches.
+    assert (
+        stages.config_from_dict("ppo", {"processes": 2, "batch_size": 4, "mini_batch_size": 2}).processes == 2
+    )
+    with pytest.raises(StageConfigError) as uneven_rollout:
+        stages.config_from_dict("ppo", {"processes": 4, "batch_size": 6, "mini_batch_size": 4})
+    assert "split evenly over the 4 processes" in uneven_rollout.value.errors["batch_size"]
+    with pytest.raises(StageConfigError) as uneven_minibatch:
+        stages.config_from_dict("ppo", {"processes": 2, "batch_size": 6, "mini_batch_size": 3})
+    assert uneven_minibatch.value.errors["mini_batch_size"].startswith(
+        "mini_batch_size (3) must split evenly over the 2 processes"
+    )
+    with pytest.raises(StageConfigError) as accumulation:
+        stages.config_from_dict(
+            "ppo", {"processes": 2, "batch_size": 8, "mini_batch_size": 4, "gradient_accumulation_steps": 4}
+        )
+    assert (
+        "cannot be larger than mini_batch_size (4) / processes (2)"
+        in (accumulation.value.errors["gradient_accumulation_steps"])
+    )
 
 
 LAUNCHER_SCRIPT = """
@@ -251,3 +290,157 @@ def test_ranks_whose_launcher_is_killed_stop_at_the_next_micro_batch_and_keep_a_
     [step] = saved_steps(out_dir)
     assert 2 <= step < 200 and not out_dir.exists()
     assert not job_dir.exists()  # rank 0 removed the job folder its launcher could not
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# PPO on several processes. The whitening and the learning run their ranks here (torch.multiprocessing, gloo over a
+# file store) rather than through the launcher, so that each rank can hand back what it computed; the cancel and
+# resume go through the launcher (torchrun), as a worker runs it.
+
+
+def in_two_processes(worker, store: Path, *args) -> None:
+    """`worker(rank, *args)` on ranks 0 and 1 of a gloo process group; raises if a rank fails."""
+    torch.multiprocessing.spawn(join_and_run, args=(worker, str(store), args), nprocs=2, join=True)
+
+
+def join_and_run(rank: int, worker, store: str, args: tuple) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(
+        1
+    )  # two ranks share the machine's cores, as torchrun's OMP_NUM_THREADS=1 makes them
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        worker(rank, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def whiten_share(
+    rank: int, values: torch.Tensor, mask: torch.Tensor, rows_of_rank_0: int, out_dir: Path
+) -> None:
+    share = slice(0, rows_of_rank_0) if rank == 0 else slice(rows_of_rank_0, None)
+    mean, variance = distributed.masked_moments(values[share], mask[share])
+    save_file(
+        {
+            "whitened": masked_whiten(values[share], mask[share]),
+            "scaled": masked_whiten(values[share], mask[share], shift_mean=False),
+            "moments": torch.stack([mean, variance]),
+        },
+        str(out_dir / f"rank-{rank}.safetensors"),
+    )
+
+
+def test_whitening_on_two_processes_equals_one_process_whitening_the_concatenated_batch(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(6, 5, generator=generator) * 3 + 1
+    values[3:] += 4  # rank 1's rows sit elsewhere, and
+    mask = torch.ones(6, 5)
+    mask[0, 2:] = mask[1, 4:] = mask[4, 1:] = mask[5, 3:] = 0  # the ranks hold different numbers of tokens
+    in_two_processes(whiten_share, tmp_path / "store", values, mask, 3, tmp_path)
+
+    ranks = [load_file(str(tmp_path / f"rank-{rank}.safetensors")) for rank in (0, 1)]
+    whole = mask.bool()
+    expected_mean, expected_variance = values[whole].mean(), values[whole].var(unbiased=False)
+    for rank in ranks:  # both ranks hold the statistics of all 19 tokens
+        torch.testing.assert_close(rank["moments"], torch.stack([expected_mean, expected_variance]))
+    for name, one_process in (
+        ("whitened", masked_whiten(values, mask)),
+        ("scaled", masked_whiten(values, mask, False)),
+    ):
+        torch.testing.assert_close(torch.cat([rank[name] for rank in ranks]), one_process, msg=name)
+    # Each rank whitening alone would give something else: the test can tell the two apart.
+    alone = torch.cat([masked_whiten(values[:3], mask[:3]), masked_whiten(values[3:], mask[3:])])
+    assert not torch.allclose(alone, masked_whiten(values, mask), atol=0.1)
+
+
+def ppo_on_rank(rank: int, config: ppo.PPOConfig, base_dir: Path, out_root: Path) -> None:
+    """One rank of a PPO stage, with a stop agreement as the launcher's ranks have (nothing asks it to stop), that
+    also keeps this rank's final weights and metrics: only rank 0's would be written otherwise."""
+    write_artifact = ppo.save_completed_stage
+
+    def keep_this_rank_weights(model, tokenizer, config, inputs, **kwargs):
+        weights = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+        save_file(weights, str(out_root / f"policy-rank-{rank}.safetensors"))
+        (out_root / f"rank-{rank}").mkdir()
+        kwargs["write_more"](out_root / f"rank-{rank}")  # the value head and the metrics history
+        return write_artifact(model, tokenizer, config, inputs, **kwargs)
+
+    ppo.save_completed_stage = keep_this_rank_weights
+    stop = distributed.StopAgreement(out_root / "never-written", torch.device("cpu"), launcher_pid=None)
+    reports: list = []
+    result = ppo.run(
+        config, StageInputs(prompt_data(), ModelRef(base_dir), out_root / "ppo", reports.append, stop)
+    )
+    assert result.status == "completed"
+    phases = [report.detail for report in reports if isinstance(report, PhaseProgress)]
+    assert "on each of 2 processes" in phases[0]
+
+
+def test_ppo_on_two_processes_raises_the_rule_reward_and_keeps_the_ranks_weights_equal(
+    few_words_policy_dir, tmp_path
+):
+    config = learning_config(reward_source="rules", rules=[SAY_YES_RULE], processes=2, device="cpu")
+    in_two_processes(ppo_on_rank, tmp_path / "store", config, few_words_policy_dir, tmp_path)
+
+    assert (tmp_path / "ppo" / "model.safetensors").is_file()  # rank 0 wrote the artifact
+    histories = [
+        json.loads((tmp_path / f"rank-{rank}" / ppo.METRICS_FILE).read_text())["history"] for rank in (0, 1)
+    ]
+    assert histories[0] == histories[1]  # every metric is global: the ranks report the same numbers
+    reports = [StepMetrics(entry["step"], config.max_steps, entry) for entry in histories[0]]
+    first, last = (
+        mean_of(reports, "reward_mean", slice(0, 3)),
+        mean_of(reports, "reward_mean", slice(-3, None)),
+    )
+    assert last > first + 0.2, (first, last)  # seeds 0–2 gained 0.60, 0.49, 0.50 (one process: 0.32–0.65)
+    assert max(entry["kl"] for entry in histories[0]) < 10.0  # seeds 0–2 peaked at 3.1–5.8
+
+    policies = [load_file(str(tmp_path / f"policy-rank-{rank}.safetensors")) for rank in (0, 1)]
+    critics = [load_file(str(tmp_path / f"rank-{rank}" / ppo.VALUE_HEAD_FILE)) for rank in (0, 1)]
+    for one, other in ((policies[0], policies[1]), (critics[0], critics[1])):
+        assert one.keys() == other.keys()
+        for name, weight in one.items():
+            torch.testing.assert_close(other[name], weight, rtol=0, atol=0, msg=name)
+    assert critics[0]["linear.weight"].abs().sum() > 0  # the critic was trained (it starts at zero)
+
+
+@pytest.mark.slow
+def test_ppo_cancelled_on_two_processes_resumes_on_two_like_an_uninterrupted_run(
+    few_words_policy_dir, tmp_path
+):
+    config = small_config(max_steps=4, checkpoint_every=100, processes=2, device="cpu")
+    base = ModelRef(few_words_policy_dir)
+
+    def metrics_of(progress: list) -> list[StepMetrics]:
+        return [report for report in progress if isinstance(report, StepMetrics)]
+
+    straight_progress: list = []
+    straight = stages.run(
+        config, StageInputs(prompt_data(), base, tmp_path / "straight", straight_progress.append), FAST_POLL
+    )
+    assert straight.status == "completed" and len(metrics_of(straight_progress)) == 4
+
+    progress: list = []
+    out_dir = tmp_path / "cancelled"
+
+    def stop_after_step_two() -> bool:
+        return any(report.step >= 2 for report in metrics_of(progress))
+
+    cancelled = stages.run(
+        config, StageInputs(prompt_data(), base, out_dir, progress.append, stop_after_step_two), FAST_POLL
+    )
+    assert cancelled.status == "cancelled" and not out_dir.exists()
+    assert 2 <= cancelled.steps_completed < 4
+    assert saved_steps(out_dir) == [cancelled.steps_completed]  # rank 0 kept the last completed iteration
+
+    resumed_progress: list = []
+    resumed = stages.run(
+        config, StageInputs(prompt_data(), base, out_dir, resumed_progress.append), FAST_POLL
+    )
+    resumed_reports = metrics_of(resumed_progress)
+    assert [report.step for report in resumed_reports] == list(range(cancelled.steps_completed + 1, 5))
+    # Both ranks went on from the checkpoint with their own sampling streams: as if never interrupted.
+    assert_same_as_uninterrupted(resumed, resumed_reports, straight, metrics_of(straight_progress))
+    history = json.loads((out_dir / ppo.METRICS_FILE).read_text())["history"]
+    assert [entry["step"] for entry in history] == [1, 2, 3, 4]

@@ -111,6 +111,54 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     return {name: float(total) / world_size() for name, total in zip(names, summed.tolist(), strict=True)}
 
 
+def masked_moments(values, mask):
+    """Mean and (biased) variance of `values` where `mask` is 1, over the entries of every rank together, every
+    rank calling it: one all-reduce of (sum, sum of squares, count), so each rank gets what one process would
+    compute over the concatenation of the ranks' batches (PPO's global whitening). Outside a job it reduces
+    nothing. Both come back as 0-d tensors in `values`' dtype on its device; summed in float64, so the one-pass
+    variance E[x²] − E[x]² loses nothing that matters at float32."""
+    import torch
+
+    values64, mask64 = values.double(), mask.double()
+    sums = torch.stack([(values64 * mask64).sum(), (values64.square() * mask64).sum(), mask64.sum()])
+    if world_size() > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(sums)
+    total, squares, count = sums.unbind()
+    count = count.clamp(min=1)
+    mean = total / count
+    variance = (squares / count - mean.square()).clamp(min=0)
+    return mean.to(values.dtype), variance.to(values.dtype)
+
+
+def all_ranks_agree(flag: bool, device) -> bool:
+    """True when `flag` is true on every rank (every rank calling it at the same point); `flag` outside a job.
+    For a loop whose length each rank would otherwise decide alone (a rollout ending when its rows have ended),
+    so that all ranks run it equally long and the collectives inside it keep matching up."""
+    if world_size() == 1:
+        return flag
+    import torch
+    import torch.distributed as dist
+
+    agreed = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+    return bool(agreed.item())
+
+
+def gather_from_ranks(value) -> list:
+    """Every rank's `value` (a small picklable object, a random generator's state), in rank order, on every rank
+    (each calling it); `[value]` outside a job. For state that differs between ranks but that rank 0 alone
+    writes into a checkpoint."""
+    if world_size() == 1:
+        return [value]
+    import torch.distributed as dist
+
+    gathered: list = [None] * world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def _nccl() -> bool:
     import torch.distributed as dist
 

@@ -172,16 +172,21 @@ def sample_completions(
     pad_id: int,
     generator: torch.Generator | None = None,
     should_stop: Callable[[], bool] | None = None,
+    all_finished: Callable[[torch.Tensor], bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The decode loop on tensors: prefill the prompt once, then one cached forward per new token.
 
     `should_stop` (PPO's cancel) is asked before every forward pass; a True raises StageCancelled at once.
+    `all_finished(finished)` decides, every `finished_check_every` steps, whether decoding may end early (by
+    default: every row has ended). PPO on several processes makes it agree over the ranks, so that every rank
+    takes as many decode steps and asks its (collective) `should_stop` as often.
     no_grad rather than inference_mode: PPO feeds these ids into forward passes that need autograd, and
     inference-mode tensors cannot be saved for backward.
     """
     batch_size = prompt_ids.shape[0]
     device = prompt_ids.device
     stop_ids_tensor = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
+    all_finished = all_finished or (lambda finished: bool(finished.all()))
     decoder = _decoder(model, prompt_mask, settings)
 
     stop_if_asked(should_stop)
@@ -197,7 +202,7 @@ def sample_completions(
         finished = finished | torch.isin(next_tokens, stop_ids_tensor)
         if step == settings.max_new_tokens - 1:
             break
-        if (step + 1) % settings.finished_check_every == 0 and bool(finished.all()):
+        if (step + 1) % settings.finished_check_every == 0 and all_finished(finished):
             steps_taken = step + 1
             break
         stop_if_asked(should_stop)
@@ -221,14 +226,24 @@ def generate(
     settings: SamplingSettings,
     generator: torch.Generator | None = None,
     should_stop: Callable[[], bool] | None = None,
+    all_finished: Callable[[torch.Tensor], bool] | None = None,
 ) -> GeneratedBatch:
     """Sample one completion per prompt. `generator` (on the model's device) makes sampling reproducible;
-    `should_stop`, asked before each decode step, cancels the generation (StageCancelled)."""
+    `should_stop`, asked before each decode step, cancels the generation (StageCancelled); `all_finished`: see
+    `sample_completions`."""
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = encode_prompts(tokenizer, prompts, settings.max_prompt_length, device)
     stop_ids = stop_token_ids(model, tokenizer)
     completion_ids, completion_mask = sample_completions(
-        model, prompt_ids, prompt_mask, settings, stop_ids, pad_token_id(tokenizer), generator, should_stop
+        model,
+        prompt_ids,
+        prompt_mask,
+        settings,
+        stop_ids,
+        pad_token_id(tokenizer),
+        generator,
+        should_stop,
+        all_finished,
     )
     lengths = completion_mask.sum(dim=1)
     ids_on_host = completion_ids.tolist()

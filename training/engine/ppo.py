@@ -27,6 +27,13 @@ Choices, and why:
   ratio 1 before the first update.
 - Log-probs are taken at the sampling temperature, so π_old is the distribution the tokens were sampled from.
 - Host syncs: metrics stay on the device during an iteration and are read back once at its end.
+
+On several processes (`processes` > 1, torchrun through launcher.py, see distributed.py) each rank takes its share
+of the iteration's prompts (`distributed.shard`), samples them with its own generator (seed + rank), and scores and
+evaluates them alone; the reward and advantage whitening use the statistics of all ranks' tokens together, so they
+equal one process's whitening of the whole batch. Each optimizer step averages the gradients (policy and critic)
+over the ranks, so the weights stay the same everywhere; `batch_size` and `mini_batch_size` are global and must
+split evenly. Metrics are global, rank 0 writes checkpoints (with every rank's sampling generator) and the artifact.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ import torch
 from datasets import Dataset
 from safetensors.torch import save_file
 
-from training.engine import checkpoints, fast_paths
+from training.engine import checkpoints, distributed, fast_paths
 from training.engine.common import (
     Bounds,
     ModelRef,
@@ -75,6 +82,7 @@ from training.engine.ppo_rollout import (
     SequenceScorer,
     ValueHead,
     collect_rollout,
+    on_each_process,
     prompt_rows_for_iteration,
     rollout_metrics,
 )
@@ -85,6 +93,7 @@ STAGE_NAME = "ppo"
 RewardSource = Literal["reward_model", "rules", "mixed"]
 VALUE_HEAD_FILE = "value_head.safetensors"
 METRICS_FILE = "metrics.json"
+SAMPLING = "sampling"  # the rollouts' generator, one per rank
 
 
 @dataclass
@@ -153,6 +162,7 @@ class PPOConfig(StageConfig):
             except RuleSpecError as exc:  # names the bad rule and its field
                 errors["rules"] = str(exc)
         checked = {
+            "processes",
             "batch_size",
             "mini_batch_size",
             "gradient_accumulation_steps",
@@ -166,10 +176,17 @@ class PPOConfig(StageConfig):
                 f"mini_batch_size ({self.mini_batch_size}) cannot be larger than batch_size ({self.batch_size}), "
                 "the number of prompts per rollout"
             )
-        if self.gradient_accumulation_steps > self.mini_batch_size:
+        if "mini_batch_size" not in errors and self.processes > 1 and self.mini_batch_size % self.processes:
+            errors["mini_batch_size"] = (
+                f"mini_batch_size ({self.mini_batch_size}) must split evenly over the {self.processes} processes: "
+                "each optimizer step takes the same number of rollout rows on every process"
+            )
+        per_process_minibatch = self.mini_batch_size // self.processes
+        if "mini_batch_size" not in errors and self.gradient_accumulation_steps > per_process_minibatch:
+            on_several = f" / processes ({self.processes})" if self.processes > 1 else ""
             errors["gradient_accumulation_steps"] = (
                 f"gradient_accumulation_steps ({self.gradient_accumulation_steps}) cannot be larger than "
-                f"mini_batch_size ({self.mini_batch_size})"
+                f"mini_batch_size ({self.mini_batch_size}){on_several}"
             )
         if self.max_new_tokens >= self.max_length:
             errors["max_new_tokens"] = (
@@ -226,8 +243,10 @@ def capture_iteration(
     Taken at the start of each iteration, so a cancel in the middle of the next one (its updates change the
     weights in place) still saves the state of the last completed iteration. It costs one copy of the trainable
     parameters and their optimizer state per iteration (small with LoRA or an adapter), only with checkpoints on.
+    Every rank calls it: on several processes the ranks' sampling generators differ, and rank 0, which writes the
+    checkpoint, keeps all of them (`generator.sampling.rank<r>` beside its own `generator.sampling`).
     """
-    return checkpoints.capture(
+    checkpoint = checkpoints.capture(
         iteration,
         parameters=trained_parameters(policy, value_head),
         optimizer=optimizer,
@@ -235,6 +254,27 @@ def capture_iteration(
         # the history, so that the artifact's metrics.json covers the whole run after a resume
         stage_state={"kl_coef": kl_controller.coef, "history": list(history)},
     )
+    sampling_states = distributed.gather_from_ranks(checkpoint.tensors[f"generator.{SAMPLING}"])
+    for rank, state in enumerate(sampling_states[1:], start=1):
+        checkpoint.tensors[f"generator.{sampling_generator_key(rank)}"] = state
+    return checkpoint
+
+
+def sampling_generator_key(rank: int) -> str:
+    """The name of a rank's sampling generator in a checkpoint (rank 0's is that of a one-process run)."""
+    return SAMPLING if rank == 0 else f"{SAMPLING}.rank{rank}"
+
+
+def restore_generators(checkpoint: checkpoints.Checkpoint, generators: dict, seed: int) -> None:
+    """This rank's generators from `checkpoint`. A rank the checkpoint has no sampling state for (it was written
+    by fewer processes) samples on from a seed of its own and the iteration instead."""
+    key = sampling_generator_key(distributed.rank())
+    if f"generator.{key}" in checkpoint.tensors:
+        checkpoint.restore_rng(generators)
+        generators[SAMPLING].set_state(checkpoint.tensors[f"generator.{key}"])
+        return
+    checkpoint.restore_rng({name: value for name, value in generators.items() if name != SAMPLING})
+    generators[SAMPLING].manual_seed((seed + distributed.rank()) * 1_000_003 + checkpoint.step)
 
 
 def trained_parameters(policy, value_head) -> dict[str, torch.nn.Parameter]:
@@ -290,16 +330,17 @@ def run(config: PPOConfig, inputs: StageInputs) -> StageResult:
     # eps 1e-5 as in OpenAI's and TRL's PPO: Adam's default 1e-8 makes early updates of tiny-gradient weights large.
     optimizer = fast_paths.adamw(parameters, device, lr=config.learning_rate, eps=1e-5, weight_decay=0.0)
     kl_controller = AdaptiveKLController(config.init_kl_coef, config.kl_target, config.kl_horizon)
-    sampling_generator = torch.Generator(device=device).manual_seed(config.seed)
+    # Each rank samples its own prompts with its own stream; the minibatch shuffle is the same on every rank.
+    sampling_generator = torch.Generator(device=device).manual_seed(config.seed + distributed.rank())
     shuffle_generator = torch.Generator().manual_seed(config.seed + 1)
-    generators = {"sampling": sampling_generator, "shuffle": shuffle_generator}
+    generators = {SAMPLING: sampling_generator, "shuffle": shuffle_generator}
 
     start_iteration, history = 0, []
     if (path := checkpoints.latest(checkpoint_dir)) is not None:
         checkpoint = checkpoints.read(path)
         checkpoint.restore_parameters(trained_parameters(models.policy, models.value_head))
         checkpoint.restore_optimizer(optimizer)
-        checkpoint.restore_rng(generators)
+        restore_generators(checkpoint, generators, config.seed)
         kl_controller.coef = checkpoint.stage_state["kl_coef"]
         start_iteration, history = checkpoint.step, checkpoint.stage_state["history"]
 
@@ -317,10 +358,11 @@ def run(config: PPOConfig, inputs: StageInputs) -> StageResult:
             stop_if_asked(inputs.should_stop)
             step = iteration + 1
             rows = prompt_rows_for_iteration(inputs.data, iteration, config.batch_size, config.seed)
+            rank_rows = distributed.shard(rows)  # the whole batch on one process
             rollout = collect_rollout(
                 models,
                 config,
-                rows,
+                rank_rows,
                 kl_controller.coef,
                 step,
                 sampling_generator,
@@ -329,7 +371,8 @@ def run(config: PPOConfig, inputs: StageInputs) -> StageResult:
                 device,
             )
             detail = (
-                f"{config.ppo_epochs} epoch(s) over {len(rows)} rollouts, {rollout.tokens} tokens each epoch"
+                f"{config.ppo_epochs} epoch(s) over {len(rank_rows)} rollouts{on_each_process()}, "
+                f"{rollout.tokens} tokens each epoch"
             )
             inputs.on_progress(
                 PhaseProgress(step, config.max_steps, "update", detail, rollout.tokens * config.ppo_epochs)
@@ -342,7 +385,8 @@ def run(config: PPOConfig, inputs: StageInputs) -> StageResult:
             device_metrics = {**rollout_metrics(rollout), **update_stats}
             names = list(device_metrics)
             read_back = torch.stack([device_metrics[name].float() for name in names]).tolist()
-            values = dict(zip(names, read_back, strict=True))
+            # Global: the row means are averaged over the ranks' equal shares (the whitened statistics already are).
+            values = distributed.mean_over_ranks(dict(zip(names, read_back, strict=True)))
             values["kl_coef"] = kl_controller.coef
             kl_controller.update(values["kl"], len(rows))
             history.append({"step": step, **values})

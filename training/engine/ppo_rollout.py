@@ -17,6 +17,7 @@ import torch
 from datasets import Dataset
 from torch import nn
 
+from training.engine import distributed
 from training.engine.common import PhaseProgress, ProgressCallback, StopCallback, stop_if_asked
 from training.engine.finetuning_methods import autocast_for
 from training.engine.generation import GeneratedBatch, generate, positions_from_mask
@@ -68,9 +69,11 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """Unit variance over the masked entries; `shift_mean=False` keeps the mean (used for rewards, see below)."""
-    mean = masked_mean(values, mask)
-    variance = masked_mean((values - mean) ** 2, mask)
+    """Unit variance over the masked entries; `shift_mean=False` keeps the mean (used for rewards, see below).
+
+    On several processes the mean and variance are those of all ranks' entries together (every rank calls it at
+    the same point): each rank whitens its share exactly as one process would whiten the whole global batch."""
+    mean, variance = distributed.masked_moments(values, mask)
     whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
@@ -235,9 +238,12 @@ def collect_rollout(
     should_stop: StopCallback,
     device,
 ) -> Rollout:
-    """Sample, score and evaluate one completion per row, then turn scores and KL into advantages and returns."""
+    """Sample, score and evaluate one completion per row, then turn scores and KL into advantages and returns.
+
+    On several processes `rows` is this rank's share of the global batch; sampling, scoring and evaluation stay
+    on the rank, and only the whitening (and the end of decoding) is decided over all ranks."""
     sampling = config.sampling
-    detail = f"{len(rows)} prompts, up to {sampling.max_new_tokens} new tokens each"
+    detail = f"{len(rows)} prompts{on_each_process()}, up to {sampling.max_new_tokens} new tokens each"
     on_progress(PhaseProgress(step, config.max_steps, "rollout", detail, len(rows) * sampling.max_new_tokens))
     with autocast_for(device):
         batch = generate(
@@ -247,9 +253,10 @@ def collect_rollout(
             sampling,
             sampling_generator,
             should_stop,
+            all_finished=lambda finished: distributed.all_ranks_agree(bool(finished.all()), device),
         )
     tokens = len(rows) * (batch.prompt_ids.shape[1] + batch.completion_ids.shape[1])  # shapes: no sync
-    detail = f"{len(rows)} completions, {tokens} tokens with their prompts"
+    detail = f"{len(rows)} completions{on_each_process()}, {tokens} tokens with their prompts"
     on_progress(PhaseProgress(step, config.max_steps, "scoring", detail, tokens))
     scores, score_parts = models.scorer.score(rows, batch.texts, should_stop)
     if config.missing_eos_penalty is not None:
@@ -269,7 +276,7 @@ def collect_rollout(
         # Scale only: shifting the mean would add a constant per-token reward, i.e. a length bonus/penalty.
         rewards = masked_whiten(rewards, mask, shift_mean=False)
 
-    # Advantages and returns (GAE), advantages whitened per rollout.
+    # Advantages and returns (GAE), advantages whitened per (global) rollout.
     advantages, returns = generalized_advantages(rewards, old_values, mask, config.gamma, config.lam)
     return Rollout(
         rows=rows,
@@ -322,17 +329,27 @@ def evaluate_rollout(
     return torch.cat(old_log_probs), torch.cat(old_values), torch.cat(reference_log_probs)
 
 
+def on_each_process() -> str:
+    """What a phase's detail adds on several processes: its counts are one rank's (rank 0 reports)."""
+    processes = distributed.world_size()
+    return f" on each of {processes} processes" if processes > 1 else ""
+
+
 def rollout_metrics(rollout: Rollout) -> dict[str, torch.Tensor]:
-    """The iteration's rollout statistics, still on the device (read back with the update's in one sync)."""
+    """The iteration's rollout statistics, still on the device (read back with the update's in one sync).
+
+    On several processes the reward's mean and spread and the token means are already over all ranks; the rest
+    are this rank's means over its rows, which ppo.py averages over the (equally large) shares."""
     mask = rollout.mask
+    reward_mean, reward_variance = distributed.masked_moments(rollout.scores, torch.ones_like(rollout.scores))
     return {
-        "reward_mean": rollout.scores.mean(),
-        "reward_std": rollout.scores.std(unbiased=False),
+        "reward_mean": reward_mean,
+        "reward_std": reward_variance.sqrt(),
         "kl": rollout.kl_per_token.sum(dim=1).mean(),
         "kl_penalty_mean": rollout.kl_penalty.sum(dim=1).mean(),
         "completion_length": mask.sum(dim=1).mean(),
         "eos_fraction": rollout.batch.ended_with_eos.float().mean(),
-        "value_mean": masked_mean(rollout.old_values, mask),
-        "return_mean": masked_mean(rollout.returns, mask),
+        "value_mean": distributed.masked_moments(rollout.old_values, mask)[0],
+        "return_mean": distributed.masked_moments(rollout.returns, mask)[0],
         **{f"{name}_mean": value for name, value in rollout.score_parts.items()},
     }

@@ -5,7 +5,9 @@
     loss         = policy loss + c_v·value loss
 
 A minibatch is one optimizer step, split into `gradient_accumulation_steps` micro-batches; `should_stop` is asked
-before each micro-batch. The updates change the weights in place, so ppo.py keeps a copy of the state at the
+before each micro-batch. On several processes each rank updates on its own rollout rows, `mini_batch_size` / processes
+of them per step, and the gradients are averaged over the ranks before clipping, so every rank takes the same step
+(what DDP would do). The updates change the weights in place, so ppo.py keeps a copy of the state at the
 iteration's start for the checkpoint a cancel saves.
 """
 
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from training.engine import distributed
 from training.engine.common import StopCallback, stop_if_asked
 from training.engine.finetuning_methods import autocast_for
 from training.engine.ppo_rollout import PPOModels, Rollout, completion_forward, masked_mean
@@ -53,9 +56,10 @@ def ppo_update(
     }
     micro_batches_seen = 0
     grad_norm_sum, optimizer_steps = torch.zeros((), device=device), 0
+    minibatch_size = distributed.per_process_batch(config.mini_batch_size)  # the config check makes it divide
     for _ in range(config.ppo_epochs):
         order = torch.randperm(rollout_size, generator=shuffle_generator).to(device)
-        for minibatch in order.split(config.mini_batch_size):
+        for minibatch in order.split(minibatch_size):
             micro_batches = minibatch.tensor_split(min(config.gradient_accumulation_steps, len(minibatch)))
             for rows in micro_batches:
                 stop_if_asked(should_stop)  # between micro-batches: a cancel drops the half-accumulated step
@@ -99,6 +103,9 @@ def ppo_update(
                     # Schulman's low-variance estimator of KL(π_old ‖ π_θ): how far this update moved the policy.
                     totals["approx_kl"] += masked_mean(0.5 * log_ratio**2, row_mask)
                 micro_batches_seen += 1
+            distributed.average_gradients(
+                parameters
+            )  # the global gradient: clipped and stepped alike everywhere
             grad_norm_sum += torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
             optimizer_steps += 1
             optimizer.step()

@@ -40,7 +40,7 @@ class StageSpec:
     data_format: Literal["sft", "pairwise", "prompts"]  # which snapshot file the stage trains on
     produces: Literal["policy", "reward"]
     # Runs on several processes (`processes` > 1): DDP through the Trainer, or `distributed.average_gradients` in an
-    # own loop (contrastive); PPO runs on one for now.
+    # own loop (contrastive, PPO).
     distributed: bool = False
 
 
@@ -49,7 +49,7 @@ STAGES: dict[str, StageSpec] = {
     "reward": StageSpec(
         "reward", "reward_model", "RewardStageConfig", "pairwise", "reward", distributed=True
     ),
-    "ppo": StageSpec("ppo", "ppo", "PPOConfig", "prompts", "policy"),
+    "ppo": StageSpec("ppo", "ppo", "PPOConfig", "prompts", "policy", distributed=True),
     "contrastive": StageSpec(
         "contrastive", "contrastive", "ContrastiveStageConfig", "pairwise", "policy", distributed=True
     ),
