@@ -17,6 +17,7 @@ import re
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import InterfaceError, OperationalError, connection
 from django.http import Http404, HttpRequest, HttpResponse
 from rest_framework.exceptions import APIException
 from rest_framework.renderers import JSONRenderer
@@ -44,6 +45,10 @@ def answer(request: HttpRequest, action: str | None, view) -> HttpResponse | Non
     """The answer to a plain `next` / `submit` request, or None: let DRF answer it."""
     if action not in _ACTIONS or request.method != "POST" or request.GET:
         return None
+    return _without_health_check(lambda: _answer(request, action, view))
+
+
+def _answer(request: HttpRequest, action: str, view) -> HttpResponse | None:
     user = _token_user(request)
     if user is None:
         return None
@@ -63,6 +68,38 @@ def answer(request: HttpRequest, action: str | None, view) -> HttpResponse | Non
         error = exception_handler(exc, {"view": view, "args": (), "kwargs": {}, "request": request})
         data, status = error.data, error.status_code
     return _respond(data, status)
+
+
+def _without_health_check(run):
+    """run() without the `SELECT 1` that CONN_HEALTH_CHECKS sends before a request's first statement on a
+    persistent connection (a round trip per request). A connection found dead instead by that first statement
+    (Postgres restarted, the connection was cut) is replaced and run() called once more. That is safe because a
+    failed first statement has done nothing: in both answers it is a read (the token, the project) or runs
+    inside a transaction that it never got to commit."""
+    if (
+        not connection.health_check_enabled
+        or connection.health_check_done
+        or connection.connection is None
+        or connection.in_atomic_block
+    ):
+        return run()
+    connection.health_check_done = True
+    executed = False
+
+    def note(execute, sql, params, many, context):
+        nonlocal executed
+        result = execute(sql, params, many, context)
+        executed = True
+        return result
+
+    try:
+        with connection.execute_wrapper(note):
+            return run()
+    except (OperationalError, InterfaceError):
+        if executed or connection.in_atomic_block:
+            raise
+    connection.close()
+    return run()
 
 
 def _token_user(request: HttpRequest):
