@@ -19,6 +19,7 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import InterfaceError, OperationalError, connection
 from django.http import Http404, HttpRequest, HttpResponse
+from django.utils import timezone
 from rest_framework.exceptions import APIException
 from rest_framework.renderers import JSONRenderer
 from rest_framework.utils.json import strict_constant
@@ -28,8 +29,8 @@ from core.api.parsers import JsonRejected, check_json_document
 from core.api.permissions import IsAnnotator
 from core.selectors import user_roles, user_with_roles_for_token
 from labeling.api.serializers import assignment_data, ranking_data
-from labeling.selectors.annotation import assignment_responses, project_for_slug
-from labeling.services.leasing import assignment_lease_next
+from labeling.selectors.annotation import assignment_responses
+from labeling.services.leasing import assignment_lease_next, project_with_current_lease
 from labeling.services.rankings import ranking_submit
 
 # DRF's SlugField pattern (its CharField would first strip whitespace: such values go through DRF).
@@ -169,10 +170,13 @@ def _submit_arguments(body: dict) -> dict | None:
 
 def _next(user, *, slug: str) -> tuple[dict | None, int]:
     """RankingViewSet.next."""
-    project = project_for_slug(slug=slug)
+    now = timezone.now()
+    project, current_lease_id = project_with_current_lease(slug=slug, annotator_id=user.pk, now=now)
     if project is None:
         raise Http404("No such project.")
-    assignment = assignment_lease_next(project=project, annotator=user)
+    assignment = assignment_lease_next(
+        project=project, annotator=user, now=now, current_lease_id=current_lease_id
+    )
     if assignment is None:
         return None, 204
     return assignment_data(assignment, assignment_responses(assignment=assignment)), 200

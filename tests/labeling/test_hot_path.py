@@ -21,7 +21,9 @@ from labeling.selectors.annotation import assignment_responses, regular_left_cou
 from labeling.services.leasing import (
     _lock_next_candidate,
     _take,
+    assignment_current,
     assignment_lease_next,
+    project_with_current_lease,
     regular_candidates,
     slots_taken,
 )
@@ -35,7 +37,7 @@ pytestmark = pytest.mark.django_db
 WRITE = 1 if connection.vendor == "postgresql" else 3
 # The token with its user and roles is asked once, then remembered for API_TOKEN_CACHE_SECONDS (core.token_cache).
 TOKEN = 1
-NEXT_BUDGET = 4  # project, live lease?, candidate (locked) with its responses, slot upsert
+NEXT_BUDGET = 3  # project with my live lease, candidate (locked) with its responses, slot upsert
 SUBMIT_BUDGET = 1 + WRITE  # assignment+comparison+project (locked), the submission
 # session, user, roles, project, own assignment, submit (lock + write), next lease (3), page (4)
 HTMX_SUBMIT_BUDGET = 13 + WRITE
@@ -160,6 +162,17 @@ def busy_project():
     assign(made[6], me, Assignment.State.LEASED, minutes=-5)  # my expired lease: mine to revive
     Comparison.objects.filter(pk=made[7].pk).update(status=Comparison.Status.COMPLETE)
     return project, me, now
+
+
+def test_the_project_comes_with_the_lease_the_queue_would_find(busy_project):
+    project, me, now = busy_project
+    for user in (me, *type(me).objects.filter(username__in=["other", "third"])):
+        found, lease_id = project_with_current_lease(slug="states", annotator_id=user.pk, now=now)
+        assert found == project and found.overlap == project.overlap
+        current = assignment_current(project=project, annotator_id=user.pk, now=now)
+        assert lease_id == (current.pk if current else None)
+        assert (lease_id is None) == (user == me)
+    assert project_with_current_lease(slug="no-such", annotator_id=me.pk, now=now) == (None, None)
 
 
 def test_precompiled_candidates_follow_the_orm_queue(busy_project):
