@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from django.db import close_old_connections, connection, transaction
 from django.test.utils import CaptureQueriesContext
+from django.urls import URLResolver, get_resolver, resolve
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -443,3 +444,22 @@ def test_a_persistent_connection_cut_between_requests_is_replaced_without_an_err
         )
         assert done.status_code == 201
     assert Ranking.objects.filter(comparison__project=project).count() == 2
+
+
+def test_no_page_pattern_could_take_an_api_path_so_the_api_can_be_tried_first():
+    """feedback_app.urls lists the API first; that changes nothing only while no other pattern matches api/…."""
+
+    def routes(patterns, prefix=""):
+        for pattern in patterns:
+            route = prefix + str(pattern.pattern)
+            if isinstance(pattern, URLResolver):
+                if pattern.app_name != "api":
+                    yield from routes(pattern.url_patterns, route)
+            else:
+                yield route
+
+    found = list(routes(get_resolver().url_patterns))
+    assert len(found) > 50  # the walk reaches the pages
+    # A route starting with a converter or a regex could match anything; none may start with api/.
+    assert [route for route in found if route.startswith(("<", "^", "api"))] == []
+    assert resolve("/api/v1/rankings/next/").namespace == "api"
