@@ -19,6 +19,11 @@ class CoreConfig(AppConfig):
 
     def ready(self):
         # Here, not at the top: Django imports apps.py before any model can load, ready() once they all have.
-        from core import lockout  # noqa: F401  (connects the sign-in signal receivers)
+        from core import (
+            lockout,  # noqa: F401  (connects the sign-in signal receivers)
+            token_cache,
+        )
+
+        token_cache.connect_signals()
 
         post_migrate.connect(_create_cache_table, sender=self, dispatch_uid="core.create_cache_table")

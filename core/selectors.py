@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from django.db import connections
 from kombu import Connection
 
-from core import precompiled
+from core import precompiled, token_cache
 from core.roles import ALL_ROLES
 
 # The role names are remembered on the user object, so one request asks the database once however many checks,
@@ -42,10 +42,14 @@ def user_roles_forget(*, user) -> None:
 
 def user_with_roles_for_token(*, key: str):
     """(user, token created_at) for an API token key with the user's roles remembered, or None: one query with
-    precompiled SQL (the API authenticates every request, and building the ORM query cost more than running it)."""
-    rows = precompiled.fetch(_token_user_sql(), [key])
-    if not rows:
-        return None
+    precompiled SQL (the API authenticates every request, and building the ORM query cost more than running it).
+    A token seen in the last API_TOKEN_CACHE_SECONDS is not asked again (core.token_cache says when it is)."""
+    rows = token_cache.get(key)
+    if rows is None:
+        rows = precompiled.fetch(_token_user_sql(), [key])
+        if not rows:
+            return None
+        token_cache.put(key, rows)
     user = precompiled.instance(get_user_model(), rows[0], "u_")
     user_roles_remember(user=user, names=[row["role_name"] for row in rows if row["role_name"] in ALL_ROLES])
     return user, rows[0]["token_created"]

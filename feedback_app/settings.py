@@ -455,4 +455,7 @@ REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"] = [
     "core.api.authentication.TokenAuthentication",
     "rest_framework.authentication.SessionAuthentication",
 ]
+# How long one web process remembers an API token's user and roles (core/token_cache.py): a token deleted or a role
+# removed in another process keeps working there for up to this long. 0: ask the database on every request.
+API_TOKEN_CACHE_SECONDS = env_int("API_TOKEN_CACHE_SECONDS", 5)
 # --- end annotator hot path -------------------------------------------------------------------------------

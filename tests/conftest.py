@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from core import token_cache
 from training import jobs as training_jobs
 from training.engine.base_model import build_tiny_model, save_model_atomically
 from training.models import TrainingRun
@@ -31,6 +32,13 @@ def _isolated_artifact_root(settings, tmp_path) -> None:
 def _fast_password_hashing(settings) -> None:
     """Users are created in almost every test; the production hasher costs about a second each on 2 cores."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _forget_api_tokens():
+    """A test's rolled-back transaction fires no signal: tokens it made must not be remembered into the next test."""
+    yield
+    token_cache.forget_all()
 
 
 @pytest.fixture(autouse=True)

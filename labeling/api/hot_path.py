@@ -17,7 +17,9 @@ import re
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import InterfaceError, OperationalError, connection
 from django.http import Http404, HttpRequest, HttpResponse
+from django.utils import timezone
 from rest_framework.exceptions import APIException
 from rest_framework.renderers import JSONRenderer
 from rest_framework.utils.json import strict_constant
@@ -27,8 +29,8 @@ from core.api.parsers import JsonRejected, check_json_document
 from core.api.permissions import IsAnnotator
 from core.selectors import user_roles, user_with_roles_for_token
 from labeling.api.serializers import assignment_data, ranking_data
-from labeling.selectors.annotation import assignment_responses, project_for_slug
-from labeling.services.leasing import assignment_lease_next
+from labeling.selectors.annotation import assignment_responses
+from labeling.services.leasing import assignment_lease_next, project_with_current_lease
 from labeling.services.rankings import ranking_submit
 
 # DRF's SlugField pattern (its CharField would first strip whitespace: such values go through DRF).
@@ -44,6 +46,10 @@ def answer(request: HttpRequest, action: str | None, view) -> HttpResponse | Non
     """The answer to a plain `next` / `submit` request, or None: let DRF answer it."""
     if action not in _ACTIONS or request.method != "POST" or request.GET:
         return None
+    return _without_health_check(lambda: _answer(request, action, view))
+
+
+def _answer(request: HttpRequest, action: str, view) -> HttpResponse | None:
     user = _token_user(request)
     if user is None:
         return None
@@ -63,6 +69,41 @@ def answer(request: HttpRequest, action: str | None, view) -> HttpResponse | Non
         error = exception_handler(exc, {"view": view, "args": (), "kwargs": {}, "request": request})
         data, status = error.data, error.status_code
     return _respond(data, status)
+
+
+def _without_health_check(run):
+    """run() without the `SELECT 1` that CONN_HEALTH_CHECKS sends before a request's first statement on a
+    persistent connection (a round trip per request). A connection found dead instead by that first statement
+    (Postgres restarted, the connection was cut) is replaced and run() called once more. That is safe because a
+    failed first statement has done nothing: in both answers it is a read (the token, the project) or runs
+    inside a transaction that it never got to commit."""
+    if (
+        not connection.health_check_enabled
+        or connection.health_check_done
+        or connection.connection is None
+        or connection.in_atomic_block
+    ):
+        return run()
+    connection.health_check_done = True
+    executed = False
+
+    def note(execute, sql, params, many, context):
+        nonlocal executed
+        result = execute(sql, params, many, context)
+        executed = True
+        return result
+
+    try:
+        with connection.execute_wrapper(note):
+            answered = run()
+    except (OperationalError, InterfaceError):
+        if executed or connection.in_atomic_block:
+            raise
+        connection.close()
+        return run()
+    if answered is None and not executed:
+        connection.health_check_done = False  # DRF answers this one (a remembered token): with Django's check
+    return answered
 
 
 def _token_user(request: HttpRequest):
@@ -132,10 +173,13 @@ def _submit_arguments(body: dict) -> dict | None:
 
 def _next(user, *, slug: str) -> tuple[dict | None, int]:
     """RankingViewSet.next."""
-    project = project_for_slug(slug=slug)
+    now = timezone.now()
+    project, current_lease_id = project_with_current_lease(slug=slug, annotator_id=user.pk, now=now)
     if project is None:
         raise Http404("No such project.")
-    assignment = assignment_lease_next(project=project, annotator=user)
+    assignment = assignment_lease_next(
+        project=project, annotator=user, now=now, current_lease_id=current_lease_id
+    )
     if assignment is None:
         return None, 204
     return assignment_data(assignment, assignment_responses(assignment=assignment)), 200

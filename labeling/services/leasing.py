@@ -42,6 +42,13 @@ _CURRENT_SQL = (
     f'SELECT id FROM "{_A}" WHERE project_id = %s AND annotator_id = %s AND state = {_LEASED} '
     "AND leased_until > %s ORDER BY leased_at, id LIMIT 1"
 )
+# The project by slug with the id of the annotator's oldest live lease in it: the `next` request's first two
+# questions in one statement.
+_PROJECT_WITH_CURRENT_SQL = (
+    f"SELECT {precompiled.columns(Project, 'p', '')}, "
+    f"({_CURRENT_SQL.replace('project_id = %s', 'project_id = p.id')}) AS current_lease_id "
+    f'FROM "{Project._meta.db_table}" p WHERE p.slug = %s'
+)
 _PROMPT_FIELDS = ("id", "project_id", "messages")
 # The open queue is read in order inside a planning fence (OFFSET 0 on Postgres), and the per-comparison checks run
 # only until the first row passes: with stale statistics (an assignment table growing faster than autovacuum
@@ -341,15 +348,45 @@ def assignment_current(*, project: Project, annotator_id: int, now: datetime) ->
         row = cursor.fetchone()
     if row is None:
         return None
-    return Assignment.objects.select_related("comparison__prompt").get(pk=row[0])
+    return _assignment_with_prompt(row[0])
 
 
-def assignment_lease_next(*, project: Project, annotator, now: datetime | None = None) -> Assignment | None:
-    """The annotator's live lease if there is one (renewed), else a new lease on the next comparison, else None."""
+def _assignment_with_prompt(pk: int) -> Assignment:
+    return Assignment.objects.select_related("comparison__prompt").get(pk=pk)
+
+
+def project_with_current_lease(
+    *, slug: str, annotator_id: int, now: datetime
+) -> tuple[Project | None, int | None]:
+    """(the project with this slug, the id of the annotator's oldest live lease in it or None), in one statement:
+    pass both to assignment_lease_next. (None, None) when there is no such project."""
+    rows = precompiled.fetch(
+        _PROJECT_WITH_CURRENT_SQL, [annotator_id, connection.ops.adapt_datetimefield_value(now), slug]
+    )
+    if not rows:
+        return None, None
+    return precompiled.instance(Project, rows[0], ""), rows[0]["current_lease_id"]
+
+
+_LOOK_UP = object()
+
+
+def assignment_lease_next(
+    *, project: Project, annotator, now: datetime | None = None, current_lease_id=_LOOK_UP
+) -> Assignment | None:
+    """The annotator's live lease if there is one (renewed), else a new lease on the next comparison, else None.
+
+    `current_lease_id` (with the same `now`), when the caller read it already (project_with_current_lease): the
+    lease this call would look up. Read before the transaction rather than in it, it is as current: the read takes
+    no lock either way, and a lease another tab of the annotator takes meanwhile only means two live leases, as a
+    lookup in the transaction could also miss it."""
     now = now or timezone.now()
     annotator_id = annotator.pk
     with transaction.atomic():
-        current = assignment_current(project=project, annotator_id=annotator_id, now=now)
+        if current_lease_id is _LOOK_UP:
+            current = assignment_current(project=project, annotator_id=annotator_id, now=now)
+        else:
+            current = None if current_lease_id is None else _assignment_with_prompt(current_lease_id)
         if current is not None:
             current.leased_until = now + timedelta(seconds=project.lease_seconds)
             current.save(update_fields=["leased_until"])

@@ -3,15 +3,18 @@ and hand-built payloads held equal to the ORM queries and DRF serializers they r
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
-from django.db import connection, transaction
+from django.db import close_old_connections, connection, transaction
 from django.test.utils import CaptureQueriesContext
+from django.urls import URLResolver, get_resolver, resolve
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from core.selectors import user_roles
+from core import token_cache
+from core.selectors import user_roles, user_roles_forget, user_with_roles_for_token
 from core.services import api_token_get_or_create, user_create_or_update
 from labeling.api.serializers import AssignmentSerializer, RankingSerializer, assignment_data, ranking_data
 from labeling.models import Assignment, Comparison, Ranking, Response
@@ -19,7 +22,9 @@ from labeling.selectors.annotation import assignment_responses, regular_left_cou
 from labeling.services.leasing import (
     _lock_next_candidate,
     _take,
+    assignment_current,
     assignment_lease_next,
+    project_with_current_lease,
     regular_candidates,
     slots_taken,
 )
@@ -31,8 +36,10 @@ pytestmark = pytest.mark.django_db
 # Statements per request, transaction control (BEGIN / COMMIT / SAVEPOINT) not counted. On Postgres the submission
 # is one statement (ranking, assignment, completion); elsewhere it is three.
 WRITE = 1 if connection.vendor == "postgresql" else 3
-NEXT_BUDGET = 5  # token+user+roles, project, live lease?, candidate (locked) with its responses, slot upsert
-SUBMIT_BUDGET = 2 + WRITE  # token+user+roles, assignment+comparison+project (locked), the submission
+# The token with its user and roles is asked once, then remembered for API_TOKEN_CACHE_SECONDS (core.token_cache).
+TOKEN = 1
+NEXT_BUDGET = 3  # project with my live lease, candidate (locked) with its responses, slot upsert
+SUBMIT_BUDGET = 1 + WRITE  # assignment+comparison+project (locked), the submission
 # session, user, roles, project, own assignment, submit (lock + write), next lease (3), page (4)
 HTMX_SUBMIT_BUDGET = 13 + WRITE
 
@@ -52,11 +59,11 @@ def test_next_and_submit_stay_within_their_query_budget():
     for _ in range(5):
         make_comparison(project)
     client = _api(make_user("fast"))
-    for _ in range(3):  # the same budget for every item, not only the first
+    for i in range(3):  # the same budget for every item, not only the first
         with CaptureQueriesContext(connection) as leased:
             item = client.post("/api/v1/rankings/next/", {"project": "budget"}, format="json")
         assert item.status_code == 200
-        assert len(_statements(leased)) == NEXT_BUDGET, _statements(leased)
+        assert len(_statements(leased)) == NEXT_BUDGET + (TOKEN if i == 0 else 0), _statements(leased)
         with CaptureQueriesContext(connection) as submitted:
             done = client.post(
                 "/api/v1/rankings/submit/",
@@ -156,6 +163,17 @@ def busy_project():
     assign(made[6], me, Assignment.State.LEASED, minutes=-5)  # my expired lease: mine to revive
     Comparison.objects.filter(pk=made[7].pk).update(status=Comparison.Status.COMPLETE)
     return project, me, now
+
+
+def test_the_project_comes_with_the_lease_the_queue_would_find(busy_project):
+    project, me, now = busy_project
+    for user in (me, *type(me).objects.filter(username__in=["other", "third"])):
+        found, lease_id = project_with_current_lease(slug="states", annotator_id=user.pk, now=now)
+        assert found == project and found.overlap == project.overlap
+        current = assignment_current(project=project, annotator_id=user.pk, now=now)
+        assert lease_id == (current.pk if current else None)
+        assert (lease_id is None) == (user == me)
+    assert project_with_current_lease(slug="no-such", annotator_id=me.pk, now=now) == (None, None)
 
 
 def test_precompiled_candidates_follow_the_orm_queue(busy_project):
@@ -328,3 +346,128 @@ def test_requests_the_fast_path_would_have_to_reinterpret_go_to_drf(body):
         HTTP_AUTHORIZATION=f"Token {token}",
     )
     assert hot_path.answer(request, action, None) is not None
+
+
+def _token_queries(queries) -> int:
+    return sum('"authtoken_token"' in sql for sql in _statements(queries))
+
+
+def test_a_token_is_asked_once_then_remembered_until_it_changes_or_expires(settings, monkeypatch):
+    project = make_project("remember", overlap=1)
+    make_comparison(project)
+    user = make_user("remembered")
+    client = _api(user)
+
+    def rankings(expected_status=200):
+        with CaptureQueriesContext(connection) as queries:
+            assert client.get("/api/v1/rankings/").status_code == expected_status
+        return _token_queries(queries)
+
+    assert rankings() == 1
+    assert rankings() == 0
+    # Deleting the token (a sign-out, a rotation) forgets it at once: refused on the next request.
+    api_token_get_or_create(user=user).delete()
+    assert rankings(expected_status=401) == 1
+    # A new token; deactivating its user (a save) forgets it too.
+    client = _api(user)
+    assert rankings() == 1
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    assert rankings(expected_status=401) == 1
+    user.is_active = True
+    user.save(update_fields=["is_active"])
+    assert rankings() == 1
+    # What no signal reports (QuerySet.update, another process) counts once the entry expires.
+    type(user).objects.filter(pk=user.pk).update(is_active=False)
+    assert rankings() == 0  # still remembered: at most API_TOKEN_CACHE_SECONDS stale
+    later = time.monotonic() + settings.API_TOKEN_CACHE_SECONDS + 1
+    monkeypatch.setattr(token_cache.time, "monotonic", lambda: later)
+    assert rankings(expected_status=401) == 1
+
+
+def test_a_remembered_token_gives_each_request_its_own_user(settings):
+    user = make_user("own-object")
+    key = api_token_get_or_create(user=user).key
+    first, _ = user_with_roles_for_token(key=key)
+    second, _ = user_with_roles_for_token(key=key)
+    assert first is not second and first == second == user
+    first.first_name = "changed"
+    user_roles_forget(user=first)
+    assert second.first_name == "" and user_roles(user=second) == {"annotator"}
+    settings.API_TOKEN_CACHE_SECONDS = 0
+    token_cache.forget_all()
+    with CaptureQueriesContext(connection) as queries:
+        user_with_roles_for_token(key=key)
+        user_with_roles_for_token(key=key)
+    assert len(queries.captured_queries) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="cuts a Postgres backend: run under test-services"
+)
+def test_a_persistent_connection_cut_between_requests_is_replaced_without_an_error():
+    """The hot path skips CONN_HEALTH_CHECKS' SELECT 1; a dead connection is found by the first statement."""
+    import psycopg
+
+    project = make_project("cut", overlap=1)
+    for _ in range(3):
+        make_comparison(project)
+    client = _api(make_user("cut-user"))
+    assert connection.settings_dict["CONN_HEALTH_CHECKS"] and connection.settings_dict["CONN_MAX_AGE"]
+
+    def cut():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            backend = cursor.fetchone()[0]
+        params = connection.get_connection_params()
+        params.pop("cursor_factory", None)
+        params.pop("context", None)
+        with psycopg.connect(**params, autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", [backend])
+
+    for cached_token in (False, True):  # the first statement is the token query, then the project query
+        if not cached_token:
+            token_cache.forget_all()
+        item = client.post("/api/v1/rankings/next/", {"project": "cut"}, format="json")
+        assert item.status_code == 200
+        cut()
+        if not cached_token:
+            token_cache.forget_all()
+        # What the WSGI handler does at request_started (the test client leaves it out): from here on the
+        # connection counts as not checked, so Django would send its SELECT 1.
+        close_old_connections()
+        assert not connection.health_check_done
+        again = client.post("/api/v1/rankings/next/", {"project": "cut"}, format="json")
+        assert again.status_code == 200, again.content
+        assert again.json()["assignment"] == item.json()["assignment"]  # the same live lease, renewed
+        done = client.post(
+            "/api/v1/rankings/submit/",
+            {"assignment": item.json()["assignment"], "choice": "a"},
+            format="json",
+        )
+        assert done.status_code == 201
+    assert Ranking.objects.filter(comparison__project=project).count() == 2
+    # A request the hot path leaves to DRF (a slug with a space, which DRF strips) gets Django's own check.
+    cut()
+    close_old_connections()
+    assert client.post("/api/v1/rankings/next/", {"project": " cut"}, format="json").status_code == 200
+
+
+def test_no_page_pattern_could_take_an_api_path_so_the_api_can_be_tried_first():
+    """feedback_app.urls lists the API first; that changes nothing only while no other pattern matches api/…."""
+
+    def routes(patterns, prefix=""):
+        for pattern in patterns:
+            route = prefix + str(pattern.pattern)
+            if isinstance(pattern, URLResolver):
+                if pattern.app_name != "api":
+                    yield from routes(pattern.url_patterns, route)
+            else:
+                yield route
+
+    found = list(routes(get_resolver().url_patterns))
+    assert len(found) > 50  # the walk reaches the pages
+    # A route starting with a converter or a regex could match anything; none may start with api/.
+    assert [route for route in found if route.startswith(("<", "^", "api"))] == []
+    assert resolve("/api/v1/rankings/next/").namespace == "api"

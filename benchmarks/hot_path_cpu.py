@@ -1,0 +1,186 @@
+"""CPU per annotator round trip (POST /api/v1/rankings/next/ then /submit/), in-process through Django's WSGI
+handler: the CPU time of this Python process and of its Postgres backend, without gunicorn, HTTP or a client.
+
+On a shared machine this is steadier than annotator_load: another process's load slows both sides alike and
+what is counted is CPU time, not wall time. With `--against DIR` (a checkout of another commit, e.g. made with
+`git archive <ref> | tar -x -C DIR`) both trees are measured alternately, `--rounds` times each, and the
+ratio this tree / DIR is printed. Needs Postgres in DATABASE_URL (run it under scripts/test-services.sh):
+
+    scripts/test-services.sh .venv/bin/python benchmarks/hot_path_cpu.py --against /tmp/base
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _environ(path: str, body: bytes, token: str) -> dict:
+    return {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(body)),
+        "HTTP_HOST": "127.0.0.1",
+        "HTTP_AUTHORIZATION": f"Token {token}",
+        "HTTP_ACCEPT": "application/json",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "wsgi.version": (1, 0),
+    }
+
+
+def _call(app, path: str, payload: dict, token: str) -> tuple[str, bytes]:
+    got = {}
+
+    def start_response(status, headers, exc_info=None):
+        got["status"] = status
+
+    body = b"".join(app(_environ(path, json.dumps(payload).encode(), token), start_response))
+    return got["status"], body
+
+
+def worker(round_trips: int, warmup: int) -> dict:
+    """Measure in this process (cwd = the tree measured); prints one JSON line."""
+    sys.path.insert(0, str(Path.cwd()))
+    sys.path.insert(0, str(Path.cwd() / "benchmarks"))
+    from annotator_load import _server_env, create_annotators, create_project
+    from scratch_db import postgres_scratch
+
+    scratch_url, drop = postgres_scratch(os.environ["DATABASE_URL"], "bench_hot_path")
+    workdir = Path(tempfile.mkdtemp(prefix="hot-path-cpu-"))
+    # The benchmark server's environment (production settings, DEBUG=0), with persistent connections as
+    # gunicorn's threads keep theirs.
+    os.environ.update(_server_env(scratch_url, workdir / "static", workdir / "var"), DB_CONN_MAX_AGE="600")
+    try:
+        import django
+        import psutil
+
+        django.setup()
+        from django.core.handlers.wsgi import WSGIHandler
+        from django.core.management import call_command
+        from django.db import connection
+
+        call_command("migrate", verbosity=0, interactive=False)
+        create_project("cpu", round_trips + warmup + 10, seed=0)
+        [(_, token)] = create_annotators(1)
+        connection.close()
+        app = WSGIHandler()
+
+        def round_trip() -> None:
+            status, body = _call(app, "/api/v1/rankings/next/", {"project": "cpu"}, token)
+            assert status.startswith("200"), (status, body[:300])
+            assignment = json.loads(body)["assignment"]
+            status, body = _call(
+                app, "/api/v1/rankings/submit/", {"assignment": assignment, "choice": "a"}, token
+            )
+            assert status.startswith("201"), (status, body[:300])
+
+        for _ in range(warmup):
+            round_trip()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_backend_pid()")
+            backend = psutil.Process(cursor.fetchone()[0])
+        pg0, py0, wall0 = backend.cpu_times(), time.process_time(), time.perf_counter()
+        for _ in range(round_trips):
+            round_trip()
+        pg1, py1, wall1 = backend.cpu_times(), time.process_time(), time.perf_counter()
+        with connection.cursor() as cursor:  # the same backend served every request (persistent connection)
+            cursor.execute("SELECT pg_backend_pid()")
+            assert cursor.fetchone()[0] == backend.pid
+        connection.close()
+        per = 1000 / round_trips
+        result = {
+            "python_ms": (py1 - py0) * per,
+            "postgres_ms": (pg1.user + pg1.system - pg0.user - pg0.system) * per,
+            "wall_ms": (wall1 - wall0) * per,
+        }
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        drop()
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def _measure(tree: Path, round_trips: int, warmup: int) -> dict:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "hot_path_cpu.py"),
+            "--worker",
+            f"--round-trips={round_trips}",
+            f"--warmup={warmup}",
+        ],
+        cwd=tree,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--round-trips", type=int, default=1500)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating measurements of each tree")
+    parser.add_argument("--against", type=Path, help="another checkout to compare with (the 'before')")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if not os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")):
+        raise SystemExit("hot_path_cpu needs Postgres in DATABASE_URL: run it under scripts/test-services.sh")
+    if args.worker:
+        worker(args.round_trips, args.warmup)
+        return
+    trees = {"this tree": HERE.parent} | ({"against": args.against.resolve()} if args.against else {})
+    results: dict[str, list[dict]] = {name: [] for name in trees}
+    for _ in range(args.rounds):
+        for name, tree in trees.items():
+            result = _measure(tree, args.round_trips, args.warmup)
+            results[name].append(result)
+            print(f"{name:9}  " + "  ".join(f"{k} {v:.2f}" for k, v in result.items()), flush=True)
+    medians = {
+        name: {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+        for name, runs in results.items()
+    }
+    for name, median in medians.items():
+        total = median["python_ms"] + median["postgres_ms"]
+        print(
+            f"median {name}: python {median['python_ms']:.2f} ms + postgres {median['postgres_ms']:.2f} ms "
+            f"= {total:.2f} ms CPU per round trip (wall {median['wall_ms']:.2f} ms)"
+        )
+    if args.against:
+        now, before = medians["this tree"], medians["against"]
+        for key in ("python_ms", "postgres_ms"):
+            print(f"ratio this tree / against, {key}: {now[key] / before[key]:.2f}")
+        total_now = now["python_ms"] + now["postgres_ms"]
+        total_before = before["python_ms"] + before["postgres_ms"]
+        print(f"ratio this tree / against, CPU: {total_now / total_before:.2f}")
+
+
+if __name__ == "__main__":
+    main()
