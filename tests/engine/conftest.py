@@ -6,9 +6,10 @@ import pytest
 from torch import nn
 from torch.nn.modules.module import register_module_forward_hook
 
-# The tiny model's classes: one call of either is one forward pass of a whole model (a policy, a reference, a
-# reward model), however PEFT or our adapters wrap it.
-WHOLE_MODEL_CLASSES = ("LlamaForCausalLM", "LlamaForSequenceClassification")
+# The tiny model's decoder: every forward pass of a whole model (a policy, a reference, a reward model), however
+# PEFT or our adapters wrap it, runs it once, also where a stage calls the decoder without the output layer
+# (fast_paths.response_log_probs).
+WHOLE_MODEL_CLASSES = ("LlamaModel",)
 
 
 class ForwardCalls:

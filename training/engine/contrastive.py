@@ -222,10 +222,6 @@ def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
     domains = sorted(set(pairs["domain"])) if "domain" in pairs.column_names else [NO_DOMAIN]
     policy, tokenizer = build_policy(config, inputs.base, domains, device)
     examples = tokenize_pairs(tokenizer, pairs, config.max_length, domains)
-    if fast_paths.use_compiled_layers(config, device):
-        for model in (policy.model, policy.reference_copy):
-            if model is not None:
-                fast_paths.compile_decoder_layers(model)
     trainable = policy.trainable()
     optimizer = fast_paths.adamw(list(trainable.values()), device, lr=config.learning_rate, weight_decay=0.0)
 
