@@ -169,3 +169,47 @@ def test_static_cache_decoding_gives_the_dynamic_cache_tokens(tiny):
         for static in batches["static"]:
             assert static.completion_ids.tolist() == dynamic.completion_ids.tolist()
             assert static.completion_mask.tolist() == dynamic.completion_mask.tolist()
+
+
+def test_packed_gqa_attention_equals_sdpa_with_repeated_key_value_heads():
+    """One query token per head regrouped per key/value head: the same output as transformers' SDPA path, which
+    copies each key/value head once per query head of its group, with a padding mask shared by all heads."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from training.engine.decoders import packed_gqa_attention
+
+    torch.manual_seed(0)
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 3, True
+    batch, kv_heads, length, dim = 2, 2, 10, 8
+    query = torch.randn(batch, kv_heads * 3, 1, dim)
+    key, value = torch.randn(batch, kv_heads, length, dim), torch.randn(batch, kv_heads, length, dim)
+    mask = torch.ones(batch, 1, 1, length, dtype=torch.bool)
+    mask[0, ..., :4] = False  # a left-padded row
+    packed, _ = packed_gqa_attention(module, query, key, value, mask, scaling=0.3)
+    plain, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
+    assert packed.shape == plain.shape == (batch, 1, kv_heads * 3, dim)
+    torch.testing.assert_close(packed, plain)
+    # A different key/value head per group: swapping the groups' caches must change the result.
+    swapped, _ = packed_gqa_attention(module, query, key.flip(1), value.flip(1), mask, scaling=0.3)
+    assert not torch.allclose(swapped, plain)
+
+
+def test_static_decode_steps_attend_with_packed_gqa_and_restore_sdpa(tiny, monkeypatch):
+    from training.engine import decoders
+
+    model, tokenizer = tiny
+    calls = {"one_token": 0, "other": 0}
+    original = decoders.packed_gqa_attention
+
+    def counting(module, query, *args, **kwargs):
+        calls["one_token" if query.shape[2] == 1 else "other"] += 1
+        return original(module, query, *args, **kwargs)
+
+    monkeypatch.setattr(decoders, "packed_gqa_attention", counting)
+    assert model.config._attn_implementation == "sdpa"
+    settings = SamplingSettings(max_new_tokens=5, temperature=0, decode="static")
+    generate(model, tokenizer, PROMPTS, settings)
+    layers = model.config.num_hidden_layers
+    assert calls == {"one_token": 4 * layers, "other": 0}  # every decode step after the prefill, no prefill
+    assert model.config._attn_implementation == "sdpa"

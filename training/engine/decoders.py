@@ -12,19 +12,29 @@ Two ways to keep the KV cache, same results (greedy decoding gives the same toke
   and replays it: one launch per token instead of hundreds. The prefill (variable prompt length) runs eagerly into
   the same cache. The cache and the compiled step stay on the model between calls (PPO samples every iteration,
   the sampling service every batch), so a repeated shape neither recompiles nor re-records.
+
+Decode steps of the static decoder attend with `packed_gqa_attention`: with grouped-query attention (SmolLM2: 9
+query heads over 3 key/value heads) transformers' SDPA path copies each key/value head once per query head of its
+group over the whole static cache when compiled (`repeat_kv`, twice per layer per token): measured on an H200 that
+copy took as long as the attention itself. One query token per head lets the group's query heads be the rows of one
+"query sequence" per key/value head instead, so attention reads the cache as it is (the same reshape transformers
+itself uses when not compiling).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import torch
+import torch.nn.functional as F
 
 # Cache lengths are rounded up to this, so prompts of slightly different lengths share one compiled graph.
 CACHE_LENGTH_MULTIPLE = 128
 # Static caches kept per model (one per batch size × cache length); a sampling service with many shapes stays bounded.
 MAX_KEPT_CACHES = 4
 _STATE_ATTRIBUTE = "_feedback_static_decode"
+PACKED_GQA_ATTENTION = "sdpa_packed_gqa"  # registered with transformers' attention and mask interfaces
 
 
 def cache_keyword(model) -> str:
@@ -80,26 +90,27 @@ class StaticCacheDecoder:
 
     def prefill(self, prompt_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         cache_argument = {self.state.keyword: self.cache}
+        # Many query tokens: the packed attention would hand over to plain SDPA anyway, so the prefill keeps it.
         outputs = _forward(
             self.model, prompt_ids, position_ids, self.attention_mask, cache_argument, logits_to_keep=1
         )
         return outputs.logits[:, -1, :]
 
     def step(self, tokens: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        if not self.state.compiled:
-            return _one_token_step(
-                self.model,
-                tokens.unsqueeze(1),
-                position_ids,
-                self.attention_mask,
-                self.cache,
-                self.state.keyword,
-            )
-        # The previous step's logits have been read: the graph may overwrite its output buffers now.
-        torch.compiler.cudagraph_mark_step_begin()
-        logits = self.state.compiled_step(
-            self.model, tokens.unsqueeze(1), position_ids, self.attention_mask, self.cache, self.state.keyword
+        arguments = (
+            self.model,
+            tokens.unsqueeze(1),
+            position_ids,
+            self.attention_mask,
+            self.cache,
+            self.state.keyword,
         )
+        with packed_gqa_decoding(self.model):
+            if not self.state.compiled:
+                return _one_token_step(*arguments)
+            # The previous step's logits have been read: the graph may overwrite its output buffers now.
+            torch.compiler.cudagraph_mark_step_begin()
+            logits = self.state.compiled_step(*arguments)
         return logits.clone()  # the graph's output buffer is reused by the next replay
 
 
@@ -155,3 +166,62 @@ def _kept_state(model, compiled: bool) -> _KeptState:
         state = _KeptState(model, compiled)
         object.__setattr__(model, _STATE_ATTRIBUTE, state)  # a plain attribute: no submodule, no parameter
     return state
+
+
+def packed_gqa_attention(
+    module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None, **kwargs
+):
+    """transformers' SDPA attention, except one query token under grouped-query attention: [batch, heads, 1, dim]
+    is regrouped to [batch, kv_heads, group, dim] (head h uses key/value head h // group, as in `repeat_kv`), so
+    SDPA reads the cache without a per-query-head copy. A mask shared by all heads broadcasts over the group rows."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    mask_shared_by_heads = attention_mask is None or attention_mask.shape[1] == 1
+    if (
+        query.shape[2] != 1
+        or groups == 1
+        or not mask_shared_by_heads
+        or kwargs.get("position_bias") is not None
+        or kwargs.get("softcap") is not None
+    ):
+        return sdpa_attention_forward(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            is_causal=is_causal,
+            **kwargs,
+        )
+    batch, heads, _, dim = query.shape
+    packed = query.reshape(batch, heads // groups, groups, dim)
+    output = F.scaled_dot_product_attention(
+        packed, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling
+    )
+    return output.reshape(batch, heads, 1, value.shape[-1]).transpose(1, 2).contiguous(), None
+
+
+def _register_packed_gqa_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(PACKED_GQA_ATTENTION, packed_gqa_attention)
+    AttentionMaskInterface.register(PACKED_GQA_ATTENTION, sdpa_mask)
+
+
+@contextlib.contextmanager
+def packed_gqa_decoding(model):
+    """Decode steps of a model that attends with SDPA use `packed_gqa_attention`; other implementations as they are."""
+    config = model.config
+    if config._attn_implementation != "sdpa":
+        yield
+        return
+    _register_packed_gqa_attention()
+    config._attn_implementation = PACKED_GQA_ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = "sdpa"
