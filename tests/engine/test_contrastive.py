@@ -128,3 +128,28 @@ def test_cancel_then_resume_continues_at_saved_step(tiny_model_dir, tmp_path):
     )
     assert [m.step for m in progress] == [4, 5]
     assert resumed.status == "completed" and (out_dir / "stage.json").is_file()
+
+
+def test_right_padded_rows_score_the_same_without_the_padding_mask(tiny_model_dir):
+    """The stage scores right-padded rows under the causal mask alone (SDPA's flash path): every real token's
+    log-prob equals the one computed with the padding mask, whatever the padding (also padded to a multiple)."""
+    model, tokenizer = load_model_ref(ModelRef(tiny_model_dir), "cpu")
+    rows = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": "hi"}],
+                "chosen": [{"role": "assistant", "content": "ok"}],
+                "rejected": [{"role": "assistant", "content": "a much longer answer, with many more tokens"}],
+            },
+        ]  # fmt: skip
+    )
+    examples = contrastive.tokenize_pairs(tokenizer, rows, 64, [contrastive.NO_DOMAIN])
+    for multiple in (1, 16):
+        batch = contrastive.collate(examples, tokenizer.pad_token_id, "cpu", pad_to_multiple_of=multiple)
+        assert batch["input_ids"].shape[1] % multiple == 0
+        assert batch["attention_mask"][0].sum() < batch["attention_mask"].shape[1]  # the short row is padded
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        token_log_probs = logits.float().log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
+        masked = (token_log_probs * batch["completion_mask"][:, 1:]).sum(-1)
+        unmasked, _ = contrastive.sequence_log_probs(model, batch)
+        torch.testing.assert_close(unmasked, masked, rtol=1e-5, atol=1e-5)

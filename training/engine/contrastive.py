@@ -106,11 +106,14 @@ def tokenize_pairs(tokenizer, pairs: Dataset, max_length: int, domains: list[str
     return examples
 
 
-def collate(examples: list[dict], pad_token_id: int, device) -> dict[str, torch.Tensor]:
-    """Chosen rows then rejected rows, right-padded; completion_mask marks the response tokens to score."""
+def collate(
+    examples: list[dict], pad_token_id: int, device, pad_to_multiple_of: int = 1
+) -> dict[str, torch.Tensor]:
+    """Chosen rows then rejected rows, right-padded (to a multiple of `pad_to_multiple_of` columns: fewer distinct
+    shapes for compiled layers); completion_mask marks the response tokens to score."""
     sequences = [e["chosen"] for e in examples] + [e["rejected"] for e in examples]
     prompt_lengths = [e["prompt_length"] for e in examples] * 2
-    width = max(len(s) for s in sequences)
+    width = -(-max(len(s) for s in sequences) // pad_to_multiple_of) * pad_to_multiple_of
     input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros_like(input_ids)
     completion_mask = torch.zeros_like(input_ids)
@@ -131,10 +134,12 @@ def collate(examples: list[dict], pad_token_id: int, device) -> dict[str, torch.
 
 
 def sequence_log_probs(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum of log π(token) over each row's response tokens, and the mean token NLL (for CPO's SFT term)."""
-    sums, counts = fast_paths.response_log_probs(
-        model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
-    )
+    """Sum of log π(token) over each row's response tokens, and the mean token NLL (for CPO's SFT term).
+
+    No attention mask: the rows are right-padded, so under the causal mask alone a real token never sees a pad
+    (they all come after it) and its log-prob is the same as with the padding mask. Without a mask SDPA runs its
+    causal flash kernel instead of the masked one; the pads' own outputs are never scored."""
+    sums, counts = fast_paths.response_log_probs(model, batch["input_ids"], None, batch["completion_mask"])
     return sums, -sums / counts.clamp(min=1)
 
 
@@ -215,6 +220,19 @@ def preference_loss(
     raise ValueError(f"unknown contrastive loss {config.loss!r}; use 'dpo' or 'cpo'")
 
 
+def batch_losses(config: ContrastiveStageConfig, policy: Policy, batch, pairs: int, several_domains: bool):
+    """(preference loss, router loss, policy log-probs of the rows) of one collated batch of `pairs` pairs."""
+    device = batch["input_ids"].device
+    with autocast_for(device):
+        reference = policy.reference_log_probs(batch) if config.loss == "dpo" else None
+        log_probs, chosen_nll, router_logits = policy.log_probs(batch)
+    loss = preference_loss(config, log_probs, reference, chosen_nll, pairs)
+    router_loss = torch.zeros((), device=device)
+    if router_logits is not None and several_domains:
+        router_loss = F.cross_entropy(router_logits.float(), batch["domain"])
+    return loss, router_loss, log_probs
+
+
 def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
     seed_everything(config.seed)
     device = pick_device(config.device)
@@ -267,13 +285,7 @@ def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
             )
             chosen = distributed.shard(order[position * batch_size : (position + 1) * batch_size].tolist())
             batch = collate([examples[i] for i in chosen], tokenizer.pad_token_id, device)
-            with autocast_for(device):
-                reference = policy.reference_log_probs(batch) if config.loss == "dpo" else None
-                log_probs, chosen_nll, router_logits = policy.log_probs(batch)
-            loss = preference_loss(config, log_probs, reference, chosen_nll, len(chosen))
-            router_loss = torch.zeros((), device=device)
-            if router_logits is not None and len(domains) > 1:
-                router_loss = F.cross_entropy(router_logits.float(), batch["domain"])
+            loss, router_loss, log_probs = batch_losses(config, policy, batch, len(chosen), len(domains) > 1)
             total = (loss + config.router_loss_weight * router_loss) / config.gradient_accumulation_steps
             total.backward()
             if not torch.isfinite(

@@ -42,11 +42,12 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
-def compile_decoder_layers(model: nn.Module, backend: str = "inductor") -> int:
-    """Compile every decoder layer in place (dynamic shapes); returns how many. Call once, after PEFT wrapping."""
+def compile_decoder_layers(model: nn.Module, backend: str = "inductor", dynamic: bool = True) -> int:
+    """Compile every decoder layer in place (dynamic shapes unless told); returns how many. Call once, after PEFT
+    wrapping."""
     layers = decoder_layers(model)
     for layer in layers:
-        layer.compile(backend=backend, dynamic=True)
+        layer.compile(backend=backend, dynamic=dynamic)
     return len(layers)
 
 
@@ -83,7 +84,7 @@ def _chunk_log_probs(head: nn.Linear, hidden: torch.Tensor, targets: torch.Tenso
 def response_log_probs(
     model: nn.Module,
     input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
+    attention_mask: torch.Tensor | None,
     scored_mask: torch.Tensor,
     chunk_tokens: int = LOG_PROB_CHUNK_TOKENS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,12 +96,18 @@ def response_log_probs(
     counts = mask.sum(-1)
     head = _plain_output_layer(model)
     if head is None:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+        logits = (
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
+        )
         token_log_probs = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         return (token_log_probs * mask).sum(-1), counts
     inner = _causal_lm(model)
     decoder = getattr(inner, inner.base_model_prefix)
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
+    # use_cache=False: a scoring pass keeps no KV cache (with one, every layer would also copy its keys and values
+    # into it, and compiled layers would recompile once per layer index on the cache's state)
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state[
+        :, :-1
+    ]
     rows = mask.nonzero()[:, 0]  # one host sync per forward: the number of scored positions sizes the chunks
     scored_hidden, scored_targets = hidden[mask], targets[mask]
     needs_grad = torch.is_grad_enabled() and (scored_hidden.requires_grad or head.weight.requires_grad)

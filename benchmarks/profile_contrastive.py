@@ -1,0 +1,146 @@
+"""Where a contrastive (DPO, LoRA mixture) step's time goes, and what the candidate levers change, on one GPU.
+
+    python benchmarks/profile_contrastive.py --model-dir DIR [--pairs 64] [--steps 10] [--variants ...]
+
+Each variant builds the stage's policy the way `contrastive.run` does and times whole optimizer steps of the
+stage's own maths (`contrastive.batch_losses`, backward, fused AdamW) on the benchmark's synthetic pairs, each step
+timed alone (so a recompilation shows as an outlier), after warm-up steps over every batch of the cycle:
+
+- `eager_mask`: eager layers, the padding mask passed to the decoder (the path before 2026-12-03's second run)
+- `eager`: eager layers, causal mask only (right-padded rows; `sequence_log_probs` today)
+- `compiled_dynamic`: decoder layers compiled with dynamic shapes
+- `compiled_static64`: decoder layers compiled for static shapes, widths padded to a multiple of 64
+
+Prints JSON: per variant tokens/s (real tokens), median and max step time, graphs compiled, peak memory, and for
+`--profile` variants the top GPU kernels of one step. Tokens/s here is comparable with gpu_stages.py's
+contrastive figure (same rows, same batch) but not the same measurement (no progress reporting, no stage I/O).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+import torch._dynamo  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from gpu_stages import DEVICE, build_random_model, conversations, synchronize  # noqa: E402
+
+from training.engine import contrastive, fast_paths  # noqa: E402
+from training.engine.common import ModelRef, PeftSettings  # noqa: E402
+
+VARIANTS = ("eager_mask", "eager", "compiled_dynamic", "compiled_static64")
+
+
+def _with_padding_mask(model, batch):
+    sums, counts = fast_paths.response_log_probs(
+        model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
+    )
+    return sums, -sums / counts.clamp(min=1)
+
+
+def measure(variant: str, base: ModelRef, rows: Dataset, pairs: int, steps: int, profile: bool) -> dict:
+    torch._dynamo.reset()
+    config = contrastive.ContrastiveStageConfig(
+        batch_size=pairs, learning_rate=1e-6, peft=PeftSettings(method="lora"), max_length=512
+    )
+    policy, tokenizer = contrastive.build_policy(config, base, [contrastive.NO_DOMAIN], DEVICE)
+    examples = contrastive.tokenize_pairs(tokenizer, rows, config.max_length, [contrastive.NO_DOMAIN])
+    multiple = 64 if variant == "compiled_static64" else 1
+    if variant.startswith("compiled"):
+        fast_paths.compile_decoder_layers(policy.model, dynamic=variant == "compiled_dynamic")
+    original_log_probs = contrastive.sequence_log_probs
+    if variant == "eager_mask":
+        contrastive.sequence_log_probs = _with_padding_mask
+    trainable = policy.trainable()
+    optimizer = fast_paths.adamw(list(trainable.values()), DEVICE, lr=config.learning_rate, weight_decay=0.0)
+    batches = [
+        contrastive.collate(examples[start : start + pairs], tokenizer.pad_token_id, DEVICE, multiple)
+        for start in range(0, pairs * 4, pairs)
+    ]
+    policy.model.train()
+
+    def step(batch) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss, router_loss, _ = contrastive.batch_losses(config, policy, batch, pairs, False)
+        (loss + config.router_loss_weight * router_loss).backward()
+        optimizer.step()
+
+    try:
+        torch.cuda.reset_peak_memory_stats() if DEVICE == "cuda" else None
+        start = time.perf_counter()
+        for index in range(len(batches) * 2):  # warm-up: every batch shape once in training, twice over
+            step(batches[index % len(batches)])
+        synchronize()
+        warm_up_s = time.perf_counter() - start
+        seconds, tokens = [], 0
+        for index in range(steps):
+            batch = batches[index % len(batches)]
+            start = time.perf_counter()
+            step(batch)
+            synchronize()
+            seconds.append(time.perf_counter() - start)
+            tokens += int(batch["attention_mask"].sum())
+        result = {
+            "tokens_per_s": tokens / sum(seconds),
+            "median_step_s": statistics.median(seconds),
+            "max_step_s": max(seconds),
+            "warm_up_s": warm_up_s,
+            "widths": [int(b["input_ids"].shape[1]) for b in batches],
+            "graphs": int(torch._dynamo.utils.counters["stats"]["unique_graphs"]),
+            "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if DEVICE == "cuda" else None,
+        }
+        if profile:
+            from torch.profiler import ProfilerActivity
+            from torch.profiler import profile as profiler
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+            with profiler(activities=activities) as prof:
+                step(batches[0])
+                synchronize()
+            events = prof.key_averages()
+            cuda = torch.autograd.DeviceType.CUDA
+            kernel_us = sum(e.device_time_total for e in events if e.device_type == cuda)
+            top = sorted(events, key=lambda e: -e.device_time_total)[:18]
+            result["gpu_kernel_ms"] = kernel_us / 1000
+            result["top_gpu"] = [[e.key[:90], round(e.device_time_total / 1000, 2), e.count] for e in top]
+        return result
+    finally:
+        contrastive.sequence_log_probs = original_log_probs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--pairs", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument(
+        "--profile", default="eager,compiled_static64", help="variants to profile one step of"
+    )
+    parser.add_argument("--rows", type=int, default=0, help="pairs to tokenize (default: 4 batches)")
+    args = parser.parse_args()
+    model_path, _ = build_random_model(args.model_dir, Path(tempfile.mkdtemp()) / "random", "135m")
+    base = ModelRef(model_path, "random")
+    rows = Dataset.from_list(conversations(args.rows or args.pairs * 4))
+    results = {}
+    for variant in args.variants.split(","):
+        try:
+            results[variant] = measure(variant, base, rows, args.pairs, args.steps, variant in args.profile)
+        except Exception as exc:  # one failing variant must not hide the others' numbers
+            results[variant] = {"error": repr(exc)[:2000]}
+        print(json.dumps({variant: results[variant]}), flush=True)
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()  # the variant's model and optimizer are gone with `measure`'s frame
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
