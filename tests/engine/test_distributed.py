@@ -250,7 +250,13 @@ def test_a_stage_asks_for_processes_it_can_use():
 # FSDP2 (`sharding="fsdp"`): the Trainer stages with their model sharded over the processes.
 
 SHARDED = {
-    "sft": (sft.SftStageConfig, conversations, dict(max_steps=4), "model.safetensors"),
+    # Two micro-batches a step: their gradients are reduce-scattered one by one, staying sharded.
+    "sft": (
+        sft.SftStageConfig,
+        conversations,
+        dict(max_steps=4, gradient_accumulation_steps=2),
+        "model.safetensors",
+    ),
     # LoRA on a sharded base: the artifact is the merged model (and the adapter), as on one process.
     "reward-lora": (
         reward_model.RewardStageConfig,

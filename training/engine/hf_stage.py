@@ -12,6 +12,7 @@ rank 0, in the same layout as on one process.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +158,13 @@ def with_stage_checkpoints(trainer_class: type) -> type:
                 else:
                     self.resume_from.restore_optimizer(self.optimizer)
                 self.resume_from.restore_scheduler(self.lr_scheduler)
+
+        @contextlib.contextmanager
+        def _defer_fsdp_gradient_reduction(self):
+            # The Trainer's own (for models sharded by `from_pretrained`) reads a `distributed_config` that our
+            # sharded models lack. Not deferring at all: each micro-batch's gradients are reduce-scattered at once,
+            # so they stay sharded through gradient accumulation (FSDP's memory saving) at one more reduction each.
+            yield
 
         def _load_rng_state(self, checkpoint) -> None:
             if checkpoint is not None:
