@@ -257,11 +257,17 @@ SHARDED = {
         dict(max_steps=4, gradient_accumulation_steps=2),
         "model.safetensors",
     ),
-    # LoRA on a sharded base: the artifact is the merged model (and the adapter), as on one process.
+    # LoRA on a sharded base: the artifact is the merged model (and the adapter), as on one process. With gradient
+    # checkpointing, which the launch turns on where a stage fits only with it.
     "reward-lora": (
         reward_model.RewardStageConfig,
         preference_pairs,
-        dict(max_steps=4, held_out_fraction=0.25, peft=PeftSettings(method="lora", lora_r=4)),
+        dict(
+            max_steps=4,
+            held_out_fraction=0.25,
+            gradient_checkpointing=True,
+            peft=PeftSettings(method="lora", lora_r=4),
+        ),
         "model.safetensors",
     ),
 }

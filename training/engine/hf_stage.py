@@ -120,7 +120,9 @@ def with_stage_checkpoints(trainer_class: type) -> type:
     The Trainer still decides when (its `save_steps`, our callback on cancel) and still skips the batches a resumed
     run has seen (from `trainer_state.json`); these four methods replace only what it writes and reads. They are
     private Trainer methods, stable across transformers 4.x and 5.x; `tests/engine/test_cancel.py` would catch a
-    change (a resume that does not reproduce an uninterrupted run).
+    change (a resume that does not reproduce an uninterrupted run). A fifth, `_defer_fsdp_gradient_reduction`, is
+    the Trainer's (transformers 5.x) for a model sharded before it sees it; the FSDP tests in
+    `tests/engine/test_distributed.py` (gradient accumulation, a resume) would catch a change there.
     """
 
     class StageCheckpointTrainer(trainer_class):
