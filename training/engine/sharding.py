@@ -95,9 +95,14 @@ def shard_model(model: nn.Module, device) -> nn.Module:
     for layer in fast_paths.decoder_layers(model):
         fully_shard(layer, reshard_after_forward=True, mp_policy=policy)
     fully_shard(model, reshard_after_forward=True, mp_policy=policy)
+    held = sum(parameter.to_local().numel() for parameter in model.parameters())
+    total = sum(parameter.numel() for parameter in model.parameters())
     logger.info(
-        "FSDP: the model's parameters, gradients and optimizer state are sharded over %d processes",
+        "FSDP: the model's parameters, gradients and optimizer state are sharded over %d processes; "
+        "this one holds %.1f%% of its %d parameters",
         distributed.world_size(),
+        100 * held / total,
+        total,
     )
     # transformers' Trainer then leaves the wrapping to the model (no DDP around DTensor parameters, no second
     # sharding by accelerate) and only prepares autocast.
