@@ -5,12 +5,16 @@ weights. A cancel reaches both ranks at the same micro-batch, rank 0 keeps the c
 processes finishes as an uninterrupted run. A killed rank fails the stage at once, with the reason, and no rank is
 left running (its resume: tests/training/test_distributed_stages.py). PPO, with its own loop, shards its prompts,
 whitens over all ranks' tokens (as one process whitens the whole batch), learns, and keeps the ranks' weights equal.
+With `sharding="fsdp"` (FSDP2) the Trainer stages train the same as on one process with their model sharded, save a
+plain model folder, and checkpoint whole tensors that a resume shards again.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,7 +36,7 @@ from tests.engine.test_ppo import (
     prompt_data,
     small_config,
 )
-from training.engine import contrastive, distributed, ppo, reward_model, sft, stages
+from training.engine import checkpoints, contrastive, distributed, ppo, reward_model, sft, sharding, stages
 from training.engine.common import (
     ModelRef,
     PeftSettings,
@@ -40,6 +44,7 @@ from training.engine.common import (
     StageConfigError,
     StageInputs,
     StepMetrics,
+    checkpoint_dir_for,
 )
 from training.engine.launcher import DistributedStageError, LaunchSettings
 from training.engine.ppo_rollout import masked_whiten
@@ -240,6 +245,163 @@ def test_a_stage_asks_for_processes_it_can_use():
         "cannot be larger than mini_batch_size (4) / processes (2)"
         in (accumulation.value.errors["gradient_accumulation_steps"])
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# FSDP2 (`sharding="fsdp"`): the Trainer stages with their model sharded over the processes.
+
+SHARDED = {
+    # Two micro-batches a step: their gradients are reduce-scattered one by one, staying sharded.
+    "sft": (
+        sft.SftStageConfig,
+        conversations,
+        dict(max_steps=4, gradient_accumulation_steps=2),
+        "model.safetensors",
+    ),
+    # LoRA on a sharded base: the artifact is the merged model (and the adapter), as on one process. With gradient
+    # checkpointing, which the launch turns on where a stage fits only with it.
+    "reward-lora": (
+        reward_model.RewardStageConfig,
+        preference_pairs,
+        dict(
+            max_steps=4,
+            held_out_fraction=0.25,
+            gradient_checkpointing=True,
+            peft=PeftSettings(method="lora", lora_r=4),
+        ),
+        "model.safetensors",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", SHARDED)
+def test_fsdp_on_two_processes_follows_one_process_and_saves_a_plain_model(
+    kind, tiny_model_dir, tmp_path, caplog
+):
+    config_class, data, extra, weights_file = SHARDED[kind]
+    caplog.set_level(
+        logging.INFO, logger="training.engine.sharding"
+    )  # rank 0's lines, forwarded by the launcher
+    runs = {}
+    for processes, mode in ((1, "auto"), (2, "fsdp")):
+        progress: list = []
+        config = config_class(**COMMON, **extra, processes=processes, sharding=mode)
+        out_dir = tmp_path / f"on-{processes}"
+        result = stages.run(
+            config, StageInputs(data(), ModelRef(tiny_model_dir), out_dir, progress.append), FAST_POLL
+        )
+        assert result.status == "completed" and result.artifact_path == out_dir
+        runs[processes] = (step_losses(progress), result.metrics, load_file(str(out_dir / weights_file)))
+    # The two-process run did shard (not DDP): rank 0 holds half the parameters (its rows of each tensor).
+    [held] = re.findall(r"sharded over 2 processes; this one holds ([\d.]+)% of its", caplog.text)
+    assert 45 <= float(held) <= 55
+    (one_losses, one_metrics, one_weights), (two_losses, two_metrics, two_weights) = runs[1], runs[2]
+    assert len(two_losses) == 4 and one_losses[-1] < one_losses[0]
+    assert two_losses == pytest.approx(one_losses, rel=1e-3)
+    # The artifact is the whole model (gathered from the shards), with what the run trained: what one process trained.
+    assert two_weights.keys() == one_weights.keys()
+    for name, weight in one_weights.items():
+        torch.testing.assert_close(two_weights[name], weight, rtol=1e-3, atol=1e-4, msg=name)
+    base = load_file(str(tiny_model_dir / "model.safetensors"))
+    assert any(not torch.equal(base[name], two_weights[name]) for name in base)
+    if kind == "sft":
+        from transformers import AutoModelForCausalLM
+
+        loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "on-2")).state_dict()
+        for name, weight in one_weights.items():
+            torch.testing.assert_close(loaded[name], weight, rtol=1e-3, atol=1e-4, msg=name)
+    else:  # the held-out evaluation ran on the sharded model, on every rank
+        assert two_metrics["held_out_mean_margin"] == pytest.approx(
+            one_metrics["held_out_mean_margin"], rel=1e-3
+        )
+        assert (tmp_path / "on-2" / "lora_adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_fsdp_cancelled_on_two_processes_checkpoints_whole_tensors_and_resumes_like_an_uninterrupted_run(
+    tiny_model_dir, tmp_path
+):
+    config = sft.SftStageConfig(**COMMON, max_steps=6, processes=2, sharding="fsdp")
+    base = ModelRef(tiny_model_dir)
+    straight = sft.run(
+        sft.SftStageConfig(**COMMON, max_steps=6), StageInputs(conversations(), base, tmp_path / "one")
+    )
+    progress: list = []
+    out_dir = tmp_path / "two"
+
+    def stop_after_step_two() -> bool:
+        return any(isinstance(report, StepMetrics) and report.step >= 2 for report in progress)
+
+    cancelled = stages.run(
+        config, StageInputs(conversations(), base, out_dir, progress.append, stop_after_step_two), FAST_POLL
+    )
+    assert cancelled.status == "cancelled" and not out_dir.exists()
+    assert 2 <= cancelled.steps_completed < 6
+    [path] = checkpoint_dir_for(out_dir).iterdir()
+    checkpoint = checkpoints.read(path)
+    # Whole tensors, not rank 0's shard: the layout of one process, whatever the number of processes.
+    embedding = base_weights = load_file(str(tiny_model_dir / "model.safetensors"))[
+        "model.embed_tokens.weight"
+    ]
+    assert checkpoint.tensors["parameter.model.embed_tokens.weight"].shape == embedding.shape
+    moments = [key for key in checkpoint.tensors if key.startswith("optimizer.") and key.endswith(".exp_avg")]
+    assert moments and {checkpoint.tensors[key].shape for key in moments} >= {base_weights.shape}
+
+    resumed_progress: list = []
+    resumed = stages.run(
+        config, StageInputs(conversations(), base, out_dir, resumed_progress.append), FAST_POLL
+    )
+    assert resumed.status == "completed" and resumed.steps_completed == 6
+    assert [
+        report.step
+        for report in resumed_progress
+        if isinstance(report, StepMetrics) and "loss" in report.values
+    ] == list(range(cancelled.steps_completed + 1, 7))
+    assert resumed.metrics["train_loss"] == pytest.approx(straight.metrics["train_loss"], rel=1e-3)
+    straight_weights, resumed_weights = (
+        load_file(str(folder / "model.safetensors")) for folder in (tmp_path / "one", out_dir)
+    )
+    for name, weight in straight_weights.items():
+        torch.testing.assert_close(resumed_weights[name], weight, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_sharding_is_checked_where_the_config_is_built():
+    assert sft.SftStageConfig(batch_size=4, processes=2, sharding="fsdp").sharding == "fsdp"
+    reward = stages.config_from_dict("reward", {"processes": 2, "batch_size": 4, "sharding": "fsdp"})
+    assert reward.sharding == "fsdp" and stages.config_from_dict("sft", {}).sharding == "auto"
+    with pytest.raises(StageConfigError) as unknown:
+        stages.config_from_dict("sft", {"sharding": "zero3"})
+    assert unknown.value.errors == {"sharding": "must be one of 'auto', 'ddp', 'fsdp'"}
+    with pytest.raises(StageConfigError) as one_process:
+        stages.config_from_dict("sft", {"sharding": "fsdp"})
+    assert "set processes to 2 or more" in one_process.value.errors["sharding"]
+    # The own loops keep a full copy of their models on every process.
+    several = {"processes": 2, "batch_size": 4, "mini_batch_size": 4}
+    for kind, values in (("ppo", several), ("contrastive", {"processes": 2, "batch_size": 4})):
+        with pytest.raises(StageConfigError) as own_loop:
+            stages.config_from_dict(kind, {**values, "sharding": "fsdp"})
+        assert own_loop.value.errors["sharding"].startswith(f"the {kind} stage trains in its own loop")
+        assert "only sft, reward shard theirs" in own_loop.value.errors["sharding"]
+        assert stages.config_from_dict(kind, {**values, "sharding": "ddp"}).sharding == "ddp"
+
+
+def test_auto_sharding_shards_only_a_stage_that_does_not_fit_one_device(tiny_model_dir, monkeypatch):
+    from training.engine import memory
+    from training.engine.finetuning_methods import load_model_ref
+
+    model, _ = load_model_ref(ModelRef(tiny_model_dir), torch.device("cpu"))
+    config = sft.SftStageConfig(batch_size=4, processes=2, max_length=64, device="cpu")
+    assert not sharding.uses_fsdp(
+        config, model, "cpu", kind="sft", available=1
+    )  # one process: nothing to shard over
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun tells each rank
+    load = sharding.stage_load(config, "cpu", kind="sft")
+    assert load.micro_batch_rows == 2  # each rank's share of the global micro-batch
+    needs = memory.training_memory(sharding.model_shape(model), load, gradient_checkpointing=False).total
+    assert not sharding.uses_fsdp(config, model, "cpu", kind="sft", available=2 * needs)
+    assert sharding.uses_fsdp(config, model, "cpu", kind="sft", available=needs // 4)
+    ddp = sft.SftStageConfig(batch_size=4, processes=2, max_length=64, device="cpu", sharding="ddp")
+    assert not sharding.uses_fsdp(ddp, model, "cpu", kind="sft", available=needs // 4)  # as asked
 
 
 LAUNCHER_SCRIPT = """

@@ -29,6 +29,16 @@ def test_full_fine_tuning_pays_for_gradients_and_adamw_and_lora_does_not():
     assert _estimate(method="lora", device_kind="cpu").weights == 4 * SMOLLM2_1_7B.num_parameters
 
 
+def test_fsdp_divides_the_model_state_over_the_shards_and_not_the_activations():
+    whole, quarter = _estimate(), _estimate(model_shards=4)
+    assert (quarter.weights, quarter.gradients, quarter.optimizer) == (
+        whole.weights // 4,
+        whole.gradients // 4,
+        whole.optimizer // 4,
+    )
+    assert quarter.activations == whole.activations  # each process still runs its own rows
+
+
 def test_activations_grow_with_tokens_and_checkpointing_cuts_them():
     small, large = _estimate(micro_batch_rows=4), _estimate(micro_batch_rows=8)
     assert large.activations == 2 * small.activations

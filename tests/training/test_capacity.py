@@ -39,7 +39,9 @@ def _launch(launch, base, method: str):
     )
 
 
-def test_full_fine_tuning_that_cannot_fit_is_refused_with_the_numbers(tiny_model_dir, launch, enqueued_stages):
+def test_full_fine_tuning_that_cannot_fit_is_refused_with_the_numbers(
+    tiny_model_dir, launch, enqueued_stages
+):
     _gpu_worker(80)
     with pytest.raises(ValidationError) as excinfo:
         _launch(launch, _big_base(tiny_model_dir), "full")
@@ -66,3 +68,48 @@ def test_nothing_is_planned_when_no_worker_reported_its_memory(tiny_model_dir, l
     _gpu_worker(None)
     run = _launch(launch, _big_base(tiny_model_dir), "full")
     assert run.stages.get().config["gradient_checkpointing"] is False
+
+
+@pytest.mark.parametrize(("sharding", "fits"), [("auto", True), ("fsdp", True), ("ddp", False)])
+def test_a_full_fine_tune_too_big_for_one_gpu_fits_sharded_over_four(tiny_model_dir, launch, sharding, fits):
+    """An 8B full fine-tune needs ~120 GiB of weights, gradients and AdamW state: not one 80 GiB GPU's worth, but a
+    quarter of it each on four (FSDP, which `auto` picks for it), besides each GPU's activations."""
+    worker_heartbeat_record(
+        hostname="gpu-4", queue="gpu", device="cuda:NVIDIA H100", device_count=4, device_memory_bytes=80 * GIB
+    )
+    configs = {
+        "sft": {"max_steps": 1, "batch_size": 8, "max_length": 2048, "processes": 4, "sharding": sharding}
+    }
+    options = dict(
+        project=ranked_project(prompts=4),
+        preset="sft",
+        base_model=_big_base(tiny_model_dir),
+        peft={"sft": "full"},
+        stage_configs=configs,
+    )
+    if fits:
+        assert launch(**options).stages.get().config["sharding"] == sharding
+    else:
+        with pytest.raises(ValidationError) as excinfo:
+            launch(**options)
+        assert "optimizer 59.8," in excinfo.value.message_dict["sft.batch_size"][0]
+
+
+def test_the_launch_refuses_fsdp_where_nothing_shards_it(tiny_model_dir, launch):
+    with pytest.raises(ValidationError) as excinfo:
+        launch(
+            project=ranked_project(prompts=4),
+            preset="preference",
+            base_model=register_tiny_base(tiny_model_dir),
+            stage_configs={
+                "sft": {"sharding": "fsdp"},  # one process: nothing to shard over
+                "contrastive": {
+                    "processes": 2,
+                    "batch_size": 4,
+                    "sharding": "fsdp",
+                },  # its own loop: full copies
+            },
+        )
+    errors = excinfo.value.message_dict
+    assert "set processes to 2 or more" in errors["sft.sharding"][0]
+    assert "the contrastive stage trains in its own loop" in errors["contrastive.sharding"][0]

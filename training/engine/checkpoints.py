@@ -56,18 +56,24 @@ class Checkpoint:
     def stage_state(self) -> dict:
         return self.state.get("stage") or {}
 
-    def restore_parameters(self, parameters: Mapping[str, torch.nn.Parameter]) -> None:
+    def parameters(self, expected: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The saved parameters by name; ValueError unless they are exactly those of `expected` (the model's)."""
         saved = _with_prefix(self.tensors, "parameter.")
-        if set(saved) != set(parameters):
-            missing, unexpected = sorted(set(parameters) - set(saved)), sorted(set(saved) - set(parameters))
+        if set(saved) != set(expected):
+            missing, unexpected = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
             raise ValueError(
                 f"checkpoint {self.path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
+        return saved
+
+    def restore_parameters(self, parameters: Mapping[str, torch.nn.Parameter]) -> None:
+        saved = self.parameters(parameters)
         with torch.no_grad():
             for name, parameter in parameters.items():
                 parameter.copy_(saved[name])
 
-    def restore_optimizer(self, optimizer) -> None:
+    def optimizer_state(self) -> dict:
+        """The optimizer's state dict as `optimizer.state_dict()` gave it (tensors on the CPU)."""
         saved = self.state["optimizer"]
         per_parameter: dict[int, dict] = {
             int(index): dict(values) for index, values in saved["state"].items()
@@ -79,7 +85,10 @@ class Checkpoint:
             {key: value if key == "params" else _tuples(value) for key, value in group.items()}
             for group in saved["param_groups"]
         ]
-        optimizer.load_state_dict({"state": per_parameter, "param_groups": groups})
+        return {"state": per_parameter, "param_groups": groups}
+
+    def restore_optimizer(self, optimizer) -> None:
+        optimizer.load_state_dict(self.optimizer_state())
 
     def restore_scheduler(self, scheduler) -> None:
         if scheduler is not None and self.state.get("scheduler") is not None:
@@ -104,14 +113,17 @@ def capture(
     *,
     parameters: Mapping[str, torch.Tensor],
     optimizer,
+    optimizer_state: dict | None = None,
     scheduler=None,
     generators: Mapping[str, torch.Generator] | None = None,
     stage_state: dict | None = None,
     documents: dict[str, dict] | None = None,
 ) -> Checkpoint:
-    """Everything a resume after `step` needs, copied to the CPU (later training does not change the copy)."""
+    """Everything a resume after `step` needs, copied to the CPU (later training does not change the copy).
+    `optimizer_state` stands in for `optimizer.state_dict()` where that holds only this process's shards (FSDP:
+    the whole state gathered by `sharding.full_optimizer_state`)."""
     tensors = {f"parameter.{name}": _cpu_copy(tensor) for name, tensor in parameters.items()}
-    optimizer_state = optimizer.state_dict()
+    optimizer_state = optimizer_state if optimizer_state is not None else optimizer.state_dict()
     json_state: dict[str, dict] = {}
     for index, values in optimizer_state["state"].items():
         for key, value in values.items():

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 PeftMethod = Literal["full", "lora", "adapter"]
 BaseDtype = Literal["auto", "float32", "bfloat16"]
+Sharding = Literal["auto", "ddp", "fsdp"]
 
 
 class StageConfigError(ValueError):
@@ -246,6 +247,10 @@ class StageConfig:
     # One process per GPU as a torch.distributed job (DDP) when above 1 (`launcher.py`); `batch_size` stays the
     # global micro-batch, split evenly over the processes. On a CPU worker: gloo processes.
     processes: int = 1
+    # How several processes hold the model (`sharding.py`): "ddp" a full copy each, "fsdp" a shard each of the
+    # weights, gradients and optimizer state (FSDP2: full fine-tunes too big for one GPU; SFT and reward only), "auto"
+    # DDP when the stage fits one device (engine.memory's estimate), else FSDP.
+    sharding: Sharding = "auto"
     peft: PeftSettings = field(default_factory=PeftSettings)
 
     LIMITS: ClassVar[dict[str, Bounds]] = {
@@ -279,6 +284,10 @@ class StageConfig:
                 errors["device"] = (
                     "must be 'auto', 'cuda' or 'cpu' on several processes (each takes its own GPU)"
                 )
+        if "processes" not in errors and self.processes == 1 and self.sharding == "fsdp":
+            errors["sharding"] = (
+                "fsdp shards the model over several processes: set processes to 2 or more, or sharding to 'auto'"
+            )
         return errors
 
     def to_dict(self) -> dict:

@@ -4,10 +4,15 @@ The stage contract (common.py) asks for live progress, cancel within one micro-b
 checkpoint in the one layout of `checkpoints.py`. With a `transformers.Trainer` that is a callback (progress,
 cancel, when to save) and a subclass that writes and reads its checkpoints through `checkpoints.py` instead of the
 Trainer's own files (pickled training arguments, `torch.save`d optimizer and RNG state).
+
+On several processes the model is either replicated (DDP, accelerate's) or sharded with FSDP2 before the Trainer
+sees it (`sharding.py`, `StageConfig.sharding`); a sharded model's checkpoints and artifact are gathered in full onto
+rank 0, in the same layout as on one process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +20,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
-from training.engine import checkpoints, distributed, fast_paths
+from training.engine import checkpoints, distributed, fast_paths, sharding
 from training.engine.common import (
     StageConfig,
     StageInputs,
@@ -25,7 +30,14 @@ from training.engine.common import (
     checkpoint_dir_for,
     pick_device,
 )
-from training.engine.finetuning_methods import save_completed_stage, trainable_parameters
+from training.engine.finetuning_methods import (
+    Task,
+    base_dtype_for,
+    load_model_ref,
+    prepare_model,
+    save_completed_stage,
+    trainable_parameters,
+)
 
 # The Trainer reads its state from this file of the folder it resumes from.
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -108,7 +120,9 @@ def with_stage_checkpoints(trainer_class: type) -> type:
     The Trainer still decides when (its `save_steps`, our callback on cancel) and still skips the batches a resumed
     run has seen (from `trainer_state.json`); these four methods replace only what it writes and reads. They are
     private Trainer methods, stable across transformers 4.x and 5.x; `tests/engine/test_cancel.py` would catch a
-    change (a resume that does not reproduce an uninterrupted run).
+    change (a resume that does not reproduce an uninterrupted run). A fifth, `_defer_fsdp_gradient_reduction`, is
+    the Trainer's (transformers 5.x) for a model sharded before it sees it; the FSDP tests in
+    `tests/engine/test_distributed.py` (gradient accumulation, a resume) would catch a change there.
     """
 
     class StageCheckpointTrainer(trainer_class):
@@ -118,22 +132,41 @@ def with_stage_checkpoints(trainer_class: type) -> type:
 
         def _save_checkpoint(self, model, trial) -> None:
             self.store_flos()
+            parameters, optimizer_state = trainable_parameters(self.model), None
+            if sharding.is_sharded(self.model):  # every rank gathers; rank 0 writes the whole tensors
+                parameters = sharding.full_parameters(parameters)
+                optimizer_state = sharding.full_optimizer_state(self.optimizer)
             checkpoint = checkpoints.capture(
                 self.state.global_step,
-                parameters=trainable_parameters(self.model),
+                parameters=parameters,
                 optimizer=self.optimizer,
+                optimizer_state=optimizer_state,
                 scheduler=self.lr_scheduler,
                 documents={TRAINER_STATE_FILE: dataclasses.asdict(self.state)},
             )
             checkpoints.write(Path(self.args.output_dir), checkpoint)
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
-            self.resume_from.restore_parameters(trainable_parameters(self.model))
+            parameters = trainable_parameters(self.model)
+            if sharding.is_sharded(self.model):  # each rank keeps its shard of the whole saved tensors
+                sharding.restore_parameters(parameters, self.resume_from.parameters(parameters))
+            else:
+                self.resume_from.restore_parameters(parameters)
 
         def _load_optimizer_and_scheduler(self, checkpoint) -> None:
             if checkpoint is not None:
-                self.resume_from.restore_optimizer(self.optimizer)
+                if sharding.is_sharded(self.model):
+                    sharding.load_full_optimizer_state(self.optimizer, self.resume_from.optimizer_state())
+                else:
+                    self.resume_from.restore_optimizer(self.optimizer)
                 self.resume_from.restore_scheduler(self.lr_scheduler)
+
+        @contextlib.contextmanager
+        def _defer_fsdp_gradient_reduction(self):
+            # The Trainer's own (for models sharded by `from_pretrained`) reads a `distributed_config` that our
+            # sharded models lack. Not deferring at all: each micro-batch's gradients are reduce-scattered at once,
+            # so they stay sharded through gradient accumulation (FSDP's memory saving) at one more reduction each.
+            yield
 
         def _load_rng_state(self, checkpoint) -> None:
             if checkpoint is not None:
@@ -147,6 +180,7 @@ def with_stage_checkpoints(trainer_class: type) -> type:
 class TrainerRun:
     trainer: object
     callback: ProgressAndCancelCallback
+    task: Task
 
     def cancelled_result(self) -> StageResult | None:
         """The stage's result when it was cancelled (no artifact), else None."""
@@ -163,14 +197,32 @@ class TrainerRun:
         self, tokenizer, config: StageConfig, inputs: StageInputs, **artifact
     ) -> StageResult:
         """Write the trained model's artifact (`artifact`: the stage's name and metrics) and report it."""
+        model = self.trainer.model
+        if sharding.is_sharded(model):
+            model = self.unsharded_model(config, inputs)  # None on the ranks that write nothing
         return save_completed_stage(
-            self.trainer.model,
+            model,
             tokenizer,
             config,
             inputs,
             steps_completed=self.trainer.state.global_step,
             **artifact,
         )
+
+    def unsharded_model(self, config: StageConfig, inputs: StageInputs):
+        """The sharded model as a plain one on rank 0's CPU (None elsewhere), every rank calling it: its whole state
+        dict gathered, loaded into a fresh copy of the model built as the stage built it (the same PEFT wrapping),
+        which `save_completed_stage` writes as on one process (a LoRA adapter merged, a bottleneck adapter alone)."""
+        state = sharding.full_model_state(self.trainer.model)
+        if not distributed.is_main_process():
+            return None
+        cpu = pick_device("cpu")
+        plain, _ = load_model_ref(
+            inputs.base, cpu, task=self.task, dtype=base_dtype_for(pick_device(config.device), config.peft)
+        )
+        plain = prepare_model(plain, config.peft)
+        plain.load_state_dict(state, strict=True)
+        return plain
 
 
 def train(
@@ -182,14 +234,27 @@ def train(
     model,
     tokenizer,
     train_dataset,
+    task: Task,
     **stage_arguments,
 ) -> TrainerRun:
-    """Train `model` with a TRL trainer under the stage contract, resuming from the newest checkpoint if any."""
+    """Train `model` with a TRL trainer under the stage contract, resuming from the newest checkpoint if any.
+    `task` is how the stage loaded its model ("causal_lm" or "reward"): a sharded model's artifact is rebuilt so."""
     checkpoint_dir = checkpoint_dir_for(inputs.out_dir)
     callback = ProgressAndCancelCallback(inputs, config)
+    device = pick_device(config.device)
+    arguments = trainer_arguments(config, checkpoint_dir)
+    if sharding.uses_fsdp(config, model, device, kind="sft" if task == "causal_lm" else "reward"):
+        model = sharding.shard_model(model, device)
+        # The Trainer refuses checkpoints of a model that is sharded before it sees it unless it saves "only the
+        # model"; it saves nothing itself here: `_save_checkpoint` above writes the weights and the optimizer.
+        arguments["save_only_model"] = True
+    elif fast_paths.use_compiled_layers(config, device):
+        # Not under FSDP: its gathers run as hooks around each layer, which compiling the layer in place would put
+        # inside the compiled code (not tried on a GPU yet), so a sharded stage runs its layers eagerly.
+        fast_paths.compile_decoder_layers(model)
     trainer = with_stage_checkpoints(trainer_class)(
         model=model,
-        args=arguments_class(**trainer_arguments(config, checkpoint_dir), **stage_arguments),
+        args=arguments_class(**arguments, **stage_arguments),
         train_dataset=train_dataset,
         processing_class=tokenizer,
         callbacks=[callback],
@@ -199,7 +264,7 @@ def train(
     resume = checkpoints.latest(checkpoint_dir)
     trainer.resume_from = checkpoints.read(resume) if resume is not None else None
     trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
-    return TrainerRun(trainer, callback)
+    return TrainerRun(trainer, callback, task)
 
 
 def trainer_arguments(config: StageConfig, checkpoint_dir: Path) -> dict:

@@ -75,6 +75,9 @@ class StageLoad:
     micro_batch_rows: int
     sequence_tokens: int
     device_kind: str  # cuda, cpu, mps
+    # Processes the weights, gradients and optimizer state are sharded over (FSDP, `sharding.py`); 1: a full copy.
+    # The activations stay per process; the one layer gathered whole at a time is within the estimate's margin.
+    model_shards: int = 1
 
 
 def training_memory(shape: ModelShape, load: StageLoad, *, gradient_checkpointing: bool) -> MemoryEstimate:
@@ -101,10 +104,11 @@ def training_memory(shape: ModelShape, load: StageLoad, *, gradient_checkpointin
     else:
         layers = per_layer_token * shape.num_layers
     logits = 0 if load.kind == "reward" else 2 * 4 * shape.vocab_size  # fp32 logits and their gradient
+    shards = max(1, load.model_shards)
     return MemoryEstimate(
-        weights=weights,
-        gradients=4 * trained,
-        optimizer=8 * trained,
+        weights=-(-weights // shards),
+        gradients=-(-4 * trained // shards),
+        optimizer=-(-8 * trained // shards),
         activations=tokens * (layers + logits),
         gradient_checkpointing=gradient_checkpointing,
     )

@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 from datasets import Dataset
 
-from training.engine import fast_paths, hf_stage
+from training.engine import hf_stage
 from training.engine.common import (
     Bounds,
     ModelRef,
@@ -138,8 +138,6 @@ def run(config: RewardStageConfig, inputs: StageInputs) -> StageResult:
         inputs.base, device, task="reward", dtype=base_dtype_for(device, config.peft)
     )
     model = prepare_model(model, config.peft)
-    if fast_paths.use_compiled_layers(config, device):
-        fast_paths.compile_decoder_layers(model)
     run = hf_stage.train(
         RewardTrainer,
         RewardConfig,
@@ -148,6 +146,7 @@ def run(config: RewardStageConfig, inputs: StageInputs) -> StageResult:
         model=model,
         tokenizer=tokenizer,
         train_dataset=train_pairs,
+        task="reward",
         center_rewards_coefficient=config.center_rewards_coefficient,
         disable_dropout=True,
     )

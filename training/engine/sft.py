@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from datasets import Dataset
 
-from training.engine import fast_paths, hf_stage
+from training.engine import hf_stage
 from training.engine.common import (
     StageConfig,
     StageInputs,
@@ -68,8 +68,6 @@ def run(config: SftStageConfig, inputs: StageInputs) -> StageResult:
         inputs.base, device, task="causal_lm", dtype=base_dtype_for(device, config.peft)
     )
     model = prepare_model(model, config.peft)
-    if fast_paths.use_compiled_layers(config, device):
-        fast_paths.compile_decoder_layers(model)
     run = hf_stage.train(
         SFTTrainer,
         SFTConfig,
@@ -78,6 +76,7 @@ def run(config: SftStageConfig, inputs: StageInputs) -> StageResult:
         model=model,
         tokenizer=tokenizer,
         train_dataset=rows,
+        task="causal_lm",
         completion_only_loss=True,
         packing=config.packing,
     )

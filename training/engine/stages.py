@@ -42,12 +42,15 @@ class StageSpec:
     # Runs on several processes (`processes` > 1): DDP through the Trainer, or `distributed.average_gradients` in an
     # own loop (contrastive, PPO).
     distributed: bool = False
+    # Can shard its model over the processes (`sharding` "fsdp", FSDP2): the Trainer stages. The own loops hold a
+    # full copy of their models on every process.
+    shards: bool = False
 
 
 STAGES: dict[str, StageSpec] = {
-    "sft": StageSpec("sft", "sft", "SftStageConfig", "sft", "policy", distributed=True),
+    "sft": StageSpec("sft", "sft", "SftStageConfig", "sft", "policy", distributed=True, shards=True),
     "reward": StageSpec(
-        "reward", "reward_model", "RewardStageConfig", "pairwise", "reward", distributed=True
+        "reward", "reward_model", "RewardStageConfig", "pairwise", "reward", distributed=True, shards=True
     ),
     "ppo": StageSpec("ppo", "ppo", "PPOConfig", "prompts", "policy", distributed=True),
     "contrastive": StageSpec(
@@ -82,11 +85,20 @@ def config_from_dict(kind: str, values: dict[str, Any] | None) -> StageConfig:
 
 
 def processes_check(kind: str, config: StageConfig) -> None:
-    """StageConfigError when a stage that runs on one process only asks for several."""
+    """StageConfigError when a stage that runs on one process only asks for several, or one that keeps a full copy
+    of its models on every process asks to shard them."""
     if config.processes > 1 and not stage_spec(kind).distributed:
         on_several = ", ".join(name for name, spec in STAGES.items() if spec.distributed)
         raise StageConfigError(
             {"processes": f"the {kind} stage runs on one process; only {on_several} run on several"}
+        )
+    if config.sharding == "fsdp" and not stage_spec(kind).shards:
+        sharded = ", ".join(name for name, spec in STAGES.items() if spec.shards)
+        raise StageConfigError(
+            {
+                "sharding": f"the {kind} stage trains in its own loop with a full copy of its models on every "
+                f"process (ddp); only {sharded} shard theirs (fsdp)"
+            }
         )
 
 

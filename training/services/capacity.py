@@ -1,12 +1,16 @@
 """Will a round fit the gpu workers' memory? Checked at launch from engine.memory's estimate, so a configuration
 that cannot fit is refused with the numbers (not an out-of-memory error an hour in), and gradient checkpointing is
-turned on for the stages that fit only with it."""
+turned on for the stages that fit only with it. A stage on several processes that shards its model (`sharding`
+"fsdp", or "auto" when a full copy does not fit one GPU) is planned with a shard of the model per GPU."""
 
 from __future__ import annotations
+
+import dataclasses
 
 from core.models import WorkerHeartbeat
 from registry.models import ModelVersion
 from training.engine import memory
+from training.engine.stages import stage_spec
 from training.estimates import device_kind
 
 
@@ -38,6 +42,14 @@ def stages_fit_memory(
             rows = max(1, config["mini_batch_size"] // config["gradient_accumulation_steps"])
         load = memory.StageLoad(kind, method, rows, config["max_length"], kind_of_device)
         fits, estimate = memory.plan(shape, load, device_memory=worker.device_memory_bytes)
+        processes, sharding = config.get("processes", 1), config.get("sharding", "auto")
+        if (
+            processes > 1
+            and stage_spec(kind).shards
+            and (sharding == "fsdp" or (sharding == "auto" and not fits))
+        ):
+            sharded = dataclasses.replace(load, model_shards=processes)
+            fits, estimate = memory.plan(shape, sharded, device_memory=worker.device_memory_bytes)
         if not fits:
             hints = "a smaller batch_size or max_length" + (", or LoRA" if method == "full" else "")
             errors.setdefault(f"{kind}.batch_size", []).append(

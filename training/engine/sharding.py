@@ -1,0 +1,198 @@
+"""FSDP2 for the Trainer stages (SFT, reward model): each process holds a shard of the weights, gradients and AdamW
+state instead of a full copy, so a full fine-tune bigger than one GPU trains over several.
+
+`StageConfig.sharding` says how a stage on several processes holds its model: "ddp" (a full copy on every process,
+the gradients averaged), "fsdp" (`fully_shard` on every decoder layer and on the whole model: the parameters are
+DTensors sharded over the processes, each layer's full weights gathered for its forward and backward pass and freed
+after), or "auto" (DDP when the stage fits one device as `memory.plan` estimates it, else FSDP). PPO and the
+contrastive stage run their own loop over full copies: they are always DDP (`stages.sharding_check`).
+
+The model is sharded here, before the Trainer sees it, and handed over as a model that is distributed already
+(transformers' `is_distributed_loading_by_transformers`, so accelerate neither wraps it in DDP nor shards it again):
+accelerate's own FSDP plugin is switched off on a CPU (it serves only GPU-like devices), and the CPU with gloo is where
+the tests run. The checkpoints keep the one layout of `checkpoints.py`: the trained parameters and the optimizer's
+state are gathered in full onto rank 0, which writes them; a resume gives every rank its own shard of them again, so a
+checkpoint does not depend on the number of processes. The artifact is a normal model folder: the full state dict is
+gathered onto rank 0's CPU and loaded into a plain copy of the model, which is saved as on one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from training.engine import distributed, fast_paths, memory
+from training.engine.common import StageConfig
+
+logger = logging.getLogger(__name__)
+
+
+def uses_fsdp(
+    config: StageConfig, model: nn.Module, device, *, kind: str, available: int | None = None
+) -> bool:
+    """Whether this stage shards its model: `sharding` "fsdp", or "auto" when it does not fit one device
+    (`available` bytes; default: `device_memory(device)`). Outside a distributed job (one process) nothing is
+    sharded. Every rank decides the same (same model, same config, devices of the same kind)."""
+    if distributed.world_size() == 1 or config.sharding == "ddp":
+        return False
+    if config.sharding == "fsdp":
+        return True
+    fits, estimate = memory.plan(
+        model_shape(model),
+        stage_load(config, device, kind=kind),
+        device_memory=device_memory(device) if available is None else available,
+    )
+    if not fits:
+        logger.info(
+            "sharding 'auto': the stage needs %s on one device, more than it has: FSDP", estimate.describe()
+        )
+    return not fits
+
+
+def model_shape(model: nn.Module) -> memory.ModelShape:
+    return memory.ModelShape.from_config(
+        model.config.to_dict(), sum(parameter.numel() for parameter in model.parameters())
+    )
+
+
+def stage_load(config: StageConfig, device, *, kind: str) -> memory.StageLoad:
+    return memory.StageLoad(
+        kind=kind,
+        method=config.peft.method,
+        micro_batch_rows=distributed.per_process_batch(config.batch_size),
+        sequence_tokens=config.max_length,
+        device_kind=torch.device(device).type,
+    )
+
+
+def device_memory(device) -> int:
+    """What one process may plan to use: its GPU's memory, or on a CPU its share of the machine's memory (the
+    ranks of a CPU job share one host)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return host // distributed.world_size()
+
+
+def shard_model(model: nn.Module, device) -> nn.Module:
+    """`fully_shard` every decoder layer, then the whole model (the embeddings, the final norm and the output layer
+    or score head form the root's group), in place; returns the model, marked for the Trainer as distributed.
+
+    Each layer's parameters are gathered just before its forward pass and freed after it (`reshard_after_forward`),
+    and gathered again for its backward pass: the peak holds one layer's full weights besides the shards. On CUDA the
+    gathers and the matmuls run in bf16 with gradients reduced in fp32, as autocast would compute them anyway."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    if torch.device(device).type == "cuda":
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    else:
+        policy = MixedPrecisionPolicy()
+    for layer in fast_paths.decoder_layers(model):
+        fully_shard(layer, reshard_after_forward=True, mp_policy=policy)
+    fully_shard(model, reshard_after_forward=True, mp_policy=policy)
+    held = sum(parameter.to_local().numel() for parameter in model.parameters())
+    total = sum(parameter.numel() for parameter in model.parameters())
+    logger.info(
+        "FSDP: the model's parameters, gradients and optimizer state are sharded over %d processes; "
+        "this one holds %.1f%% of its %d parameters",
+        distributed.world_size(),
+        100 * held / total,
+        total,
+    )
+    # transformers' Trainer then leaves the wrapping to the model (no DDP around DTensor parameters, no second
+    # sharding by accelerate) and only prepares autocast.
+    # (Read through PEFT's wrappers from the transformers model inside.)
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner._is_distributed_loading_by_transformers = True
+    return model
+
+
+def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def _full(tensor: torch.Tensor) -> torch.Tensor | None:
+    """The whole of `tensor` on rank 0's CPU, None on the other ranks: a DTensor is gathered from every rank (each
+    calling it, in the same order), one tensor at a time, so no rank holds more than its shards and one whole tensor
+    on its device. (`checkpoints.capture` copies it: later training does not change the copy.)"""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(tensor, DTensor):
+        tensor = tensor.full_tensor()
+    return tensor.detach().to("cpu") if distributed.is_main_process() else None
+
+
+def _shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`full` split as `like` (a DTensor parameter) is: this rank's shard, cut locally (every rank holds `full`)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    full = full.to(device=like.device, dtype=like.dtype)
+    if not isinstance(like, DTensor):
+        return full
+    return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None)
+
+
+def full_parameters(parameters: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`parameters` (a sharded model's trained ones, by name) whole on rank 0's CPU, empty on the other ranks
+    (which write no checkpoint); every rank calls it."""
+    gathered = {name: _full(parameter) for name, parameter in parameters.items()}
+    return gathered if distributed.is_main_process() else {}
+
+
+def restore_parameters(parameters: Mapping[str, nn.Parameter], saved: Mapping[str, torch.Tensor]) -> None:
+    """Copy `saved` (whole tensors, on every rank) into the sharded `parameters`, each rank its own shard."""
+    from torch.distributed.tensor import DTensor
+
+    with torch.no_grad():
+        for name, parameter in parameters.items():
+            shard = _shard_like(saved[name], parameter)
+            if isinstance(parameter, DTensor):
+                parameter.to_local().copy_(shard.to_local())
+            else:
+                parameter.copy_(shard)
+
+
+def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
+    """`optimizer.state_dict()` with every sharded state tensor (AdamW's moments) gathered whole on the CPU: the
+    state dict one process would have, the same parameter indices, on rank 0 (the other ranks get no per-parameter
+    state: they write no checkpoint). Every rank calls it."""
+    state_dict = optimizer.state_dict()
+    gathered = {
+        index: {key: _full(value) if torch.is_tensor(value) else value for key, value in values.items()}
+        for index, values in state_dict["state"].items()
+    }
+    return {
+        "state": gathered if distributed.is_main_process() else {},
+        "param_groups": state_dict["param_groups"],
+    }
+
+
+def load_full_optimizer_state(optimizer: torch.optim.Optimizer, state_dict: dict) -> None:
+    """Load a whole optimizer state (`full_optimizer_state`'s, from a checkpoint) into the optimizer of a sharded
+    model: each per-parameter tensor of its parameter's shape becomes this rank's shard of it."""
+    parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
+    sharded_state = {}
+    for index, values in state_dict["state"].items():
+        parameter = parameters[int(index)]
+        sharded_state[index] = {
+            key: _shard_like(value, parameter)
+            if torch.is_tensor(value) and value.shape == parameter.shape
+            else value
+            for key, value in values.items()
+        }
+    optimizer.load_state_dict({"state": sharded_state, "param_groups": state_dict["param_groups"]})
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole state dict of a sharded model on rank 0's CPU (an empty dict on the other ranks); every rank calls
+    it. One tensor at a time is gathered, so no device holds more than its shards and one full tensor."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
