@@ -141,6 +141,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("TEST", {})["NAME"] = str(VAR_DIR / f"test_db_{os.getpid()}.sqlite3")
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # Server-side prepared statements: a statement run DB_PREPARE_THRESHOLD times on a connection is prepared
+    # there, and later runs skip Postgres' parse and plan. That needs server-side parameter binding (Django's
+    # default binds client-side, which prepares nothing). -1 turns both off: behind a transaction-pooling
+    # PgBouncer older than 1.21, prepared statements do not survive the change of server connection.
+    DB_PREPARE_THRESHOLD = env_int("DB_PREPARE_THRESHOLD", 5)
+    if DB_PREPARE_THRESHOLD >= 0:
+        DATABASES["default"].setdefault("OPTIONS", {}).update(
+            {"server_side_binding": True, "prepare_threshold": DB_PREPARE_THRESHOLD}
+        )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
