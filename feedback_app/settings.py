@@ -467,4 +467,15 @@ REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"] = [
 # How long one web process remembers an API token's user and roles (core/token_cache.py): a token deleted or a role
 # removed in another process keeps working there for up to this long. 0: ask the database on every request.
 API_TOKEN_CACHE_SECONDS = env_int("API_TOKEN_CACHE_SECONDS", 5)
+# The annotator loop's two API calls, with a token, skip the middleware that only browsers need (core/fast_lane.py).
+MIDDLEWARE.insert(0, "core.fast_lane.FastLaneMiddleware")
+FAST_LANE_URL_NAMES = ["api:ranking-next", "api:ranking-submit"]
+FAST_LANE_SKIPS = [
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
 # --- end annotator hot path -------------------------------------------------------------------------------

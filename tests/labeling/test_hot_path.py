@@ -471,3 +471,139 @@ def test_no_page_pattern_could_take_an_api_path_so_the_api_can_be_tried_first():
     # A route starting with a converter or a regex could match anything; none may start with api/.
     assert [route for route in found if route.startswith(("<", "^", "api"))] == []
     assert resolve("/api/v1/rankings/next/").namespace == "api"
+
+
+_LANE = "core.fast_lane.FastLaneMiddleware"
+
+
+@pytest.fixture
+def production_headers(settings):
+    """The header settings of DEBUG=0 (HTTPS, HSTS), so that the comparison below covers those headers too."""
+    settings.SECURE_HSTS_SECONDS = 3600
+    settings.SECURE_CONTENT_TYPE_NOSNIFF = True
+    settings.SECURE_REFERRER_POLICY = "same-origin"
+    settings.X_FRAME_OPTIONS = "DENY"
+    return settings
+
+
+def test_the_fast_lane_answers_header_for_header_as_the_whole_middleware_stack(
+    production_headers, monkeypatch
+):
+    """Each request once through core.fast_lane's shorter stack and once through every middleware (the lane taken
+    out of MIDDLEWARE): the same status, every header, the same body (a renewed lease differs in `leased_until`,
+    two submissions in their ids)."""
+    from django.db import OperationalError
+
+    from core import fast_lane
+    from labeling.api import hot_path
+
+    settings = production_headers
+    with_lane = list(settings.MIDDLEWARE)
+    assert with_lane[0] == _LANE
+    lane_requests = []
+    resolve_request = fast_lane._Lane.resolve_request
+
+    def spied(self, request):
+        lane_requests.append(request)
+        return resolve_request(self, request)
+
+    monkeypatch.setattr(fast_lane._Lane, "resolve_request", spied)
+    project = make_project("lane", overlap=1, allow_ties=False)
+    for _ in range(2):
+        make_comparison(project)
+    user, other = make_user("lane-user"), make_user("lane-other")
+    make_user("lane-researcher", role="researcher")
+    tokens = {
+        "user": api_token_get_or_create(user=user).key,
+        "other": api_token_get_or_create(user=other).key,
+        "researcher": api_token_get_or_create(user=type(user).objects.get(username="lane-researcher")).key,
+        "bad": "not-a-token",
+    }
+
+    def post(path, body, *, lane, token="user", viewed=True, **extra):
+        settings.MIDDLEWARE = with_lane if lane else with_lane[1:]
+        client = APIClient(HTTP_AUTHORIZATION=f"Token {tokens[token]}")
+        before = len(lane_requests)
+        response = client.post(f"/api/v1/rankings/{path}/", body, format="json", secure=True, **extra)
+        assert len(lane_requests) - before == (1 if lane and viewed else 0)
+        if lane and viewed:
+            assert not hasattr(lane_requests[-1], "session")  # the skipped middleware did not run
+        json = response.content and response["Content-Type"] == "application/json"
+        body = response.json() if json else response.content
+        return response.status_code, dict(response.headers), body
+
+    def both(path, body, *, differ=(), viewed=True, **kwargs):
+        fast = post(path, body, lane=True, viewed=viewed, **kwargs)
+        full = post(path, body, lane=False, **kwargs)
+        for key in differ:
+            fast[2].pop(key), full[2].pop(key)
+        assert fast == full
+        return fast
+
+    status, headers, lease = both("next", {"project": "lane"}, differ=["leased_until"])
+    assert status == 200
+    assert {
+        "Strict-Transport-Security",
+        "X-Frame-Options",
+        "Content-Security-Policy",
+        "Content-Length",
+    } <= set(headers)
+    assert headers["Cache-Control"] == "private, no-store" and headers["X-Content-Type-Options"] == "nosniff"
+    assert both("next", {"project": "nope"})[0] == 404
+    assert (
+        both("next", {"project": " lane"}, differ=["leased_until"])[0] == 200
+    )  # DRF's own view, in the lane
+    assert both("next", {"project": "lane"}, token="bad")[0] == 401
+    assert both("next", {"project": "lane"}, token="researcher")[0] == 403
+    assert both("submit", {"assignment": lease["assignment"], "choice": "tie"})[0] == 400
+    assert both("submit", {"assignment": lease["assignment"], "choice": "a"}, token="other")[0] == 403
+    # ALLOWED_HOSTS still applies (CommonMiddleware refuses the request before any view).
+    assert both("next", {"project": "lane"}, HTTP_HOST="evil.example", viewed=False)[0] == 400
+
+    def outage(*args, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    with monkeypatch.context() as patched:
+        patched.setitem(hot_path._ACTIONS, "next", (outage, hot_path._next_arguments))
+        status, headers, _ = both("next", {"project": "lane"})
+    assert status == 503 and headers["Retry-After"]
+    # Two submissions (one per stack, each of its own lease): the same answer but for the ids and times.
+    second = post("next", {"project": "lane"}, lane=False, token="other")[2]
+    fast = post("submit", {"assignment": lease["assignment"], "choice": "a"}, lane=True)
+    full = post("submit", {"assignment": second["assignment"], "choice": "b"}, lane=False, token="other")
+    assert fast[:2] == full[:2] and fast[0] == 201
+    assert set(fast[2]) == set(full[2])
+    assert both("next", {"project": "lane"})[:2] == both("next", {"project": "lane"}, token="other")[:2]
+    assert both("next", {"project": "lane"})[0] == 204
+
+
+def test_the_fast_lane_takes_only_token_posts_to_its_endpoints(client):
+    from core.fast_lane import FastLaneMiddleware
+
+    seen = []
+    lane = FastLaneMiddleware(lambda request: seen.append(request.path) or "whole stack")
+    lane._built()._middleware_chain = lambda request: "lane"
+    from django.test import RequestFactory
+
+    factory = RequestFactory()
+    auth = {"HTTP_AUTHORIZATION": "Token abc"}
+    assert lane(factory.post("/api/v1/rankings/next/", **auth)) == "lane"
+    assert lane(factory.post("/api/v1/rankings/submit/", HTTP_AUTHORIZATION="token abc")) == "lane"
+    assert lane(factory.post("/api/v1/rankings/next/")) == "whole stack"  # a session user: CSRF, session
+    assert lane(factory.post("/api/v1/rankings/next/", HTTP_AUTHORIZATION="Bearer abc")) == "whole stack"
+    assert lane(factory.get("/api/v1/rankings/next/", **auth)) == "whole stack"
+    assert lane(factory.post("/api/v1/rankings/skip/", **auth)) == "whole stack"
+
+
+def test_the_fast_lane_refuses_a_configuration_it_cannot_keep_equal(settings):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from core.fast_lane import FastLaneMiddleware
+
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE[1:], _LANE]
+    with pytest.raises(ImproperlyConfigured, match="first"):
+        FastLaneMiddleware(lambda request: None)
+    settings.MIDDLEWARE = [_LANE, *settings.MIDDLEWARE[:-1]]
+    settings.FAST_LANE_SKIPS = [*settings.FAST_LANE_SKIPS, "no.such.Middleware"]
+    with pytest.raises(ImproperlyConfigured, match="no.such.Middleware"):
+        FastLaneMiddleware(lambda request: None)
