@@ -182,13 +182,6 @@ def regular_candidates(*, project: Project, annotator_id: int, now: datetime) ->
     )
 
 
-def regular_unavailable(*, project: Project, annotator_id: int, now: datetime) -> QuerySet[Comparison]:
-    """The other open, non-gold comparisons: done by this annotator, or every slot taken by others."""
-    return _with_availability(regular_open(project=project), annotator_id=annotator_id, now=now).filter(
-        Q(done=True) | Q(taken__gte=project.overlap)
-    )
-
-
 def gold_candidates(*, project: Project, annotator_id: int) -> QuerySet[Comparison]:
     mine = Assignment.objects.filter(comparison=OuterRef("pk"), annotator_id=annotator_id)
     return (

@@ -18,7 +18,7 @@ from core.selectors import user_roles, user_roles_forget, user_with_roles_for_to
 from core.services import api_token_get_or_create, user_create_or_update
 from labeling.api.serializers import AssignmentSerializer, RankingSerializer, assignment_data, ranking_data
 from labeling.models import Assignment, Comparison, Ranking, Response
-from labeling.selectors.annotation import assignment_responses, regular_left_count
+from labeling.selectors.annotation import annotator_progress, assignment_responses
 from labeling.services.leasing import (
     _lock_next_candidate,
     _take,
@@ -40,8 +40,9 @@ WRITE = 1 if connection.vendor == "postgresql" else 3
 TOKEN = 1
 NEXT_BUDGET = 3  # project with my live lease, candidate (locked) with its responses, slot upsert
 SUBMIT_BUDGET = 1 + WRITE  # assignment+comparison+project (locked), the submission
-# session, user, roles, project, own assignment, submit (lock + write), next lease (3), page (4)
-HTMX_SUBMIT_BUDGET = 13 + WRITE
+# session, user, roles, project, own assignment, submit (lock + write), next lease (3), page (2: the progress, the
+# last ranking for the undo button)
+HTMX_SUBMIT_BUDGET = 11 + WRITE
 
 
 def _statements(queries) -> list[str]:
@@ -192,7 +193,7 @@ def test_precompiled_candidates_follow_the_orm_queue(busy_project):
         )
         got.append(comparison.id)
     assert got == expected and len(expected) == 5  # made[0], [2], [5], [6], [8]
-    assert regular_left_count(project=project, annotator_id=me.pk, now=now) == len(expected)
+    assert annotator_progress(project=project, annotator=me, now=now).left == len(expected)
 
 
 def test_taking_a_slot_recounts_it_and_revives_only_an_own_expired_lease(busy_project):
@@ -234,7 +235,7 @@ def test_left_count_follows_leases_submissions_and_skips(busy_project):
     other = make_user("fourth")
     for _ in range(3):
         assignment = assignment_lease_next(project=project, annotator=other)
-        assert regular_left_count(project=project, annotator_id=me.pk, now=timezone.now()) == (
+        assert annotator_progress(project=project, annotator=me, now=timezone.now()).left == (
             regular_candidates(project=project, annotator_id=me.pk, now=timezone.now()).count()
         )
         if assignment.pk % 2:
@@ -243,9 +244,60 @@ def test_left_count_follows_leases_submissions_and_skips(busy_project):
             assignment_skip(assignment_id=assignment.pk, annotator=other, reason="unsure")
     revived = assignment_lease_next(project=project, annotator=me)
     assert revived is not None
-    assert regular_left_count(project=project, annotator_id=me.pk, now=timezone.now()) == (
+    assert annotator_progress(project=project, annotator=me, now=timezone.now()).left == (
         regular_candidates(project=project, annotator_id=me.pk, now=timezone.now()).count()
     )
+
+
+def test_progress_counts_the_rankings_of_today_and_in_all(busy_project):
+    project, me, now = busy_project
+    other, ranker = type(me).objects.get(username="other"), make_user("ranker")
+    elsewhere = make_project("elsewhere", overlap=1)
+    make_comparison(elsewhere)
+    for where in (elsewhere, project, project):
+        lease = assignment_lease_next(project=where, annotator=ranker, now=now)
+        ranking_submit(assignment_id=lease.pk, annotator=ranker, choice="a", now=now)
+    start_of_day = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    for user in (other, ranker):  # one of each annotator's rankings here was made yesterday
+        old = Ranking.objects.filter(comparison__project=project, annotator=user).first()
+        Ranking.objects.filter(pk=old.pk).update(created_at=start_of_day - timedelta(seconds=1))
+    for user in (me, other, ranker, make_user("nobody-yet")):
+        progress = annotator_progress(project=project, annotator=user, now=now)
+        mine = Ranking.objects.filter(comparison__project=project, annotator=user)
+        assert (progress.done_total, progress.done_today) == (
+            mine.count(),
+            mine.filter(created_at__gte=start_of_day).count(),
+        )
+        assert progress.left == regular_candidates(project=project, annotator_id=user.pk, now=now).count()
+    ranked = annotator_progress(project=project, annotator=ranker, now=now)
+    assert (ranked.done_today, ranked.done_total) == (1, 2)  # not the ranking in the other project
+
+
+def test_the_last_ranking_is_undoable_within_the_window_until_adjudicated():
+    from labeling.services.projects import adjudication_record
+    from labeling.services.rankings import UNDO_WINDOW_SECONDS, ranking_undoable
+
+    project = make_project("undoable", overlap=1)
+    for _ in range(2):
+        make_comparison(project)
+    user = make_user("undoer")
+    assert ranking_undoable(project=project, annotator=user) is None
+    first = ranking_submit(
+        assignment_id=assignment_lease_next(project=project, annotator=user).pk, annotator=user, choice="a"
+    )
+    last = ranking_submit(
+        assignment_id=assignment_lease_next(project=project, annotator=user).pk, annotator=user, choice="b"
+    )
+    Ranking.objects.filter(pk=first.pk).update(created_at=last.created_at)  # a tie on time: the higher id
+    found = ranking_undoable(project=project, annotator=user)
+    assert found == last and found.ranks == last.ranks and found.assignment_id == last.assignment_id
+    late = last.created_at + timedelta(seconds=UNDO_WINDOW_SECONDS + 1)
+    assert ranking_undoable(project=project, annotator=user, now=late) is None
+    assert ranking_undoable(project=make_project("other-project"), annotator=user) is None
+    adjudication_record(
+        comparison=last.comparison, adjudicator=make_user("adj", role="admin"), ranks=last.ranks
+    )
+    assert ranking_undoable(project=project, annotator=user) is None
 
 
 _ANSWER_HEADERS = ("Content-Type", "Allow", "Vary", "Cache-Control", "X-Frame-Options", "WWW-Authenticate")
