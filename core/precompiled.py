@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from django.db import DEFAULT_DB_ALIAS, connection, connections
+from django.db import connection
 from django.db.models import Model
 
 
@@ -17,32 +17,24 @@ def columns(model: type[Model], alias: str, prefix: str, *, only: tuple[str, ...
     )
 
 
-# The result's column names per statement text: they follow from the text alone, and reading them from the cursor
-# built a description object per column on every call (a tenth of the hot path's Python time).
-_column_names: dict[str, list[str]] = {}
-
-
 def fetch(sql: str, params: list) -> list[dict]:
     """Rows as {column name: value} dicts."""
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        names = _column_names.get(sql)
-        if names is None:
-            names = _column_names[sql] = [column[0] for column in cursor.description]
+        names = [column[0] for column in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def instance(model: type[Model], row: dict, prefix: str, *, only: tuple[str, ...] | None = None):
     """The model instance for the columns of `row` that `columns(model, …, prefix, only=only)` selected."""
-    db = connections[DEFAULT_DB_ALIAS]  # what `connection` stands for, looked up once rather than per value
     names, values = [], []
-    for field, column, expression, converters in _converters(model, only, db.vendor):
-        value = row[prefix + column]
+    for field, converters in _converters(model, only, connection.vendor):
+        value = row[f"{prefix}{field.column}"]
         for converter in converters:
-            value = converter(value, expression, db)
+            value = converter(value, field.get_col(model._meta.db_table), connection)
         names.append(field.attname)
         values.append(value)
-    return model.from_db(db.alias, names, values)
+    return model.from_db(connection.alias, names, values)
 
 
 def _fields(model: type[Model], only: tuple[str, ...] | None):
@@ -55,6 +47,7 @@ def _converters(model: type[Model], only: tuple[str, ...] | None, vendor: str):
     out = []
     for field in _fields(model, only):
         expression = field.get_col(model._meta.db_table)
-        converters = connection.ops.get_db_converters(expression) + field.get_db_converters(connection)
-        out.append((field, field.column, expression, converters))
+        out.append(
+            (field, connection.ops.get_db_converters(expression) + field.get_db_converters(connection))
+        )
     return out
