@@ -28,6 +28,20 @@ def project_for_slug(*, slug: str) -> Project | None:
     return precompiled.instance(Project, rows[0], "") if rows else None
 
 
+_OWN_ASSIGNMENT_SQL = (
+    f'SELECT {precompiled.columns(Assignment, "a", "")} FROM "{Assignment._meta.db_table}" a '
+    "WHERE a.id = %s AND a.project_id = %s AND a.annotator_id = %s"
+)
+
+
+def assignment_own(*, assignment_id: int, project: Project, annotator) -> Assignment | None:
+    """The annotator's assignment with this id in this project, else None (precompiled: every keypress asks)."""
+    if not 0 < assignment_id < 2**63:  # a URL's <int:…> can exceed bigint; the ORM answers None for it too
+        return None
+    rows = precompiled.fetch(_OWN_ASSIGNMENT_SQL, [assignment_id, project.pk, annotator.pk])
+    return precompiled.instance(Assignment, rows[0], "") if rows else None
+
+
 @dataclass(frozen=True)
 class ShownResponse:
     response: Response
