@@ -123,6 +123,7 @@ TEMPLATES = [
 # Postgres (psycopg 3) via DATABASE_URL in production and CI; otherwise one SQLite file under var/ in WAL mode
 # with a busy timeout, so the web process and the Celery worker can write to it side by side.
 DATABASE_URL = env_str("DATABASE_URL")
+DB_PREPARE_THRESHOLD = env_int("DB_PREPARE_THRESHOLD", 5)
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))}
 else:
@@ -141,15 +142,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("TEST", {})["NAME"] = str(VAR_DIR / f"test_db_{os.getpid()}.sqlite3")
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-    # Server-side prepared statements: a statement run DB_PREPARE_THRESHOLD times on a connection is prepared
-    # there, and later runs skip Postgres' parse and plan. That needs server-side parameter binding (Django's
-    # default binds client-side, which prepares nothing). -1 turns both off: behind a transaction-pooling
+    # Parameters bound server-side (Django's default composes each statement's text in Python), and the annotator
+    # loop's hot statements prepared once they ran DB_PREPARE_THRESHOLD times on a connection (core.precompiled.
+    # preparing(): the rest stays unprepared, as Django leaves it). -1 turns both off: behind a transaction-pooling
     # PgBouncer older than 1.21, prepared statements do not survive the change of server connection.
-    DB_PREPARE_THRESHOLD = env_int("DB_PREPARE_THRESHOLD", 5)
     if DB_PREPARE_THRESHOLD >= 0:
-        DATABASES["default"].setdefault("OPTIONS", {}).update(
-            {"server_side_binding": True, "prepare_threshold": DB_PREPARE_THRESHOLD}
-        )
+        DATABASES["default"].setdefault("OPTIONS", {})["server_side_binding"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

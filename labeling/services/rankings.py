@@ -59,7 +59,7 @@ def _locked_assignment(*, assignment_id: int, annotator, lock_comparison: bool =
     lock = ""
     if connection.features.has_select_for_update:  # SQLite: BEGIN IMMEDIATE already serialises writers.
         lock = " FOR UPDATE OF a, c" if lock_comparison else " FOR UPDATE OF a"
-    rows = precompiled.fetch(_ASSIGNMENT_SQL.format(lock=lock), [assignment_id])
+    rows = precompiled.fetch(_ASSIGNMENT_SQL.format(lock=lock), [assignment_id], prepare=True)
     if not rows or rows[0]["a_annotator_id"] != annotator.pk:
         raise PermissionDenied("This item is not assigned to you.")
     assignment = precompiled.instance(Assignment, rows[0], "a_")
@@ -179,7 +179,7 @@ def _record_submission(
     values = insert_values(ranking)
     at = connection.ops.adapt_datetimefield_value(now)
     comparison_id = ranking.comparison_id
-    with connection.cursor() as cursor:
+    with precompiled.preparing(), connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             complete, completed, params = "", "false", [*values, at, assignment.pk]
             if overlap is not None:
