@@ -1,6 +1,10 @@
 """CPU per annotator round trip (POST /api/v1/rankings/next/ then /submit/), in-process through Django's WSGI
 handler: the CPU time of this Python process and of its Postgres backend, without gunicorn, HTTP or a client.
 
+`--path htmx` measures the browser's keypress instead: the annotator page's htmx submit (POST
+/annotate/<slug>/items/<id>/submit/ with the session cookie and CSRF token: the submission, the next lease and
+the workspace partial), one per round trip.
+
 On a shared machine this is steadier than annotator_load: another process's load slows both sides alike and
 what is counted is CPU time, not wall time. With `--against DIR` (a checkout of another commit, e.g. made with
 `git archive <ref> | tar -x -C DIR`) both trees are measured alternately, `--rounds` times each, and the
@@ -25,9 +29,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def _environ(path: str, body: bytes, token: str) -> dict:
+def _environ(path: str, body: bytes, headers: dict, *, method: str = "POST", content_type: str = "") -> dict:
     return {
-        "REQUEST_METHOD": "POST",
+        "REQUEST_METHOD": method,
         "PATH_INFO": path,
         "SCRIPT_NAME": "",
         "QUERY_STRING": "",
@@ -35,11 +39,10 @@ def _environ(path: str, body: bytes, token: str) -> dict:
         "SERVER_PORT": "8000",
         "SERVER_PROTOCOL": "HTTP/1.1",
         "REMOTE_ADDR": "127.0.0.1",
-        "CONTENT_TYPE": "application/json",
+        "CONTENT_TYPE": content_type,
         "CONTENT_LENGTH": str(len(body)),
         "HTTP_HOST": "127.0.0.1",
-        "HTTP_AUTHORIZATION": f"Token {token}",
-        "HTTP_ACCEPT": "application/json",
+        **headers,
         "wsgi.input": io.BytesIO(body),
         "wsgi.url_scheme": "http",
         "wsgi.errors": sys.stderr,
@@ -50,17 +53,59 @@ def _environ(path: str, body: bytes, token: str) -> dict:
     }
 
 
-def _call(app, path: str, payload: dict, token: str) -> tuple[str, bytes]:
+def _send(app, environ: dict) -> tuple[str, bytes]:
     got = {}
 
     def start_response(status, headers, exc_info=None):
         got["status"] = status
 
-    body = b"".join(app(_environ(path, json.dumps(payload).encode(), token), start_response))
+    body = b"".join(app(environ, start_response))
     return got["status"], body
 
 
-def worker(round_trips: int, warmup: int) -> dict:
+def _call(app, path: str, payload: dict, token: str) -> tuple[str, bytes]:
+    headers = {"HTTP_AUTHORIZATION": f"Token {token}", "HTTP_ACCEPT": "application/json"}
+    return _send(app, _environ(path, json.dumps(payload).encode(), headers, content_type="application/json"))
+
+
+def _api_round_trip(app, token: str):
+    def round_trip() -> None:
+        status, body = _call(app, "/api/v1/rankings/next/", {"project": "cpu"}, token)
+        assert status.startswith("200"), (status, body[:300])
+        assignment = json.loads(body)["assignment"]
+        status, body = _call(
+            app, "/api/v1/rankings/submit/", {"assignment": assignment, "choice": "a"}, token
+        )
+        assert status.startswith("201"), (status, body[:300])
+
+    return round_trip
+
+
+def _htmx_round_trip(app, user_id: int):
+    """The keypress: the htmx submit of the item shown, answered with the next item's workspace."""
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    client = Client()
+    client.force_login(get_user_model().objects.get(pk=user_id))
+    csrf = "c" * 32  # an unmasked CSRF secret is a valid token: the same in the cookie and the header
+    cookies = f"sessionid={client.cookies['sessionid'].value}; csrftoken={csrf}"
+    headers = {"HTTP_COOKIE": cookies, "HTTP_X_CSRFTOKEN": csrf, "HTTP_HX_REQUEST": "true"}
+    status, page = _send(app, _environ("/annotate/cpu/", b"", {"HTTP_COOKIE": cookies}, method="GET"))
+    assert status.startswith("200"), (status, page[:300])
+    shown = [page]
+
+    def round_trip() -> None:
+        assignment = shown[0].split(b'data-assignment="')[1].split(b'"')[0].decode()
+        path = f"/annotate/cpu/items/{assignment}/submit/"
+        environ = _environ(path, b"choice=a", headers, content_type="application/x-www-form-urlencoded")
+        status, shown[0] = _send(app, environ)
+        assert status.startswith("200") and b"Saved." in shown[0], (status, shown[0][:300])
+
+    return round_trip
+
+
+def worker(round_trips: int, warmup: int, path: str) -> dict:
     """Measure in this process (cwd = the tree measured); prints one JSON line."""
     sys.path.insert(0, str(Path.cwd()))
     sys.path.insert(0, str(Path.cwd() / "benchmarks"))
@@ -83,18 +128,12 @@ def worker(round_trips: int, warmup: int) -> dict:
 
         call_command("migrate", verbosity=0, interactive=False)
         create_project("cpu", round_trips + warmup + 10, seed=0)
-        [(_, token)] = create_annotators(1)
+        [(user_id, token)] = create_annotators(1)
+        if path == "htmx":
+            call_command("collectstatic", verbosity=0, interactive=False)  # the page's manifest (DEBUG=0)
         connection.close()
         app = WSGIHandler()
-
-        def round_trip() -> None:
-            status, body = _call(app, "/api/v1/rankings/next/", {"project": "cpu"}, token)
-            assert status.startswith("200"), (status, body[:300])
-            assignment = json.loads(body)["assignment"]
-            status, body = _call(
-                app, "/api/v1/rankings/submit/", {"assignment": assignment, "choice": "a"}, token
-            )
-            assert status.startswith("201"), (status, body[:300])
+        round_trip = _htmx_round_trip(app, user_id) if path == "htmx" else _api_round_trip(app, token)
 
         for _ in range(warmup):
             round_trip()
@@ -124,7 +163,7 @@ def worker(round_trips: int, warmup: int) -> dict:
     return result
 
 
-def _measure(tree: Path, round_trips: int, warmup: int) -> dict:
+def _measure(tree: Path, round_trips: int, warmup: int, path: str) -> dict:
     out = subprocess.run(
         [
             sys.executable,
@@ -132,6 +171,7 @@ def _measure(tree: Path, round_trips: int, warmup: int) -> dict:
             "--worker",
             f"--round-trips={round_trips}",
             f"--warmup={warmup}",
+            f"--path={path}",
         ],
         cwd=tree,
         check=True,
@@ -149,18 +189,21 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3, help="alternating measurements of each tree")
     parser.add_argument("--against", type=Path, help="another checkout to compare with (the 'before')")
+    parser.add_argument(
+        "--path", choices=["api", "htmx"], default="api", help="the API's next + submit, or the htmx submit"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")):
         raise SystemExit("hot_path_cpu needs Postgres in DATABASE_URL: run it under scripts/test-services.sh")
     if args.worker:
-        worker(args.round_trips, args.warmup)
+        worker(args.round_trips, args.warmup, args.path)
         return
     trees = {"this tree": HERE.parent} | ({"against": args.against.resolve()} if args.against else {})
     results: dict[str, list[dict]] = {name: [] for name in trees}
     for _ in range(args.rounds):
         for name, tree in trees.items():
-            result = _measure(tree, args.round_trips, args.warmup)
+            result = _measure(tree, args.round_trips, args.warmup, args.path)
             results[name].append(result)
             print(f"{name:9}  " + "  ".join(f"{k} {v:.2f}" for k, v in result.items()), flush=True)
     medians = {

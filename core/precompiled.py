@@ -4,8 +4,10 @@ overwrite them). Building the equivalent ORM queries cost several times the CPU 
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from functools import cache
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import Model
 
@@ -17,12 +19,32 @@ def columns(model: type[Model], alias: str, prefix: str, *, only: tuple[str, ...
     )
 
 
-def fetch(sql: str, params: list) -> list[dict]:
-    """Rows as {column name: value} dicts."""
-    with connection.cursor() as cursor:
+def fetch(sql: str, params: list, *, prepare: bool = False) -> list[dict]:
+    """Rows as {column name: value} dicts; with `prepare`, inside preparing()."""
+    with preparing() if prepare else nullcontext(), connection.cursor() as cursor:
         cursor.execute(sql, params)
         names = [column[0] for column in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+@contextmanager
+def preparing():
+    """Statements run inside become server-side prepared statements on Postgres once one has run
+    settings.DB_PREPARE_THRESHOLD times on this connection: later runs skip Postgres' parse and plan (the plan is
+    generic, made once for any parameters). Only the annotator loop's lease, submission and token statements ask
+    for it. Every other statement is planned for its own parameters each time: a generic plan made while a table
+    was small (a new database) stays a sequential scan until the next ANALYZE, which made the htmx page's history
+    counts quadratic in a benchmark. Each thread has its own connection, so the switch is the thread's alone."""
+    threshold = settings.DB_PREPARE_THRESHOLD
+    raw = connection.connection
+    if threshold < 0 or connection.vendor != "postgresql" or raw is None:
+        yield
+        return
+    raw.prepare_threshold = threshold
+    try:
+        yield
+    finally:
+        raw.prepare_threshold = None  # Django's default: nothing else is prepared
 
 
 def instance(model: type[Model], row: dict, prefix: str, *, only: tuple[str, ...] | None = None):

@@ -46,7 +46,7 @@ def user_with_roles_for_token(*, key: str):
     A token seen in the last API_TOKEN_CACHE_SECONDS is not asked again (core.token_cache says when it is)."""
     rows = token_cache.get(key)
     if rows is None:
-        rows = precompiled.fetch(_token_user_sql(), [key])
+        rows = precompiled.fetch(_token_user_sql(), [key], prepare=True)
         if not rows:
             return None
         token_cache.put(key, rows)

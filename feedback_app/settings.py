@@ -123,6 +123,7 @@ TEMPLATES = [
 # Postgres (psycopg 3) via DATABASE_URL in production and CI; otherwise one SQLite file under var/ in WAL mode
 # with a busy timeout, so the web process and the Celery worker can write to it side by side.
 DATABASE_URL = env_str("DATABASE_URL")
+DB_PREPARE_THRESHOLD = env_int("DB_PREPARE_THRESHOLD", 5)
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))}
 else:
@@ -141,6 +142,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("TEST", {})["NAME"] = str(VAR_DIR / f"test_db_{os.getpid()}.sqlite3")
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # Parameters bound server-side (Django's default composes each statement's text in Python), and the annotator
+    # loop's hot statements prepared once they ran DB_PREPARE_THRESHOLD times on a connection (core.precompiled.
+    # preparing(): the rest stays unprepared, as Django leaves it). -1 turns both off: behind a transaction-pooling
+    # PgBouncer older than 1.21, prepared statements do not survive the change of server connection.
+    if DB_PREPARE_THRESHOLD >= 0:
+        DATABASES["default"].setdefault("OPTIONS", {})["server_side_binding"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -458,4 +465,15 @@ REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"] = [
 # How long one web process remembers an API token's user and roles (core/token_cache.py): a token deleted or a role
 # removed in another process keeps working there for up to this long. 0: ask the database on every request.
 API_TOKEN_CACHE_SECONDS = env_int("API_TOKEN_CACHE_SECONDS", 5)
+# The annotator loop's two API calls, with a token, skip the middleware that only browsers need (core/fast_lane.py).
+MIDDLEWARE.insert(0, "core.fast_lane.FastLaneMiddleware")
+FAST_LANE_URL_NAMES = ["api:ranking-next", "api:ranking-submit"]
+FAST_LANE_SKIPS = [
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
 # --- end annotator hot path -------------------------------------------------------------------------------

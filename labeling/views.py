@@ -19,6 +19,7 @@ from labeling.selectors.annotation import (
     annotator_progress,
     annotator_rankings_shown,
     annotator_work,
+    assignment_own,
     assignment_responses,
     project_for_slug,
     projects_for_annotator,
@@ -140,7 +141,7 @@ def _project(slug: str) -> Project:
 
 def _own_assignment(request: HttpRequest, project: Project, assignment_id: int) -> Assignment:
     """Annotators only ever touch their own assignments: anything else is a 404, not a hint that it exists."""
-    assignment = Assignment.objects.filter(pk=assignment_id, project=project, annotator=request.user).first()
+    assignment = assignment_own(assignment_id=assignment_id, project=project, annotator=request.user)
     if assignment is None:
         raise Http404("No such assignment of yours.")
     return assignment

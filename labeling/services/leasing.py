@@ -182,13 +182,6 @@ def regular_candidates(*, project: Project, annotator_id: int, now: datetime) ->
     )
 
 
-def regular_unavailable(*, project: Project, annotator_id: int, now: datetime) -> QuerySet[Comparison]:
-    """The other open, non-gold comparisons: done by this annotator, or every slot taken by others."""
-    return _with_availability(regular_open(project=project), annotator_id=annotator_id, now=now).filter(
-        Q(done=True) | Q(taken__gte=project.overlap)
-    )
-
-
 def gold_candidates(*, project: Project, annotator_id: int) -> QuerySet[Comparison]:
     mine = Assignment.objects.filter(comparison=OuterRef("pk"), annotator_id=annotator_id)
     return (
@@ -255,7 +248,7 @@ def _take(
     params = [*insert_values(assignment), comparison.pk, annotator_id]
     if overlap is not None:
         params += [comparison.pk, annotator_id, connection.ops.adapt_datetimefield_value(now), overlap]
-    rows = precompiled.fetch(_take_sql(connection.vendor, slots=overlap is not None), params)
+    rows = precompiled.fetch(_take_sql(connection.vendor, slots=overlap is not None), params, prepare=True)
     if not rows:
         return None
     taken = precompiled.instance(Assignment, rows[0], "", only=_TAKEN_FIELDS)
@@ -283,7 +276,7 @@ def _lock_next_candidate(
     at = connection.ops.adapt_datetimefield_value(now)
     params = [project.pk, *skip, annotator_id, annotator_id, at, project.overlap]
     sql = _CANDIDATE_WITH_RESPONSES_SQL.format(exclude=exclude, fence=fence, lock=lock)
-    rows = precompiled.fetch(sql, params)
+    rows = precompiled.fetch(sql, params, prepare=True)
     if not rows:
         return None
     comparison = precompiled.instance(Comparison, rows[0], "c_")
@@ -361,7 +354,9 @@ def project_with_current_lease(
     """(the project with this slug, the id of the annotator's oldest live lease in it or None), in one statement:
     pass both to assignment_lease_next. (None, None) when there is no such project."""
     rows = precompiled.fetch(
-        _PROJECT_WITH_CURRENT_SQL, [annotator_id, connection.ops.adapt_datetimefield_value(now), slug]
+        _PROJECT_WITH_CURRENT_SQL,
+        [annotator_id, connection.ops.adapt_datetimefield_value(now), slug],
+        prepare=True,
     )
     if not rows:
         return None, None

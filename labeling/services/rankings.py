@@ -11,7 +11,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from core import precompiled
-from labeling.models import Assignment, Comparison, Project, Ranking
+from labeling.models import Adjudication, Assignment, Comparison, Project, Ranking
 from labeling.ranks import ranks_from_pairwise_choice, ranks_validate
 from labeling.services.leasing import insert_values, precompiled_insert, slots_taken
 
@@ -59,7 +59,7 @@ def _locked_assignment(*, assignment_id: int, annotator, lock_comparison: bool =
     lock = ""
     if connection.features.has_select_for_update:  # SQLite: BEGIN IMMEDIATE already serialises writers.
         lock = " FOR UPDATE OF a, c" if lock_comparison else " FOR UPDATE OF a"
-    rows = precompiled.fetch(_ASSIGNMENT_SQL.format(lock=lock), [assignment_id])
+    rows = precompiled.fetch(_ASSIGNMENT_SQL.format(lock=lock), [assignment_id], prepare=True)
     if not rows or rows[0]["a_annotator_id"] != annotator.pk:
         raise PermissionDenied("This item is not assigned to you.")
     assignment = precompiled.instance(Assignment, rows[0], "a_")
@@ -179,7 +179,7 @@ def _record_submission(
     values = insert_values(ranking)
     at = connection.ops.adapt_datetimefield_value(now)
     comparison_id = ranking.comparison_id
-    with connection.cursor() as cursor:
+    with precompiled.preparing(), connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             complete, completed, params = "", "false", [*values, at, assignment.pk]
             if overlap is not None:
@@ -220,18 +220,23 @@ def assignment_skip(*, assignment_id: int, annotator, reason: str, now: datetime
     return assignment
 
 
+# The annotator's last ranking in the project and whether its comparison was adjudicated (shown after every
+# keypress, for the undo button).
+_LAST_RANKING_SQL = (
+    f'SELECT {precompiled.columns(Ranking, "r", "")}, EXISTS (SELECT 1 FROM "{Adjudication._meta.db_table}" j '
+    f'WHERE j.comparison_id = r.comparison_id) AS adjudicated FROM "{_R}" r JOIN "{_C}" c ON c.id = r.comparison_id '
+    "WHERE c.project_id = %s AND r.annotator_id = %s ORDER BY r.created_at DESC, r.id DESC LIMIT 1"
+)
+
+
 def ranking_undoable(*, project: Project, annotator, now: datetime | None = None) -> Ranking | None:
-    """The annotator's last ranking in this project while it can still be undone."""
+    """The annotator's last ranking in this project while it can still be undone (not once adjudicated)."""
     now = now or timezone.now()
-    ranking = (
-        Ranking.objects.filter(comparison__project=project, annotator=annotator)
-        .select_related("comparison__adjudication")
-        .order_by("-created_at", "-id")
-        .first()
-    )
-    if ranking is None or ranking.created_at < now - timedelta(seconds=UNDO_WINDOW_SECONDS):
+    rows = precompiled.fetch(_LAST_RANKING_SQL, [project.pk, annotator.pk])
+    if not rows or rows[0]["adjudicated"]:
         return None
-    if hasattr(ranking.comparison, "adjudication"):
+    ranking = precompiled.instance(Ranking, rows[0], "")
+    if ranking.created_at < now - timedelta(seconds=UNDO_WINDOW_SECONDS):
         return None
     return ranking
 

@@ -3,6 +3,7 @@ and hand-built payloads held equal to the ORM queries and DRF serializers they r
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import timedelta
 
@@ -18,7 +19,7 @@ from core.selectors import user_roles, user_roles_forget, user_with_roles_for_to
 from core.services import api_token_get_or_create, user_create_or_update
 from labeling.api.serializers import AssignmentSerializer, RankingSerializer, assignment_data, ranking_data
 from labeling.models import Assignment, Comparison, Ranking, Response
-from labeling.selectors.annotation import assignment_responses, regular_left_count
+from labeling.selectors.annotation import annotator_progress, assignment_responses
 from labeling.services.leasing import (
     _lock_next_candidate,
     _take,
@@ -40,8 +41,9 @@ WRITE = 1 if connection.vendor == "postgresql" else 3
 TOKEN = 1
 NEXT_BUDGET = 3  # project with my live lease, candidate (locked) with its responses, slot upsert
 SUBMIT_BUDGET = 1 + WRITE  # assignment+comparison+project (locked), the submission
-# session, user, roles, project, own assignment, submit (lock + write), next lease (3), page (4)
-HTMX_SUBMIT_BUDGET = 13 + WRITE
+# session, user, roles, project, own assignment, submit (lock + write), next lease (3), page (2: the progress, the
+# last ranking for the undo button)
+HTMX_SUBMIT_BUDGET = 11 + WRITE
 
 
 def _statements(queries) -> list[str]:
@@ -192,7 +194,7 @@ def test_precompiled_candidates_follow_the_orm_queue(busy_project):
         )
         got.append(comparison.id)
     assert got == expected and len(expected) == 5  # made[0], [2], [5], [6], [8]
-    assert regular_left_count(project=project, annotator_id=me.pk, now=now) == len(expected)
+    assert annotator_progress(project=project, annotator=me, now=now).left == len(expected)
 
 
 def test_taking_a_slot_recounts_it_and_revives_only_an_own_expired_lease(busy_project):
@@ -234,7 +236,7 @@ def test_left_count_follows_leases_submissions_and_skips(busy_project):
     other = make_user("fourth")
     for _ in range(3):
         assignment = assignment_lease_next(project=project, annotator=other)
-        assert regular_left_count(project=project, annotator_id=me.pk, now=timezone.now()) == (
+        assert annotator_progress(project=project, annotator=me, now=timezone.now()).left == (
             regular_candidates(project=project, annotator_id=me.pk, now=timezone.now()).count()
         )
         if assignment.pk % 2:
@@ -243,9 +245,60 @@ def test_left_count_follows_leases_submissions_and_skips(busy_project):
             assignment_skip(assignment_id=assignment.pk, annotator=other, reason="unsure")
     revived = assignment_lease_next(project=project, annotator=me)
     assert revived is not None
-    assert regular_left_count(project=project, annotator_id=me.pk, now=timezone.now()) == (
+    assert annotator_progress(project=project, annotator=me, now=timezone.now()).left == (
         regular_candidates(project=project, annotator_id=me.pk, now=timezone.now()).count()
     )
+
+
+def test_progress_counts_the_rankings_of_today_and_in_all(busy_project):
+    project, me, now = busy_project
+    other, ranker = type(me).objects.get(username="other"), make_user("ranker")
+    elsewhere = make_project("elsewhere", overlap=1)
+    make_comparison(elsewhere)
+    for where in (elsewhere, project, project):
+        lease = assignment_lease_next(project=where, annotator=ranker, now=now)
+        ranking_submit(assignment_id=lease.pk, annotator=ranker, choice="a", now=now)
+    start_of_day = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    for user in (other, ranker):  # one of each annotator's rankings here was made yesterday
+        old = Ranking.objects.filter(comparison__project=project, annotator=user).first()
+        Ranking.objects.filter(pk=old.pk).update(created_at=start_of_day - timedelta(seconds=1))
+    for user in (me, other, ranker, make_user("nobody-yet")):
+        progress = annotator_progress(project=project, annotator=user, now=now)
+        mine = Ranking.objects.filter(comparison__project=project, annotator=user)
+        assert (progress.done_total, progress.done_today) == (
+            mine.count(),
+            mine.filter(created_at__gte=start_of_day).count(),
+        )
+        assert progress.left == regular_candidates(project=project, annotator_id=user.pk, now=now).count()
+    ranked = annotator_progress(project=project, annotator=ranker, now=now)
+    assert (ranked.done_today, ranked.done_total) == (1, 2)  # not the ranking in the other project
+
+
+def test_the_last_ranking_is_undoable_within_the_window_until_adjudicated():
+    from labeling.services.projects import adjudication_record
+    from labeling.services.rankings import UNDO_WINDOW_SECONDS, ranking_undoable
+
+    project = make_project("undoable", overlap=1)
+    for _ in range(2):
+        make_comparison(project)
+    user = make_user("undoer")
+    assert ranking_undoable(project=project, annotator=user) is None
+    first = ranking_submit(
+        assignment_id=assignment_lease_next(project=project, annotator=user).pk, annotator=user, choice="a"
+    )
+    last = ranking_submit(
+        assignment_id=assignment_lease_next(project=project, annotator=user).pk, annotator=user, choice="b"
+    )
+    Ranking.objects.filter(pk=first.pk).update(created_at=last.created_at)  # a tie on time: the higher id
+    found = ranking_undoable(project=project, annotator=user)
+    assert found == last and found.ranks == last.ranks and found.assignment_id == last.assignment_id
+    late = last.created_at + timedelta(seconds=UNDO_WINDOW_SECONDS + 1)
+    assert ranking_undoable(project=project, annotator=user, now=late) is None
+    assert ranking_undoable(project=make_project("other-project"), annotator=user) is None
+    adjudication_record(
+        comparison=last.comparison, adjudicator=make_user("adj", role="admin"), ranks=last.ranks
+    )
+    assert ranking_undoable(project=project, annotator=user) is None
 
 
 _ANSWER_HEADERS = ("Content-Type", "Allow", "Vary", "Cache-Control", "X-Frame-Options", "WWW-Authenticate")
@@ -471,3 +524,161 @@ def test_no_page_pattern_could_take_an_api_path_so_the_api_can_be_tried_first():
     # A route starting with a converter or a regex could match anything; none may start with api/.
     assert [route for route in found if route.startswith(("<", "^", "api"))] == []
     assert resolve("/api/v1/rankings/next/").namespace == "api"
+
+
+_LANE = "core.fast_lane.FastLaneMiddleware"
+
+
+@pytest.fixture
+def production_headers(settings):
+    """The header settings of DEBUG=0 (HTTPS, HSTS), so that the comparison below covers those headers too."""
+    settings.SECURE_HSTS_SECONDS = 3600
+    settings.SECURE_CONTENT_TYPE_NOSNIFF = True
+    settings.SECURE_REFERRER_POLICY = "same-origin"
+    settings.X_FRAME_OPTIONS = "DENY"
+    return settings
+
+
+def test_the_fast_lane_answers_header_for_header_as_the_whole_middleware_stack(
+    production_headers, monkeypatch
+):
+    """Each request once through core.fast_lane's shorter stack and once through every middleware (the lane taken
+    out of MIDDLEWARE): the same status, every header, the same body (a renewed lease differs in `leased_until`,
+    two submissions in their ids)."""
+    from django.db import OperationalError
+
+    from core import fast_lane
+    from labeling.api import hot_path
+
+    settings = production_headers
+    with_lane = list(settings.MIDDLEWARE)
+    assert with_lane[0] == _LANE
+    lane_requests = []
+    resolve_request = fast_lane._Lane.resolve_request
+
+    def spied(self, request):
+        lane_requests.append(request)
+        return resolve_request(self, request)
+
+    monkeypatch.setattr(fast_lane._Lane, "resolve_request", spied)
+    project = make_project("lane", overlap=1, allow_ties=False)
+    for _ in range(2):
+        make_comparison(project)
+    user, other = make_user("lane-user"), make_user("lane-other")
+    make_user("lane-researcher", role="researcher")
+    tokens = {
+        "user": api_token_get_or_create(user=user).key,
+        "other": api_token_get_or_create(user=other).key,
+        "researcher": api_token_get_or_create(user=type(user).objects.get(username="lane-researcher")).key,
+        "bad": "not-a-token",
+    }
+
+    def post(path, body, *, lane, token="user", viewed=True, **extra):
+        settings.MIDDLEWARE = with_lane if lane else with_lane[1:]
+        client = APIClient(HTTP_AUTHORIZATION=f"Token {tokens[token]}")
+        before = len(lane_requests)
+        response = client.post(f"/api/v1/rankings/{path}/", body, format="json", secure=True, **extra)
+        assert len(lane_requests) - before == (1 if lane and viewed else 0)
+        if lane and viewed:
+            assert not hasattr(lane_requests[-1], "session")  # the skipped middleware did not run
+        is_json = response.content and response["Content-Type"] == "application/json"
+        body = response.json() if is_json else response.content
+        return response.status_code, dict(response.headers), body
+
+    def both(path, body, *, differ=(), viewed=True, **kwargs):
+        fast = post(path, body, lane=True, viewed=viewed, **kwargs)
+        full = post(path, body, lane=False, **kwargs)
+        for key in differ:
+            fast[2].pop(key), full[2].pop(key)
+        assert fast == full
+        return fast
+
+    status, headers, lease = both("next", {"project": "lane"}, differ=["leased_until"])
+    assert status == 200
+    assert {
+        "Strict-Transport-Security",
+        "X-Frame-Options",
+        "Content-Security-Policy",
+        "Content-Length",
+    } <= set(headers)
+    assert headers["Cache-Control"] == "private, no-store" and headers["X-Content-Type-Options"] == "nosniff"
+    assert both("next", {"project": "nope"})[0] == 404
+    assert (
+        both("next", {"project": " lane"}, differ=["leased_until"])[0] == 200
+    )  # DRF's own view, in the lane
+    assert both("next", {"project": "lane"}, token="bad")[0] == 401
+    assert both("next", {"project": "lane"}, token="researcher")[0] == 403
+    assert both("submit", {"assignment": lease["assignment"], "choice": "tie"})[0] == 400
+    assert both("submit", {"assignment": lease["assignment"], "choice": "a"}, token="other")[0] == 403
+    # ALLOWED_HOSTS still applies (CommonMiddleware refuses the request before any view).
+    assert both("next", {"project": "lane"}, HTTP_HOST="evil.example", viewed=False)[0] == 400
+
+    def outage(*args, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    with monkeypatch.context() as patched:
+        patched.setitem(hot_path._ACTIONS, "next", (outage, hot_path._next_arguments))
+        status, headers, _ = both("next", {"project": "lane"})
+    assert status == 503 and headers["Retry-After"]
+    # Two submissions (one per stack, each of its own lease): the same answer but for the ids and times.
+    second = post("next", {"project": "lane"}, lane=False, token="other")[2]
+    fast = post("submit", {"assignment": lease["assignment"], "choice": "a"}, lane=True)
+    full = post("submit", {"assignment": second["assignment"], "choice": "b"}, lane=False, token="other")
+    assert fast[0] == full[0] == 201
+    assert int(fast[1].pop("Content-Length")) == len(json.dumps(fast[2], separators=(",", ":")).encode())
+    full[1].pop("Content-Length")
+    assert fast[1] == full[1]  # the ids in the bodies may differ in length
+    assert set(fast[2]) == set(full[2])
+    assert both("next", {"project": "lane"})[:2] == both("next", {"project": "lane"}, token="other")[:2]
+    assert both("next", {"project": "lane"})[0] == 204
+
+
+def test_the_fast_lane_takes_only_token_posts_to_its_endpoints(client):
+    from core.fast_lane import FastLaneMiddleware
+
+    seen = []
+    lane = FastLaneMiddleware(lambda request: seen.append(request.path) or "whole stack")
+    lane._built()._middleware_chain = lambda request: "lane"
+    from django.test import RequestFactory
+
+    factory = RequestFactory()
+    auth = {"HTTP_AUTHORIZATION": "Token abc"}
+    assert lane(factory.post("/api/v1/rankings/next/", **auth)) == "lane"
+    assert lane(factory.post("/api/v1/rankings/submit/", HTTP_AUTHORIZATION="token abc")) == "lane"
+    assert lane(factory.post("/api/v1/rankings/next/")) == "whole stack"  # a session user: CSRF, session
+    assert lane(factory.post("/api/v1/rankings/next/", HTTP_AUTHORIZATION="Bearer abc")) == "whole stack"
+    assert lane(factory.get("/api/v1/rankings/next/", **auth)) == "whole stack"
+    assert lane(factory.post("/api/v1/rankings/skip/", **auth)) == "whole stack"
+
+
+def test_the_fast_lane_refuses_a_configuration_it_cannot_keep_equal(settings):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from core.fast_lane import FastLaneMiddleware
+
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE[1:], _LANE]
+    with pytest.raises(ImproperlyConfigured, match="first"):
+        FastLaneMiddleware(lambda request: None)
+    settings.MIDDLEWARE = [_LANE, *settings.MIDDLEWARE[:-1]]
+    settings.FAST_LANE_SKIPS = [*settings.FAST_LANE_SKIPS, "no.such.Middleware"]
+    with pytest.raises(ImproperlyConfigured, match="no.such.Middleware"):
+        FastLaneMiddleware(lambda request: None)
+
+
+def test_an_own_assignment_is_found_only_in_its_project_and_by_its_annotator():
+    from labeling.selectors.annotation import assignment_own
+
+    project, other_project = make_project("own"), make_project("not-own")
+    make_comparison(project)
+    user, other = make_user("owner"), make_user("not-owner")
+    lease = assignment_lease_next(project=project, annotator=user)
+    found = assignment_own(assignment_id=lease.pk, project=project, annotator=user)
+    assert found == Assignment.objects.get(pk=lease.pk)
+    assert (found.display_order, found.state, found.leased_until) == (
+        lease.display_order,
+        lease.state,
+        lease.leased_until,
+    )
+    assert assignment_own(assignment_id=lease.pk, project=other_project, annotator=user) is None
+    assert assignment_own(assignment_id=lease.pk, project=project, annotator=other) is None
+    assert assignment_own(assignment_id=2**63, project=project, annotator=user) is None
