@@ -99,17 +99,14 @@ def test_the_launch_refuses_fsdp_where_nothing_shards_it(tiny_model_dir, launch)
     with pytest.raises(ValidationError) as excinfo:
         launch(
             project=ranked_project(prompts=4),
-            preset="preference",
+            preset="rlhf",
             base_model=register_tiny_base(tiny_model_dir),
             stage_configs={
                 "sft": {"sharding": "fsdp"},  # one process: nothing to shard over
-                "contrastive": {
-                    "processes": 2,
-                    "batch_size": 4,
-                    "sharding": "fsdp",
-                },  # its own loop: full copies
+                # its own loop: full copies
+                "ppo": {"processes": 2, "batch_size": 4, "mini_batch_size": 4, "sharding": "fsdp"},
             },
         )
     errors = excinfo.value.message_dict
     assert "set processes to 2 or more" in errors["sft.sharding"][0]
-    assert "the contrastive stage trains in its own loop" in errors["contrastive.sharding"][0]
+    assert "the ppo stage trains in its own loop" in errors["ppo.sharding"][0]
