@@ -343,14 +343,30 @@ def test_fsdp_on_two_processes_follows_one_process_and_saves_a_plain_model(
         assert (tmp_path / "on-2" / "lora_adapter" / "adapter_model.safetensors").is_file()
 
 
+# kind: (stage module, its config class, its data, what it adds to the common config, its loss in the metrics)
+RESUMED = {
+    "sft": (sft, sft.SftStageConfig, conversations, {}, "train_loss"),
+    # The own loop's checkpoint and resume (DPO: the sharded reference is rebuilt from the base, not saved).
+    "contrastive": (
+        contrastive,
+        contrastive.ContrastiveStageConfig,
+        preference_pairs,
+        dict(peft=PeftSettings(method="full")),
+        "loss",
+    ),
+}
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", RESUMED)
 def test_fsdp_cancelled_on_two_processes_checkpoints_whole_tensors_and_resumes_like_an_uninterrupted_run(
-    tiny_model_dir, tmp_path
+    kind, tiny_model_dir, tmp_path
 ):
-    config = sft.SftStageConfig(**COMMON, max_steps=6, processes=2, sharding="fsdp")
+    stage, config_class, data, extra, loss = RESUMED[kind]
+    config = config_class(**COMMON, **extra, max_steps=6, processes=2, sharding="fsdp")
     base = ModelRef(tiny_model_dir)
-    straight = sft.run(
-        sft.SftStageConfig(**COMMON, max_steps=6), StageInputs(conversations(), base, tmp_path / "one")
+    straight = stage.run(
+        config_class(**COMMON, **extra, max_steps=6), StageInputs(data(), base, tmp_path / "one")
     )
     progress: list = []
     out_dir = tmp_path / "two"
@@ -359,7 +375,7 @@ def test_fsdp_cancelled_on_two_processes_checkpoints_whole_tensors_and_resumes_l
         return any(isinstance(report, StepMetrics) and report.step >= 2 for report in progress)
 
     cancelled = stages.run(
-        config, StageInputs(conversations(), base, out_dir, progress.append, stop_after_step_two), FAST_POLL
+        config, StageInputs(data(), base, out_dir, progress.append, stop_after_step_two), FAST_POLL
     )
     assert cancelled.status == "cancelled" and not out_dir.exists()
     assert 2 <= cancelled.steps_completed < 6
@@ -374,16 +390,14 @@ def test_fsdp_cancelled_on_two_processes_checkpoints_whole_tensors_and_resumes_l
     assert moments and {checkpoint.tensors[key].shape for key in moments} >= {base_weights.shape}
 
     resumed_progress: list = []
-    resumed = stages.run(
-        config, StageInputs(conversations(), base, out_dir, resumed_progress.append), FAST_POLL
-    )
+    resumed = stages.run(config, StageInputs(data(), base, out_dir, resumed_progress.append), FAST_POLL)
     assert resumed.status == "completed" and resumed.steps_completed == 6
     assert [
         report.step
         for report in resumed_progress
         if isinstance(report, StepMetrics) and "loss" in report.values
     ] == list(range(cancelled.steps_completed + 1, 7))
-    assert resumed.metrics["train_loss"] == pytest.approx(straight.metrics["train_loss"], rel=1e-3)
+    assert resumed.metrics[loss] == pytest.approx(straight.metrics[loss], rel=1e-3)
     straight_weights, resumed_weights = (
         load_file(str(folder / "model.safetensors")) for folder in (tmp_path / "one", out_dir)
     )
