@@ -5,8 +5,9 @@ weights. A cancel reaches both ranks at the same micro-batch, rank 0 keeps the c
 processes finishes as an uninterrupted run. A killed rank fails the stage at once, with the reason, and no rank is
 left running (its resume: tests/training/test_distributed_stages.py). PPO, with its own loop, shards its prompts,
 whitens over all ranks' tokens (as one process whitens the whole batch), learns, and keeps the ranks' weights equal.
-With `sharding="fsdp"` (FSDP2) the Trainer stages train the same as on one process with their model sharded, save a
-plain model folder, and checkpoint whole tensors that a resume shards again.
+With `sharding="fsdp"` (FSDP2) the Trainer stages and the contrastive stage (its own loop: a full fine-tune with its
+sharded reference, and the LoRA mixture on a sharded base) train the same as on one process with their model
+sharded, save a whole artifact, and checkpoint whole tensors that a resume shards again.
 """
 
 from __future__ import annotations
@@ -271,6 +272,21 @@ SHARDED = {
         ),
         "model.safetensors",
     ),
+    # The own loop: DPO with the frozen reference copy sharded too, its log-probs scored on the sharded model.
+    "contrastive": (
+        contrastive.ContrastiveStageConfig,
+        preference_pairs,
+        dict(max_steps=4, gradient_accumulation_steps=2, peft=PeftSettings(method="full")),
+        "model.safetensors",
+    ),
+    # The LoRA mixture: a sharded frozen base whose layers hold the experts (one expert of one domain: rank 1's shard
+    # of each expert tensor is empty), the router in the root's group.
+    "contrastive-mixture": (
+        contrastive.ContrastiveStageConfig,
+        preference_pairs,
+        dict(max_steps=4, peft=PeftSettings(method="lora", lora_r=4)),
+        "mixture.safetensors",
+    ),
 }
 
 
@@ -292,9 +308,12 @@ def test_fsdp_on_two_processes_follows_one_process_and_saves_a_plain_model(
         )
         assert result.status == "completed" and result.artifact_path == out_dir
         runs[processes] = (step_losses(progress), result.metrics, load_file(str(out_dir / weights_file)))
-    # The two-process run did shard (not DDP): rank 0 holds half the parameters (its rows of each tensor).
-    [held] = re.findall(r"sharded over 2 processes; this one holds ([\d.]+)% of its", caplog.text)
-    assert 45 <= float(held) <= 55
+    # The two-process run did shard (not DDP): rank 0 holds half the parameters (its rows of each tensor), of the
+    # policy and of a full fine-tune's reference copy.
+    held = re.findall(r"sharded over 2 processes; this one holds ([\d.]+)% of its", caplog.text)
+    assert len(held) == (2 if kind == "contrastive" else 1) and all(
+        45 <= float(share) <= 55 for share in held
+    )
     (one_losses, one_metrics, one_weights), (two_losses, two_metrics, two_weights) = runs[1], runs[2]
     assert len(two_losses) == 4 and one_losses[-1] < one_losses[0]
     assert two_losses == pytest.approx(one_losses, rel=1e-3)
@@ -302,29 +321,52 @@ def test_fsdp_on_two_processes_follows_one_process_and_saves_a_plain_model(
     assert two_weights.keys() == one_weights.keys()
     for name, weight in one_weights.items():
         torch.testing.assert_close(two_weights[name], weight, rtol=1e-3, atol=1e-4, msg=name)
-    base = load_file(str(tiny_model_dir / "model.safetensors"))
-    assert any(not torch.equal(base[name], two_weights[name]) for name in base)
-    if kind == "sft":
+    if weights_file == "model.safetensors":
+        base = load_file(str(tiny_model_dir / "model.safetensors"))
+        assert any(not torch.equal(base[name], two_weights[name]) for name in base)
+    else:  # the experts' up-projections start at zero
+        assert any(two_weights[name].abs().sum() > 0 for name in two_weights if name.endswith("lora_B"))
+    if kind in ("sft", "contrastive"):
         from transformers import AutoModelForCausalLM
 
         loaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "on-2")).state_dict()
         for name, weight in one_weights.items():
             torch.testing.assert_close(loaded[name], weight, rtol=1e-3, atol=1e-4, msg=name)
-    else:  # the held-out evaluation ran on the sharded model, on every rank
+    if kind.startswith("contrastive"):  # the final evaluation ran on the sharded model, on every rank
+        assert two_metrics["final_log_prob_margin"] == pytest.approx(
+            one_metrics["final_log_prob_margin"], rel=1e-3, abs=1e-4
+        )
+    if kind == "reward-lora":  # the held-out evaluation ran on the sharded model, on every rank
         assert two_metrics["held_out_mean_margin"] == pytest.approx(
             one_metrics["held_out_mean_margin"], rel=1e-3
         )
         assert (tmp_path / "on-2" / "lora_adapter" / "adapter_model.safetensors").is_file()
 
 
+# kind: (stage module, its config class, its data, what it adds to the common config, its loss in the metrics)
+RESUMED = {
+    "sft": (sft, sft.SftStageConfig, conversations, {}, "train_loss"),
+    # The own loop's checkpoint and resume (DPO: the sharded reference is rebuilt from the base, not saved).
+    "contrastive": (
+        contrastive,
+        contrastive.ContrastiveStageConfig,
+        preference_pairs,
+        dict(peft=PeftSettings(method="full")),
+        "loss",
+    ),
+}
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", RESUMED)
 def test_fsdp_cancelled_on_two_processes_checkpoints_whole_tensors_and_resumes_like_an_uninterrupted_run(
-    tiny_model_dir, tmp_path
+    kind, tiny_model_dir, tmp_path
 ):
-    config = sft.SftStageConfig(**COMMON, max_steps=6, processes=2, sharding="fsdp")
+    stage, config_class, data, extra, loss = RESUMED[kind]
+    config = config_class(**COMMON, **extra, max_steps=6, processes=2, sharding="fsdp")
     base = ModelRef(tiny_model_dir)
-    straight = sft.run(
-        sft.SftStageConfig(**COMMON, max_steps=6), StageInputs(conversations(), base, tmp_path / "one")
+    straight = stage.run(
+        config_class(**COMMON, **extra, max_steps=6), StageInputs(data(), base, tmp_path / "one")
     )
     progress: list = []
     out_dir = tmp_path / "two"
@@ -333,7 +375,7 @@ def test_fsdp_cancelled_on_two_processes_checkpoints_whole_tensors_and_resumes_l
         return any(isinstance(report, StepMetrics) and report.step >= 2 for report in progress)
 
     cancelled = stages.run(
-        config, StageInputs(conversations(), base, out_dir, progress.append, stop_after_step_two), FAST_POLL
+        config, StageInputs(data(), base, out_dir, progress.append, stop_after_step_two), FAST_POLL
     )
     assert cancelled.status == "cancelled" and not out_dir.exists()
     assert 2 <= cancelled.steps_completed < 6
@@ -348,16 +390,14 @@ def test_fsdp_cancelled_on_two_processes_checkpoints_whole_tensors_and_resumes_l
     assert moments and {checkpoint.tensors[key].shape for key in moments} >= {base_weights.shape}
 
     resumed_progress: list = []
-    resumed = stages.run(
-        config, StageInputs(conversations(), base, out_dir, resumed_progress.append), FAST_POLL
-    )
+    resumed = stages.run(config, StageInputs(data(), base, out_dir, resumed_progress.append), FAST_POLL)
     assert resumed.status == "completed" and resumed.steps_completed == 6
     assert [
         report.step
         for report in resumed_progress
         if isinstance(report, StepMetrics) and "loss" in report.values
     ] == list(range(cancelled.steps_completed + 1, 7))
-    assert resumed.metrics["train_loss"] == pytest.approx(straight.metrics["train_loss"], rel=1e-3)
+    assert resumed.metrics[loss] == pytest.approx(straight.metrics[loss], rel=1e-3)
     straight_weights, resumed_weights = (
         load_file(str(folder / "model.safetensors")) for folder in (tmp_path / "one", out_dir)
     )
@@ -375,14 +415,17 @@ def test_sharding_is_checked_where_the_config_is_built():
     with pytest.raises(StageConfigError) as one_process:
         stages.config_from_dict("sft", {"sharding": "fsdp"})
     assert "set processes to 2 or more" in one_process.value.errors["sharding"]
-    # The own loops keep a full copy of their models on every process.
+    contrastive_values = {"processes": 2, "batch_size": 4, "sharding": "fsdp"}
+    assert (
+        stages.config_from_dict("contrastive", contrastive_values).sharding == "fsdp"
+    )  # its own loop shards
+    # PPO's own loop keeps a full copy of its models on every process.
     several = {"processes": 2, "batch_size": 4, "mini_batch_size": 4}
-    for kind, values in (("ppo", several), ("contrastive", {"processes": 2, "batch_size": 4})):
-        with pytest.raises(StageConfigError) as own_loop:
-            stages.config_from_dict(kind, {**values, "sharding": "fsdp"})
-        assert own_loop.value.errors["sharding"].startswith(f"the {kind} stage trains in its own loop")
-        assert "only sft, reward shard theirs" in own_loop.value.errors["sharding"]
-        assert stages.config_from_dict(kind, {**values, "sharding": "ddp"}).sharding == "ddp"
+    with pytest.raises(StageConfigError) as own_loop:
+        stages.config_from_dict("ppo", {**several, "sharding": "fsdp"})
+    assert own_loop.value.errors["sharding"].startswith("the ppo stage trains in its own loop")
+    assert "only sft, reward, contrastive shard theirs" in own_loop.value.errors["sharding"]
+    assert stages.config_from_dict("ppo", {**several, "sharding": "ddp"}).sharding == "ddp"
 
 
 def test_auto_sharding_shards_only_a_stage_that_does_not_fit_one_device(tiny_model_dir, monkeypatch):

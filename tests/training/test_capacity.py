@@ -99,17 +99,48 @@ def test_the_launch_refuses_fsdp_where_nothing_shards_it(tiny_model_dir, launch)
     with pytest.raises(ValidationError) as excinfo:
         launch(
             project=ranked_project(prompts=4),
-            preset="preference",
+            preset="rlhf",
             base_model=register_tiny_base(tiny_model_dir),
             stage_configs={
                 "sft": {"sharding": "fsdp"},  # one process: nothing to shard over
-                "contrastive": {
-                    "processes": 2,
-                    "batch_size": 4,
-                    "sharding": "fsdp",
-                },  # its own loop: full copies
+                # its own loop: full copies
+                "ppo": {"processes": 2, "batch_size": 4, "mini_batch_size": 4, "sharding": "fsdp"},
             },
         )
     errors = excinfo.value.message_dict
     assert "set processes to 2 or more" in errors["sft.sharding"][0]
-    assert "the contrastive stage trains in its own loop" in errors["contrastive.sharding"][0]
+    assert "the ppo stage trains in its own loop" in errors["ppo.sharding"][0]
+
+
+@pytest.mark.parametrize(("sharding", "fits"), [("auto", True), ("fsdp", True), ("ddp", False)])
+def test_a_contrastive_full_fine_tune_too_big_for_one_gpu_fits_sharded_over_four(
+    tiny_model_dir, launch, sharding, fits
+):
+    """The contrastive stage shards in its own loop too: an 8B full fine-tune fits a quarter of its model state on
+    each of four 80 GiB GPUs (what `auto` picks for it), not a full copy on each."""
+    worker_heartbeat_record(
+        hostname="gpu-4", queue="gpu", device="cuda:NVIDIA H100", device_count=4, device_memory_bytes=80 * GIB
+    )
+    options = dict(
+        project=ranked_project(prompts=4),
+        preset="preference",
+        base_model=_big_base(tiny_model_dir),
+        peft={"sft": "lora", "contrastive": "full"},
+        stage_configs={
+            "sft": {"max_steps": 1, "batch_size": 1, "max_length": 512},
+            "contrastive": {
+                "max_steps": 1,
+                "batch_size": 8,
+                "max_length": 512,
+                "processes": 4,
+                "sharding": sharding,
+            },
+        },
+    )
+    if fits:
+        [contrastive] = [stage for stage in launch(**options).stages.all() if stage.kind == "contrastive"]
+        assert contrastive.config["sharding"] == sharding
+    else:
+        with pytest.raises(ValidationError) as excinfo:
+            launch(**options)
+        assert "optimizer 59.8," in excinfo.value.message_dict["contrastive.batch_size"][0]

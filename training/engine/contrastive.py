@@ -16,6 +16,11 @@ plain model with the same losses.
 Why our own loop and not TRL's DPOTrainer / experimental CPOTrainer: the mixture needs per-sample routing computed
 from the prompt before the forward pass and an extra router loss in the same step, which neither trainer exposes;
 one readable loop keeps one code path for one or many experts and for both losses.
+
+On several processes the models are copies (DDP: the gradients averaged over the ranks) or sharded with FSDP2
+(`sharding.py`, `StageConfig.sharding`): the policy, and the frozen reference copy of a full fine-tune; the
+LoRA mixture's experts sit in the base's sharded layers, its router in the root's group. FSDP averages the gradients
+itself (reduce-scatter); checkpoints hold whole tensors gathered onto rank 0 and the artifact is written whole.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import torch.nn.functional as F
 from datasets import Dataset
 from torch import nn
 
-from training.engine import checkpoints, distributed, fast_paths
+from training.engine import checkpoints, distributed, fast_paths, sharding
 from training.engine.common import (
     STAGE_MANIFEST,
     Bounds,
@@ -154,12 +159,23 @@ class Policy:
         self.mixture = mixture
         self.reference_copy = reference_copy
 
+    def shard(self, device) -> None:
+        """FSDP2 over the processes: the policy, and the reference copy (frozen, gathered layer by layer as the
+        policy is). Before `trainable()` is read: sharding replaces the parameters with sharded ones."""
+        sharding.shard_model(self.model, device)
+        if self.reference_copy is not None:
+            sharding.shard_model(self.reference_copy, device)
+
     def trainable(self) -> dict[str, nn.Parameter]:
         return self.mixture.parameters() if self.mixture else trainable_parameters(self.model)
 
     def log_probs(self, batch):
-        router_logits = (
-            self.mixture.set_route(batch["input_ids"], batch["prompt_mask"]) if self.mixture else None
+        router_logits = (  # the router and the embeddings it pools are in the root's group under FSDP
+            sharding.in_root_forward(
+                self.model, self.mixture.set_route, batch["input_ids"], batch["prompt_mask"]
+            )
+            if self.mixture
+            else None
         )
         log_probs, chosen_nll = sequence_log_probs(self.model, batch)
         return log_probs, chosen_nll, router_logits
@@ -239,6 +255,9 @@ def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
     pairs = preference_pairs(inputs.data)
     domains = sorted(set(pairs["domain"])) if "domain" in pairs.column_names else [NO_DOMAIN]
     policy, tokenizer = build_policy(config, inputs.base, domains, device)
+    sharded = sharding.uses_fsdp(config, policy.model, device, kind=STAGE_NAME)
+    if sharded:
+        policy.shard(device)
     examples = tokenize_pairs(tokenizer, pairs, config.max_length, domains)
     trainable = policy.trainable()
     optimizer = fast_paths.adamw(list(trainable.values()), device, lr=config.learning_rate, weight_decay=0.0)
@@ -247,16 +266,27 @@ def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
     step = 0
     if (path := checkpoints.latest(checkpoint_dir)) is not None:
         checkpoint = checkpoints.read(path)
-        checkpoint.restore_parameters(trainable)
-        checkpoint.restore_optimizer(optimizer)
+        if sharded:  # each rank takes its shard of the whole saved tensors
+            sharding.restore_parameters(trainable, checkpoint.parameters(trainable))
+            sharding.load_full_optimizer_state(optimizer, checkpoint.optimizer_state())
+        else:
+            checkpoint.restore_parameters(trainable)
+            checkpoint.restore_optimizer(optimizer)
         checkpoint.restore_rng()
         step = checkpoint.step
     start_step = step
 
     def save_checkpoint() -> None:
-        checkpoints.write(
-            checkpoint_dir, checkpoints.capture(step, parameters=trainable, optimizer=optimizer)
+        parameters, optimizer_state = trainable, None
+        if sharded:  # every rank gathers; rank 0 writes the whole tensors
+            parameters, optimizer_state = (
+                sharding.full_parameters(trainable),
+                sharding.full_optimizer_state(optimizer),
+            )
+        checkpoint = checkpoints.capture(
+            step, parameters=parameters, optimizer=optimizer, optimizer_state=optimizer_state
         )
+        checkpoints.write(checkpoint_dir, checkpoint)
 
     def cancelled(metrics: dict[str, float]) -> StageResult:
         # The weights and optimizer are those of the last completed step (a half-accumulated one is dropped).
@@ -296,7 +326,8 @@ def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
                     step=step + 1,
                     learning_rate=config.learning_rate,
                 )
-        distributed.average_gradients(trainable.values())  # several processes: DDP's mean over the ranks
+        if not sharded:  # FSDP's backward reduce-scattered the mean already
+            distributed.average_gradients(trainable.values())  # several processes: DDP's mean over the ranks
         optimizer.step()
         step += 1
 
@@ -315,13 +346,19 @@ def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
     final = evaluate_margin(policy, examples, tokenizer.pad_token_id, device, batch_size)
     metrics.update({f"final_{key}": value for key, value in final.items()})
     if policy.mixture is None:
+        model = policy.model
+        if sharded:  # gathered whole onto rank 0 (None on the others, which write nothing)
+            model = sharding.unsharded_model(
+                model, config, inputs.base, "causal_lm", adapter_name=config.peft.adapter_name
+            )
         return save_completed_stage(
-            policy.model, tokenizer, config, inputs, stage=STAGE_NAME, metrics=metrics, steps_completed=step
+            model, tokenizer, config, inputs, stage=STAGE_NAME, metrics=metrics, steps_completed=step
         )
+    mixture_tensors = sharding.full_parameters(policy.trainable()) if sharded else None  # every rank gathers
     if not distributed.is_main_process():  # rank 0 writes the artifact
         return StageResult("completed", None, metrics, steps_completed=step)
     with staged_output(inputs.out_dir) as staging:
-        policy.mixture.save(staging)
+        policy.mixture.save(staging, mixture_tensors)
         tokenizer.save_pretrained(str(staging))
         write_json(
             staging / STAGE_MANIFEST,

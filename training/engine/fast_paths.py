@@ -101,6 +101,24 @@ def response_log_probs(
         )
         token_log_probs = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         return (token_log_probs * mask).sum(-1), counts
+    # A sharded model (FSDP) gathers its embeddings, final norm and output layer only in a forward of its root,
+    # which this pass bypasses (it calls the decoder and then the output layer): it runs as one.
+    from training.engine import sharding
+
+    return sharding.in_root_forward(
+        model, _scored_log_probs, model, head, input_ids, attention_mask, targets, mask, chunk_tokens
+    ), counts
+
+
+def _scored_log_probs(
+    model: nn.Module,
+    head: nn.Linear,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    chunk_tokens: int,
+) -> torch.Tensor:
     inner = _causal_lm(model)
     decoder = getattr(inner, inner.base_model_prefix)
     # use_cache=False: a scoring pass keeps no KV cache (with one, every layer would also copy its keys and values
@@ -125,4 +143,4 @@ def response_log_probs(
         )
     token_log_probs = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
     sums = torch.zeros(len(input_ids), dtype=torch.float32, device=input_ids.device)
-    return sums.index_add(0, rows, token_log_probs), counts
+    return sums.index_add(0, rows, token_log_probs)

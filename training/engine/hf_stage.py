@@ -32,9 +32,6 @@ from training.engine.common import (
 )
 from training.engine.finetuning_methods import (
     Task,
-    base_dtype_for,
-    load_model_ref,
-    prepare_model,
     save_completed_stage,
     trainable_parameters,
 )
@@ -210,19 +207,8 @@ class TrainerRun:
         )
 
     def unsharded_model(self, config: StageConfig, inputs: StageInputs):
-        """The sharded model as a plain one on rank 0's CPU (None elsewhere), every rank calling it: its whole state
-        dict gathered, loaded into a fresh copy of the model built as the stage built it (the same PEFT wrapping),
-        which `save_completed_stage` writes as on one process (a LoRA adapter merged, a bottleneck adapter alone)."""
-        state = sharding.full_model_state(self.trainer.model)
-        if not distributed.is_main_process():
-            return None
-        cpu = pick_device("cpu")
-        plain, _ = load_model_ref(
-            inputs.base, cpu, task=self.task, dtype=base_dtype_for(pick_device(config.device), config.peft)
-        )
-        plain = prepare_model(plain, config.peft)
-        plain.load_state_dict(state, strict=True)
-        return plain
+        """The sharded model whole on rank 0's CPU, None elsewhere (`sharding.unsharded_model`)."""
+        return sharding.unsharded_model(self.trainer.model, config, inputs.base, self.task)
 
 
 def train(

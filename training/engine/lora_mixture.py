@@ -141,10 +141,11 @@ class MixtureOfLoraExperts:
                 self.set_route(input_ids, prompt_mask)
         return None
 
-    def save(self, folder: Path) -> None:
+    def save(self, folder: Path, parameters: dict[str, torch.Tensor] | None = None) -> None:
+        """Write the mixture; `parameters` stands in for its own where those are shards (FSDP: gathered whole)."""
+        parameters = self.parameters() if parameters is None else parameters
         tensors = {
-            key: value.detach().to("cpu", torch.float32).contiguous()
-            for key, value in self.parameters().items()
+            key: value.detach().to("cpu", torch.float32).contiguous() for key, value in parameters.items()
         }
         save_file(tensors, str(Path(folder) / MIXTURE_WEIGHTS_FILE))
         write_json(

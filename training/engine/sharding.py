@@ -4,8 +4,14 @@ state instead of a full copy, so a full fine-tune bigger than one GPU trains ove
 `StageConfig.sharding` says how a stage on several processes holds its model: "ddp" (a full copy on every process,
 the gradients averaged), "fsdp" (`fully_shard` on every decoder layer and on the whole model: the parameters are
 DTensors sharded over the processes, each layer's full weights gathered for its forward and backward pass and freed
-after), or "auto" (DDP when the stage fits one device as `memory.plan` estimates it, else FSDP). PPO and the
-contrastive stage run their own loop over full copies: they are always DDP (`stages.sharding_check`).
+after), or "auto" (DDP when the stage fits one device as `memory.plan` estimates it, else FSDP). The contrastive
+stage shards too, in its own loop (its reference model as well); PPO runs its own loop over full copies: always DDP
+(`stages.processes_check`).
+
+Code that reads the root group's parameters (the embeddings, the final norm, the output layer) outside the model's
+own forward, as `fast_paths.response_log_probs` and the LoRA mixture's router do, runs through `in_root_forward`:
+as part of a forward of the root, so they are gathered for it and their gradients reduce-scattered after the backward
+pass.
 
 The model is sharded here, before the Trainer sees it, and handed over as a model that is distributed already
 (transformers' `is_distributed_loading_by_transformers`, so accelerate neither wraps it in DDP nor shards it again):
@@ -20,13 +26,18 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 from training.engine import distributed, fast_paths, memory
-from training.engine.common import StageConfig
+from training.engine.common import ModelRef, StageConfig, pick_device
+from training.engine.finetuning_methods import base_dtype_for, load_model_ref, prepare_model
+
+Result = TypeVar("Result")
+ROOT_FORWARD_METHOD = "_call_in_root_forward"
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +129,29 @@ def is_sharded(model: nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
+def in_root_forward(model: nn.Module, function: Callable[..., Result], *args, **kwargs) -> Result:
+    """`function(*args, **kwargs)`, which reads the parameters of `model`'s root group without calling its forward,
+    run as a forward of the root (`register_fsdp_forward_method`): FSDP gathers the root's parameters before it and
+    hooks its outputs, so the backward pass reduce-scatters their gradients. On a model that is not sharded: the
+    plain call. Without gradients (a reference pass, an evaluation) the root's parameters are freed after it, as no
+    backward pass follows to free them."""
+    if not is_sharded(model):
+        return function(*args, **kwargs)
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
+    if ROOT_FORWARD_METHOD not in vars(model):
+        setattr(model, ROOT_FORWARD_METHOD, _call.__get__(model))
+        register_fsdp_forward_method(model, ROOT_FORWARD_METHOD)
+    result = getattr(model, ROOT_FORWARD_METHOD)(function, *args, **kwargs)
+    if not torch.is_grad_enabled():
+        model.reshard()
+    return result
+
+
+def _call(model: nn.Module, function: Callable[..., Result], *args, **kwargs) -> Result:
+    return function(*args, **kwargs)
+
+
 def _full(tensor: torch.Tensor) -> torch.Tensor | None:
     """The whole of `tensor` on rank 0's CPU, None on the other ranks: a DTensor is gathered from every rank (each
     calling it, in the same order), one tensor at a time, so no rank holds more than its shards and one whole tensor
@@ -196,3 +230,25 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def unsharded_model(
+    model: nn.Module, config: StageConfig, base: ModelRef, task: str, adapter_name: str | None = None
+) -> nn.Module | None:
+    """The sharded `model` as a plain one on rank 0's CPU (None elsewhere), every rank calling it: its whole state
+    dict gathered, loaded into a fresh copy of the model built as the stage built it from `base` (`task`, the same
+    PEFT wrapping, `adapter_name` for the adapters it carries), which `save_completed_stage` writes as on one process (a LoRA adapter merged, a bottleneck
+    adapter alone)."""
+    state = full_model_state(model)
+    if not distributed.is_main_process():
+        return None
+    plain, _ = load_model_ref(
+        base,
+        pick_device("cpu"),
+        task=task,
+        dtype=base_dtype_for(pick_device(config.device), config.peft),
+        adapter_name=adapter_name,
+    )
+    plain = prepare_model(plain, config.peft)
+    plain.load_state_dict(state, strict=True)
+    return plain

@@ -42,8 +42,8 @@ class StageSpec:
     # Runs on several processes (`processes` > 1): DDP through the Trainer, or `distributed.average_gradients` in an
     # own loop (contrastive, PPO).
     distributed: bool = False
-    # Can shard its model over the processes (`sharding` "fsdp", FSDP2): the Trainer stages. The own loops hold a
-    # full copy of their models on every process.
+    # Can shard its model over the processes (`sharding` "fsdp", FSDP2): the Trainer stages and the contrastive
+    # stage. PPO's own loop holds a full copy of its models on every process.
     shards: bool = False
 
 
@@ -54,7 +54,13 @@ STAGES: dict[str, StageSpec] = {
     ),
     "ppo": StageSpec("ppo", "ppo", "PPOConfig", "prompts", "policy", distributed=True),
     "contrastive": StageSpec(
-        "contrastive", "contrastive", "ContrastiveStageConfig", "pairwise", "policy", distributed=True
+        "contrastive",
+        "contrastive",
+        "ContrastiveStageConfig",
+        "pairwise",
+        "policy",
+        distributed=True,
+        shards=True,
     ),
 }
 
