@@ -259,6 +259,11 @@ def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
     if sharded:
         policy.shard(device)
     examples = tokenize_pairs(tokenizer, pairs, config.max_length, domains)
+    # Compiled layers on CUDA, as SFT and the reward model; not under FSDP (its gathers stay outside compiled code).
+    if fast_paths.use_compiled_layers(config, device) and not sharded:
+        for model in (policy.model, policy.reference_copy):
+            if model is not None:
+                fast_paths.compile_decoder_layers(model)
     trainable = policy.trainable()
     optimizer = fast_paths.adamw(list(trainable.values()), device, lr=config.learning_rate, weight_decay=0.0)
 
