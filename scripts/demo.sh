@@ -18,6 +18,15 @@ stop() {
   echo "==> Stopping web server and workers"
   [ -n "$watcher_pid" ] && kill -TERM "$watcher_pid" 2>/dev/null || true
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  # A worker in the middle of a task finishes it first (Celery's warm shutdown); a demo stop must not wait for a
+  # training stage. After STOP_GRACE_S the rest are killed: an interrupted stage is marked dead and can be resumed.
+  for _ in $(seq $((${STOP_GRACE_S:-15} * 2))); do
+    alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.5
+  done
+  for pid in "${pids[@]}" $watcher_pid; do kill -KILL "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   echo "==> Stopped"
   exit 0
