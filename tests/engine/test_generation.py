@@ -195,7 +195,7 @@ def test_packed_gqa_attention_equals_sdpa_with_repeated_key_value_heads():
     assert not torch.allclose(swapped, plain)
 
 
-def test_static_decode_steps_attend_with_packed_gqa_and_restore_sdpa(tiny, monkeypatch):
+def test_static_decode_steps_attend_with_packed_gqa_and_restore_sdpa(tiny):
     from training.engine import decoders
 
     model, tokenizer = tiny
@@ -206,10 +206,16 @@ def test_static_decode_steps_attend_with_packed_gqa_and_restore_sdpa(tiny, monke
         calls["one_token" if query.shape[2] == 1 else "other"] += 1
         return original(module, query, *args, **kwargs)
 
-    monkeypatch.setattr(decoders, "packed_gqa_attention", counting)
+    from transformers import AttentionInterface
+
+    decoders._register_packed_gqa_attention()  # registered once per process: count behind it
+    AttentionInterface.register(decoders.PACKED_GQA_ATTENTION, counting)
     assert model.config._attn_implementation == "sdpa"
     settings = SamplingSettings(max_new_tokens=5, temperature=0, decode="static")
-    generate(model, tokenizer, PROMPTS, settings)
+    try:
+        generate(model, tokenizer, PROMPTS, settings)
+    finally:
+        AttentionInterface.register(decoders.PACKED_GQA_ATTENTION, original)
     layers = model.config.num_hidden_layers
     assert calls == {"one_token": 4 * layers, "other": 0}  # every decode step after the prefill, no prefill
     assert model.config._attn_implementation == "sdpa"

@@ -24,6 +24,7 @@ itself uses when not compiling).
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 
 import torch
@@ -204,6 +205,7 @@ def packed_gqa_attention(
     return output.reshape(batch, heads, 1, value.shape[-1]).transpose(1, 2).contiguous(), None
 
 
+@functools.cache  # once per process, not on every decode step
 def _register_packed_gqa_attention() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
