@@ -306,7 +306,7 @@ def main() -> None:
     parser.add_argument(
         "--sft-variants", default="default,compile", help="default, compile, lora (comma list)"
     )
-    parser.add_argument("--contrastive-variants", default="default", help="default, eager (comma list)")
+    parser.add_argument("--contrastive-variants", default="default", help="default, eager, logN (comma list)")
     parser.add_argument("--ppo-methods", default="lora")
     parser.add_argument("--trl-baselines", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="Tiny sizes: checks the script on a CPU.")
@@ -394,6 +394,8 @@ def main() -> None:
             config = ContrastiveStageConfig(batch_size=size["contrastive"], learning_rate=1e-6,
                                             peft=PeftSettings(method="lora"), compile=variant != "eager",
                                             **common)  # fmt: skip
+            if variant.startswith("log"):  # e.g. log10: progress (and its metric read) every 10 steps
+                config.log_every = int(variant[3:])
             name = "contrastive" if variant == "default" else f"contrastive_{variant}"
             guarded(name, lambda config=config, name=name: stage(
                 name, config, Dataset.from_list(rows), ("chosen", "rejected")))  # fmt: skip

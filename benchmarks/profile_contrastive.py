@@ -6,10 +6,14 @@ Each variant builds the stage's policy the way `contrastive.run` does and times 
 stage's own maths (`contrastive.batch_losses`, backward, fused AdamW) on the benchmark's synthetic pairs, each step
 timed alone (so a recompilation shows as an outlier), after warm-up steps over every batch of the cycle:
 
-- `eager_mask`: eager layers, the padding mask passed to the decoder (the path before 2026-12-03's second run)
-- `eager`: eager layers, causal mask only (right-padded rows; `sequence_log_probs` today)
-- `compiled_dynamic`: decoder layers compiled with dynamic shapes
-- `compiled_static64`: decoder layers compiled for static shapes, widths padded to a multiple of 64
+- `checkpointed`: the output layer's log-probs as before 2026-12-03 (c): each chunk's logits in fp32, its log-sum-exp
+  and gather written out one by one, the chunk recomputed in the backward by activation checkpointing
+- `fused_eager_kernels`: `fast_paths.LinearLogProbs` with its two pointwise pieces left eager
+- `fused_syncing`: `LinearLogProbs`, the scored positions found on the GPU in each pass (a host sync each)
+- `fused`: the stage's path today (compiled pointwise pieces, scored positions found by `collate` on the CPU)
+- `eager_layers`: `fused` with eager decoder layers (the `compile: false` stage)
+
+All but `eager_layers` compile the decoder layers with dynamic shapes, as the stage does on CUDA.
 
 Prints JSON: per variant tokens/s (real tokens), median and max step time, graphs compiled, peak memory, and for
 `--profile` variants the top GPU kernels of one step. Tokens/s here is comparable with gpu_stages.py's
@@ -36,14 +40,24 @@ from gpu_stages import DEVICE, build_random_model, conversations, synchronize  #
 from training.engine import contrastive, fast_paths  # noqa: E402
 from training.engine.common import ModelRef, PeftSettings  # noqa: E402
 
-VARIANTS = ("eager_mask", "eager", "compiled_dynamic", "compiled_static64")
+VARIANTS = ("checkpointed", "fused_eager_kernels", "fused_syncing", "fused", "eager_layers")
 
 
-def _with_padding_mask(model, batch):
-    sums, counts = fast_paths.response_log_probs(
-        model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
-    )
-    return sums, -sums / counts.clamp(min=1)
+def _checkpointed_chunk(weight, hidden, targets):
+    logits = torch.nn.functional.linear(hidden, weight).float()
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+
+
+def _checkpointed_linear_log_probs(hidden, weight, targets, chunk_tokens):
+    """The previous path, the baseline: same arguments and result as `LinearLogProbs.apply`."""
+    pieces = [
+        torch.utils.checkpoint.checkpoint(
+            _checkpointed_chunk, weight, hidden[s : s + chunk_tokens], targets[s : s + chunk_tokens],
+            use_reentrant=False,
+        )
+        for s in range(0, len(hidden), chunk_tokens)
+    ]  # fmt: skip
+    return torch.cat(pieces)
 
 
 def measure(variant: str, base: ModelRef, rows: Dataset, pairs: int, steps: int, profile: bool) -> dict:
@@ -53,18 +67,25 @@ def measure(variant: str, base: ModelRef, rows: Dataset, pairs: int, steps: int,
     )
     policy, tokenizer = contrastive.build_policy(config, base, [contrastive.NO_DOMAIN], DEVICE)
     examples = contrastive.tokenize_pairs(tokenizer, rows, config.max_length, [contrastive.NO_DOMAIN])
-    multiple = 64 if variant == "compiled_static64" else 1
-    if variant.startswith("compiled"):
-        fast_paths.compile_decoder_layers(policy.model, dynamic=variant == "compiled_dynamic")
-    original_log_probs = contrastive.sequence_log_probs
-    if variant == "eager_mask":
-        contrastive.sequence_log_probs = _with_padding_mask
+    if variant != "eager_layers":
+        fast_paths.compile_decoder_layers(policy.model, dynamic=True)
+    saved = fast_paths.LinearLogProbs.apply, fast_paths._log_prob_kernels
+    if variant == "checkpointed":
+        fast_paths.LinearLogProbs.apply = _checkpointed_linear_log_probs
+    if variant == "fused_eager_kernels":
+        fast_paths._log_prob_kernels = lambda device_type: (
+            fast_paths._target_log_probs,
+            fast_paths._target_log_prob_gradients,
+        )
     trainable = policy.trainable()
     optimizer = fast_paths.adamw(list(trainable.values()), DEVICE, lr=config.learning_rate, weight_decay=0.0)
     batches = [
-        contrastive.collate(examples[start : start + pairs], tokenizer.pad_token_id, DEVICE, multiple)
+        contrastive.collate(examples[start : start + pairs], tokenizer.pad_token_id, DEVICE)
         for start in range(0, pairs * 4, pairs)
     ]
+    if variant == "fused_syncing":
+        for batch in batches:
+            del batch["scored_positions"]
     policy.model.train()
 
     def step(batch) -> None:
@@ -110,10 +131,11 @@ def measure(variant: str, base: ModelRef, rows: Dataset, pairs: int, steps: int,
             kernel_us = sum(e.device_time_total for e in events if e.device_type == cuda)
             top = sorted(events, key=lambda e: -e.device_time_total)[:18]
             result["gpu_kernel_ms"] = kernel_us / 1000
+            result["gpu_busy_fraction"] = kernel_us / 1e6 / result["median_step_s"]
             result["top_gpu"] = [[e.key[:90], round(e.device_time_total / 1000, 2), e.count] for e in top]
         return result
     finally:
-        contrastive.sequence_log_probs = original_log_probs
+        fast_paths.LinearLogProbs.apply, fast_paths._log_prob_kernels = saved
 
 
 def main() -> None:
@@ -122,9 +144,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=64)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument(
-        "--profile", default="eager,compiled_static64", help="variants to profile one step of"
-    )
+    parser.add_argument("--profile", default="checkpointed,fused", help="variants to profile one step of")
     parser.add_argument("--rows", type=int, default=0, help="pairs to tokenize (default: 4 batches)")
     args = parser.parse_args()
     model_path, _ = build_random_model(args.model_dir, Path(tempfile.mkdtemp()) / "random", "135m")

@@ -153,3 +153,42 @@ def test_right_padded_rows_score_the_same_without_the_padding_mask(tiny_model_di
         masked = (token_log_probs * batch["completion_mask"][:, 1:]).sum(-1)
         unmasked, _ = contrastive.sequence_log_probs(model, batch)
         torch.testing.assert_close(unmasked, masked, rtol=1e-5, atol=1e-5)
+
+
+def test_a_nan_loss_stops_the_stage_at_the_next_report_with_its_step_and_writes_nothing(
+    tiny_model_dir, tmp_path
+):
+    """Metrics are read only at reports (no host sync per step), so a NaN is found there, before any checkpoint."""
+    from training.engine.common import TrainingDivergedError, checkpoint_dir_for
+
+    out_dir = tmp_path / "dpo"
+    reports = []
+    stage_config = config(max_steps=12, log_every=4, checkpoint_every=4, peft=PeftSettings(method="full"))
+    stage_config.learning_rate = 1e30  # as a config stored before launch checked it would be: weights blow up
+    with pytest.raises(
+        TrainingDivergedError, match=r"became NaN at step \d+; lower the learning rate"
+    ) as info:
+        contrastive.run(
+            stage_config,
+            StageInputs(preference_rows(("math",)), ModelRef(tiny_model_dir), out_dir, reports.append),
+        )
+    failed_at = int(str(info.value).split("at step ")[1].split(";")[0])
+    assert 2 <= failed_at <= 4  # step 1 is the base model's own loss; the blow-up shows at the first update
+    assert (
+        reports == []
+    )  # found at the first report (step 4), before it is sent and before the step-4 checkpoint
+    assert not out_dir.exists() and not list(checkpoint_dir_for(out_dir).glob("*"))
+
+
+def test_reported_metrics_are_means_over_the_steps_since_the_last_report(tiny_model_dir, tmp_path):
+    reports = []
+    contrastive.run(
+        config(max_steps=6, log_every=3),
+        StageInputs(preference_rows(("math",)), ModelRef(tiny_model_dir), tmp_path / "dpo", reports.append),
+    )
+    assert [r.step for r in reports] == [3, 6]
+    assert set(reports[0].values) == {"loss", "router_loss", "log_prob_margin", "preference_accuracy"}
+    assert (
+        reports[-1].values["loss"] < reports[0].values["loss"]
+    )  # it learns: the later window's mean is lower
+    assert 0.0 <= reports[-1].values["preference_accuracy"] <= 1.0

@@ -78,23 +78,31 @@ def _scored_batch(tokenizer):
     return batch["input_ids"], batch["attention_mask"], scored
 
 
+def _sums_and_gradients(model, compute, weights: torch.Tensor, autocast: bool = False):
+    """Runs one log-prob computation and its backward of `weights · sums`: (sums, each parameter's gradient)."""
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        sums = compute()
+    (sums * weights).sum().backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return sums.detach(), grads
+
+
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_response_log_probs_equal_the_full_logits_path_with_gradients(tiny_model, method):
     model, tokenizer = tiny_model
     model = prepare_model(copy.deepcopy(model), PeftSettings(method=method))
     input_ids, attention_mask, scored = _scored_batch(tokenizer)
-    results = []
-    for compute in (
-        lambda: _plain_response_log_probs(model, input_ids, attention_mask, scored),
-        # chunks of 3 positions: several chunks and a ragged last one, each recomputed in the backward pass
-        lambda: fast_paths.response_log_probs(model, input_ids, attention_mask, scored, chunk_tokens=3)[0],
-    ):
-        model.zero_grad(set_to_none=True)
-        sums = compute()
-        (sums * torch.tensor([1.0, -2.0])).sum().backward()
-        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-        results.append((sums.detach(), grads))
-    (plain, plain_grads), (fast, fast_grads) = results
+    (plain, plain_grads), (fast, fast_grads) = (
+        _sums_and_gradients(model, compute, torch.tensor([1.0, -2.0]))
+        for compute in (
+            lambda: _plain_response_log_probs(model, input_ids, attention_mask, scored),
+            # chunks of 3 positions: several chunks and a ragged last one, each recomputed in the backward pass
+            lambda: fast_paths.response_log_probs(model, input_ids, attention_mask, scored, chunk_tokens=3)[
+                0
+            ],
+        )
+    )
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
     assert fast_grads.keys() == plain_grads.keys() and plain_grads
     for (
@@ -108,21 +116,25 @@ def test_response_log_probs_equal_the_full_logits_path_with_gradients(tiny_model
 
 
 def test_response_log_probs_send_only_scored_positions_through_the_output_layer_unless_soft_capped(
-    tiny_model,
+    tiny_model, monkeypatch
 ):
     model, tokenizer = tiny_model
     input_ids, attention_mask, scored = _scored_batch(tokenizer)
+    chunk_rows = []
+    real_chunk_logits = fast_paths._chunk_logits
+    monkeypatch.setattr(
+        fast_paths,
+        "_chunk_logits",
+        lambda hidden, weight: chunk_rows.append(len(hidden)) or real_chunk_logits(hidden, weight),
+    )
+    fast_paths.response_log_probs(model, input_ids, attention_mask, scored, chunk_tokens=4)
+    scored_positions = int(scored[:, 1:].sum())
+    assert chunk_rows == [min(4, scored_positions - s) for s in range(0, scored_positions, 4)]
     seen = []
     handle = model.get_output_embeddings().register_forward_hook(
         lambda module, args, output: seen.append(output.shape)
     )
     try:
-        fast_paths.response_log_probs(model, input_ids, attention_mask, scored, chunk_tokens=4)
-        scored_positions = int(scored[:, 1:].sum())
-        assert [shape[0] for shape in seen] == [
-            min(4, scored_positions - s) for s in range(0, scored_positions, 4)
-        ]
-        seen.clear()
         model.config.final_logit_softcapping = 30.0  # logits are no longer a plain projection: full logits
         fast_paths.response_log_probs(model, input_ids, attention_mask, scored)
         assert seen == [(2, input_ids.shape[1], model.config.vocab_size)]
@@ -130,17 +142,36 @@ def test_response_log_probs_send_only_scored_positions_through_the_output_layer_
         handle.remove()
 
 
-def test_lora_experts_layer_is_the_weighted_sum_of_each_experts_low_rank_update():
-    from training.engine.lora_mixture import LoraExpertsLinear, Routing
+def test_scored_positions_given_by_the_caller_give_the_same_sums(tiny_model):
+    model, tokenizer = tiny_model
+    input_ids, attention_mask, scored = _scored_batch(tokenizer)
+    positions = fast_paths.scored_positions_of(scored)
+    assert len(positions) == int(scored[:, 1:].sum())
+    with torch.no_grad():
+        found = fast_paths.response_log_probs(model, input_ids, attention_mask, scored)[0]
+        given = fast_paths.response_log_probs(
+            model, input_ids, attention_mask, scored, scored_positions=positions
+        )[0]
+        plain = _plain_response_log_probs(model, input_ids, attention_mask, scored)
+    torch.testing.assert_close(given, found)
+    torch.testing.assert_close(given, plain, rtol=1e-5, atol=1e-5)
 
-    torch.manual_seed(0)
-    routing = Routing()
-    layer = LoraExpertsLinear(torch.nn.Linear(8, 6), num_experts=3, rank=2, alpha=4.0, routing=routing)
-    torch.nn.init.normal_(layer.lora_B)  # B starts at zero: give the experts something to add
-    x = torch.randn(2, 5, 8)
-    assert torch.equal(layer(x), layer.base(x))  # no routing: the experts are off
-    routing.weights = torch.tensor([[0.2, 0.5, 0.3], [1.0, 0.0, 0.0]])
-    expected = layer.base(x) + layer.scaling * sum(
-        routing.weights[:, e, None, None] * (x @ layer.lora_A[e].T @ layer.lora_B[e].T) for e in range(3)
+
+def test_response_log_probs_under_autocast_recompute_in_the_forwards_dtype(tiny_model):
+    """Autocast does not reach a custom backward: the recomputed logits must still be bf16 like the forward's."""
+    model, tokenizer = tiny_model
+    input_ids, attention_mask, scored = _scored_batch(tokenizer)
+    (plain, plain_grads), (fast, fast_grads) = (
+        _sums_and_gradients(model, compute, torch.ones(2), autocast=True)
+        for compute in (
+            lambda: _plain_response_log_probs(model, input_ids, attention_mask, scored),
+            lambda: fast_paths.response_log_probs(model, input_ids, attention_mask, scored, chunk_tokens=5)[
+                0
+            ],
+        )
     )
-    torch.testing.assert_close(layer(x), expected)
+    name = next(n for n, p in model.named_parameters() if p is model.get_output_embeddings().weight)
+    plain_grad, fast_grad = plain_grads[name], fast_grads[name]
+    assert fast.dtype == torch.float32
+    torch.testing.assert_close(fast, plain, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(fast_grad, plain_grad, rtol=2e-2, atol=2e-2 * float(plain_grad.abs().max()))

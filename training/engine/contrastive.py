@@ -134,8 +134,10 @@ def collate(
         "completion_mask": completion_mask,
         "prompt_mask": prompt_mask,
         "domain": torch.tensor([e["domain"] for e in examples] * 2),
+        # found here, on the CPU: on the GPU their count would be a host sync in every scoring pass
+        "scored_positions": fast_paths.scored_positions_of(completion_mask),
     }
-    return {key: value.to(device) for key, value in batch.items()}
+    return fast_paths.to_device(batch, device)
 
 
 def sequence_log_probs(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,7 +146,13 @@ def sequence_log_probs(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     No attention mask: the rows are right-padded, so under the causal mask alone a real token never sees a pad
     (they all come after it) and its log-prob is the same as with the padding mask. Without a mask SDPA runs its
     causal flash kernel instead of the masked one; the pads' own outputs are never scored."""
-    sums, counts = fast_paths.response_log_probs(model, batch["input_ids"], None, batch["completion_mask"])
+    sums, counts = fast_paths.response_log_probs(
+        model,
+        batch["input_ids"],
+        None,
+        batch["completion_mask"],
+        scored_positions=batch.get("scored_positions"),
+    )
     return sums, -sums / counts.clamp(min=1)
 
 
@@ -249,6 +257,43 @@ def batch_losses(config: ContrastiveStageConfig, policy: Policy, batch, pairs: i
     return loss, router_loss, log_probs
 
 
+class MetricWindow:
+    """The stage's metrics over the micro-batches since the last report, kept on the device, and the first step
+    whose loss was not finite (0: none yet)."""
+
+    NAMES = ("loss", "router_loss", "log_prob_margin", "preference_accuracy")
+
+    def __init__(self, device):
+        self.sums = torch.zeros(len(self.NAMES), device=device)
+        self.count = 0
+        # [first non-finite step, its loss, its router loss]
+        self.divergence = torch.zeros(3, device=device)
+
+    def add(self, step: int, loss, router_loss, log_probs, pairs: int) -> None:
+        loss, router_loss = loss.detach().float(), router_loss.detach().float()
+        margin = (log_probs[:pairs] - log_probs[pairs:]).detach().float()
+        values = torch.stack([loss, router_loss, margin.mean(), (margin > 0).float().mean()])
+        self.sums += values
+        self.count += 1
+        first = (self.divergence[0] == 0) & ~torch.isfinite(loss + router_loss)
+        # torch.full, not a tensor built on the CPU: copying one to the GPU would wait for the queue to drain
+        seen = torch.stack([torch.full_like(loss, step), loss, router_loss])
+        self.divergence = torch.where(first, seen, self.divergence)
+
+    def raise_if_diverged(self, learning_rate: float) -> None:
+        step, loss, router_loss = self.divergence.tolist()
+        if step:  # no update after it has been saved: the caller stops the stage before writing anything
+            check_finite_training(
+                {"loss": loss, "router_loss": router_loss}, step=int(step), learning_rate=learning_rate
+            )
+
+    def read_and_reset(self) -> dict[str, float]:
+        means = (self.sums / max(1, self.count)).tolist()
+        self.sums.zero_()
+        self.count = 0
+        return dict(zip(self.NAMES, means, strict=True))
+
+
 def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
     seed_everything(config.seed)
     device = pick_device(config.device)
@@ -303,14 +348,20 @@ def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
     batches_per_epoch = max(1, len(examples) // batch_size)
     policy.model.train()
     metrics: dict[str, float] = {}
+    # Metrics are summed on the device and read only when reported, and a NaN is looked for then and before any
+    # checkpoint: a read per step would make the CPU wait for the GPU every step instead of queueing ahead.
+    window = MetricWindow(device)
     while step < config.max_steps:
         if step > start_step and inputs.should_stop():  # after each step (the finished last one is kept)
+            window.raise_if_diverged(config.learning_rate)
             return cancelled(metrics)
         if config.checkpoint_every > 0 and step > start_step and step % config.checkpoint_every == 0:
+            window.raise_if_diverged(config.learning_rate)
             save_checkpoint()
         optimizer.zero_grad(set_to_none=True)
         for micro_step in range(config.gradient_accumulation_steps):
             if micro_step > 0 and inputs.should_stop():  # between micro-batches
+                window.raise_if_diverged(config.learning_rate)
                 return cancelled(metrics)
             # The batch order depends only on (seed, step), so a resumed run sees the batches the first would have.
             index = step * config.gradient_accumulation_steps + micro_step
@@ -323,28 +374,15 @@ def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
             loss, router_loss, log_probs = batch_losses(config, policy, batch, len(chosen), len(domains) > 1)
             total = (loss + config.router_loss_weight * router_loss) / config.gradient_accumulation_steps
             total.backward()
-            if not torch.isfinite(
-                total
-            ):  # one host sync per micro-batch; a NaN step would poison the weights
-                check_finite_training(
-                    {"loss": float(loss), "router_loss": float(router_loss)},
-                    step=step + 1,
-                    learning_rate=config.learning_rate,
-                )
+            window.add(step + 1, loss, router_loss, log_probs, len(chosen))
         if not sharded:  # FSDP's backward reduce-scattered the mean already
             distributed.average_gradients(trainable.values())  # several processes: DDP's mean over the ranks
         optimizer.step()
         step += 1
 
         if step % config.log_every == 0 or step == config.max_steps:
-            margin = (log_probs[: len(chosen)] - log_probs[len(chosen) :]).detach()
-            metrics = {
-                "loss": float(loss.detach()),
-                "router_loss": float(router_loss.detach()),
-                "log_prob_margin": float(margin.mean()),
-                "preference_accuracy": float((margin > 0).float().mean()),
-            }
-            metrics = distributed.mean_over_ranks(metrics)
+            window.raise_if_diverged(config.learning_rate)
+            metrics = distributed.mean_over_ranks(window.read_and_reset())
             inputs.on_progress(StepMetrics(step=step, total_steps=config.max_steps, values=metrics))
 
     policy.model.eval()
