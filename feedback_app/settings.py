@@ -124,6 +124,9 @@ TEMPLATES = [
 # with a busy timeout, so the web process and the Celery worker can write to it side by side.
 DATABASE_URL = env_str("DATABASE_URL")
 DB_PREPARE_THRESHOLD = env_int("DB_PREPARE_THRESHOLD", 5)
+# Postgres: a regular lease is taken by the labeling_lease_regular() function in one statement (migration 0009)
+# instead of a transaction of two statements; off = the Python path, which SQLite always takes.
+LEASE_IN_DATABASE = env_bool("LEASE_IN_DATABASE", True)
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))}
 else:

@@ -20,7 +20,10 @@ from core.services import api_token_get_or_create, user_create_or_update
 from labeling.api.serializers import AssignmentSerializer, RankingSerializer, assignment_data, ranking_data
 from labeling.models import Assignment, Comparison, Ranking, Response
 from labeling.selectors.annotation import annotator_progress, assignment_responses
+from labeling.services import leasing
 from labeling.services.leasing import (
+    _lease_regular,
+    _lease_regular_in_database,
     _lock_next_candidate,
     _take,
     assignment_current,
@@ -682,3 +685,76 @@ def test_an_own_assignment_is_found_only_in_its_project_and_by_its_annotator():
     assert assignment_own(assignment_id=lease.pk, project=other_project, annotator=user) is None
     assert assignment_own(assignment_id=lease.pk, project=project, annotator=other) is None
     assert assignment_own(assignment_id=2**63, project=project, annotator=user) is None
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="labeling_lease_regular() is Postgres only")
+def test_the_lease_function_takes_what_the_python_lease_takes(busy_project):
+    """Through the busy project's queue (a slot left, full, expired, done, skipped, mine to revive, complete):
+    each next lease of the function and of the Python transaction is the same comparison, the same row (a revived
+    lease keeps its id and order) and the same lease, until both find nothing."""
+    project, me, now = busy_project
+    leased = []
+    while True:
+        with transaction.atomic():
+            expected = _lease_regular(project=project, annotator_id=me.pk, now=now)
+            expected = expected and (expected.comparison_id, expected.pk, expected.display_order)
+            transaction.set_rollback(True)
+        taken = _lease_regular_in_database(project=project, annotator_id=me.pk, now=now)
+        if expected is None:
+            assert taken is None
+            break
+        revived = Assignment.objects.filter(pk=expected[1]).exists()
+        assert taken.comparison_id == expected[0]
+        assert (taken.pk == expected[1]) == revived  # a new row's id differs (the sequence moved on)
+        if revived:
+            assert taken.display_order == expected[2]
+        stored = Assignment.objects.get(pk=taken.pk)
+        assert (stored.comparison_id, stored.annotator_id, stored.state, stored.leased_until) == (
+            taken.comparison_id,
+            me.pk,
+            Assignment.State.LEASED,
+            now + timedelta(seconds=project.lease_seconds),
+        )
+        assert stored.display_order == taken.display_order and stored.leased_at == now
+        shown = [item.response.id for item in assignment_responses(assignment=taken)]
+        assert shown == taken.display_order
+        if not revived:  # a new lease shows every response once
+            assert sorted(shown) == sorted(taken.comparison.items.values_list("response_id", flat=True))
+        assert taken.comparison.prompt.messages and taken.project == project
+        # Done with it, on to the next (the fixture's revived lease has no display order to rank or clean).
+        Assignment.objects.filter(pk=taken.pk).update(state=Assignment.State.SKIPPED, finished_at=now)
+        leased.append(taken.comparison_id)
+    assert len(leased) == 5 and len(set(leased)) == 5  # made[0], [2], [5], [6], [8], as the queue test says
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lease_takes_the_function_on_postgres_and_the_python_path_elsewhere(settings, monkeypatch):
+    """Which path assignment_lease_next takes, and that the function's lease runs outside a transaction (no
+    BEGIN / COMMIT round trips) while the Python path holds its row lock in one."""
+    project = make_project("paths", overlap=1)
+    make_comparison(project)
+    make_comparison(project)
+    calls = []
+    monkeypatch.setattr(leasing, "_lease_regular", _recorded(calls, "python", leasing._lease_regular))
+    monkeypatch.setattr(
+        leasing,
+        "_lease_regular_in_database",
+        _recorded(calls, "function", leasing._lease_regular_in_database),
+    )
+    settings.LEASE_IN_DATABASE = True
+    first = assignment_lease_next(project=project, annotator=make_user("p1"))
+    settings.LEASE_IN_DATABASE = False
+    second = assignment_lease_next(project=project, annotator=make_user("p2"))
+    on_postgres = connection.vendor == "postgresql"
+    assert calls == ([("function", False), ("python", True)] if on_postgres else [("python", True)] * 2)
+    assert {first.comparison_id, second.comparison_id} == set(
+        Comparison.objects.filter(project=project).values_list("id", flat=True)
+    )
+
+
+def _recorded(calls, name, function):
+    def run(**kwargs):
+        calls.append((name, connection.in_atomic_block))
+        return function(**kwargs)
+
+    return run
