@@ -384,9 +384,10 @@ _COMPARISON_WITH_RESPONSES_SQL = (
 )
 
 
-def lease_in_database() -> bool:
-    """Whether regular leases are taken by labeling_lease_regular() (Postgres, unless LEASE_IN_DATABASE is off)."""
-    return connection.vendor == "postgresql" and settings.LEASE_IN_DATABASE
+def hot_path_in_database() -> bool:
+    """Whether regular leases and submissions are written by the Postgres functions labeling_lease_regular() and
+    labeling_submit() (unless DB_HOT_PATH_FUNCTIONS is off)."""
+    return connection.vendor == "postgresql" and settings.DB_HOT_PATH_FUNCTIONS
 
 
 def _lease_regular_in_database(*, project: Project, annotator_id: int, now: datetime) -> Assignment | None:
@@ -438,14 +439,14 @@ def assignment_lease_next(
             current.project = project
             return current
     gold = gold_due(project=project, annotator_id=annotator_id)
-    if not gold and lease_in_database():
+    if not gold and hot_path_in_database():
         return _lease_regular_in_database(project=project, annotator_id=annotator_id, now=now)
     with transaction.atomic():
         assignment = None
         if gold:
             assignment = _lease_gold(project=project, annotator_id=annotator_id, now=now)
         if assignment is None:
-            if lease_in_database():
+            if hot_path_in_database():
                 return _lease_regular_in_database(project=project, annotator_id=annotator_id, now=now)
             assignment = _lease_regular(project=project, annotator_id=annotator_id, now=now)
         return assignment

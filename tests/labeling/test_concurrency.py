@@ -26,9 +26,9 @@ pytestmark = [
 
 
 @pytest.fixture(autouse=True, params=[True, False], ids=["lease-function", "python-lease"])
-def lease_in_database(request, settings):
+def hot_path_in_database(request, settings):
     """Every race runs on both lease paths: labeling_lease_regular() and the Python transaction."""
-    settings.LEASE_IN_DATABASE = request.param
+    settings.DB_HOT_PATH_FUNCTIONS = request.param
     return request.param
 
 

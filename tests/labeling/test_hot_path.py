@@ -8,6 +8,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.db import close_old_connections, connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.urls import URLResolver, get_resolver, resolve
@@ -32,7 +33,13 @@ from labeling.services.leasing import (
     regular_candidates,
     slots_taken,
 )
-from labeling.services.rankings import assignment_skip, ranking_submit
+from labeling.services.rankings import (
+    _locked_assignment,
+    _submitted_in_database,
+    _validated_ranking,
+    assignment_skip,
+    ranking_submit,
+)
 from tests.labeling.factories import make_comparison, make_project, make_user
 
 pytestmark = pytest.mark.django_db
@@ -741,9 +748,9 @@ def test_a_lease_takes_the_function_on_postgres_and_the_python_path_elsewhere(se
         "_lease_regular_in_database",
         _recorded(calls, "function", leasing._lease_regular_in_database),
     )
-    settings.LEASE_IN_DATABASE = True
+    settings.DB_HOT_PATH_FUNCTIONS = True
     first = assignment_lease_next(project=project, annotator=make_user("p1"))
-    settings.LEASE_IN_DATABASE = False
+    settings.DB_HOT_PATH_FUNCTIONS = False
     second = assignment_lease_next(project=project, annotator=make_user("p2"))
     on_postgres = connection.vendor == "postgresql"
     assert calls == ([("function", False), ("python", True)] if on_postgres else [("python", True)] * 2)
@@ -758,3 +765,81 @@ def _recorded(calls, name, function):
         return function(**kwargs)
 
     return run
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="labeling_submit() is Postgres only")
+def test_the_submit_function_writes_what_the_transaction_writes(settings):
+    """The same submissions through labeling_submit() and through the locked transaction store the same ranking,
+    close the assignment the same way and complete the comparison at the same ranking (overlap 2)."""
+    stored = {}
+    for in_database in (True, False):
+        settings.DB_HOT_PATH_FUNCTIONS = in_database
+        project = make_project(f"submit-{in_database}", overlap=2)
+        comparison = make_comparison(project)
+        now = timezone.now()
+        rows = []
+        for user in [make_user(f"s{in_database}{i}") for i in range(2)]:
+            assignment = assignment_lease_next(project=project, annotator=user, now=now)
+            ranking = ranking_submit(
+                assignment_id=assignment.pk,
+                annotator=user,
+                choice="b",
+                flags=["unsafe", "broken"],
+                rationale=" why ",
+                now=now + timedelta(seconds=7),
+            )
+            saved = Ranking.objects.get(pk=ranking.pk)
+            closed = Assignment.objects.get(pk=assignment.pk)
+            assert ranking_data(ranking) == ranking_data(saved)
+            assert saved.display_order == closed.display_order
+            assert saved.ranks == {str(closed.display_order[0]): 2, str(closed.display_order[1]): 1}
+            rows.append(
+                (
+                    saved.both_bad,
+                    saved.flags,
+                    saved.rationale,
+                    saved.seconds_spent,
+                    saved.created_at >= now,
+                    closed.state,
+                    closed.finished_at - now,
+                    Comparison.objects.get(pk=comparison.pk).status,
+                    ranking.comparison.status,
+                )
+            )
+        stored[in_database] = rows
+    assert stored[True] == stored[False]
+    assert [row[-1] for row in stored[True]] == [Comparison.Status.OPEN, Comparison.Status.COMPLETE]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="labeling_submit() is Postgres only")
+def test_a_submission_the_function_cannot_confirm_is_decided_under_the_transactions_lock():
+    """labeling_submit() writes nothing for an expired lease or one that changed after the unlocked read; the
+    transaction then accepts an expired lease whose slot is still free and refuses one whose slot was taken."""
+    project = make_project("stale", overlap=1)
+    comparison = make_comparison(project)
+    me, other = make_user("stale-me"), make_user("stale-other")
+    now = timezone.now()
+    assignment = assignment_lease_next(project=project, annotator=me, now=now)
+    later = now + timedelta(seconds=project.lease_seconds + 1)  # the lease expired
+    read = _locked_assignment(assignment_id=assignment.pk, annotator=me, lock=False)
+    ranking = _validated_ranking(
+        assignment=read, annotator=me, choice="a", ranks=None, flags=[], rationale="", now=later
+    )
+    assert not _submitted_in_database(ranking=ranking, assignment=read, now=later)
+    read.leased_at -= timedelta(seconds=1)  # as if an undo had leased it again since the read
+    assert not _submitted_in_database(ranking=ranking, assignment=read, now=now)
+    assert not Ranking.objects.exists()
+    assert Assignment.objects.get(pk=assignment.pk).state == Assignment.State.LEASED
+    # Expired but nobody took the slot: accepted (by the transaction).
+    done = ranking_submit(assignment_id=assignment.pk, annotator=me, choice="a", now=later)
+    assert Ranking.objects.get().pk == done.pk
+    assert Comparison.objects.get(pk=comparison.pk).status == Comparison.Status.COMPLETE
+    # Expired and the slot went to another annotator: refused, nothing written.
+    second = make_comparison(project)
+    mine = assignment_lease_next(project=project, annotator=me, now=now)
+    assert mine.comparison_id == second.pk
+    theirs = assignment_lease_next(project=project, annotator=other, now=later)
+    assert theirs.comparison_id == second.pk
+    with pytest.raises(ValidationError, match="ran out"):
+        ranking_submit(assignment_id=mine.pk, annotator=me, choice="a", now=later)
+    assert Ranking.objects.count() == 1
