@@ -7,6 +7,8 @@ Python path (tests hold both to the same behaviour and concurrency guarantees)."
 
 from django.db import migrations
 
+from labeling.migrations._postgres import postgres_only
+
 # Parameters: project, annotator, now, lease end, overlap, how many locked candidates to inspect at most.
 # Returns the assignment taken (its id, its display order: a revived lease keeps its own) and its comparison, or no
 # row when nothing could be leased.
@@ -93,17 +95,7 @@ $fn$;
 DROP = "DROP FUNCTION IF EXISTS labeling_lease_regular(bigint, bigint, timestamptz, timestamptz, integer, integer);"
 
 
-def create(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(CREATE)
-
-
-def drop(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(DROP)
-
-
 class Migration(migrations.Migration):
     dependencies = [("labeling", "0008_merge_exports_and_registry")]
 
-    operations = [migrations.RunPython(create, drop)]
+    operations = [postgres_only(CREATE, DROP)]

@@ -9,6 +9,8 @@ completion count sees the ranking just inserted and every one committed before t
 
 from django.db import migrations
 
+from labeling.migrations._postgres import postgres_only
+
 CREATE = """
 CREATE OR REPLACE FUNCTION labeling_submit(
     p_assignment bigint, p_annotator bigint, p_leased_at timestamptz, p_display_order jsonb, p_now timestamptz,
@@ -49,17 +51,7 @@ DROP = (
 )
 
 
-def create(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(CREATE)
-
-
-def drop(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(DROP)
-
-
 class Migration(migrations.Migration):
     dependencies = [("labeling", "0009_lease_regular_function")]
 
-    operations = [migrations.RunPython(create, drop)]
+    operations = [postgres_only(CREATE, DROP)]
