@@ -10,6 +10,7 @@ annotators never wait on each other and never take the same row at the same time
 with a fresh statement after the lock is held: every writer of a slot holds that lock until it commits, so the
 count cannot be stale (READ COMMITTED takes a new snapshot per statement). On SQLite (no row locks) the settings
 open every transaction with BEGIN IMMEDIATE, which serialises writers; the same code is correct there.
+On Postgres the same steps run inside labeling_lease_regular() (migration 0009) unless DB_HOT_PATH_FUNCTIONS is off.
 """
 
 from __future__ import annotations

@@ -49,7 +49,9 @@ pytestmark = pytest.mark.django_db
 WRITE = 1 if connection.vendor == "postgresql" else 3
 # The token with its user and roles is asked once, then remembered for API_TOKEN_CACHE_SECONDS (core.token_cache).
 TOKEN = 1
-NEXT_BUDGET = 3  # project with my live lease, candidate (locked) with its responses, slot upsert
+# project with my live lease, then on Postgres labeling_lease_regular() and the payload's read (no BEGIN/COMMIT),
+# elsewhere the candidate (locked) with its responses and the slot upsert
+NEXT_BUDGET = 3
 SUBMIT_BUDGET = 1 + WRITE  # assignment+comparison+project (locked), the submission
 # session, user, roles, project, own assignment, submit (lock + write), next lease (3), page (2: the progress, the
 # last ranking for the undo button)
