@@ -105,8 +105,23 @@ def _htmx_round_trip(app, user_id: int):
     return round_trip
 
 
-def worker(round_trips: int, warmup: int, path: str) -> dict:
-    """Measure in this process (cwd = the tree measured); prints one JSON line."""
+def _cpu_per_round_trip(round_trip, backend, round_trips: int) -> dict:
+    pg0, py0, wall0 = backend.cpu_times(), time.process_time(), time.perf_counter()
+    for _ in range(round_trips):
+        round_trip()
+    pg1, py1, wall1 = backend.cpu_times(), time.process_time(), time.perf_counter()
+    per = 1000 / round_trips
+    return {
+        "python_ms": (py1 - py0) * per,
+        "postgres_ms": (pg1.user + pg1.system - pg0.user - pg0.system) * per,
+        "wall_ms": (wall1 - wall0) * per,
+    }
+
+
+def worker(round_trips: int, warmup: int, path: str, functions_blocks: int = 0) -> dict:
+    """Measure in this process (cwd = the tree measured); prints one JSON line. With `functions_blocks`, the
+    round trips are split into that many blocks, alternately with DB_HOT_PATH_FUNCTIONS on and off (the Postgres
+    functions for the lease and the submission, or the Python transactions), in this one process."""
     sys.path.insert(0, str(Path.cwd()))
     sys.path.insert(0, str(Path.cwd() / "benchmarks"))
     from annotator_load import _server_env, create_annotators, create_project
@@ -127,7 +142,7 @@ def worker(round_trips: int, warmup: int, path: str) -> dict:
         from django.db import connection
 
         call_command("migrate", verbosity=0, interactive=False)
-        create_project("cpu", round_trips + warmup + 10, seed=0)
+        create_project("cpu", round_trips + 2 * warmup + 10, seed=0)
         [(user_id, token)] = create_annotators(1)
         if path == "htmx":
             call_command("collectstatic", verbosity=0, interactive=False)  # the page's manifest (DEBUG=0)
@@ -135,25 +150,32 @@ def worker(round_trips: int, warmup: int, path: str) -> dict:
         app = WSGIHandler()
         round_trip = _htmx_round_trip(app, user_id) if path == "htmx" else _api_round_trip(app, token)
 
-        for _ in range(warmup):
-            round_trip()
+        from django.conf import settings
+
+        for on in (True, False) if functions_blocks else (None,):
+            if on is not None:
+                settings.DB_HOT_PATH_FUNCTIONS = on
+            for _ in range(warmup):
+                round_trip()
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_backend_pid()")
             backend = psutil.Process(cursor.fetchone()[0])
-        pg0, py0, wall0 = backend.cpu_times(), time.process_time(), time.perf_counter()
-        for _ in range(round_trips):
-            round_trip()
-        pg1, py1, wall1 = backend.cpu_times(), time.process_time(), time.perf_counter()
+        if functions_blocks:
+            blocks: dict[str, list[dict]] = {"functions": [], "transactions": []}
+            for block in range(functions_blocks):
+                settings.DB_HOT_PATH_FUNCTIONS = block % 2 == 0
+                side = "functions" if block % 2 == 0 else "transactions"
+                blocks[side].append(_cpu_per_round_trip(round_trip, backend, round_trips // functions_blocks))
+            result = {
+                side: {key: statistics.median(b[key] for b in runs) for key in runs[0]}
+                for side, runs in blocks.items()
+            }
+        else:
+            result = _cpu_per_round_trip(round_trip, backend, round_trips)
         with connection.cursor() as cursor:  # the same backend served every request (persistent connection)
             cursor.execute("SELECT pg_backend_pid()")
             assert cursor.fetchone()[0] == backend.pid
         connection.close()
-        per = 1000 / round_trips
-        result = {
-            "python_ms": (py1 - py0) * per,
-            "postgres_ms": (pg1.user + pg1.system - pg0.user - pg0.system) * per,
-            "wall_ms": (wall1 - wall0) * per,
-        }
     finally:
         from django.db import connections
 
@@ -192,12 +214,19 @@ def main() -> None:
     parser.add_argument(
         "--path", choices=["api", "htmx"], default="api", help="the API's next + submit, or the htmx submit"
     )
+    parser.add_argument(
+        "--functions-blocks",
+        type=int,
+        default=0,
+        help="in one process: this many blocks of the round trips, alternately with the Postgres functions "
+        "(DB_HOT_PATH_FUNCTIONS) on and off; prints the median of each side",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")):
         raise SystemExit("hot_path_cpu needs Postgres in DATABASE_URL: run it under scripts/test-services.sh")
-    if args.worker:
-        worker(args.round_trips, args.warmup, args.path)
+    if args.worker or args.functions_blocks:
+        worker(args.round_trips, args.warmup, args.path, args.functions_blocks)
         return
     trees = {"this tree": HERE.parent} | ({"against": args.against.resolve()} if args.against else {})
     results: dict[str, list[dict]] = {name: [] for name in trees}

@@ -124,6 +124,10 @@ TEMPLATES = [
 # with a busy timeout, so the web process and the Celery worker can write to it side by side.
 DATABASE_URL = env_str("DATABASE_URL")
 DB_PREPARE_THRESHOLD = env_int("DB_PREPARE_THRESHOLD", 5)
+# Postgres: a regular lease and a submission's write are each one statement in autocommit, by the functions
+# labeling_lease_regular() and labeling_submit() (migrations 0009, 0010), instead of transactions of two statements
+# and BEGIN / COMMIT; off = the Python paths, which SQLite always takes.
+DB_HOT_PATH_FUNCTIONS = env_bool("DB_HOT_PATH_FUNCTIONS", True)
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))}
 else:

@@ -10,6 +10,7 @@ annotators never wait on each other and never take the same row at the same time
 with a fresh statement after the lock is held: every writer of a slot holds that lock until it commits, so the
 count cannot be stale (READ COMMITTED takes a new snapshot per statement). On SQLite (no row locks) the settings
 open every transaction with BEGIN IMMEDIATE, which serialises writers; the same code is correct there.
+On Postgres the same steps run inside labeling_lease_regular() (migration 0009) unless DB_HOT_PATH_FUNCTIONS is off.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import random
 from datetime import datetime, timedelta
 from functools import cache
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
@@ -334,14 +336,17 @@ def _lease_gold(*, project: Project, annotator_id: int, now: datetime) -> Assign
 
 def assignment_current(*, project: Project, annotator_id: int, now: datetime) -> Assignment | None:
     """The annotator's oldest live lease in this project, if any (with its comparison and prompt)."""
+    pk = _current_lease_id(project=project, annotator_id=annotator_id, now=now)
+    return None if pk is None else _assignment_with_prompt(pk)
+
+
+def _current_lease_id(*, project: Project, annotator_id: int, now: datetime) -> int | None:
     with connection.cursor() as cursor:
         cursor.execute(
             _CURRENT_SQL, [project.pk, annotator_id, connection.ops.adapt_datetimefield_value(now)]
         )
         row = cursor.fetchone()
-    if row is None:
-        return None
-    return _assignment_with_prompt(row[0])
+    return None if row is None else row[0]
 
 
 def _assignment_with_prompt(pk: int) -> Assignment:
@@ -365,6 +370,54 @@ def project_with_current_lease(
 
 _LOOK_UP = object()
 
+# The lease in one statement on Postgres (labeling_lease_regular(), migration 0009: the same steps as
+# _lease_regular, each inside the function with a fresh snapshot), then the leased comparison with its prompt and
+# responses in a second one. Both run in autocommit: no BEGIN / COMMIT round trips.
+_LEASE_REGULAR_SQL = (
+    "SELECT assignment_id AS id, display_order, comparison_id "
+    "FROM labeling_lease_regular(%s::bigint, %s::bigint, %s::timestamptz, %s::timestamptz, %s::integer, %s::integer)"
+)
+_COMPARISON_WITH_RESPONSES_SQL = (
+    f"SELECT {precompiled.columns(Comparison, 'c', 'c_')}, "
+    f"{precompiled.columns(Prompt, 'p', 'p_', only=_PROMPT_FIELDS)}, {precompiled.columns(Response, 'r', 'r_')} "
+    f'FROM "{_C}" c JOIN "{_P}" p ON p.id = c.prompt_id JOIN "{_CR}" cr ON cr.comparison_id = c.id '
+    f'JOIN "{_R}" r ON r.id = cr.response_id WHERE c.id = %s ORDER BY cr.position'
+)
+
+
+def hot_path_in_database() -> bool:
+    """Whether regular leases and submissions are written by the Postgres functions labeling_lease_regular() and
+    labeling_submit() (unless DB_HOT_PATH_FUNCTIONS is off)."""
+    return connection.vendor == "postgresql" and settings.DB_HOT_PATH_FUNCTIONS
+
+
+def _lease_regular_in_database(*, project: Project, annotator_id: int, now: datetime) -> Assignment | None:
+    """_lease_regular in one statement (labeling_lease_regular), plus one to load what the payload shows."""
+    until = now + timedelta(seconds=project.lease_seconds)
+    params = [project.pk, annotator_id, now, until, project.overlap, _MAX_CANDIDATES]
+    taken = precompiled.fetch(_LEASE_REGULAR_SQL, params, prepare=True)
+    if not taken:
+        return None
+    rows = precompiled.fetch(_COMPARISON_WITH_RESPONSES_SQL, [taken[0]["comparison_id"]], prepare=True)
+    comparison = precompiled.instance(Comparison, rows[0], "c_")
+    comparison.prompt = precompiled.instance(Prompt, rows[0], "p_", only=_PROMPT_FIELDS)
+    responses = [precompiled.instance(Response, row, "r_") for row in rows]
+    leased = precompiled.instance(Assignment, taken[0], "", only=_TAKEN_FIELDS)
+    # The instance _take would make (its values are ours, so its full_clean() has nothing to find).
+    assignment = Assignment(
+        pk=leased.pk,
+        comparison=comparison,
+        annotator_id=annotator_id,
+        project=project,
+        state=Assignment.State.LEASED,
+        leased_at=now,
+        leased_until=until,
+        display_order=leased.display_order,
+    )
+    assignment._state.adding, assignment._state.db = False, connection.alias
+    assignment.__dict__[_LOADED_RESPONSES] = {response.pk: response for response in responses}
+    return assignment
+
 
 def assignment_lease_next(
     *, project: Project, annotator, now: datetime | None = None, current_lease_id=_LOOK_UP
@@ -372,24 +425,29 @@ def assignment_lease_next(
     """The annotator's live lease if there is one (renewed), else a new lease on the next comparison, else None.
 
     `current_lease_id` (with the same `now`), when the caller read it already (project_with_current_lease): the
-    lease this call would look up. Read before the transaction rather than in it, it is as current: the read takes
-    no lock either way, and a lease another tab of the annotator takes meanwhile only means two live leases, as a
-    lookup in the transaction could also miss it."""
+    lease this call would look up. The lookup runs before any transaction: it takes no lock either way (READ
+    COMMITTED), and a lease another tab of the annotator takes meanwhile only means two live leases, as a lookup
+    inside the transaction could also miss it."""
     now = now or timezone.now()
     annotator_id = annotator.pk
-    with transaction.atomic():
-        if current_lease_id is _LOOK_UP:
-            current = assignment_current(project=project, annotator_id=annotator_id, now=now)
-        else:
-            current = None if current_lease_id is None else _assignment_with_prompt(current_lease_id)
-        if current is not None:
+    if current_lease_id is _LOOK_UP:
+        current_lease_id = _current_lease_id(project=project, annotator_id=annotator_id, now=now)
+    if current_lease_id is not None:
+        with transaction.atomic():
+            current = _assignment_with_prompt(current_lease_id)
             current.leased_until = now + timedelta(seconds=project.lease_seconds)
             current.save(update_fields=["leased_until"])
             current.project = project
             return current
+    gold = gold_due(project=project, annotator_id=annotator_id)
+    if not gold and hot_path_in_database():
+        return _lease_regular_in_database(project=project, annotator_id=annotator_id, now=now)
+    with transaction.atomic():
         assignment = None
-        if gold_due(project=project, annotator_id=annotator_id):
+        if gold:
             assignment = _lease_gold(project=project, annotator_id=annotator_id, now=now)
         if assignment is None:
+            if hot_path_in_database():
+                return _lease_regular_in_database(project=project, annotator_id=annotator_id, now=now)
             assignment = _lease_regular(project=project, annotator_id=annotator_id, now=now)
         return assignment

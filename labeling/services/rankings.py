@@ -13,7 +13,7 @@ from django.utils import timezone
 from core import precompiled
 from labeling.models import Adjudication, Assignment, Comparison, Project, Ranking
 from labeling.ranks import ranks_from_pairwise_choice, ranks_validate
-from labeling.services.leasing import insert_values, precompiled_insert, slots_taken
+from labeling.services.leasing import hot_path_in_database, insert_values, precompiled_insert, slots_taken
 
 UNDO_WINDOW_SECONDS = 60
 MAX_RATIONALE_CHARS = 5000
@@ -37,6 +37,7 @@ _R = Ranking._meta.db_table
 _SUBMITTED, _COMPLETE = f"'{Assignment.State.SUBMITTED}'", f"'{Comparison.Status.COMPLETE}'"
 # Every column but the id, in the order insert_values() gives their values.
 _RANKING_INSERT = precompiled_insert(Ranking)
+_RANKING_FIELDS = [field for field in Ranking._meta.concrete_fields if not field.primary_key]
 _CLOSE_ASSIGNMENT_SQL = f'UPDATE "{_A}" SET state = {_SUBMITTED}, finished_at = %s WHERE id = %s'
 # Marks the comparison complete once its rankings reach the overlap. The comparison row is locked by this
 # transaction and every writer of its rankings locks it first, so the count (a snapshot taken after the lock) is
@@ -53,13 +54,18 @@ _SUBMISSION_SQL = (
 )
 
 
-def _locked_assignment(*, assignment_id: int, annotator, lock_comparison: bool = False) -> Assignment:
+def _locked_assignment(
+    *, assignment_id: int, annotator, lock_comparison: bool = False, lock: bool = True
+) -> Assignment:
     """The annotator's assignment with its comparison and project, row-locked (and the comparison's row too with
-    `lock_comparison`: one statement for both, assignment first, the order every writer of an assignment keeps)."""
-    lock = ""
-    if connection.features.has_select_for_update:  # SQLite: BEGIN IMMEDIATE already serialises writers.
-        lock = " FOR UPDATE OF a, c" if lock_comparison else " FOR UPDATE OF a"
-    rows = precompiled.fetch(_ASSIGNMENT_SQL.format(lock=lock), [assignment_id], prepare=True)
+    `lock_comparison`: one statement for both, assignment first, the order every writer of an assignment keeps);
+    with `lock` False, read without a lock."""
+    suffix = ""
+    if (
+        lock and connection.features.has_select_for_update
+    ):  # SQLite: BEGIN IMMEDIATE already serialises writers.
+        suffix = " FOR UPDATE OF a, c" if lock_comparison else " FOR UPDATE OF a"
+    rows = precompiled.fetch(_ASSIGNMENT_SQL.format(lock=suffix), [assignment_id], prepare=True)
     if not rows or rows[0]["a_annotator_id"] != annotator.pk:
         raise PermissionDenied("This item is not assigned to you.")
     assignment = precompiled.instance(Assignment, rows[0], "a_")
@@ -103,7 +109,6 @@ def ranking_extras_validate(*, flags: Iterable[str], rationale: str) -> list[str
     return flags
 
 
-@transaction.atomic
 def ranking_submit(
     *,
     assignment_id: int,
@@ -118,9 +123,55 @@ def ranking_submit(
 
     Give `choice` (a | b | tie | both_bad, relative to the displayed order) for a pairwise comparison or `ranks`
     ({response id: rank}) for any comparison. Raises ValidationError (nothing stored) or PermissionDenied.
-    """
+
+    On Postgres (DB_HOT_PATH_FUNCTIONS) the assignment is read without a lock, the ranking validated, and
+    labeling_submit() writes it in one statement if, under its lock, the lease is still live and what was validated
+    still holds; otherwise, and elsewhere, the whole submission runs in a transaction that holds the locks."""
     now = now or timezone.now()
+    submission = dict(choice=choice, ranks=ranks, flags=flags, rationale=rationale, now=now)
+    if hot_path_in_database():
+        assignment = _locked_assignment(assignment_id=assignment_id, annotator=annotator, lock=False)
+        ranking = _validated_ranking(assignment=assignment, annotator=annotator, **submission)
+        if _submitted_in_database(ranking=ranking, assignment=assignment, now=now):
+            return ranking
+    return _ranking_submit_locked(assignment_id=assignment_id, annotator=annotator, **submission)
+
+
+@transaction.atomic
+def _ranking_submit_locked(*, assignment_id: int, annotator, now: datetime, **submission) -> Ranking:
     assignment = _locked_assignment(assignment_id=assignment_id, annotator=annotator, lock_comparison=True)
+    ranking = _validated_ranking(assignment=assignment, annotator=annotator, now=now, **submission)
+    comparison = assignment.comparison
+    _require_live_slot(assignment=assignment, comparison=comparison, now=now)
+    completes = not comparison.is_gold and comparison.status != Comparison.Status.COMPLETE
+    completed = _record_submission(
+        ranking=ranking,
+        assignment=assignment,
+        now=now,
+        overlap=assignment.project.overlap if completes else None,
+    )
+    _mark_submitted(assignment, now=now, completed=completed)
+    return ranking
+
+
+def _mark_submitted(assignment: Assignment, *, now: datetime, completed: bool) -> None:
+    assignment.state = Assignment.State.SUBMITTED
+    assignment.finished_at = now
+    if completed:
+        assignment.comparison.status = Comparison.Status.COMPLETE
+
+
+def _validated_ranking(
+    *,
+    assignment: Assignment,
+    annotator,
+    ranks: Mapping | None,
+    choice: str | None,
+    flags: Iterable[str],
+    rationale: str,
+    now: datetime,
+) -> Ranking:
+    """The ranking this submission makes of the assignment (not saved), or ValidationError."""
     if assignment.state == Assignment.State.SUBMITTED:
         raise ValidationError({"__all__": "You already submitted this item."})
     if assignment.state == Assignment.State.SKIPPED:
@@ -142,8 +193,6 @@ def ranking_submit(
         raise ValidationError({"ranks": "Rank the responses before submitting."})
 
     flags = ranking_extras_validate(flags=flags, rationale=rationale)
-    _require_live_slot(assignment=assignment, comparison=comparison, now=now)
-
     ranking = Ranking(
         comparison=comparison,
         annotator=annotator,
@@ -155,20 +204,48 @@ def ranking_submit(
         seconds_spent=max(0.0, (now - assignment.leased_at).total_seconds()),
         display_order=assignment.display_order,
     )
-    # The comparison and assignment rows are locked by this transaction and the annotator is the caller: the
+    # The comparison and assignment rows are locked by the write that follows and the annotator is the caller: the
     # foreign-key existence checks of full_clean() (a query each) are left out.
     ranking.full_clean(
         exclude=["comparison", "annotator", "assignment"], validate_unique=False, validate_constraints=False
     )
-    completes = not comparison.is_gold and comparison.status != Comparison.Status.COMPLETE
-    completed = _record_submission(
-        ranking=ranking, assignment=assignment, now=now, overlap=project.overlap if completes else None
-    )
-    assignment.state = Assignment.State.SUBMITTED
-    assignment.finished_at = now
-    if completed:
-        comparison.status = Comparison.Status.COMPLETE
     return ranking
+
+
+_SUBMIT_FUNCTION_SQL = (
+    "SELECT ranking_id, completed FROM labeling_submit(%s::bigint, %s::bigint, %s::timestamptz, %s::jsonb, "
+    "%s::timestamptz, %s::integer, %s::jsonb, %s::boolean, %s::jsonb, %s::text, %s::double precision, "
+    "%s::timestamptz)"
+)
+
+
+def _submitted_in_database(*, ranking: Ranking, assignment: Assignment, now: datetime) -> bool:
+    """labeling_submit() (migration 0010): True when it wrote the submission, False when it found the lease
+    expired or changed since the unlocked read and wrote nothing."""
+    values = dict(zip((f.attname for f in _RANKING_FIELDS), insert_values(ranking), strict=True))
+    params = [
+        assignment.pk,
+        ranking.annotator_id,
+        assignment.leased_at,
+        values["display_order"],
+        now,
+        assignment.project.overlap,
+        values["ranks"],
+        values["both_bad"],
+        values["flags"],
+        values["rationale"],
+        values["seconds_spent"],
+        values["created_at"],
+    ]
+    with precompiled.preparing(), connection.cursor() as cursor:
+        cursor.execute(_SUBMIT_FUNCTION_SQL, params)
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    ranking.pk = row[0]
+    ranking._state.adding, ranking._state.db = False, connection.alias
+    _mark_submitted(assignment, now=now, completed=row[1])
+    return True
 
 
 def _record_submission(

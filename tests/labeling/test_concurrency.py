@@ -25,6 +25,13 @@ pytestmark = [
 ]
 
 
+@pytest.fixture(autouse=True, params=[True, False], ids=["lease-function", "python-lease"])
+def hot_path_in_database(request, settings):
+    """Every race runs on both lease paths: labeling_lease_regular() and the Python transaction."""
+    settings.DB_HOT_PATH_FUNCTIONS = request.param
+    return request.param
+
+
 def _run_threads(target, users):
     barrier = threading.Barrier(len(users))
     errors: list[BaseException] = []

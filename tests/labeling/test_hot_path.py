@@ -8,6 +8,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.db import close_old_connections, connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.urls import URLResolver, get_resolver, resolve
@@ -20,7 +21,10 @@ from core.services import api_token_get_or_create, user_create_or_update
 from labeling.api.serializers import AssignmentSerializer, RankingSerializer, assignment_data, ranking_data
 from labeling.models import Assignment, Comparison, Ranking, Response
 from labeling.selectors.annotation import annotator_progress, assignment_responses
+from labeling.services import leasing
 from labeling.services.leasing import (
+    _lease_regular,
+    _lease_regular_in_database,
     _lock_next_candidate,
     _take,
     assignment_current,
@@ -29,7 +33,13 @@ from labeling.services.leasing import (
     regular_candidates,
     slots_taken,
 )
-from labeling.services.rankings import assignment_skip, ranking_submit
+from labeling.services.rankings import (
+    _locked_assignment,
+    _submitted_in_database,
+    _validated_ranking,
+    assignment_skip,
+    ranking_submit,
+)
 from tests.labeling.factories import make_comparison, make_project, make_user
 
 pytestmark = pytest.mark.django_db
@@ -39,7 +49,9 @@ pytestmark = pytest.mark.django_db
 WRITE = 1 if connection.vendor == "postgresql" else 3
 # The token with its user and roles is asked once, then remembered for API_TOKEN_CACHE_SECONDS (core.token_cache).
 TOKEN = 1
-NEXT_BUDGET = 3  # project with my live lease, candidate (locked) with its responses, slot upsert
+# project with my live lease, then on Postgres labeling_lease_regular() and the payload's read (no BEGIN/COMMIT),
+# elsewhere the candidate (locked) with its responses and the slot upsert
+NEXT_BUDGET = 3
 SUBMIT_BUDGET = 1 + WRITE  # assignment+comparison+project (locked), the submission
 # session, user, roles, project, own assignment, submit (lock + write), next lease (3), page (2: the progress, the
 # last ranking for the undo button)
@@ -682,3 +694,154 @@ def test_an_own_assignment_is_found_only_in_its_project_and_by_its_annotator():
     assert assignment_own(assignment_id=lease.pk, project=other_project, annotator=user) is None
     assert assignment_own(assignment_id=lease.pk, project=project, annotator=other) is None
     assert assignment_own(assignment_id=2**63, project=project, annotator=user) is None
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="labeling_lease_regular() is Postgres only")
+def test_the_lease_function_takes_what_the_python_lease_takes(busy_project):
+    """Through the busy project's queue (a slot left, full, expired, done, skipped, mine to revive, complete):
+    each next lease of the function and of the Python transaction is the same comparison, the same row (a revived
+    lease keeps its id and order) and the same lease, until both find nothing."""
+    project, me, now = busy_project
+    leased = []
+    while True:
+        with transaction.atomic():
+            expected = _lease_regular(project=project, annotator_id=me.pk, now=now)
+            expected = expected and (expected.comparison_id, expected.pk, expected.display_order)
+            transaction.set_rollback(True)
+        taken = _lease_regular_in_database(project=project, annotator_id=me.pk, now=now)
+        if expected is None:
+            assert taken is None
+            break
+        revived = Assignment.objects.filter(pk=expected[1]).exists()
+        assert taken.comparison_id == expected[0]
+        assert (taken.pk == expected[1]) == revived  # a new row's id differs (the sequence moved on)
+        if revived:
+            assert taken.display_order == expected[2]
+        stored = Assignment.objects.get(pk=taken.pk)
+        assert (stored.comparison_id, stored.annotator_id, stored.state, stored.leased_until) == (
+            taken.comparison_id,
+            me.pk,
+            Assignment.State.LEASED,
+            now + timedelta(seconds=project.lease_seconds),
+        )
+        assert stored.display_order == taken.display_order and stored.leased_at == now
+        shown = [item.response.id for item in assignment_responses(assignment=taken)]
+        assert shown == taken.display_order
+        if not revived:  # a new lease shows every response once
+            assert sorted(shown) == sorted(taken.comparison.items.values_list("response_id", flat=True))
+        assert taken.comparison.prompt.messages and taken.project == project
+        # Done with it, on to the next (the fixture's revived lease has no display order to rank or clean).
+        Assignment.objects.filter(pk=taken.pk).update(state=Assignment.State.SKIPPED, finished_at=now)
+        leased.append(taken.comparison_id)
+    assert len(leased) == 5 and len(set(leased)) == 5  # made[0], [2], [5], [6], [8], as the queue test says
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lease_takes_the_function_on_postgres_and_the_python_path_elsewhere(settings, monkeypatch):
+    """Which path assignment_lease_next takes, and that the function's lease runs outside a transaction (no
+    BEGIN / COMMIT round trips) while the Python path holds its row lock in one."""
+    project = make_project("paths", overlap=1)
+    make_comparison(project)
+    make_comparison(project)
+    calls = []
+    monkeypatch.setattr(leasing, "_lease_regular", _recorded(calls, "python", leasing._lease_regular))
+    monkeypatch.setattr(
+        leasing,
+        "_lease_regular_in_database",
+        _recorded(calls, "function", leasing._lease_regular_in_database),
+    )
+    settings.DB_HOT_PATH_FUNCTIONS = True
+    first = assignment_lease_next(project=project, annotator=make_user("p1"))
+    settings.DB_HOT_PATH_FUNCTIONS = False
+    second = assignment_lease_next(project=project, annotator=make_user("p2"))
+    on_postgres = connection.vendor == "postgresql"
+    assert calls == ([("function", False), ("python", True)] if on_postgres else [("python", True)] * 2)
+    assert {first.comparison_id, second.comparison_id} == set(
+        Comparison.objects.filter(project=project).values_list("id", flat=True)
+    )
+
+
+def _recorded(calls, name, function):
+    def run(**kwargs):
+        calls.append((name, connection.in_atomic_block))
+        return function(**kwargs)
+
+    return run
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="labeling_submit() is Postgres only")
+def test_the_submit_function_writes_what_the_transaction_writes(settings):
+    """The same submissions through labeling_submit() and through the locked transaction store the same ranking,
+    close the assignment the same way and complete the comparison at the same ranking (overlap 2)."""
+    stored = {}
+    for in_database in (True, False):
+        settings.DB_HOT_PATH_FUNCTIONS = in_database
+        project = make_project(f"submit-{in_database}", overlap=2)
+        comparison = make_comparison(project)
+        now = timezone.now()
+        rows = []
+        for user in [make_user(f"s{in_database}{i}") for i in range(2)]:
+            assignment = assignment_lease_next(project=project, annotator=user, now=now)
+            ranking = ranking_submit(
+                assignment_id=assignment.pk,
+                annotator=user,
+                choice="b",
+                flags=["unsafe", "broken"],
+                rationale=" why ",
+                now=now + timedelta(seconds=7),
+            )
+            saved = Ranking.objects.get(pk=ranking.pk)
+            closed = Assignment.objects.get(pk=assignment.pk)
+            assert ranking_data(ranking) == ranking_data(saved)
+            assert saved.display_order == closed.display_order
+            assert saved.ranks == {str(closed.display_order[0]): 2, str(closed.display_order[1]): 1}
+            rows.append(
+                (
+                    saved.both_bad,
+                    saved.flags,
+                    saved.rationale,
+                    saved.seconds_spent,
+                    saved.created_at >= now,
+                    closed.state,
+                    closed.finished_at - now,
+                    Comparison.objects.get(pk=comparison.pk).status,
+                    ranking.comparison.status,
+                )
+            )
+        stored[in_database] = rows
+    assert stored[True] == stored[False]
+    assert [row[-1] for row in stored[True]] == [Comparison.Status.OPEN, Comparison.Status.COMPLETE]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="labeling_submit() is Postgres only")
+def test_a_submission_the_function_cannot_confirm_is_decided_under_the_transactions_lock():
+    """labeling_submit() writes nothing for an expired lease or one that changed after the unlocked read; the
+    transaction then accepts an expired lease whose slot is still free and refuses one whose slot was taken."""
+    project = make_project("stale", overlap=1)
+    comparison = make_comparison(project)
+    me, other = make_user("stale-me"), make_user("stale-other")
+    now = timezone.now()
+    assignment = assignment_lease_next(project=project, annotator=me, now=now)
+    later = now + timedelta(seconds=project.lease_seconds + 1)  # the lease expired
+    read = _locked_assignment(assignment_id=assignment.pk, annotator=me, lock=False)
+    ranking = _validated_ranking(
+        assignment=read, annotator=me, choice="a", ranks=None, flags=[], rationale="", now=later
+    )
+    assert not _submitted_in_database(ranking=ranking, assignment=read, now=later)
+    read.leased_at -= timedelta(seconds=1)  # as if an undo had leased it again since the read
+    assert not _submitted_in_database(ranking=ranking, assignment=read, now=now)
+    assert not Ranking.objects.exists()
+    assert Assignment.objects.get(pk=assignment.pk).state == Assignment.State.LEASED
+    # Expired but nobody took the slot: accepted (by the transaction).
+    done = ranking_submit(assignment_id=assignment.pk, annotator=me, choice="a", now=later)
+    assert Ranking.objects.get().pk == done.pk
+    assert Comparison.objects.get(pk=comparison.pk).status == Comparison.Status.COMPLETE
+    # Expired and the slot went to another annotator: refused, nothing written.
+    second = make_comparison(project)
+    mine = assignment_lease_next(project=project, annotator=me, now=now)
+    assert mine.comparison_id == second.pk
+    theirs = assignment_lease_next(project=project, annotator=other, now=later)
+    assert theirs.comparison_id == second.pk
+    with pytest.raises(ValidationError, match="ran out"):
+        ranking_submit(assignment_id=mine.pk, annotator=me, choice="a", now=later)
+    assert Ranking.objects.count() == 1
