@@ -74,9 +74,16 @@ def stage_load(config: StageConfig, device, *, kind: str) -> memory.StageLoad:
     return memory.StageLoad(
         kind=kind,
         method=config.peft.method,
-        micro_batch_rows=distributed.per_process_batch(config.batch_size),
+        micro_batch_rows=memory.micro_batch_rows(
+            kind,
+            batch_size=config.batch_size,
+            processes=distributed.world_size(),
+            mini_batch_size=getattr(config, "mini_batch_size", None),
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+        ),
         sequence_tokens=config.max_length,
         device_kind=torch.device(device).type,
+        reward_model=getattr(config, "reward_source", "reward_model") != "rules",
     )
 
 
