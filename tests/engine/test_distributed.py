@@ -7,7 +7,8 @@ left running (its resume: tests/training/test_distributed_stages.py). PPO, with 
 whitens over all ranks' tokens (as one process whitens the whole batch), learns, and keeps the ranks' weights equal.
 With `sharding="fsdp"` (FSDP2) the Trainer stages and the contrastive stage (its own loop: a full fine-tune with its
 sharded reference, and the LoRA mixture on a sharded base) train the same as on one process with their model
-sharded, save a whole artifact, and checkpoint whole tensors that a resume shards again.
+sharded, save a whole artifact, and checkpoint whole tensors that a resume shards again. PPO sharded (policy, critic,
+reference copy and reward model) trains as PPO under DDP on as many processes does, and resumes the same way.
 """
 
 from __future__ import annotations
@@ -732,3 +733,48 @@ def test_ppo_sharded_on_two_processes_trains_as_under_ddp_and_saves_a_plain_poli
     assert load_file(str(fsdp_dir / ppo.VALUE_HEAD_FILE))["linear.weight"].abs().sum() > 0
     history = json.loads((fsdp_dir / ppo.METRICS_FILE).read_text())["history"]
     assert [entry["step"] for entry in history] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_ppo_sharded_cancelled_on_two_processes_checkpoints_whole_tensors_and_resumes_like_an_uninterrupted_run(
+    few_words_policy_dir, tmp_path
+):
+    config = ppo_sharding_config(max_steps=4, sharding="fsdp")
+    base = ModelRef(few_words_policy_dir)
+    straight, straight_reports = run_ppo(config, base, tmp_path / "straight")
+    assert straight.status == "completed" and len(straight_reports) == 4
+
+    progress: list = []
+    out_dir = tmp_path / "cancelled"
+
+    def stop_after_step_two() -> bool:
+        return any(report.step >= 2 for report in ppo_step_metrics(progress))
+
+    inputs = StageInputs(
+        prompt_data(), base, out_dir, progress.append, stop_after_step_two, reward_model=base
+    )
+    cancelled = stages.run(config, inputs, FAST_POLL)
+    assert cancelled.status == "cancelled" and not out_dir.exists()
+    assert 2 <= cancelled.steps_completed < 4
+    [path] = checkpoint_dir_for(out_dir).iterdir()
+    checkpoint = checkpoints.read(path)
+    assert checkpoint.step == cancelled.steps_completed
+    # Whole tensors (rank 0 gathered them), the layout of one process: the policy's, the critic's and AdamW's.
+    parent = load_file(str(few_words_policy_dir / "model.safetensors"))
+    embedding = parent["model.embed_tokens.weight"]
+    assert checkpoint.tensors["parameter.policy.model.embed_tokens.weight"].shape == embedding.shape
+    assert checkpoint.tensors["parameter.value_head.linear.weight"].shape == (1, embedding.shape[1])
+    moments = [key for key in checkpoint.tensors if key.startswith("optimizer.") and key.endswith(".exp_avg")]
+    assert {checkpoint.tensors[key].shape for key in moments} >= {embedding.shape, (1, embedding.shape[1])}
+    assert "generator.sampling.rank1" in checkpoint.tensors  # rank 1's own sampling stream
+
+    resumed, resumed_reports = run_ppo(config, base, out_dir)
+    assert [report.step for report in resumed_reports] == list(range(cancelled.steps_completed + 1, 5))
+    # Each rank took its shard of the checkpoint and went on with its own sampling stream: as if never interrupted.
+    assert_same_as_uninterrupted(resumed, resumed_reports, straight, straight_reports)
+    for weights_file in ("model.safetensors", ppo.VALUE_HEAD_FILE):
+        expected, written = (
+            load_file(str(folder / weights_file)) for folder in (tmp_path / "straight", out_dir)
+        )
+        for name, weight in expected.items():
+            torch.testing.assert_close(written[name], weight, rtol=1e-3, atol=1e-5, msg=name)
