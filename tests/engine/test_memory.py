@@ -82,6 +82,23 @@ def test_a_micro_batch_is_each_process_share_and_in_ppo_a_piece_of_its_minibatch
     assert memory.micro_batch_rows("ppo", **ppo_rows, processes=4, gradient_accumulation_steps=4) == 1
 
 
+def test_sharding_plans_ppo_on_its_update_micro_batch_and_its_reward_source(monkeypatch):
+    from training.engine import sharding
+    from training.engine.ppo import PPOConfig
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun tells each rank
+    rules = [{"kind": "length", "target": 0, "tolerance": 40}]
+    config = PPOConfig(processes=2, batch_size=8, mini_batch_size=4, gradient_accumulation_steps=2)
+    load = sharding.stage_load(config, "cpu", kind="ppo")
+    assert (load.micro_batch_rows, load.reward_model) == (1, True)
+    ruled = PPOConfig(processes=2, batch_size=8, mini_batch_size=8, reward_source="rules", rules=rules)
+    assert (sharding.stage_load(ruled, "cpu", kind="ppo").micro_batch_rows, ruled.reward_source) == (
+        4,
+        "rules",
+    )
+    assert sharding.stage_load(ruled, "cpu", kind="ppo").reward_model is False
+
+
 def test_activations_grow_with_tokens_and_checkpointing_cuts_them():
     small, large = _estimate(micro_batch_rows=4), _estimate(micro_batch_rows=8)
     assert large.activations == 2 * small.activations

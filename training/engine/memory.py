@@ -8,7 +8,8 @@ attention-matrix term that fused attention does not store), twice that in fp32 o
 in fp32; with gradient checkpointing only each layer's input (2·h bytes a token in 16-bit) plus one layer's full
 activations. Frozen models count with their weights only: a full fine-tune's reference copy (PPO's, loaded in bf16 on
 CUDA; the contrastive stage's, an fp32 copy of the policy) and PPO's reward model (of the base's shape); with LoRA or
-an adapter the reference is the policy with its adapter switched off, no copy. PPO's critic is a linear head on the
+an adapter the reference is the policy with its adapter switched off, no copy (a PPO adapter continued from a parent
+adapter keeps a reference copy that is not counted). PPO's critic is a linear head on the
 policy's last hidden state. Sharded (FSDP) stages shard all of these, frozen models included. It is a planning figure
 (±30%), so the check keeps a margin.
 """
