@@ -444,9 +444,8 @@ def run(config: PPOConfig, inputs: StageInputs) -> StageResult:
 
     final_metrics = {key: value for key, value in history[-1].items() if key != "step"} if history else {}
     policy = models.policy
-    if (
-        sharded
-    ):  # every rank gathers; rank 0 gets the whole policy (a plain model) and critic, the others None / {}
+    if sharded:
+        # Every rank gathers; rank 0 gets the whole policy (a plain model) and critic, the others None and {}.
         policy = sharding.unsharded_model(policy, config, inputs.base, "causal_lm")
         critic = sharding.full_model_state(models.value_head)
     else:
