@@ -256,7 +256,8 @@ def capture_iteration(
     parameters and their optimizer state per iteration (small with LoRA or an adapter), only with checkpoints on.
     Every rank calls it: on several processes the ranks' sampling generators differ, and rank 0, which writes the
     checkpoint, keeps all of them (`generator.sampling.rank<r>` beside its own `generator.sampling`). `sharded`
-    (FSDP): the parameters and the optimizer's state are gathered whole onto rank 0, the layout of one process.
+    (FSDP): the parameters and the optimizer's state are gathered whole onto rank 0, the layout of one process
+    (every iteration, like the copy: a full fine-tune pays one gather of its model and AdamW state per iteration).
     """
     parameters, optimizer_state = sharding.whole_training_state(  # sharded: every rank gathers, rank 0 keeps
         trained_parameters(policy, value_head), optimizer, sharded=sharded
