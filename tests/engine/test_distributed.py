@@ -7,11 +7,13 @@ left running (its resume: tests/training/test_distributed_stages.py). PPO, with 
 whitens over all ranks' tokens (as one process whitens the whole batch), learns, and keeps the ranks' weights equal.
 With `sharding="fsdp"` (FSDP2) the Trainer stages and the contrastive stage (its own loop: a full fine-tune with its
 sharded reference, and the LoRA mixture on a sharded base) train the same as on one process with their model
-sharded, save a whole artifact, and checkpoint whole tensors that a resume shards again.
+sharded, save a whole artifact, and checkpoint whole tensors that a resume shards again. PPO sharded (policy, critic,
+reference copy and reward model) trains as PPO under DDP on as many processes does, and resumes the same way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -419,13 +421,27 @@ def test_sharding_is_checked_where_the_config_is_built():
     assert (
         stages.config_from_dict("contrastive", contrastive_values).sharding == "fsdp"
     )  # its own loop shards
-    # PPO's own loop keeps a full copy of its models on every process.
+    # PPO's own loop shards too (policy, critic, reference and reward model), or keeps copies when asked.
     several = {"processes": 2, "batch_size": 4, "mini_batch_size": 4}
-    with pytest.raises(StageConfigError) as own_loop:
-        stages.config_from_dict("ppo", {**several, "sharding": "fsdp"})
-    assert own_loop.value.errors["sharding"].startswith("the ppo stage trains in its own loop")
-    assert "only sft, reward, contrastive shard theirs" in own_loop.value.errors["sharding"]
+    assert stages.config_from_dict("ppo", {**several, "sharding": "fsdp"}).sharding == "fsdp"
     assert stages.config_from_dict("ppo", {**several, "sharding": "ddp"}).sharding == "ddp"
+    with pytest.raises(StageConfigError) as ppo_on_one:
+        stages.config_from_dict("ppo", {"sharding": "fsdp"})
+    assert "set processes to 2 or more" in ppo_on_one.value.errors["sharding"]
+
+
+def test_fsdp_is_refused_for_a_stage_that_cannot_shard(monkeypatch):
+    # Every stage shards today; a stage spec that says it cannot is refused "fsdp" where its config is built.
+    assert all(spec.shards for spec in stages.STAGES.values())
+    monkeypatch.setitem(stages.STAGES, "ppo", dataclasses.replace(stages.STAGES["ppo"], shards=False))
+    several = {"processes": 2, "batch_size": 4, "mini_batch_size": 4}
+    with pytest.raises(StageConfigError) as copies:
+        stages.config_from_dict("ppo", {**several, "sharding": "fsdp"})
+    assert copies.value.errors["sharding"] == (
+        "the ppo stage keeps a full copy of its models on every process (ddp); "
+        "only sft, reward, contrastive shard theirs (fsdp)"
+    )
+    assert stages.config_from_dict("ppo", {**several, "sharding": "auto"}).sharding == "auto"
 
 
 def test_auto_sharding_shards_only_a_stage_that_does_not_fit_one_device(tiny_model_dir, monkeypatch):
@@ -649,3 +665,116 @@ def test_ppo_cancelled_on_two_processes_resumes_on_two_like_an_uninterrupted_run
     assert_same_as_uninterrupted(resumed, resumed_reports, straight, metrics_of(straight_progress))
     history = json.loads((out_dir / ppo.METRICS_FILE).read_text())["history"]
     assert [entry["step"] for entry in history] == [1, 2, 3, 4]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# PPO sharded (FSDP2): the policy, its critic, the frozen reference copy and the reward model sharded over the ranks.
+# Compared with PPO under DDP on as many processes: PPO's rollout and its minibatches depend on the layout (each rank
+# samples its own stream and takes its own rows' means), so it is the DDP run of the same layout, not one process,
+# that a sharded run must equal: the same steps on the same rows, with the weights held as shards instead of copies.
+
+
+def ppo_sharding_config(**overrides) -> ppo.PPOConfig:
+    # Mixed rewards: the rule, and the few-words model read as a reward model (its new score head comes from the
+    # seed, the same in every run), so the sharded reward model scores too. Two micro-batches an optimizer step on
+    # each rank: their gradients are reduce-scattered one by one.
+    values = dict(
+        max_steps=3,
+        batch_size=4,
+        mini_batch_size=4,
+        gradient_accumulation_steps=2,
+        checkpoint_every=100,
+        reward_source="mixed",
+        processes=2,
+        device="cpu",
+    )
+    return small_config(**{**values, **overrides})
+
+
+def ppo_step_metrics(progress: list) -> list[StepMetrics]:
+    return [report for report in progress if isinstance(report, StepMetrics)]
+
+
+def run_ppo(config: ppo.PPOConfig, base: ModelRef, out_dir: Path, should_stop=None) -> tuple:
+    progress: list = []
+    inputs = StageInputs(
+        prompt_data(), base, out_dir, progress.append, should_stop or (lambda: False), reward_model=base
+    )
+    return stages.run(config, inputs, FAST_POLL), ppo_step_metrics(progress)
+
+
+def test_ppo_sharded_on_two_processes_trains_as_under_ddp_and_saves_a_plain_policy_and_critic(
+    few_words_policy_dir, tmp_path, caplog
+):
+    caplog.set_level(logging.INFO, logger="training.engine.sharding")
+    base = ModelRef(few_words_policy_dir)
+    runs = {}
+    for mode in ("ddp", "fsdp"):
+        result, reports = run_ppo(ppo_sharding_config(sharding=mode), base, tmp_path / mode)
+        assert result.status == "completed" and [report.step for report in reports] == [1, 2, 3]
+        runs[mode] = (result, reports, tmp_path / mode)
+    # It did shard: rank 0 holds about half of the policy, of the reference copy and of the reward model.
+    held = re.findall(r"sharded over 2 processes; this one holds ([\d.]+)% of its", caplog.text)
+    assert len(held) == 3 and all(45 <= float(share) <= 55 for share in held), held
+
+    (ddp, ddp_reports, ddp_dir), (fsdp, fsdp_reports, fsdp_dir) = runs["ddp"], runs["fsdp"]
+    assert_same_as_uninterrupted(fsdp, fsdp_reports, ddp, ddp_reports)  # every metric of every iteration
+    assert ddp_reports[-1].values["value_loss"] > 0 and ddp_reports[-1].values["grad_norm"] > 0
+    # The artifact: the whole policy and critic, as the DDP run wrote them, and a model folder that loads.
+    for weights_file in ("model.safetensors", ppo.VALUE_HEAD_FILE):
+        expected, written = (load_file(str(folder / weights_file)) for folder in (ddp_dir, fsdp_dir))
+        assert written.keys() == expected.keys()
+        for name, weight in expected.items():
+            assert written[name].shape == weight.shape, name
+            torch.testing.assert_close(written[name], weight, rtol=1e-3, atol=1e-5, msg=name)
+    parent = load_file(str(few_words_policy_dir / "model.safetensors"))
+    trained = load_file(str(fsdp_dir / "model.safetensors"))
+    assert any(not torch.equal(parent[name], trained[name]) for name in parent)  # the policy was trained
+    assert load_file(str(fsdp_dir / ppo.VALUE_HEAD_FILE))["linear.weight"].abs().sum() > 0
+    history = json.loads((fsdp_dir / ppo.METRICS_FILE).read_text())["history"]
+    assert [entry["step"] for entry in history] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_ppo_sharded_cancelled_on_two_processes_checkpoints_whole_tensors_and_resumes_like_an_uninterrupted_run(
+    few_words_policy_dir, tmp_path
+):
+    config = ppo_sharding_config(max_steps=4, sharding="fsdp")
+    base = ModelRef(few_words_policy_dir)
+    straight, straight_reports = run_ppo(config, base, tmp_path / "straight")
+    assert straight.status == "completed" and len(straight_reports) == 4
+
+    progress: list = []
+    out_dir = tmp_path / "cancelled"
+
+    def stop_after_step_two() -> bool:
+        return any(report.step >= 2 for report in ppo_step_metrics(progress))
+
+    inputs = StageInputs(
+        prompt_data(), base, out_dir, progress.append, stop_after_step_two, reward_model=base
+    )
+    cancelled = stages.run(config, inputs, FAST_POLL)
+    assert cancelled.status == "cancelled" and not out_dir.exists()
+    assert 2 <= cancelled.steps_completed < 4
+    [path] = checkpoint_dir_for(out_dir).iterdir()
+    checkpoint = checkpoints.read(path)
+    assert checkpoint.step == cancelled.steps_completed
+    # Whole tensors (rank 0 gathered them), the layout of one process: the policy's, the critic's and AdamW's.
+    parent = load_file(str(few_words_policy_dir / "model.safetensors"))
+    embedding = parent["model.embed_tokens.weight"]
+    assert checkpoint.tensors["parameter.policy.model.embed_tokens.weight"].shape == embedding.shape
+    assert checkpoint.tensors["parameter.value_head.linear.weight"].shape == (1, embedding.shape[1])
+    moments = [key for key in checkpoint.tensors if key.startswith("optimizer.") and key.endswith(".exp_avg")]
+    assert {checkpoint.tensors[key].shape for key in moments} >= {embedding.shape, (1, embedding.shape[1])}
+    assert "generator.sampling.rank1" in checkpoint.tensors  # rank 1's own sampling stream
+
+    resumed, resumed_reports = run_ppo(config, base, out_dir)
+    assert [report.step for report in resumed_reports] == list(range(cancelled.steps_completed + 1, 5))
+    # Each rank took its shard of the checkpoint and went on with its own sampling stream: as if never interrupted.
+    assert_same_as_uninterrupted(resumed, resumed_reports, straight, straight_reports)
+    for weights_file in ("model.safetensors", ppo.VALUE_HEAD_FILE):
+        expected, written = (
+            load_file(str(folder / weights_file)) for folder in (tmp_path / "straight", out_dir)
+        )
+        for name, weight in expected.items():
+            torch.testing.assert_close(written[name], weight, rtol=1e-3, atol=1e-5, msg=name)

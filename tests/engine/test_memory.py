@@ -39,6 +39,66 @@ def test_fsdp_divides_the_model_state_over_the_shards_and_not_the_activations():
     assert quarter.activations == whole.activations  # each process still runs its own rows
 
 
+def test_a_full_fine_tune_counts_its_frozen_reference_copy_and_an_adapter_none():
+    """The contrastive stage's full fine-tune keeps an fp32 copy of the policy as its DPO reference; PPO's full
+    fine-tune a reference loaded in bf16 on CUDA (fp32 on a CPU) and its reward model likewise. With LoRA the
+    reference is the policy with its adapter switched off: no copy."""
+    params, critic = SMOLLM2_1_7B.num_parameters, SMOLLM2_1_7B.hidden_size + 1
+    sft_full, sft_lora = _estimate(), _estimate(method="lora")
+    contrastive_full = _estimate(kind="contrastive")
+    assert contrastive_full.weights == sft_full.weights + 4 * params
+    assert (contrastive_full.gradients, contrastive_full.optimizer) == (
+        sft_full.gradients,
+        sft_full.optimizer,
+    )
+    assert _estimate(kind="contrastive", method="lora").weights == sft_lora.weights
+    # Sharded, the reference copy is split with the policy (contrastive.Policy.shard).
+    assert _estimate(kind="contrastive", model_shards=4).weights == -(-(8 * params) // 4)
+
+    ppo_full = _estimate(kind="ppo")
+    assert (
+        ppo_full.weights == 4 * params + 2 * params + 2 * params + 4 * critic
+    )  # policy, reference, reward model
+    # Trained: the policy and its critic (a linear head), nothing else.
+    assert (ppo_full.gradients, ppo_full.optimizer) == (4 * (params + critic), 8 * (params + critic))
+    assert _estimate(kind="ppo", reward_model=False).weights == ppo_full.weights - 2 * params
+    assert _estimate(kind="ppo", device_kind="cpu").weights == 4 * (3 * params + critic)
+    ppo_lora = _estimate(kind="ppo", method="lora")
+    assert (
+        ppo_lora.weights == sft_lora.weights + 2 * params + 4 * critic
+    )  # the reward model; no reference copy
+    sharded = _estimate(kind="ppo", model_shards=2)
+    assert (sharded.weights, sharded.optimizer) == (-(-ppo_full.weights // 2), -(-ppo_full.optimizer // 2))
+
+
+def test_a_micro_batch_is_each_process_share_and_in_ppo_a_piece_of_its_minibatch():
+    assert memory.micro_batch_rows("sft", batch_size=8, processes=2) == 4
+    assert memory.micro_batch_rows("contrastive", batch_size=8) == 8
+    # PPO trains on mini_batch_size rollout rows per optimizer step (batch_size is the rollout's prompts), each
+    # process its share, in gradient_accumulation_steps pieces, the first ones larger when they do not divide.
+    ppo_rows = dict(batch_size=64, mini_batch_size=16)
+    assert memory.micro_batch_rows("ppo", **ppo_rows, processes=2) == 8
+    assert memory.micro_batch_rows("ppo", **ppo_rows, processes=2, gradient_accumulation_steps=3) == 3
+    assert memory.micro_batch_rows("ppo", **ppo_rows, processes=4, gradient_accumulation_steps=4) == 1
+
+
+def test_sharding_plans_ppo_on_its_update_micro_batch_and_its_reward_source(monkeypatch):
+    from training.engine import sharding
+    from training.engine.ppo import PPOConfig
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what torchrun tells each rank
+    rules = [{"kind": "length", "target": 0, "tolerance": 40}]
+    config = PPOConfig(processes=2, batch_size=8, mini_batch_size=4, gradient_accumulation_steps=2)
+    load = sharding.stage_load(config, "cpu", kind="ppo")
+    assert (load.micro_batch_rows, load.reward_model) == (1, True)
+    ruled = PPOConfig(processes=2, batch_size=8, mini_batch_size=8, reward_source="rules", rules=rules)
+    assert (sharding.stage_load(ruled, "cpu", kind="ppo").micro_batch_rows, ruled.reward_source) == (
+        4,
+        "rules",
+    )
+    assert sharding.stage_load(ruled, "cpu", kind="ppo").reward_model is False
+
+
 def test_activations_grow_with_tokens_and_checkpointing_cuts_them():
     small, large = _estimate(micro_batch_rows=4), _estimate(micro_batch_rows=8)
     assert large.activations == 2 * small.activations

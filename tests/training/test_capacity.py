@@ -103,13 +103,50 @@ def test_the_launch_refuses_fsdp_where_nothing_shards_it(tiny_model_dir, launch)
             base_model=register_tiny_base(tiny_model_dir),
             stage_configs={
                 "sft": {"sharding": "fsdp"},  # one process: nothing to shard over
-                # its own loop: full copies
-                "ppo": {"processes": 2, "batch_size": 4, "mini_batch_size": 4, "sharding": "fsdp"},
+                "ppo": {"sharding": "fsdp"},
             },
         )
     errors = excinfo.value.message_dict
     assert "set processes to 2 or more" in errors["sft.sharding"][0]
-    assert "the ppo stage trains in its own loop" in errors["ppo.sharding"][0]
+    assert "set processes to 2 or more" in errors["ppo.sharding"][0]
+
+
+@pytest.mark.parametrize(("sharding", "fits"), [("auto", True), ("fsdp", True), ("ddp", False)])
+def test_a_ppo_full_fine_tune_too_big_for_one_gpu_fits_sharded_over_four(
+    tiny_model_dir, launch, sharding, fits
+):
+    """PPO shards in its own loop: an 8B full fine-tune with its frozen reference and reward model (~150 GiB of
+    weights, gradients and AdamW state) fits a quarter on each of four 80 GiB GPUs, not a full copy on each."""
+    worker_heartbeat_record(
+        hostname="gpu-4", queue="gpu", device="cuda:NVIDIA H100", device_count=4, device_memory_bytes=80 * GIB
+    )
+    small = {"max_steps": 1, "batch_size": 1, "max_length": 512}
+    options = dict(
+        project=ranked_project(prompts=4),
+        preset="rlhf",
+        base_model=_big_base(tiny_model_dir),
+        peft={"sft": "lora", "reward": "lora", "ppo": "full"},
+        stage_configs={
+            "sft": small,
+            "reward": small,
+            "ppo": {
+                **small,
+                "batch_size": 8,
+                "mini_batch_size": 4,
+                "max_new_tokens": 64,
+                "processes": 4,
+                "sharding": sharding,
+            },
+        },
+    )
+    if fits:
+        [ppo] = [stage for stage in launch(**options).stages.all() if stage.kind == "ppo"]
+        assert ppo.config["sharding"] == sharding
+    else:
+        with pytest.raises(ValidationError) as excinfo:
+            launch(**options)
+        (message,) = excinfo.value.message_dict["ppo.batch_size"]
+        assert "optimizer 59.8," in message and "has 80 GiB" in message
 
 
 @pytest.mark.parametrize(("sharding", "fits"), [("auto", True), ("fsdp", True), ("ddp", False)])

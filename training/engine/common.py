@@ -248,7 +248,7 @@ class StageConfig:
     # global micro-batch, split evenly over the processes. On a CPU worker: gloo processes.
     processes: int = 1
     # How several processes hold the model (`sharding.py`): "ddp" a full copy each, "fsdp" a shard each of the
-    # weights, gradients and optimizer state (FSDP2: full fine-tunes too big for one GPU; not PPO), "auto"
+    # weights, gradients and optimizer state (FSDP2: full fine-tunes too big for one GPU), "auto"
     # DDP when the stage fits one device (engine.memory's estimate), else FSDP.
     sharding: Sharding = "auto"
     peft: PeftSettings = field(default_factory=PeftSettings)

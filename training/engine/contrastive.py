@@ -316,23 +316,15 @@ def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
     step = 0
     if (path := checkpoints.latest(checkpoint_dir)) is not None:
         checkpoint = checkpoints.read(path)
-        if sharded:  # each rank takes its shard of the whole saved tensors
-            sharding.restore_parameters(trainable, checkpoint.parameters(trainable))
-            sharding.load_full_optimizer_state(optimizer, checkpoint.optimizer_state())
-        else:
-            checkpoint.restore_parameters(trainable)
-            checkpoint.restore_optimizer(optimizer)
+        # sharded: each rank takes its shard of the whole saved tensors
+        sharding.restore_training_state(checkpoint, trainable, optimizer, sharded=sharded)
         checkpoint.restore_rng()
         step = checkpoint.step
     start_step = step
 
     def save_checkpoint() -> None:
-        parameters, optimizer_state = trainable, None
-        if sharded:  # every rank gathers; rank 0 writes the whole tensors
-            parameters, optimizer_state = (
-                sharding.full_parameters(trainable),
-                sharding.full_optimizer_state(optimizer),
-            )
+        # sharded: every rank gathers; rank 0 writes the whole tensors
+        parameters, optimizer_state = sharding.whole_training_state(trainable, optimizer, sharded=sharded)
         checkpoint = checkpoints.capture(
             step, parameters=parameters, optimizer=optimizer, optimizer_state=optimizer_state
         )

@@ -6,8 +6,12 @@ for the trained parameters, fp32 gradients for them; activations per token and l
 blocks with fused (flash/SDPA) attention, about 34·h bytes in 16-bit (Korthikanti et al. 2022, table 2, without the
 attention-matrix term that fused attention does not store), twice that in fp32 on a CPU; logits and their gradient
 in fp32; with gradient checkpointing only each layer's input (2·h bytes a token in 16-bit) plus one layer's full
-activations. PPO holds a frozen reference and a reward model besides the policy and its value head. It is a
-planning figure (±30%), so the check keeps a margin.
+activations. Frozen models count with their weights only: a full fine-tune's reference copy (PPO's, loaded in bf16 on
+CUDA; the contrastive stage's, an fp32 copy of the policy) and PPO's reward model (of the base's shape); with LoRA or
+an adapter the reference is the policy with its adapter switched off, no copy (a PPO adapter continued from a parent
+adapter keeps a reference copy that is not counted). PPO's critic is a linear head on the
+policy's last hidden state. Sharded (FSDP) stages shard all of these, frozen models included. It is a planning figure
+(±30%), so the check keeps a margin.
 """
 
 from __future__ import annotations
@@ -78,6 +82,25 @@ class StageLoad:
     # Processes the weights, gradients and optimizer state are sharded over (FSDP, `sharding.py`); 1: a full copy.
     # The activations stay per process; the one layer gathered whole at a time is within the estimate's margin.
     model_shards: int = 1
+    # PPO only: a reward model scores the rollouts (`reward_source` "reward_model" or "mixed"; "rules" loads none).
+    reward_model: bool = True
+
+
+def micro_batch_rows(
+    kind: str,
+    *,
+    batch_size: int,
+    processes: int = 1,
+    mini_batch_size: int | None = None,
+    gradient_accumulation_steps: int = 1,
+) -> int:
+    """The rows of one process's largest training micro-batch: its share of the global micro-batch `batch_size`,
+    or in PPO its share of an optimizer step's `mini_batch_size` rollout rows split into `gradient_accumulation_steps`
+    (`ppo_update`: `tensor_split`, so the first pieces take the remainder)."""
+    if kind == "ppo" and mini_batch_size is not None:
+        per_process = max(1, mini_batch_size // processes)
+        return -(-per_process // max(1, gradient_accumulation_steps))
+    return max(1, batch_size // processes)
 
 
 def training_memory(shape: ModelShape, load: StageLoad, *, gradient_checkpointing: bool) -> MemoryEstimate:
@@ -88,12 +111,18 @@ def training_memory(shape: ModelShape, load: StageLoad, *, gradient_checkpointin
     if load.method != "full" and load.device_kind == "cuda":
         # LoRA / adapters: the frozen base is loaded in bf16 there (finetuning_methods.base_dtype_for).
         weights = 2 * params + 4 * trained
+    if load.kind == "contrastive" and load.method == "full":
+        weights += 4 * params  # the frozen reference: a copy of the fp32 policy (contrastive.build_policy)
     if load.kind == "ppo":
-        # A frozen reference policy and a reward model (same base) in bf16 on CUDA, fp32 elsewhere, plus the
-        # value head's copy of the policy when fully fine-tuned.
+        # Frozen models are loaded in `training_dtype`: bf16 on CUDA, fp32 elsewhere (ppo.load_models).
         frozen_bytes = 2 if load.device_kind == "cuda" else 4
-        weights += 2 * frozen_bytes * params + (4 * params if load.method == "full" else 0)
-        trained *= 2 if load.method == "full" else 1
+        if load.method == "full":
+            weights += frozen_bytes * params  # the reference copy of the parent
+        if load.reward_model:
+            weights += frozen_bytes * params
+        critic = shape.hidden_size + 1  # the value head: one linear output, trained in fp32
+        weights += 4 * critic
+        trained += critic
     # Pairwise stages run a chosen and a rejected sequence per row.
     rows = load.micro_batch_rows * (2 if load.kind in ("reward", "contrastive") else 1)
     tokens = rows * load.sequence_tokens

@@ -34,6 +34,16 @@ evaluates them alone; the reward and advantage whitening use the statistics of a
 equal one process's whitening of the whole batch. Each optimizer step averages the gradients (policy and critic)
 over the ranks, so the weights stay the same everywhere; `batch_size` and `mini_batch_size` are global and must
 split evenly. Metrics are global, rank 0 writes checkpoints (with every rank's sampling generator) and the artifact.
+
+With `sharding` "fsdp" (or "auto" when the stage does not fit one device, `sharding.uses_fsdp`) the models are sharded
+with FSDP2 instead of copied (`shard_models`): the policy and its critic (trained: weights, gradients and AdamW state
+sharded; FSDP reduce-scatters the gradients, so no `average_gradients`), and the frozen reference copy of a full
+fine-tune and the reward model too: each is as large as the policy's weights, so a replicated copy on every process
+would take back most of what sharding the policy saves (`memory.training_memory` plans all of them sharded). The
+rollout decodes on the sharded policy with the growing cache: each decode step is a forward of the root, which gathers
+one layer at a time and frees it after (a collective per layer and token, the same number of steps on every rank);
+the static-cache CUDA-graph decoder stays off, as collectives cannot be captured in a graph. Checkpoints hold whole
+tensors gathered onto rank 0 and a resume shards them again; the artifact is the whole policy (and critic).
 """
 
 from __future__ import annotations
@@ -47,7 +57,7 @@ import torch
 from datasets import Dataset
 from safetensors.torch import save_file
 
-from training.engine import checkpoints, distributed, fast_paths
+from training.engine import checkpoints, distributed, fast_paths, sharding
 from training.engine.common import (
     Bounds,
     ModelRef,
@@ -237,6 +247,7 @@ def capture_iteration(
     kl_controller,
     generators: dict,
     history: list[dict[str, float]],
+    sharded: bool = False,
 ) -> checkpoints.Checkpoint:
     """Everything a resume needs after `iteration` completed iterations, copied to the CPU.
 
@@ -244,12 +255,18 @@ def capture_iteration(
     weights in place) still saves the state of the last completed iteration. It costs one copy of the trainable
     parameters and their optimizer state per iteration (small with LoRA or an adapter), only with checkpoints on.
     Every rank calls it: on several processes the ranks' sampling generators differ, and rank 0, which writes the
-    checkpoint, keeps all of them (`generator.sampling.rank<r>` beside its own `generator.sampling`).
+    checkpoint, keeps all of them (`generator.sampling.rank<r>` beside its own `generator.sampling`). `sharded`
+    (FSDP): the parameters and the optimizer's state are gathered whole onto rank 0, the layout of one process
+    (every iteration, like the copy: a full fine-tune pays one gather of its model and AdamW state per iteration).
     """
+    parameters, optimizer_state = sharding.whole_training_state(  # sharded: every rank gathers, rank 0 keeps
+        trained_parameters(policy, value_head), optimizer, sharded=sharded
+    )
     checkpoint = checkpoints.capture(
         iteration,
-        parameters=trained_parameters(policy, value_head),
+        parameters=parameters,
         optimizer=optimizer,
+        optimizer_state=optimizer_state,
         generators=generators,
         # the history, so that the artifact's metrics.json covers the whole run after a resume
         stage_state={"kl_coef": kl_controller.coef, "history": list(history)},
@@ -315,6 +332,18 @@ def load_models(config: PPOConfig, inputs: StageInputs, device) -> PPOModels:
     return PPOModels(policy, value_head, reference, reference_context, tokenizer, scorer)
 
 
+def shard_models(models: PPOModels, device) -> None:
+    """FSDP2 over the processes, in place (see the module's docstring for why the frozen models too): the policy,
+    the critic as a group of its own, the reference when it is a separate copy, and the reward model. Before the
+    optimizer is built: sharding replaces the parameters with sharded ones."""
+    sharding.shard_model(models.policy, device)
+    sharding.shard_head(models.value_head)
+    if models.reference is not models.policy:
+        sharding.shard_model(models.reference, device)
+    if models.scorer.reward_model is not None:
+        sharding.shard_model(models.scorer.reward_model, device)
+
+
 def run(config: PPOConfig, inputs: StageInputs) -> StageResult:
     out_dir = Path(inputs.out_dir)
     if out_dir.exists():
@@ -325,6 +354,9 @@ def run(config: PPOConfig, inputs: StageInputs) -> StageResult:
     device = pick_device(config.device)
     checkpoint_dir = checkpoint_dir_for(out_dir)
     models = load_models(config, inputs, device)
+    sharded = sharding.uses_fsdp(config, models.policy, device, kind=STAGE_NAME)
+    if sharded:
+        shard_models(models, device)
 
     parameters = list(trained_parameters(models.policy, models.value_head).values())
     # eps 1e-5 as in OpenAI's and TRL's PPO: Adam's default 1e-8 makes early updates of tiny-gradient weights large.
@@ -338,8 +370,8 @@ def run(config: PPOConfig, inputs: StageInputs) -> StageResult:
     start_iteration, history = 0, []
     if (path := checkpoints.latest(checkpoint_dir)) is not None:
         checkpoint = checkpoints.read(path)
-        checkpoint.restore_parameters(trained_parameters(models.policy, models.value_head))
-        checkpoint.restore_optimizer(optimizer)
+        trained = trained_parameters(models.policy, models.value_head)
+        sharding.restore_training_state(checkpoint, trained, optimizer, sharded=sharded)
         restore_generators(checkpoint, generators, config.seed)
         kl_controller.coef = checkpoint.stage_state["kl_coef"]
         start_iteration, history = checkpoint.step, checkpoint.stage_state["history"]
@@ -350,7 +382,14 @@ def run(config: PPOConfig, inputs: StageInputs) -> StageResult:
         for iteration in range(start_iteration, config.max_steps):
             if config.checkpoint_every > 0:
                 boundary = capture_iteration(
-                    iteration, models.policy, models.value_head, optimizer, kl_controller, generators, history
+                    iteration,
+                    models.policy,
+                    models.value_head,
+                    optimizer,
+                    kl_controller,
+                    generators,
+                    history,
+                    sharded,
                 )
                 if iteration > start_iteration and iteration % config.checkpoint_every == 0:
                     checkpoints.write(checkpoint_dir, boundary)
@@ -405,17 +444,24 @@ def run(config: PPOConfig, inputs: StageInputs) -> StageResult:
         )
 
     final_metrics = {key: value for key, value in history[-1].items() if key != "step"} if history else {}
+    policy = models.policy
+    if sharded:
+        # Every rank gathers; rank 0 gets the whole policy (a plain model) and critic, the others None and {}.
+        policy = sharding.unsharded_model(policy, config, inputs.base, "causal_lm")
+        critic = sharding.full_model_state(models.value_head)
+    else:
+        critic = models.value_head.state_dict()
 
     def write_critic_and_history(staging: Path) -> None:
         # The critic is not part of the policy; kept beside it so a later PPO stage can warm-start its values.
         save_file(
-            {key: value.detach().cpu().contiguous() for key, value in models.value_head.state_dict().items()},
+            {key: value.detach().cpu().contiguous() for key, value in critic.items()},
             str(staging / VALUE_HEAD_FILE),
         )
         write_json(staging / METRICS_FILE, {"final": final_metrics, "history": history})
 
     return save_completed_stage(
-        models.policy,
+        policy,
         models.tokenizer,
         config,
         inputs,

@@ -9,6 +9,7 @@ here has changed any weight yet.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -17,7 +18,7 @@ import torch
 from datasets import Dataset
 from torch import nn
 
-from training.engine import distributed
+from training.engine import distributed, sharding
 from training.engine.common import PhaseProgress, ProgressCallback, StopCallback, stop_if_asked
 from training.engine.finetuning_methods import autocast_for
 from training.engine.generation import GeneratedBatch, generate, positions_from_mask
@@ -243,6 +244,10 @@ def collect_rollout(
     On several processes `rows` is this rank's share of the global batch; sampling, scoring and evaluation stay
     on the rank, and only the whitening (and the end of decoding) is decided over all ranks."""
     sampling = config.sampling
+    if sharding.is_sharded(models.policy):
+        # Decoding on the sharded policy: each step's forward gathers the layers one by one (collectives, which a
+        # CUDA graph cannot hold), so the growing cache in eager mode, on CUDA too.
+        sampling = dataclasses.replace(sampling, decode="dynamic")
     detail = f"{len(rows)} prompts{on_each_process()}, up to {sampling.max_new_tokens} new tokens each"
     on_progress(PhaseProgress(step, config.max_steps, "rollout", detail, len(rows) * sampling.max_new_tokens))
     with autocast_for(device):

@@ -7,8 +7,9 @@
 A minibatch is one optimizer step, split into `gradient_accumulation_steps` micro-batches; `should_stop` is asked
 before each micro-batch. On several processes each rank updates on its own rollout rows, `mini_batch_size` / processes
 of them per step, and the gradients are averaged over the ranks before clipping, so every rank takes the same step
-(what DDP would do). The updates change the weights in place, so ppo.py keeps a copy of the state at the
-iteration's start for the checkpoint a cancel saves.
+(what DDP would do); a sharded policy and critic (FSDP) have their gradients reduce-scattered by their backward pass
+instead, and are clipped by the norm of the whole gradient over the shards. The updates change the weights in place,
+so ppo.py keeps a copy of the state at the iteration's start for the checkpoint a cancel saves.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from training.engine import distributed
+from training.engine import distributed, sharding
 from training.engine.common import StopCallback, stop_if_asked
 from training.engine.finetuning_methods import autocast_for
 from training.engine.ppo_rollout import PPOModels, Rollout, completion_forward, masked_mean
@@ -57,6 +58,7 @@ def ppo_update(
     micro_batches_seen = 0
     grad_norm_sum, optimizer_steps = torch.zeros((), device=device), 0
     minibatch_size = distributed.per_process_batch(config.mini_batch_size)  # the config check makes it divide
+    sharded = sharding.is_sharded(policy)
     for _ in range(config.ppo_epochs):
         order = torch.randperm(rollout_size, generator=shuffle_generator).to(device)
         for minibatch in order.split(minibatch_size):
@@ -103,10 +105,11 @@ def ppo_update(
                     # Schulman's low-variance estimator of KL(π_old ‖ π_θ): how far this update moved the policy.
                     totals["approx_kl"] += masked_mean(0.5 * log_ratio**2, row_mask)
                 micro_batches_seen += 1
-            distributed.average_gradients(
-                parameters
-            )  # the global gradient: clipped and stepped alike everywhere
-            grad_norm_sum += torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
+            if not sharded:  # FSDP's backward reduce-scattered the mean already
+                distributed.average_gradients(
+                    parameters
+                )  # the global gradient: clipped and stepped alike everywhere
+            grad_norm_sum += sharding.clip_grad_norm(parameters, config.max_grad_norm)
             optimizer_steps += 1
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

@@ -5,8 +5,8 @@ state instead of a full copy, so a full fine-tune bigger than one GPU trains ove
 the gradients averaged), "fsdp" (`fully_shard` on every decoder layer and on the whole model: the parameters are
 DTensors sharded over the processes, each layer's full weights gathered for its forward and backward pass and freed
 after), or "auto" (DDP when the stage fits one device as `memory.plan` estimates it, else FSDP). The contrastive
-stage shards too, in its own loop (its reference model as well); PPO runs its own loop over full copies: always DDP
-(`stages.processes_check`).
+stage shards too, in its own loop (its reference model as well), and so does PPO in its own (`ppo.shard_models`: the
+policy, its critic as a group of its own, a full fine-tune's frozen reference and the frozen reward model).
 
 Code that reads the root group's parameters (the embeddings, the final norm, the output layer) outside the model's
 own forward, as `fast_paths.response_log_probs` and the LoRA mixture's router do, runs through `in_root_forward`:
@@ -74,9 +74,16 @@ def stage_load(config: StageConfig, device, *, kind: str) -> memory.StageLoad:
     return memory.StageLoad(
         kind=kind,
         method=config.peft.method,
-        micro_batch_rows=distributed.per_process_batch(config.batch_size),
+        micro_batch_rows=memory.micro_batch_rows(
+            kind,
+            batch_size=config.batch_size,
+            processes=distributed.world_size(),
+            mini_batch_size=getattr(config, "mini_batch_size", None),
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+        ),
         sequence_tokens=config.max_length,
         device_kind=torch.device(device).type,
+        reward_model=getattr(config, "reward_source", "reward_model") != "rules",
     )
 
 
@@ -121,6 +128,33 @@ def shard_model(model: nn.Module, device) -> nn.Module:
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     inner._is_distributed_loading_by_transformers = True
     return model
+
+
+def shard_head(module: nn.Module) -> nn.Module:
+    """`fully_shard` a small trained module that lives outside the model (PPO's critic) as a group of its own, in
+    fp32: its gradients are reduce-scattered by its own backward hook like the model's, and as DTensors on the same
+    mesh they are clipped together with the model's (`clip_grad_norm`). A [1, hidden] weight leaves rank 1 of 2 an
+    empty shard; FSDP2 shards unevenly."""
+    from torch.distributed.fsdp import fully_shard
+
+    fully_shard(module, reshard_after_forward=True)
+    return module
+
+
+def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """`torch.nn.utils.clip_grad_norm_` for plain or sharded (DTensor) gradients: the norm of the whole gradient
+    over all ranks (a sharded one's partial norms reduced first, as torchtitan does), the gradients scaled in
+    place; returns that norm as a plain tensor, the same on every rank."""
+    from torch.distributed.tensor import DTensor
+
+    grads = [parameter.grad for parameter in parameters if parameter.grad is not None]
+    if not any(isinstance(grad, DTensor) for grad in grads):
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+    total = torch.nn.utils.get_total_norm(grads)
+    if isinstance(total, DTensor):
+        total = total.full_tensor()
+    torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total)
+    return total
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -222,6 +256,29 @@ def load_full_optimizer_state(optimizer: torch.optim.Optimizer, state_dict: dict
             for key, value in values.items()
         }
     optimizer.load_state_dict({"state": sharded_state, "param_groups": state_dict["param_groups"]})
+
+
+def whole_training_state(
+    parameters: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer, *, sharded: bool
+) -> tuple[Mapping[str, torch.Tensor], dict | None]:
+    """(parameters, optimizer state) for `checkpoints.capture` of an own-loop stage: as they are (None: the
+    optimizer's own state dict), or on a sharded model gathered whole onto rank 0 (every rank calls it)."""
+    if not sharded:
+        return parameters, None
+    return full_parameters(parameters), full_optimizer_state(optimizer)
+
+
+def restore_training_state(
+    checkpoint, parameters: Mapping[str, nn.Parameter], optimizer: torch.optim.Optimizer, *, sharded: bool
+) -> None:
+    """The trained `parameters` and the optimizer's state from a `checkpoints.Checkpoint` (whole tensors): copied
+    in, or on a sharded model each rank's shard of them."""
+    if sharded:
+        restore_parameters(parameters, checkpoint.parameters(parameters))
+        load_full_optimizer_state(optimizer, checkpoint.optimizer_state())
+    else:
+        checkpoint.restore_parameters(parameters)
+        checkpoint.restore_optimizer(optimizer)
 
 
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:

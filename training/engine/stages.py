@@ -42,8 +42,8 @@ class StageSpec:
     # Runs on several processes (`processes` > 1): DDP through the Trainer, or `distributed.average_gradients` in an
     # own loop (contrastive, PPO).
     distributed: bool = False
-    # Can shard its model over the processes (`sharding` "fsdp", FSDP2): the Trainer stages and the contrastive
-    # stage. PPO's own loop holds a full copy of its models on every process.
+    # Can shard its model over the processes (`sharding` "fsdp", FSDP2): the Trainer stages, and the contrastive
+    # and PPO stages in their own loops.
     shards: bool = False
 
 
@@ -52,7 +52,7 @@ STAGES: dict[str, StageSpec] = {
     "reward": StageSpec(
         "reward", "reward_model", "RewardStageConfig", "pairwise", "reward", distributed=True, shards=True
     ),
-    "ppo": StageSpec("ppo", "ppo", "PPOConfig", "prompts", "policy", distributed=True),
+    "ppo": StageSpec("ppo", "ppo", "PPOConfig", "prompts", "policy", distributed=True, shards=True),
     "contrastive": StageSpec(
         "contrastive",
         "contrastive",
@@ -102,8 +102,8 @@ def processes_check(kind: str, config: StageConfig) -> None:
         sharded = ", ".join(name for name, spec in STAGES.items() if spec.shards)
         raise StageConfigError(
             {
-                "sharding": f"the {kind} stage trains in its own loop with a full copy of its models on every "
-                f"process (ddp); only {sharded} shard theirs (fsdp)"
+                "sharding": f"the {kind} stage keeps a full copy of its models on every process (ddp); only "
+                f"{sharded} shard theirs (fsdp)"
             }
         )
 

@@ -37,12 +37,23 @@ def stages_fit_memory(
     kind_of_device = device_kind(worker.device)
     where = "GPU" if kind_of_device == "cuda" else "machine"
     for kind, method, config in stages:
-        rows = max(1, config["batch_size"] // config.get("processes", 1))  # each GPU's share of the batch
-        if kind == "ppo":
-            rows = max(1, config["mini_batch_size"] // config["gradient_accumulation_steps"])
-        load = memory.StageLoad(kind, method, rows, config["max_length"], kind_of_device)
-        fits, estimate = memory.plan(shape, load, device_memory=worker.device_memory_bytes)
         processes, sharding = config.get("processes", 1), config.get("sharding", "auto")
+        rows = memory.micro_batch_rows(  # each GPU's share of a micro-batch
+            kind,
+            batch_size=config["batch_size"],
+            processes=processes,
+            mini_batch_size=config.get("mini_batch_size"),
+            gradient_accumulation_steps=config.get("gradient_accumulation_steps", 1),
+        )
+        load = memory.StageLoad(
+            kind,
+            method,
+            rows,
+            config["max_length"],
+            kind_of_device,
+            reward_model=config.get("reward_source", "reward_model") != "rules",
+        )
+        fits, estimate = memory.plan(shape, load, device_memory=worker.device_memory_bytes)
         if (
             processes > 1
             and stage_spec(kind).shards
