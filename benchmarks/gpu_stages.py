@@ -104,19 +104,22 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class StepClock:
-    """Progress callback recording when each optimizer step ended."""
+    """Progress callback recording when each report (every `log_every` optimizer steps) arrived."""
 
     def __init__(self):
         self.times: list[float] = []
+        self.steps: list[int] = []
 
     def __call__(self, metrics: StepMetrics) -> None:
         synchronize()
         self.times.append(time.perf_counter())
+        self.steps.append(metrics.step)
 
     def steps_per_s(self) -> float:
+        """Over the steps between the first and the last report: with `log_every` > 1 a report covers several."""
         if len(self.times) < 2:
             return float("nan")
-        return (len(self.times) - 1) / (self.times[-1] - self.times[0])
+        return (self.steps[-1] - self.steps[0]) / (self.times[-1] - self.times[0])
 
 
 def tokens_per_row(tokenizer, rows, columns: tuple[str, ...], max_length: int) -> float:

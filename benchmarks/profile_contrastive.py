@@ -12,11 +12,15 @@ timed alone (so a recompilation shows as an outlier), after warm-up steps over e
 - `fused_syncing`: `LinearLogProbs`, the scored positions found on the GPU in each pass (a host sync each)
 - `fused`: the stage's path today (compiled pointwise pieces, scored positions found by `collate` on the CPU)
 - `eager_layers`: `fused` with eager decoder layers (the `compile: false` stage)
+- `batch_linear_lhs`: `fused` with inductor's pre-grad pass that batches linears reading the same input
+- `skip_guards`: `fused`, dynamo's guards not evaluated after warm-up (`skip_guard_eval_unsafe`)
+- `cudagraphs`: layers compiled for static widths (padded to 64) with `mode="reduce-overhead"` (CUDA graphs)
 
 All but `eager_layers` compile the decoder layers with dynamic shapes, as the stage does on CUDA.
 
 Prints JSON: per variant tokens/s (real tokens), median and max step time, graphs compiled, peak memory, and for
-`--profile` variants the top GPU kernels of one step. Tokens/s here is comparable with gpu_stages.py's
+`--profile` variants the top GPU kernels of one step. `--stage-steps N` first profiles `contrastive.run` itself
+(the step's collate, metrics and reports included) over its last N/2 steps: CPU ops, Python functions, GPU busy. Tokens/s here is comparable with gpu_stages.py's
 contrastive figure (same rows, same batch) but not the same measurement (no progress reporting, no stage I/O).
 """
 
@@ -34,13 +38,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 import torch._dynamo  # noqa: E402
+import torch._inductor.config  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from gpu_stages import DEVICE, build_random_model, conversations, synchronize  # noqa: E402
 
 from training.engine import contrastive, fast_paths  # noqa: E402
 from training.engine.common import ModelRef, PeftSettings  # noqa: E402
 
-VARIANTS = ("checkpointed", "fused_eager_kernels", "fused_syncing", "fused", "eager_layers")
+VARIANTS = (
+    "checkpointed",
+    "fused_eager_kernels",
+    "fused_syncing",
+    "fused",
+    "eager_layers",
+    "batch_linear_lhs",
+    "skip_guards",
+    "cudagraphs",
+)
 
 
 def _checkpointed_chunk(weight, hidden, targets):
@@ -65,9 +79,17 @@ def measure(variant: str, base: ModelRef, rows: Dataset, pairs: int, steps: int,
     config = contrastive.ContrastiveStageConfig(
         batch_size=pairs, learning_rate=1e-6, peft=PeftSettings(method="lora"), max_length=512
     )
+    torch.manual_seed(0)  # the same LoRA initialisation in every variant
     policy, tokenizer = contrastive.build_policy(config, base, [contrastive.NO_DOMAIN], DEVICE)
     examples = contrastive.tokenize_pairs(tokenizer, rows, config.max_length, [contrastive.NO_DOMAIN])
-    if variant != "eager_layers":
+    saved_fusions = dict(torch._inductor.config.pre_grad_fusion_options)
+    if (
+        variant == "batch_linear_lhs"
+    ):  # inductor batches the linears that read the same input (q/k/v, LoRA A's)
+        torch._inductor.config.pre_grad_fusion_options = {"batch_linear_lhs": {}}
+    if variant == "cudagraphs":  # static widths (padded to 64) replayed as CUDA graphs, layer by layer
+        fast_paths.compile_decoder_layers(policy.model, dynamic=False, mode="reduce-overhead")
+    elif variant != "eager_layers":
         fast_paths.compile_decoder_layers(policy.model, dynamic=True)
     saved = fast_paths.LinearLogProbs.apply, fast_paths._log_prob_kernels
     if variant == "checkpointed":
@@ -80,7 +102,12 @@ def measure(variant: str, base: ModelRef, rows: Dataset, pairs: int, steps: int,
     trainable = policy.trainable()
     optimizer = fast_paths.adamw(list(trainable.values()), DEVICE, lr=config.learning_rate, weight_decay=0.0)
     batches = [
-        contrastive.collate(examples[start : start + pairs], tokenizer.pad_token_id, DEVICE)
+        contrastive.collate(
+            examples[start : start + pairs],
+            tokenizer.pad_token_id,
+            DEVICE,
+            64 if variant == "cudagraphs" else 1,
+        )
         for start in range(0, pairs * 4, pairs)
     ]
     if variant == "fused_syncing":
@@ -88,19 +115,27 @@ def measure(variant: str, base: ModelRef, rows: Dataset, pairs: int, steps: int,
             del batch["scored_positions"]
     policy.model.train()
 
-    def step(batch) -> None:
+    def step(batch) -> tuple[torch.Tensor, torch.Tensor]:
+        if variant == "cudagraphs":
+            torch.compiler.cudagraph_mark_step_begin()
         optimizer.zero_grad(set_to_none=True)
-        loss, router_loss, _ = contrastive.batch_losses(config, policy, batch, pairs, False)
+        loss, router_loss, log_probs = contrastive.batch_losses(config, policy, batch, pairs, False)
         (loss + config.router_loss_weight * router_loss).backward()
+        gradient_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in trainable.values()]))
         optimizer.step()
+        return log_probs.detach().sum(), gradient_norm
 
     try:
         torch.cuda.reset_peak_memory_stats() if DEVICE == "cuda" else None
+        # the same maths in every variant: the first step's summed policy log-probs and gradient norm
+        first_log_probs, first_gradient_norm = (float(x) for x in step(batches[0]))
         start = time.perf_counter()
         for index in range(len(batches) * 2):  # warm-up: every batch shape once in training, twice over
             step(batches[index % len(batches)])
         synchronize()
         warm_up_s = time.perf_counter() - start
+        if variant == "skip_guards":  # after warm-up: dynamo checks only which cached graph, not every guard
+            torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
         seconds, tokens = [], 0
         for index in range(steps):
             batch = batches[index % len(batches)]
@@ -114,6 +149,8 @@ def measure(variant: str, base: ModelRef, rows: Dataset, pairs: int, steps: int,
             "median_step_s": statistics.median(seconds),
             "max_step_s": max(seconds),
             "warm_up_s": warm_up_s,
+            "first_step_log_prob_sum": first_log_probs,
+            "first_step_gradient_norm": first_gradient_norm,
             "widths": [int(b["input_ids"].shape[1]) for b in batches],
             "graphs": int(torch._dynamo.utils.counters["stats"]["unique_graphs"]),
             "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if DEVICE == "cuda" else None,
@@ -136,6 +173,63 @@ def measure(variant: str, base: ModelRef, rows: Dataset, pairs: int, steps: int,
         return result
     finally:
         fast_paths.LinearLogProbs.apply, fast_paths._log_prob_kernels = saved
+        torch._inductor.config.pre_grad_fusion_options = saved_fusions
+        torch.compiler.set_stance("default")
+
+
+def profile_stage(base: ModelRef, rows: Dataset, pairs: int, steps: int) -> dict:
+    """`contrastive.run` itself (collate, metrics, reports: what `measure` leaves out), profiled over its last
+    `steps // 2` steps: wall time per step, GPU kernel time per step, the top CPU ops and Python functions."""
+    import cProfile
+    import io
+    import pstats
+
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    from training.engine.common import StageInputs
+
+    config = contrastive.ContrastiveStageConfig(
+        batch_size=pairs,
+        learning_rate=1e-6,
+        peft=PeftSettings(method="lora"),
+        max_steps=steps,
+        checkpoint_every=0,
+    )
+    first = steps - steps // 2
+    window: dict = {}
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+
+    def on_progress(metrics) -> None:
+        synchronize()
+        if metrics.step == first:
+            window["profiler"] = profiler(activities=activities)
+            window["profiler"].__enter__()
+            window["python"] = cProfile.Profile()
+            window["python"].enable()
+            window["start"] = time.perf_counter()
+        elif metrics.step == steps:
+            window["seconds"] = time.perf_counter() - window["start"]
+            window["python"].disable()
+            window["profiler"].__exit__(None, None, None)
+
+    contrastive.run(config, StageInputs(rows, base, Path(tempfile.mkdtemp()) / "out", on_progress))
+    measured = steps - first
+    events = window["profiler"].key_averages()
+    cuda = torch.autograd.DeviceType.CUDA
+    kernel_s = sum(e.device_time_total for e in events if e.device_type == cuda) / 1e6
+    python = io.StringIO()
+    pstats.Stats(window["python"], stream=python).sort_stats("tottime").print_stats(25)
+    return {
+        "step_s": window["seconds"] / measured,
+        "gpu_kernel_s_per_step": kernel_s / measured,
+        "gpu_busy_fraction": kernel_s / window["seconds"],
+        "top_cpu_self": [
+            [e.key[:90], round(e.self_cpu_time_total / 1000 / measured, 2), e.count // measured]
+            for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:20]
+        ],
+        "python_tottime": python.getvalue().splitlines()[:45],
+    }
 
 
 def main() -> None:
@@ -146,9 +240,15 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--profile", default="checkpointed,fused", help="variants to profile one step of")
     parser.add_argument("--rows", type=int, default=0, help="pairs to tokenize (default: 4 batches)")
+    parser.add_argument(
+        "--stage-steps", type=int, default=0, help="also profile contrastive.run over N steps"
+    )
     args = parser.parse_args()
     model_path, _ = build_random_model(args.model_dir, Path(tempfile.mkdtemp()) / "random", "135m")
     base = ModelRef(model_path, "random")
+    if args.stage_steps:
+        stage_rows = Dataset.from_list(conversations(max(args.rows, args.pairs * args.stage_steps)))
+        print(json.dumps({"stage": profile_stage(base, stage_rows, args.pairs, args.stage_steps)}, indent=1))
     rows = Dataset.from_list(conversations(args.rows or args.pairs * 4))
     results = {}
     for variant in args.variants.split(","):

@@ -82,7 +82,13 @@ STAGES = {
 
 
 def saved_steps(out_dir) -> list[int]:
-    return [checkpoints.read(path).step for path in checkpoint_dir_for(out_dir).iterdir()]
+    """Steps of the complete checkpoints. A rank killed while saving leaves its `.tmp-step-*` staging folder, which
+    no resume reads (`checkpoints.latest`) and the next save removes."""
+    folders = list(checkpoint_dir_for(out_dir).iterdir())
+    assert all(
+        checkpoints.FOLDER_PATTERN.fullmatch(f.name) or f.name.startswith(".tmp-step-") for f in folders
+    )
+    return [checkpoints.read(f).step for f in folders if checkpoints.FOLDER_PATTERN.fullmatch(f.name)]
 
 
 @pytest.mark.parametrize("kind", STAGES)

@@ -155,6 +155,39 @@ def test_right_padded_rows_score_the_same_without_the_padding_mask(tiny_model_di
         torch.testing.assert_close(unmasked, masked, rtol=1e-5, atol=1e-5)
 
 
+def test_collate_builds_the_rows_and_masks_each_example_spells_out():
+    examples = [
+        {"chosen": [5, 6, 7, 8], "rejected": [5, 6, 9], "prompt_length": 2, "domain": 0},
+        {
+            "chosen": [1, 2],
+            "rejected": [1, 2, 3, 4, 5, 6],
+            "prompt_length": 3,
+            "domain": 1,
+        },  # prompt past a row
+    ]
+    batch = contrastive.collate(examples, pad_token_id=0, device="cpu", pad_to_multiple_of=4)
+    assert batch["input_ids"].tolist() == [
+        [5, 6, 7, 8, 0, 0, 0, 0],
+        [1, 2, 0, 0, 0, 0, 0, 0],
+        [5, 6, 9, 0, 0, 0, 0, 0],
+        [1, 2, 3, 4, 5, 6, 0, 0],
+    ]
+    assert batch["attention_mask"].tolist() == [
+        [int(t != 0) for t in row] for row in batch["input_ids"].tolist()
+    ]
+    assert batch["completion_mask"].tolist() == [
+        [0, 0, 1, 1, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0, 0, 0],
+        [0, 0, 1, 0, 0, 0, 0, 0],
+        [0, 0, 0, 1, 1, 1, 0, 0],
+    ]
+    assert batch["prompt_mask"].tolist() == [[1, 1] + [0] * 6, [1, 1, 1] + [0] * 5] * 2
+    assert batch["domain"].tolist() == [0, 1, 0, 1]
+    # flat indices into the [rows, 7] grid of predicted tokens (x_t, t >= 1) that are scored
+    assert batch["scored_positions"].tolist() == [1, 2, 15, 23, 24, 25]
+    assert all(tensor.dtype == torch.long for tensor in batch.values())
+
+
 def test_a_nan_loss_stops_the_stage_at_the_next_report_with_its_step_and_writes_nothing(
     tiny_model_dir, tmp_path
 ):

@@ -54,12 +54,14 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
-def compile_decoder_layers(model: nn.Module, backend: str = "inductor", dynamic: bool = True) -> int:
-    """Compile every decoder layer in place (dynamic shapes unless told); returns how many. Call once, after PEFT
-    wrapping."""
+def compile_decoder_layers(
+    model: nn.Module, backend: str = "inductor", dynamic: bool = True, mode: str | None = None
+) -> int:
+    """Compile every decoder layer in place (dynamic shapes unless told; `mode` as torch.compile's); returns how
+    many. Call once, after PEFT wrapping."""
     layers = decoder_layers(model)
     for layer in layers:
-        layer.compile(backend=backend, dynamic=dynamic)
+        layer.compile(backend=backend, dynamic=dynamic, mode=mode)
     return len(layers)
 
 
