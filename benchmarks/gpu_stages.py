@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
+import torch._inductor.config  # noqa: E402
 from datasets import Dataset  # noqa: E402
 
 from training.engine.common import ModelRef, PeftSettings, StepMetrics  # noqa: E402
@@ -104,14 +105,20 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class StepClock:
-    """Progress callback recording when each report (every `log_every` optimizer steps) arrived."""
+    """Progress callback recording when each report (every `log_every` optimizer steps) arrived.
+
+    A report's values are host floats, read once its step's work was done, so the clock needs no sync of its own
+    (one would stall a stage that queues the next step before it reports: the contrastive stage). Only the first
+    report drains the queue, so that the measured window starts with an empty one; that window then holds at most
+    a step's work more than the steps it counts (≤ 1/`steps` too fast)."""
 
     def __init__(self):
         self.times: list[float] = []
         self.steps: list[int] = []
 
     def __call__(self, metrics: StepMetrics) -> None:
-        synchronize()
+        if not self.times:
+            synchronize()
         self.times.append(time.perf_counter())
         self.steps.append(metrics.step)
 
@@ -120,6 +127,10 @@ class StepClock:
         if len(self.times) < 2:
             return float("nan")
         return (self.steps[-1] - self.steps[0]) / (self.times[-1] - self.times[0])
+
+    def seconds_between_reports(self) -> list[float]:
+        """Each report's interval: a recompilation inside the measured window shows as an outlier."""
+        return [round(b - a, 4) for a, b in zip(self.times, self.times[1:], strict=False)]
 
 
 def tokens_per_row(tokenizer, rows, columns: tuple[str, ...], max_length: int) -> float:
@@ -183,15 +194,15 @@ def trl_baseline(kind: str, model_path: Path, rows: list[dict], steps: int, work
 
 def run_ours(
     kind: str, config, data, base: ModelRef, work: Path, reward_model=None
-) -> tuple[float, Path | None]:
-    """Steps/s of our stage between its first and last progress report, and its artifact."""
+) -> tuple[StepClock, Path | None]:
+    """The clock of our stage's progress reports (steps/s between the first and the last), and its artifact."""
     from training.engine import stages
 
     clock = StepClock()
     result = stages.run(
         config, stages.StageInputs(data, base, work / f"ours-{kind}", clock, reward_model=reward_model)
     )
-    return clock.steps_per_s(), result.artifact_path
+    return clock, result.artifact_path
 
 
 def peak_memory_gb() -> float:
@@ -309,7 +320,11 @@ def main() -> None:
     parser.add_argument(
         "--sft-variants", default="default,compile", help="default, compile, lora (comma list)"
     )
-    parser.add_argument("--contrastive-variants", default="default", help="default, eager, logN (comma list)")
+    parser.add_argument(
+        "--contrastive-variants",
+        default="default",
+        help="default, eager, logN, pairsN, cpp_wrapper (comma list)",
+    )
     parser.add_argument("--ppo-methods", default="lora")
     parser.add_argument("--trl-baselines", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="Tiny sizes: checks the script on a CPU.")
@@ -328,14 +343,16 @@ def main() -> None:
     )
     base = ModelRef(model_path, f"smollm2-{args.shape}-random")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    rows = conversations(4096)
+    rows = conversations(64 if args.smoke else 4096)  # the stages' final evaluation passes go over every row
     big = args.shape != "135m"
     size = (
         {"sft": 4, "reward": 2, "contrastive": 2, "max_length": 128, "gen": 8, "new": 16, "ppo": 8}
         if args.smoke
-        else {"sft": 64 if big else 256, "reward": 32 if big else 128, "contrastive": 16 if big else 64,
+        else {"sft": 64 if big else 256, "reward": 32 if big else 128, "contrastive": 32 if big else 128,
               "max_length": 512, "gen": 256, "new": 128, "ppo": 256}
     )  # fmt: skip
+    # A pair is two rows: reward and contrastive batches hold as many rows (and tokens) per step as SFT's and the
+    # raw loop's. Before 2026-12-04 the contrastive batch was half that (64 pairs): `--contrastive-variants pairs64`.
     results: dict = {"device": torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu",
                      "torch": torch.__version__, "shape": args.shape, "parameters": parameters,
                      "steps": args.steps, "smoke": args.smoke, "sizes": size}  # fmt: skip
@@ -360,11 +377,12 @@ def main() -> None:
 
     def stage(kind: str, config, data, columns: tuple[str, ...], reward_model=None) -> dict:
         per_row = tokens_per_row(tokenizer, rows, columns, size["max_length"])
-        steps_per_s, artifact = run_ours(kind, config, data, base, work, reward_model)
-        tokens_per_s = steps_per_s * config.batch_size * per_row
+        clock, artifact = run_ours(kind, config, data, base, work, reward_model)
+        tokens_per_s = clock.steps_per_s() * config.batch_size * per_row
         entry = {"ours_tokens_per_s": tokens_per_s, "mfu": mfu(tokens_per_s, parameters),
                  "peak_memory_gb": peak_memory_gb(), "ours_batch": config.batch_size, "tokens_per_row": per_row,
-                 "method": config.peft.method, "compile": config.compile, "artifact": str(artifact)}  # fmt: skip
+                 "method": config.peft.method, "compile": config.compile, "artifact": str(artifact),
+                 "seconds_between_reports": clock.seconds_between_reports()}  # fmt: skip
         if args.trl_baselines and not big:
             steps_per_s, batch = trl_baseline(kind, model_path, rows, args.steps, work)
             entry["trl_defaults_tokens_per_s"] = steps_per_s * batch * per_row
@@ -399,20 +417,16 @@ def main() -> None:
                                             **common)  # fmt: skip
             if variant.startswith("log"):  # e.g. log10: progress (and its metric read) every 10 steps
                 config.log_every = int(variant[3:])
+            if variant.startswith("pairs"):  # e.g. pairs64: another batch size
+                config.batch_size = int(variant[5:])
             name = "contrastive" if variant == "default" else f"contrastive_{variant}"
+            torch._inductor.config.cpp_wrapper = variant == "cpp_wrapper"  # kernels launched from C++
             guarded(name, lambda config=config, name=name: stage(
                 name, config, Dataset.from_list(rows), ("chosen", "rejected")))  # fmt: skip
+            torch._inductor.config.cpp_wrapper = False
     raw = results.get("sft_raw_compiled", {}).get("tokens_per_s")
-    for name in (
-        "sft",
-        "sft_eager",
-        "sft_lora",
-        "reward",
-        "reward_eager",
-        "contrastive",
-        "contrastive_eager",
-    ):
-        if raw and "ours_tokens_per_s" in results.get(name, {}):
+    for name in list(results):
+        if name.startswith(("sft", "reward", "contrastive")) and raw and "ours_tokens_per_s" in results[name]:
             results[name]["raw_compiled_tokens_per_s"] = raw
             results[name]["ratio_vs_raw_compiled"] = results[name]["ours_tokens_per_s"] / raw
             record(name, results[name])

@@ -15,6 +15,7 @@ timed alone (so a recompilation shows as an outlier), after warm-up steps over e
 - `batch_linear_lhs`: `fused` with inductor's pre-grad pass that batches linears reading the same input
 - `skip_guards`: `fused`, dynamo's guards not evaluated after warm-up (`skip_guard_eval_unsafe`)
 - `cudagraphs`: layers compiled for static widths (padded to 64) with `mode="reduce-overhead"` (CUDA graphs)
+- `cpp_wrapper`: `fused` with inductor's C++ wrapper (kernels launched from C++, not from generated Python)
 
 All but `eager_layers` compile the decoder layers with dynamic shapes, as the stage does on CUDA.
 
@@ -54,6 +55,7 @@ VARIANTS = (
     "batch_linear_lhs",
     "skip_guards",
     "cudagraphs",
+    "cpp_wrapper",
 )
 
 
@@ -87,6 +89,7 @@ def measure(variant: str, base: ModelRef, rows: Dataset, pairs: int, steps: int,
         variant == "batch_linear_lhs"
     ):  # inductor batches the linears that read the same input (q/k/v, LoRA A's)
         torch._inductor.config.pre_grad_fusion_options = {"batch_linear_lhs": {}}
+    torch._inductor.config.cpp_wrapper = variant == "cpp_wrapper"
     if variant == "cudagraphs":  # static widths (padded to 64) replayed as CUDA graphs, layer by layer
         fast_paths.compile_decoder_layers(policy.model, dynamic=False, mode="reduce-overhead")
     elif variant != "eager_layers":
@@ -174,6 +177,7 @@ def measure(variant: str, base: ModelRef, rows: Dataset, pairs: int, steps: int,
     finally:
         fast_paths.LinearLogProbs.apply, fast_paths._log_prob_kernels = saved
         torch._inductor.config.pre_grad_fusion_options = saved_fusions
+        torch._inductor.config.cpp_wrapper = False
         torch.compiler.set_stance("default")
 
 

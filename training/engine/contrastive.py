@@ -256,6 +256,14 @@ def batch_losses(config: ContrastiveStageConfig, policy: Policy, batch, pairs: i
     return loss, router_loss, log_probs
 
 
+def raise_if_diverged(divergence, learning_rate: float) -> None:
+    step, loss, router_loss = divergence
+    if step:  # no update after it has been saved: the caller stops the stage before writing anything
+        check_finite_training(
+            {"loss": loss, "router_loss": router_loss}, step=int(step), learning_rate=learning_rate
+        )
+
+
 class MetricWindow:
     """The stage's metrics over the micro-batches since the last report, kept on the device, and the first step
     whose loss was not finite (0: none yet)."""
@@ -280,17 +288,42 @@ class MetricWindow:
         self.divergence = torch.where(first, seen, self.divergence)
 
     def raise_if_diverged(self, learning_rate: float) -> None:
-        step, loss, router_loss = self.divergence.tolist()
-        if step:  # no update after it has been saved: the caller stops the stage before writing anything
-            check_finite_training(
-                {"loss": loss, "router_loss": router_loss}, step=int(step), learning_rate=learning_rate
-            )
+        raise_if_diverged(self.divergence.tolist(), learning_rate)
 
-    def read_and_reset(self) -> dict[str, float]:
-        means = (self.sums / max(1, self.count)).tolist()
-        self.sums.zero_()
+    def snapshot_and_reset(self, step: int) -> WindowSnapshot:
+        """The means and the divergence record as they will be once the queued work is done, copied towards the
+        host without waiting for it; the window starts again."""
+        values = torch.cat([self.sums / max(1, self.count), self.divergence])
+        self.sums = torch.zeros_like(
+            self.sums
+        )  # a new tensor: the copy above may not have read the old one yet
         self.count = 0
-        return dict(zip(self.NAMES, means, strict=True))
+        return WindowSnapshot(step, values)
+
+
+class WindowSnapshot:
+    """One report's values on their way to the host. On CUDA the copy goes into pinned memory behind the work
+    already queued, and `read` waits for that copy alone; the stage reads it one step later, once the next step
+    is queued, so the GPU has work while the CPU waits and no report drains the queue."""
+
+    def __init__(self, step: int, values: torch.Tensor):
+        self.step = step
+        self.ready = None
+        if values.device.type == "cuda":
+            self.host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+            self.host.copy_(values, non_blocking=True)
+            self.ready = torch.cuda.Event()
+            self.ready.record()
+        else:
+            self.host = values.detach().clone()
+
+    def read(self) -> tuple[tuple[float, float, float], dict[str, float]]:
+        """(the divergence record [first non-finite step or 0, its loss, its router loss], the metric means)."""
+        if self.ready is not None:
+            self.ready.synchronize()
+        values = self.host.tolist()
+        means, divergence = values[: len(MetricWindow.NAMES)], values[len(MetricWindow.NAMES) :]
+        return tuple(divergence), dict(zip(MetricWindow.NAMES, means, strict=True))
 
 
 def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
@@ -339,12 +372,26 @@ def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
     batches_per_epoch = max(1, len(examples) // batch_size)
     policy.model.train()
     metrics: dict[str, float] = {}
-    # Metrics are summed on the device and read only when reported, and a NaN is looked for then and before any
-    # checkpoint: a read per step would make the CPU wait for the GPU every step instead of queueing ahead.
+    # Metrics are summed on the device and a NaN is looked for in them at each report and before any checkpoint:
+    # a read per step would make the CPU wait for the GPU every step instead of queueing ahead. A report is sent
+    # one step late, once the next step is queued (`WindowSnapshot`), so even `log_every=1` never drains it.
     window = MetricWindow(device)
+    pending: WindowSnapshot | None = None
+
+    def send_pending_report() -> None:
+        nonlocal pending, metrics
+        if pending is None:
+            return
+        divergence, values = pending.read()
+        raise_if_diverged(divergence, config.learning_rate)
+        metrics = distributed.mean_over_ranks(values)
+        inputs.on_progress(StepMetrics(step=pending.step, total_steps=config.max_steps, values=metrics))
+        pending = None
+
     while step < config.max_steps:
         if step > start_step and inputs.should_stop():  # after each step (the finished last one is kept)
             window.raise_if_diverged(config.learning_rate)
+            send_pending_report()
             return cancelled(metrics)
         if config.checkpoint_every > 0 and step > start_step and step % config.checkpoint_every == 0:
             window.raise_if_diverged(config.learning_rate)
@@ -353,6 +400,7 @@ def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
         for micro_step in range(config.gradient_accumulation_steps):
             if micro_step > 0 and inputs.should_stop():  # between micro-batches
                 window.raise_if_diverged(config.learning_rate)
+                send_pending_report()
                 return cancelled(metrics)
             # The batch order depends only on (seed, step), so a resumed run sees the batches the first would have.
             index = step * config.gradient_accumulation_steps + micro_step
@@ -371,14 +419,15 @@ def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
         optimizer.step()
         step += 1
 
+        send_pending_report()  # the previous step's, if it reported: done or nearly, with this step queued
         if step % config.log_every == 0 or step == config.max_steps:
-            window.raise_if_diverged(config.learning_rate)
-            metrics = distributed.mean_over_ranks(window.read_and_reset())
-            inputs.on_progress(StepMetrics(step=step, total_steps=config.max_steps, values=metrics))
+            pending = window.snapshot_and_reset(step)
+    send_pending_report()
 
     policy.model.eval()
     final = evaluate_margin(policy, examples, tokenizer.pad_token_id, device, batch_size)
-    metrics.update({f"final_{key}": value for key, value in final.items()})
+    # a new dict: the last report's values are the caller's now
+    metrics = {**metrics, **{f"final_{key}": value for key, value in final.items()}}
     if policy.mixture is None:
         model = policy.model
         if sharded:  # gathered whole onto rank 0 (None on the others, which write nothing)
