@@ -16,12 +16,12 @@ from core.selectors import user_has_role
 from labeling.forms import ImportForm, SkipForm, ranks_from_post
 from labeling.models import Assignment, Comparison, ImportJob, Project, Ranking, Response
 from labeling.selectors.annotation import (
-    annotator_progress,
     annotator_rankings_shown,
     annotator_work,
-    assignment_own,
+    annotator_workspace_state,
     assignment_responses,
     project_for_slug,
+    project_with_own_assignment,
     projects_for_annotator,
     ranking_shown,
     sole_project_slug,
@@ -90,11 +90,12 @@ def project_list(request: HttpRequest) -> HttpResponse:
 def _workspace_context(
     request: HttpRequest, project: Project, assignment: Assignment | None, **extra
 ) -> dict:
+    state = annotator_workspace_state(project=project, annotator=request.user)
     context = {
         "project": project,
         "assignment": assignment,
-        "progress": annotator_progress(project=project, annotator=request.user),
-        "undoable": ranking_undoable(project=project, annotator=request.user),
+        "progress": state.progress,
+        "undoable": state.undoable,
         "undo_window": UNDO_WINDOW_SECONDS,
         "skip_reasons": SKIP_REASONS.items(),
         "flag_choices": Ranking.Flag.choices,
@@ -139,19 +140,24 @@ def _project(slug: str) -> Project:
     return project
 
 
-def _own_assignment(request: HttpRequest, project: Project, assignment_id: int) -> Assignment:
+def _project_and_own_assignment(
+    request: HttpRequest, slug: str, assignment_id: int
+) -> tuple[Project, Assignment]:
     """Annotators only ever touch their own assignments: anything else is a 404, not a hint that it exists."""
-    assignment = assignment_own(assignment_id=assignment_id, project=project, annotator=request.user)
+    project, assignment = project_with_own_assignment(
+        slug=slug, assignment_id=assignment_id, annotator=request.user
+    )
+    if project is None:
+        raise Http404("No such project.")
     if assignment is None:
         raise Http404("No such assignment of yours.")
-    return assignment
+    return project, assignment
 
 
 @annotator_required
 @require_POST
 def submit(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
-    project = _project(slug)
-    assignment = _own_assignment(request, project, assignment_id)
+    project, assignment = _project_and_own_assignment(request, slug, assignment_id)
     try:
         ranking_submit(
             assignment_id=assignment.pk,
@@ -180,8 +186,7 @@ def submit(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
 @annotator_required
 @require_POST
 def skip(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
-    project = _project(slug)
-    assignment = _own_assignment(request, project, assignment_id)
+    project, assignment = _project_and_own_assignment(request, slug, assignment_id)
     form = SkipForm(request.POST)
     try:
         if not form.is_valid():
