@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from django.db import connection
 from django.db.models import Count, Q, QuerySet
@@ -11,7 +12,7 @@ from django.utils import timezone
 
 from core import precompiled
 from labeling.models import Assignment, Comparison, Project, Ranking, Response
-from labeling.services.leasing import responses_loaded_with
+from labeling.services.leasing import other_live_lease_sql, responses_loaded_with
 from labeling.services.ranking_edits import ranking_editable
 from labeling.services.rankings import last_ranking_sql, ranking_undo_open
 
@@ -30,26 +31,43 @@ def project_for_slug(*, slug: str) -> Project | None:
 
 
 _PROJECT_WITH_OWN_SQL = (
-    f"SELECT {precompiled.columns(Project, 'p', 'p_')}, {precompiled.columns(Assignment, 'a', 'a_')} "
+    f"SELECT {precompiled.columns(Project, 'p', 'p_')}, {precompiled.columns(Assignment, 'a', 'a_')}, "
+    f"{precompiled.columns(Comparison, 'c', 'c_')}, ({other_live_lease_sql(project='p.id')}) AS other_lease_id "
     f'FROM "{Project._meta.db_table}" p LEFT JOIN "{Assignment._meta.db_table}" a '
-    "ON a.id = %s AND a.project_id = p.id AND a.annotator_id = %s WHERE p.slug = %s"
+    "ON a.id = %s AND a.project_id = p.id AND a.annotator_id = %s "
+    f'LEFT JOIN "{Comparison._meta.db_table}" c ON c.id = a.comparison_id WHERE p.slug = %s'
 )
 
 
-def project_with_own_assignment(
-    *, slug: str, assignment_id: int, annotator
-) -> tuple[Project | None, Assignment | None]:
-    """project_for_slug(…) and assignment_own(…) in one statement (every htmx keypress asks both): (None, None)
-    without such a project, (project, None) when the assignment is not the annotator's in it."""
+class OwnAssignment(NamedTuple):
+    project: Project | None
+    # The annotator's assignment in the project, read without a lock, with its comparison and project set.
+    assignment: Assignment | None
+    # The annotator's oldest live lease in the project other than this assignment, at the `now` asked about.
+    other_lease_id: int | None
+
+
+def project_with_own_assignment(*, slug: str, assignment_id: int, annotator, now: datetime) -> OwnAssignment:
+    """What an htmx submit or skip asks first, in one statement: the project with this slug (None without one),
+    the annotator's assignment with this id in it (None when it is not theirs or not in it) and their oldest other
+    live lease (pass it and `now` to assignment_lease_next once the assignment is submitted or skipped)."""
     if not 0 < assignment_id < 2**63:  # a URL's <int:…> can exceed bigint; the ORM answers None for it too
-        return project_for_slug(slug=slug), None
-    rows = precompiled.fetch(_PROJECT_WITH_OWN_SQL, [assignment_id, annotator.pk, slug])
+        return OwnAssignment(project_for_slug(slug=slug), None, None)
+    at = connection.ops.adapt_datetimefield_value(now)
+    rows = precompiled.fetch(
+        _PROJECT_WITH_OWN_SQL, [annotator.pk, at, assignment_id, assignment_id, annotator.pk, slug]
+    )
     if not rows:
-        return None, None
-    project = precompiled.instance(Project, rows[0], "p_")
-    if rows[0]["a_id"] is None:
-        return project, None
-    return project, precompiled.instance(Assignment, rows[0], "a_")
+        return OwnAssignment(None, None, None)
+    row = rows[0]
+    project = precompiled.instance(Project, row, "p_")
+    if row["a_id"] is None:
+        return OwnAssignment(project, None, row["other_lease_id"])
+    assignment = precompiled.instance(Assignment, row, "a_")
+    comparison = precompiled.instance(Comparison, row, "c_")
+    comparison.project = assignment.project = project
+    assignment.comparison = comparison
+    return OwnAssignment(project, assignment, row["other_lease_id"])
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,7 @@ def ranking_submit(
     flags: Iterable[str] = (),
     rationale: str = "",
     now: datetime | None = None,
+    assignment_read: Assignment | None = None,
 ) -> Ranking:
     """Record the annotator's ranking for their leased comparison.
 
@@ -126,11 +127,19 @@ def ranking_submit(
 
     On Postgres (DB_HOT_PATH_FUNCTIONS) the assignment is read without a lock, the ranking validated, and
     labeling_submit() writes it in one statement if, under its lock, the lease is still live and what was validated
-    still holds; otherwise, and elsewhere, the whole submission runs in a transaction that holds the locks."""
+    still holds; otherwise, and elsewhere, the whole submission runs in a transaction that holds the locks.
+    `assignment_read`: this assignment as the caller read it without a lock, with its comparison and project
+    (project_with_own_assignment), so that the first read is not made again."""
     now = now or timezone.now()
     submission = dict(choice=choice, ranks=ranks, flags=flags, rationale=rationale, now=now)
     if hot_path_in_database():
-        assignment = _locked_assignment(assignment_id=assignment_id, annotator=annotator, lock=False)
+        if assignment_read is not None and (assignment_read.pk, assignment_read.annotator_id) == (
+            assignment_id,
+            annotator.pk,
+        ):
+            assignment = assignment_read
+        else:
+            assignment = _locked_assignment(assignment_id=assignment_id, annotator=annotator, lock=False)
         ranking = _validated_ranking(assignment=assignment, annotator=annotator, **submission)
         if _submitted_in_database(ranking=ranking, assignment=assignment, now=now):
             return ranking
