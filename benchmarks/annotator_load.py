@@ -2,6 +2,7 @@
 
     scripts/test-services.sh .venv/bin/python benchmarks/annotator_load.py
     scripts/test-services.sh .venv/bin/python benchmarks/annotator_load.py --seconds 10 --concurrency 1,8 --json out.json
+    scripts/test-services.sh .venv/bin/python benchmarks/annotator_load.py --only-browser --browser-items 60
 
 Each annotator is a distinct user with its own API token and one keep-alive HTTP/1.1 connection, and loops
 `POST /api/v1/rankings/next/` → `POST /api/v1/rankings/submit/` (choice a/b) with no think time. Every concurrency
@@ -569,10 +570,15 @@ def main() -> None:
         "--comparisons", type=int, default=5000, help="pairwise comparisons per run's project"
     )
     parser.add_argument("--browser-items", type=int, default=200, help="0 skips the browser path")
+    parser.add_argument(
+        "--only-browser",
+        action="store_true",
+        help="skip the API runs (--concurrency): the browser path alone",
+    )
     parser.add_argument("--json", type=Path, help="also write the JSON report here")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    levels = [] if args.only_browser else [int(c) for c in args.concurrency.split(",") if c.strip()]
 
     url = os.environ.get("DATABASE_URL", "")
     if not url.startswith(("postgres://", "postgresql://")):
@@ -595,7 +601,7 @@ def main() -> None:
         call_command("migrate", verbosity=0, interactive=False)
         # Manifest storage (DEBUG=0): the pages and the /healthz page check need it.
         call_command("collectstatic", verbosity=0, interactive=False)
-        annotators = create_annotators(max(levels))
+        annotators = create_annotators(max(levels, default=0))
         port = _free_port()
         load_before = os.getloadavg()
         server = start_server(env, port)

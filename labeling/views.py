@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from core.permissions import role_required
@@ -16,12 +19,13 @@ from core.selectors import user_has_role
 from labeling.forms import ImportForm, SkipForm, ranks_from_post
 from labeling.models import Assignment, Comparison, ImportJob, Project, Ranking, Response
 from labeling.selectors.annotation import (
-    annotator_progress,
+    OwnAssignment,
     annotator_rankings_shown,
     annotator_work,
-    assignment_own,
+    annotator_workspace_state,
     assignment_responses,
     project_for_slug,
+    project_with_own_assignment,
     projects_for_annotator,
     ranking_shown,
     sole_project_slug,
@@ -90,11 +94,12 @@ def project_list(request: HttpRequest) -> HttpResponse:
 def _workspace_context(
     request: HttpRequest, project: Project, assignment: Assignment | None, **extra
 ) -> dict:
+    state = annotator_workspace_state(project=project, annotator=request.user)
     context = {
         "project": project,
         "assignment": assignment,
-        "progress": annotator_progress(project=project, annotator=request.user),
-        "undoable": ranking_undoable(project=project, annotator=request.user),
+        "progress": state.progress,
+        "undoable": state.undoable,
         "undo_window": UNDO_WINDOW_SECONDS,
         "skip_reasons": SKIP_REASONS.items(),
         "flag_choices": Ranking.Flag.choices,
@@ -139,22 +144,27 @@ def _project(slug: str) -> Project:
     return project
 
 
-def _own_assignment(request: HttpRequest, project: Project, assignment_id: int) -> Assignment:
+def _project_and_own_assignment(
+    request: HttpRequest, slug: str, assignment_id: int, now: datetime
+) -> OwnAssignment:
     """Annotators only ever touch their own assignments: anything else is a 404, not a hint that it exists."""
-    assignment = assignment_own(assignment_id=assignment_id, project=project, annotator=request.user)
-    if assignment is None:
+    own = project_with_own_assignment(slug=slug, assignment_id=assignment_id, annotator=request.user, now=now)
+    if own.project is None:
+        raise Http404("No such project.")
+    if own.assignment is None:
         raise Http404("No such assignment of yours.")
-    return assignment
+    return own
 
 
 @annotator_required
 @require_POST
 def submit(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
-    project = _project(slug)
-    assignment = _own_assignment(request, project, assignment_id)
+    now = timezone.now()
+    project, assignment, other_lease_id = _project_and_own_assignment(request, slug, assignment_id, now)
     try:
         ranking_submit(
             assignment_id=assignment.pk,
+            assignment_read=assignment,
             annotator=request.user,
             choice=request.POST.get("choice") or None,
             ranks=None
@@ -171,7 +181,9 @@ def submit(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
             )
         next_assignment = assignment_lease_next(project=project, annotator=request.user)
         return _render_workspace(request, project, next_assignment, status=422, error=_error_text(error))
-    next_assignment = assignment_lease_next(project=project, annotator=request.user)
+    next_assignment = assignment_lease_next(
+        project=project, annotator=request.user, now=now, current_lease_id=other_lease_id
+    )
     if not request.htmx:
         return redirect("labeling:annotate", slug=project.slug)
     return _render_workspace(request, project, next_assignment, notice="Saved.")
@@ -180,8 +192,8 @@ def submit(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
 @annotator_required
 @require_POST
 def skip(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
-    project = _project(slug)
-    assignment = _own_assignment(request, project, assignment_id)
+    now = timezone.now()
+    project, assignment, other_lease_id = _project_and_own_assignment(request, slug, assignment_id, now)
     form = SkipForm(request.POST)
     try:
         if not form.is_valid():
@@ -191,7 +203,9 @@ def skip(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
         )
     except ValidationError as error:
         return _render_workspace(request, project, assignment, status=422, error=_error_text(error))
-    next_assignment = assignment_lease_next(project=project, annotator=request.user)
+    next_assignment = assignment_lease_next(
+        project=project, annotator=request.user, now=now, current_lease_id=other_lease_id
+    )
     if not request.htmx:
         return redirect("labeling:annotate", slug=project.slug)
     return _render_workspace(request, project, next_assignment, notice="Skipped.")

@@ -44,6 +44,17 @@ _CURRENT_SQL = (
     f'SELECT id FROM "{_A}" WHERE project_id = %s AND annotator_id = %s AND state = {_LEASED} '
     "AND leased_until > %s ORDER BY leased_at, id LIMIT 1"
 )
+
+
+def other_live_lease_sql(*, project: str) -> str:
+    """A scalar subquery: the id of the annotator's oldest live lease in the project `project` (an SQL expression)
+    other than one assignment; params: annotator id, now, that assignment's id. Read before that assignment is
+    submitted or skipped, it is the lease assignment_lease_next(…) would look up afterwards."""
+    return _CURRENT_SQL.replace("project_id = %s", f"project_id = {project}").replace(
+        " ORDER BY", " AND id <> %s ORDER BY"
+    )
+
+
 # The project by slug with the id of the annotator's oldest live lease in it: the `next` request's first two
 # questions in one statement.
 _PROJECT_WITH_CURRENT_SQL = (

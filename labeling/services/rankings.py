@@ -118,6 +118,7 @@ def ranking_submit(
     flags: Iterable[str] = (),
     rationale: str = "",
     now: datetime | None = None,
+    assignment_read: Assignment | None = None,
 ) -> Ranking:
     """Record the annotator's ranking for their leased comparison.
 
@@ -126,11 +127,19 @@ def ranking_submit(
 
     On Postgres (DB_HOT_PATH_FUNCTIONS) the assignment is read without a lock, the ranking validated, and
     labeling_submit() writes it in one statement if, under its lock, the lease is still live and what was validated
-    still holds; otherwise, and elsewhere, the whole submission runs in a transaction that holds the locks."""
+    still holds; otherwise, and elsewhere, the whole submission runs in a transaction that holds the locks.
+    `assignment_read`: this assignment as the caller read it without a lock, with its comparison and project
+    (project_with_own_assignment), so that the first read is not made again."""
     now = now or timezone.now()
     submission = dict(choice=choice, ranks=ranks, flags=flags, rationale=rationale, now=now)
     if hot_path_in_database():
-        assignment = _locked_assignment(assignment_id=assignment_id, annotator=annotator, lock=False)
+        if assignment_read is not None and (assignment_read.pk, assignment_read.annotator_id) == (
+            assignment_id,
+            annotator.pk,
+        ):
+            assignment = assignment_read
+        else:
+            assignment = _locked_assignment(assignment_id=assignment_id, annotator=annotator, lock=False)
         ranking = _validated_ranking(assignment=assignment, annotator=annotator, **submission)
         if _submitted_in_database(ranking=ranking, assignment=assignment, now=now):
             return ranking
@@ -297,25 +306,40 @@ def assignment_skip(*, assignment_id: int, annotator, reason: str, now: datetime
     return assignment
 
 
-# The annotator's last ranking in the project and whether its comparison was adjudicated (shown after every
-# keypress, for the undo button).
-_LAST_RANKING_SQL = (
-    f'SELECT {precompiled.columns(Ranking, "r", "")}, EXISTS (SELECT 1 FROM "{Adjudication._meta.db_table}" j '
-    f'WHERE j.comparison_id = r.comparison_id) AS adjudicated FROM "{_R}" r JOIN "{_C}" c ON c.id = r.comparison_id '
-    "WHERE c.project_id = %s AND r.annotator_id = %s ORDER BY r.created_at DESC, r.id DESC LIMIT 1"
-)
+def last_ranking_sql(prefix: str) -> str:
+    """The annotator's last ranking in a project (params: annotator id, project id), its columns prefixed, and
+    whether its comparison was adjudicated: the undo button, shown after every keypress. Driven from the
+    (annotator, created_at) index, each ranking's project looked up by primary key in a correlated scalar
+    subquery: joined with the project's comparisons, under stale statistics Postgres planned a nested loop over
+    all of them for each of the annotator's rankings."""
+    return (
+        f'SELECT {precompiled.columns(Ranking, "r", prefix)}, EXISTS (SELECT 1 FROM "{Adjudication._meta.db_table}" '
+        f'j WHERE j.comparison_id = r.comparison_id) AS adjudicated FROM "{_R}" r WHERE r.annotator_id = %s '
+        f'AND (SELECT c.project_id FROM "{_C}" c WHERE c.id = r.comparison_id) = %s '
+        "ORDER BY r.created_at DESC, r.id DESC LIMIT 1"
+    )
+
+
+_LAST_RANKING_SQL = last_ranking_sql("")
+
+
+def ranking_undo_open(*, created_at: datetime, adjudicated: bool, now: datetime) -> bool:
+    """Whether a ranking made at `created_at` can still be undone at `now`: inside the window, not adjudicated."""
+    return not adjudicated and created_at >= now - timedelta(seconds=UNDO_WINDOW_SECONDS)
 
 
 def ranking_undoable(*, project: Project, annotator, now: datetime | None = None) -> Ranking | None:
     """The annotator's last ranking in this project while it can still be undone (not once adjudicated)."""
     now = now or timezone.now()
-    rows = precompiled.fetch(_LAST_RANKING_SQL, [project.pk, annotator.pk])
-    if not rows or rows[0]["adjudicated"]:
+    rows = precompiled.fetch(_LAST_RANKING_SQL, [annotator.pk, project.pk])
+    if not rows:
         return None
     ranking = precompiled.instance(Ranking, rows[0], "")
-    if ranking.created_at < now - timedelta(seconds=UNDO_WINDOW_SECONDS):
-        return None
-    return ranking
+    return (
+        ranking
+        if ranking_undo_open(created_at=ranking.created_at, adjudicated=rows[0]["adjudicated"], now=now)
+        else None
+    )
 
 
 @transaction.atomic
