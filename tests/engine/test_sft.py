@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from datasets import Dataset
 
@@ -107,3 +108,48 @@ def test_adapter_sft_writes_adapter_only_artifact_and_base_is_unchanged(tiny_mod
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         assert not torch.allclose(adapted(ids).logits, base_model(ids).logits)
+
+
+def test_loader_processes_collate_the_same_batches_as_the_training_process(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """On CUDA the Trainer stages collate in two loader processes; the batches, so the losses, are the ones
+    collated in the training process (forced here on the CPU, where the stages use none)."""
+    from training.engine import hf_stage
+
+    rows = Dataset.from_list(
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": f"Question {i}?"},
+                    {"role": "assistant", "content": "x" * i},
+                ]
+            }
+            for i in range(1, 9)
+        ]
+    )
+    config = sft.SftStageConfig(
+        max_steps=4, learning_rate=1e-3, batch_size=2, max_length=64, checkpoint_every=0, device="cpu"
+    )
+
+    def losses_of(run_name: str) -> list[float]:
+        losses = []
+        sft.run(
+            config,
+            StageInputs(
+                rows,
+                ModelRef(tiny_model_dir),
+                tmp_path / run_name,
+                lambda metrics: losses.append(metrics.values["loss"]) if "loss" in metrics.values else None,
+            ),
+        )
+        return losses
+
+    assert hf_stage.dataloader_workers_for(torch.device("cpu")) == 0
+    assert hf_stage.dataloader_workers_for(torch.device("cuda")) == hf_stage.LOADER_WORKERS_ON_CUDA == 2
+    in_process = losses_of("in-process")
+    monkeypatch.setattr(hf_stage, "dataloader_workers_for", lambda device: 2)
+    arguments = hf_stage.trainer_arguments(config, tmp_path / "checkpoints")
+    assert arguments["dataloader_num_workers"] == 2 and arguments["dataloader_persistent_workers"]
+    assert len(in_process) == 4 and len(set(in_process)) == 4  # four different batches
+    assert losses_of("loader-processes") == pytest.approx(in_process, rel=1e-6)

@@ -253,6 +253,14 @@ def train(
     return TrainerRun(trainer, callback, task)
 
 
+LOADER_WORKERS_ON_CUDA = 2
+
+
+def dataloader_workers_for(device) -> int:
+    """Data-loader processes of a Trainer stage on `device`."""
+    return LOADER_WORKERS_ON_CUDA if device.type == "cuda" else 0
+
+
 def trainer_arguments(config: StageConfig, checkpoint_dir: Path) -> dict:
     """Keyword arguments every TRL config of ours gets (SFTConfig and RewardConfig both subclass TrainingArguments)."""
     device = pick_device(config.device)
@@ -282,7 +290,11 @@ def trainer_arguments(config: StageConfig, checkpoint_dir: Path) -> dict:
         "optim": fast_paths.trainer_optimizer_name(device),
         "use_cpu": device.type == "cpu",
         "disable_tqdm": True,
-        "dataloader_num_workers": 0,
+        # The next batch is collated while the GPU runs this one (on CUDA): collated in the training process, it sat
+        # between two steps with the GPU idle (an H200, SFT on 256 rows: 0.215 → 0.16 s a step, gpu_stages
+        # 2026-12-04). None on a CPU, where loader processes would take cores from the training threads.
+        "dataloader_num_workers": dataloader_workers_for(device),
+        "dataloader_persistent_workers": dataloader_workers_for(device) > 0,
         "ddp_find_unused_parameters": False,  # several processes: every trained parameter gets a gradient
         "remove_unused_columns": True,
     }
