@@ -340,6 +340,10 @@ def generation_benchmark(model_path: Path, batch: int, new_tokens: int, repeats:
         hf_tokens = int((output[:, inputs["input_ids"].shape[1] :] != tokenizer.pad_token_id).sum())
         result["hf_generate_new_tokens_per_s"] = hf_tokens / (time.perf_counter() - start)
     result["ratio_vs_hf_generate"] = result["ours_new_tokens_per_s"] / result["hf_generate_new_tokens_per_s"]
+    # 2·N FLOPs per new token (the weights; prefill and attention left out, so a lower bound)
+    parameters = sum(p.numel() for p in model.parameters())
+    result["mfu"] = 2 * parameters * result["ours_new_tokens_per_s"] / PEAK_BF16_FLOPS
+    result["peak_memory_gb"] = peak_memory_gb()
     del model
     return result
 
@@ -484,7 +488,9 @@ def ppo_benchmark(
     ppo_config, size: dict, base: ModelRef, reward_model, rows, work: Path, method: str, parameters
 ) -> dict:
     """Seconds per PPO iteration (rollout, reward-model scoring or rules, reference log-probs, 2 PPO epochs),
-    the first iteration (compilation) left out."""
+    the first iteration (compilation) left out. MFU counts (8 + 6·epochs)·N FLOPs per token of the iteration's
+    rows (prompt + new tokens): 2·N each for sampling, the old log-probs and values, the reference and a reward model
+    of the policy's size, and 6·N per epoch for the update (the policy with its value head)."""
     from training.engine import stages
     from training.engine.common import StepMetrics
 
@@ -506,11 +512,27 @@ def ppo_benchmark(
     stages.run(config, stages.StageInputs(prompts, base, work / f"ours-ppo-{method}", on_progress,
                                           reward_model=reward_model))  # fmt: skip
     iterations = [b - a for a, b in zip(ends, ends[1:], strict=False)]
-    return {"rollout_batch": config.batch_size, "new_tokens": config.max_new_tokens, "ppo_epochs": config.ppo_epochs,
+    result = {"rollout_batch": config.batch_size, "new_tokens": config.max_new_tokens, "ppo_epochs": config.ppo_epochs,
             "method": method, "reward": scored_by, "seconds_total": time.perf_counter() - start,
             "first_iteration_s": ends[0] - start if ends else None, "iteration_seconds": iterations,
             "seconds_per_iteration": statistics.median(iterations) if iterations else None,
             "peak_memory_gb": peak_memory_gb()}  # fmt: skip
+    if result["seconds_per_iteration"]:
+        result["mfu"] = ppo_mfu(result, base, rows, parameters)
+    return result
+
+
+def ppo_mfu(entry: dict, base: ModelRef, rows, parameters: int) -> float:
+    """`ppo_benchmark`'s FLOP count over its median iteration (see there)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    prompts = [r["prompt"] for r in rows[: entry["rollout_batch"]]]
+    texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+    prompt_tokens = sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    tokens = prompt_tokens + len(prompts) * entry["new_tokens"]
+    flops = (8 + 6 * entry["ppo_epochs"]) * parameters * tokens
+    return flops / entry["seconds_per_iteration"] / PEAK_BF16_FLOPS
 
 
 if __name__ == "__main__":
