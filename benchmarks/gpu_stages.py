@@ -220,23 +220,17 @@ def run_ours(
 
 
 @contextlib.contextmanager
-def dataloader_workers(workers: int):
-    """The Trainer stages with `workers` data-loader processes (collating the next batch while the GPU works)."""
+def dataloader_workers(workers: int | None):
+    """The Trainer stages with `workers` data-loader processes (None: the stages' own choice, two on CUDA)."""
     from training.engine import hf_stage
 
-    original = hf_stage.trainer_arguments
-
-    def with_workers(*args, **kwargs) -> dict:
-        arguments = original(*args, **kwargs)
-        if workers:
-            arguments.update(dataloader_num_workers=workers, dataloader_persistent_workers=True)
-        return arguments
-
-    hf_stage.trainer_arguments = with_workers
+    original = hf_stage.dataloader_workers_for
+    if workers is not None:
+        hf_stage.dataloader_workers_for = lambda device: workers
     try:
         yield
     finally:
-        hf_stage.trainer_arguments = original
+        hf_stage.dataloader_workers_for = original
 
 
 def peak_memory_gb() -> float:
@@ -438,11 +432,10 @@ def main() -> None:
             peft = PeftSettings(method="lora" if variant == "lora" else "full")
             config = SftStageConfig(batch_size=size["sft"], learning_rate=1e-5, compile=variant != "eager",
                                     peft=peft, **common)  # fmt: skip
-            if match := re.search(
-                r"log(\d+)", variant
-            ):  # e.g. log10: a report (and the Trainer's sync) every 10
+            # e.g. log10: a report (and the Trainer's sync) every 10 steps; workers0: collated in the training process
+            if match := re.search(r"log(\d+)", variant):
                 config.log_every = int(match[1])
-            workers = int(match[1]) if (match := re.search(r"workers(\d+)", variant)) else 0
+            workers = int(match[1]) if (match := re.search(r"workers(\d+)", variant)) else None
             name = "sft" if variant == "default" else f"sft_{variant}"
             with dataloader_workers(workers):
                 guarded(name, lambda config=config, name=name: stage(name, config, sft_rows, ("chosen",)))

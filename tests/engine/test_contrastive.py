@@ -213,8 +213,10 @@ def test_a_nan_loss_stops_the_stage_at_the_next_report_with_its_step_and_writes_
     assert not out_dir.exists() and not list(checkpoint_dir_for(out_dir).glob("*"))
 
 
-def test_reported_metrics_are_means_over_the_steps_since_the_last_report(tiny_model_dir, tmp_path):
-    reports, events = [], []
+def run_recording_reports(stage_config, tiny_model_dir, tmp_path):
+    """(the stage's result, its reports, and the order of its stop checks — one before each step after the first —
+    and reports, each a step number)."""
+    events, reports = [], []
 
     def should_stop() -> bool:
         events.append("next step")
@@ -224,12 +226,17 @@ def test_reported_metrics_are_means_over_the_steps_since_the_last_report(tiny_mo
         events.append(metrics.step)
         reports.append(metrics)
 
-    contrastive.run(
-        config(max_steps=6, log_every=3),
+    result = contrastive.run(
+        stage_config,
         StageInputs(
             preference_rows(("math",)), ModelRef(tiny_model_dir), tmp_path / "dpo", on_progress, should_stop
         ),
     )
+    return result, reports, events
+
+
+def test_reported_metrics_are_means_over_the_steps_since_the_last_report(tiny_model_dir, tmp_path):
+    _, reports, events = run_recording_reports(config(max_steps=6, log_every=3), tiny_model_dir, tmp_path)
     assert [r.step for r in reports] == [3, 6]
     assert events == ["next step"] * 3 + [3] + ["next step"] * 2 + [6]  # one step late, not one report late
     assert set(reports[0].values) == {"loss", "router_loss", "log_prob_margin", "preference_accuracy"}
@@ -244,25 +251,8 @@ def test_each_report_is_sent_once_the_next_step_is_queued_and_the_last_before_th
 ):
     """With a report every step the CPU still never waits for the GPU to drain: report N is read after step N+1's
     work has been queued (here: after the stop check that starts step N+1), and the last one before the result."""
-    events, reports = [], []
-
-    def should_stop() -> bool:
-        events.append("next step")
-        return False
-
-    def on_progress(metrics) -> None:
-        events.append(metrics.step)
-        reports.append(metrics)
-
-    result = contrastive.run(
-        config(max_steps=4, log_every=1),
-        StageInputs(
-            preference_rows(("math",)),
-            ModelRef(tiny_model_dir),
-            tmp_path / "dpo",
-            on_progress,
-            should_stop,
-        ),
+    result, reports, events = run_recording_reports(
+        config(max_steps=4, log_every=1), tiny_model_dir, tmp_path
     )
     assert events == ["next step", 1, "next step", 2, "next step", 3, 4]
     assert result.status == "completed" and result.steps_completed == 4

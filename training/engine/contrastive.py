@@ -294,9 +294,8 @@ class MetricWindow:
         """The means and the divergence record as they will be once the queued work is done, copied towards the
         host without waiting for it; the window starts again."""
         values = torch.cat([self.sums / max(1, self.count), self.divergence])
-        self.sums = torch.zeros_like(
-            self.sums
-        )  # a new tensor: the copy above may not have read the old one yet
+        # a new tensor: the copy above may not have read the old one yet
+        self.sums = torch.zeros_like(self.sums)
         self.count = 0
         return WindowSnapshot(step, values)
 
@@ -362,12 +361,6 @@ def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
         )
         checkpoints.write(checkpoint_dir, checkpoint)
 
-    def cancelled(metrics: dict[str, float]) -> StageResult:
-        # The weights and optimizer are those of the last completed step (a half-accumulated one is dropped).
-        if config.checkpoint_every > 0 and step > start_step:
-            save_checkpoint()
-        return StageResult(status="cancelled", artifact_path=None, metrics=metrics, steps_completed=step)
-
     batch_size = min(config.batch_size, len(examples))
     batches_per_epoch = max(1, len(examples) // batch_size)
     policy.model.train()
@@ -388,20 +381,25 @@ def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
         inputs.on_progress(StepMetrics(step=pending.step, total_steps=config.max_steps, values=metrics))
         pending = None
 
+    def cancelled() -> StageResult:
+        # No NaN is saved, the last finished step's report is sent, and the weights and optimizer are those of the
+        # last completed step (a half-accumulated one is dropped).
+        window.raise_if_diverged(config.learning_rate)
+        send_pending_report()
+        if config.checkpoint_every > 0 and step > start_step:
+            save_checkpoint()
+        return StageResult(status="cancelled", artifact_path=None, metrics=metrics, steps_completed=step)
+
     while step < config.max_steps:
         if step > start_step and inputs.should_stop():  # after each step (the finished last one is kept)
-            window.raise_if_diverged(config.learning_rate)
-            send_pending_report()
-            return cancelled(metrics)
+            return cancelled()
         if config.checkpoint_every > 0 and step > start_step and step % config.checkpoint_every == 0:
             window.raise_if_diverged(config.learning_rate)
             save_checkpoint()
         optimizer.zero_grad(set_to_none=True)
         for micro_step in range(config.gradient_accumulation_steps):
             if micro_step > 0 and inputs.should_stop():  # between micro-batches
-                window.raise_if_diverged(config.learning_rate)
-                send_pending_report()
-                return cancelled(metrics)
+                return cancelled()
             # The batch order depends only on (seed, step), so a resumed run sees the batches the first would have.
             index = step * config.gradient_accumulation_steps + micro_step
             epoch, position = divmod(index, batches_per_epoch)

@@ -265,6 +265,7 @@ def trainer_arguments(config: StageConfig, checkpoint_dir: Path) -> dict:
     """Keyword arguments every TRL config of ours gets (SFTConfig and RewardConfig both subclass TrainingArguments)."""
     device = pick_device(config.device)
     checkpoint_every = config.checkpoint_every
+    loader_workers = dataloader_workers_for(device)
     return {
         "output_dir": str(checkpoint_dir),
         "max_steps": config.max_steps,
@@ -293,8 +294,8 @@ def trainer_arguments(config: StageConfig, checkpoint_dir: Path) -> dict:
         # The next batch is collated while the GPU runs this one (on CUDA): collated in the training process, it sat
         # between two steps with the GPU idle (an H200, SFT on 256 rows: 0.215 → 0.16 s a step, gpu_stages
         # 2026-12-04). None on a CPU, where loader processes would take cores from the training threads.
-        "dataloader_num_workers": dataloader_workers_for(device),
-        "dataloader_persistent_workers": dataloader_workers_for(device) > 0,
+        "dataloader_num_workers": loader_workers,
+        "dataloader_persistent_workers": loader_workers > 0,
         "ddp_find_unused_parameters": False,  # several processes: every trained parameter gets a gradient
         "remove_unused_columns": True,
     }
