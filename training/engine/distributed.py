@@ -362,6 +362,13 @@ def main(argv: list[str] | None = None) -> None:
     if len(arguments) != 1:
         raise SystemExit("usage: python -m training.engine.distributed JOB_DIR (started by torchrun)")
     record(run_rank)(Path(arguments[0]))
+    # The rank's work is done and its files are written (atomically). Skip the interpreter's teardown: under load a
+    # C++ thread of torch/gloo is now and then still joinable when its owner is destroyed there, and the process dies
+    # of SIGABRT ("terminate called without an active exception") after a stage that succeeded, which fails the job.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

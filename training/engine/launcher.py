@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 LAUNCHER_LOG = "torchrun.log"
 LOG_TAIL_CHARS = 3000
+# Python's fatal-error report ends with every loaded extension module on one line.
+FATAL_ERROR_MODULES = re.compile(r"Extension modules: .*?\(total: \d+\)\n?", re.DOTALL)
 # torchrun's summary of a failed job: a block per failed rank with its exit code.
 RANK_EXIT = re.compile(r"rank\s*:\s*(\d+) \(local_rank.*?\n\s*exitcode\s*:\s*(-?\d+)")
 
@@ -219,7 +221,8 @@ def _failure(job_dir: Path, returncode: int, processes: int) -> StageFailure:
     if errors and errors[0]["type"] in failure_classes:  # a reason the user can act on, as the stage said it
         return failure_classes[errors[0]["type"]](errors[0]["message"])
     log_text = (job_dir / LAUNCHER_LOG).read_text(errors="replace")
-    logger.warning("distributed stage failed; torchrun's output ends with:\n%s", log_text[-LOG_TAIL_CHARS:])
+    readable = FATAL_ERROR_MODULES.sub("", log_text)  # the list of loaded modules would fill the whole tail
+    logger.warning("distributed stage failed; torchrun's output ends with:\n%s", readable[-LOG_TAIL_CHARS:])
     failed_rank, exit_code = _first_failed_rank(errors, _exit_codes(log_text))
     error = next((error for error in errors if error["rank"] == failed_rank), None)
     how = _exit_described(exit_code if exit_code is not None else returncode)
