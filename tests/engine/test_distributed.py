@@ -65,14 +65,35 @@ COMMON = dict(
     checkpoint_every=100,  # none but the one a cancel saves
     device="cpu",
 )
+# kind: (its config class, its data, what it adds to the common config, the artifact's trained weights)
 STAGES = {
-    "sft": (sft.SftStageConfig, conversations, dict(max_steps=4)),
-    "reward": (reward_model.RewardStageConfig, preference_pairs, dict(max_steps=4, held_out_fraction=0.0)),
+    "sft": (sft.SftStageConfig, conversations, dict(max_steps=4), "model.safetensors"),
+    "reward": (
+        reward_model.RewardStageConfig,
+        preference_pairs,
+        dict(max_steps=4, held_out_fraction=0.0),
+        "model.safetensors",
+    ),
     # Its own loop, with the gradients averaged over the ranks; a full fine-tune, so the weights compare.
     "contrastive": (
         contrastive.ContrastiveStageConfig,
         preference_pairs,
         dict(max_steps=4, peft=PeftSettings(method="full")),
+        "model.safetensors",
+    ),
+    # The parameter-efficient methods under DDP: only the LoRA factors (the artifact: the merged model) or the
+    # bottleneck adapters and the score head are trained, and their gradients averaged.
+    "sft-lora": (
+        sft.SftStageConfig,
+        conversations,
+        dict(max_steps=4, peft=PeftSettings(method="lora", lora_r=4)),
+        "model.safetensors",
+    ),
+    "reward-adapter": (
+        reward_model.RewardStageConfig,
+        preference_pairs,
+        dict(max_steps=4, held_out_fraction=0.0, peft=PeftSettings(method="adapter")),
+        "adapter.safetensors",
     ),
 }
 
@@ -132,7 +153,7 @@ def kill_rank_when_training(rank: int) -> threading.Thread:
 def test_two_processes_follow_the_loss_trajectory_of_one_with_the_same_global_batch(
     kind, tiny_model_dir, tmp_path
 ):
-    config_class, data, extra = STAGES[kind]
+    config_class, data, extra, weights_file = STAGES[kind]
     runs = {}
     for processes in (1, 2):
         progress: list = []
@@ -144,7 +165,7 @@ def test_two_processes_follow_the_loss_trajectory_of_one_with_the_same_global_ba
         assert (
             result.status == "completed" and result.steps_completed == 4 and result.artifact_path == out_dir
         )
-        runs[processes] = (step_losses(progress), load_file(str(out_dir / "model.safetensors")))
+        runs[processes] = (step_losses(progress), load_file(str(out_dir / weights_file)))
     (one_losses, one_weights), (two_losses, two_weights) = runs[1], runs[2]
     assert (
         len(two_losses) == 4 and one_losses[-1] < one_losses[0]
@@ -153,6 +174,12 @@ def test_two_processes_follow_the_loss_trajectory_of_one_with_the_same_global_ba
     assert two_weights.keys() == one_weights.keys()
     for name, weight in one_weights.items():
         torch.testing.assert_close(two_weights[name], weight, rtol=1e-3, atol=1e-4, msg=name)
+    if kind == "sft-lora":  # the merged model moved away from the base only through the trained factors
+        base = load_file(str(tiny_model_dir / "model.safetensors"))
+        changed = {name for name in base if not torch.equal(base[name], two_weights[name])}
+        assert changed and all("proj" in name for name in changed)
+    if kind == "reward-adapter":  # the up-projections start at zero: they trained
+        assert any(two_weights[name].abs().sum() > 0 for name in two_weights if ".up." in name)
 
 
 def test_a_cancel_reaches_both_ranks_and_a_two_process_resume_finishes_like_an_uninterrupted_run(
@@ -274,6 +301,13 @@ SHARDED = {
         ),
         "model.safetensors",
     ),
+    # Bottleneck adapters on a sharded frozen base: the artifact is the adapter alone, as on one process.
+    "sft-adapter": (
+        sft.SftStageConfig,
+        conversations,
+        dict(max_steps=4, peft=PeftSettings(method="adapter")),
+        "adapter.safetensors",
+    ),
     # The own loop: DPO with the frozen reference copy sharded too, its log-probs scored on the sharded model.
     "contrastive": (
         contrastive.ContrastiveStageConfig,
@@ -326,6 +360,8 @@ def test_fsdp_on_two_processes_follows_one_process_and_saves_a_plain_model(
     if weights_file == "model.safetensors":
         base = load_file(str(tiny_model_dir / "model.safetensors"))
         assert any(not torch.equal(base[name], two_weights[name]) for name in base)
+    elif weights_file == "adapter.safetensors":  # the adapters' up-projections start at zero
+        assert any(two_weights[name].abs().sum() > 0 for name in two_weights if ".up." in name)
     else:  # the experts' up-projections start at zero
         assert any(two_weights[name].abs().sum() > 0 for name in two_weights if name.endswith("lora_B"))
     if kind in ("sft", "contrastive"):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -156,14 +159,72 @@ def test_a_failed_copy_leaves_nothing_behind(tmp_path, monkeypatch):
     assert list((tmp_path / "registry").iterdir()) == []
 
 
-def test_sources_are_a_folder_or_a_cached_hub_id_and_never_downloaded(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+def cache_hub_model(cache: Path, repo_id: str, folder: Path, commit: str, *, ref: str = "main") -> Path:
+    """`folder` laid out as huggingface_hub's cache holds a downloaded snapshot: snapshots/<commit>/ and refs/<ref>."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / ref).write_text(commit)
+    return repo / "snapshots" / commit
+
+
+def test_a_source_is_a_folder_or_a_hub_id_found_in_the_cache_at_its_revision(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     folder = build_tiny_model_folder(tmp_path / "local", "llama")
     assert model_import.resolve_source(str(folder)) == folder.resolve()
     with pytest.raises(ModelImportError, match="--revision applies to hub ids"):
         model_import.resolve_source(str(folder), revision="main")
-    with pytest.raises(ModelImportError, match="not in this host's Hugging Face cache"):
-        model_import.resolve_source("someone/some-model")
     with pytest.raises(ModelImportError, match="neither a model folder nor a hub id"):
         model_import.resolve_source(str(tmp_path / "nowhere" / "deep"))
+    main = cache_hub_model(tmp_path / "hub", "someone/tiny-llama", folder, "a" * 40)
+    older = cache_hub_model(tmp_path / "hub", "someone/tiny-llama", folder, "b" * 40, ref="v1")
+    assert model_import.resolve_source("someone/tiny-llama", download=False) == main
+    assert model_import.resolve_source("someone/tiny-llama", revision="v1", download=False) == older
+    assert model_import.resolve_source("someone/tiny-llama", revision="b" * 40, download=False) == older
+    checked = check_model_folder(model_import.resolve_source("someone/tiny-llama", download=False))
+    assert checked.facts.model_type == "llama"
+    with pytest.raises(ModelImportError, match="not in this host's Hugging Face cache.*downloads are off"):
+        model_import.resolve_source("someone/tiny-llama", revision="v2", download=False)
+
+
+def test_a_hub_id_missing_from_the_cache_is_downloaded_without_pickles_unless_offline(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    folder = build_tiny_model_folder(tmp_path / "local", "qwen2")
+    calls = []
+
+    def hub(repo_id, *, revision=None, cache_dir=None, local_files_only=False, allow_patterns=None):
+        calls.append({"local_files_only": local_files_only, "allow_patterns": allow_patterns})
+        if local_files_only:
+            raise huggingface_hub.errors.LocalEntryNotFoundError("not cached")
+        if repo_id != "someone/tiny-qwen":
+            raise OSError(f"404 for {repo_id}")  # what an unknown repository comes to
+        return str(cache_hub_model(Path(cache_dir), repo_id, folder, "c" * 40))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelImportError, match="downloads are off"):
+        model_import.resolve_source("someone/tiny-qwen")
+    assert [call["local_files_only"] for call in calls] == [True]  # the cache only
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    calls.clear()
+    fetched = model_import.resolve_source("someone/tiny-qwen")
+    assert (
+        fetched.is_relative_to(tmp_path / "hub") and check_model_folder(fetched).facts.model_type == "qwen2"
+    )
+    assert [call["local_files_only"] for call in calls] == [True, False]  # the cache first, then the hub
+    patterns = calls[1]["allow_patterns"]
+    needed = ("model.safetensors", "model.safetensors.index.json", "config.json", "tokenizer.json",
+              "tokenizer_config.json", "chat_template.jinja", "generation_config.json", "LICENSE")  # fmt: skip
+    assert all(any(fnmatch.fnmatch(name, pattern) for pattern in patterns) for name in needed)
+    assert not any(
+        fnmatch.fnmatch(name, pattern)
+        for name in ("pytorch_model.bin", "model.pt", "training_args.bin", "optimizer.pt")
+        for pattern in patterns
+    )
+    with pytest.raises(
+        ModelImportError, match="could not be downloaded from the hub: 404 for someone/absent"
+    ):
+        model_import.resolve_source("someone/absent")

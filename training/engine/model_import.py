@@ -1,7 +1,7 @@
 """Bring your own base model: check a Hugging Face model folder and copy it into the registry's layout.
 
-Any causal LM that transformers can build is accepted, from a local folder (or, where the host has one, the
-local Hugging Face cache: there is no network at run time). Everything is checked before anything is written:
+Any causal LM that transformers can build is accepted, from a local folder or a hub id (found in the host's
+Hugging Face cache, else downloaded where the host reaches the hub: safetensors, configs and tokenizer files only). Everything is checked before anything is written:
 the config is a causal LM, the weights are safetensors (we never unpickle weights, so a `pytorch_model.bin`-only
 checkpoint is refused), every shard is complete (a half-copied folder is caught by comparing each file's size
 with its header, and the weight names with the architecture), the tokenizer loads, has a chat template (or one
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -28,6 +29,18 @@ SHARD_INDEX = "model.safetensors.index.json"
 # Copied as they are; the tokenizer files are written by the tokenizer itself (with the pad token and chat
 # template we settled on).
 MODEL_FILES = ("config.json", "generation_config.json", "README.md", "LICENSE", "LICENSE.txt", "NOTICE")
+# What a hub download fetches: the config, safetensors weights and the tokenizer's files; never a pickle
+# (`pytorch_model.bin`, `*.pt`), which the checks would refuse anyway.
+HUB_DOWNLOAD_PATTERNS = (
+    "*.json",
+    "*.safetensors",
+    "*.jinja",
+    "*.model",
+    "*.tiktoken",
+    "*.txt",
+    "*.md",
+    "LICENSE*",
+)
 # Weights are copied in pieces this big, so a multi-gigabyte shard still moves a progress bar.
 COPY_CHUNK_BYTES = 16 * 2**20
 _SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}
@@ -65,8 +78,9 @@ class CheckedModel:
     facts: ModelFacts
 
 
-def resolve_source(source: str, *, revision: str | None = None) -> Path:
-    """A local model folder, or a hub id found in this host's Hugging Face cache (never downloaded)."""
+def resolve_source(source: str, *, revision: str | None = None, download: bool | None = None) -> Path:
+    """A local model folder, or a hub id: from this host's Hugging Face cache, else downloaded from the hub
+    (`download`; by default unless `HF_HUB_OFFLINE` is set) — only the files an import reads, never pickles."""
     path = Path(source).expanduser()
     if path.is_dir():
         if revision:
@@ -81,13 +95,30 @@ def resolve_source(source: str, *, revision: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
+    # Read now, not at import: huggingface_hub reads its variables once, when it is first imported.
+    cache_dir = os.environ.get("HF_HUB_CACHE") or None
+    if download is None:
+        download = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("1", "true", "yes", "on")
     try:
-        return Path(snapshot_download(source, revision=revision, local_files_only=True))
+        return Path(snapshot_download(source, revision=revision, cache_dir=cache_dir, local_files_only=True))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError) as exc:
+        if not download:
+            raise ModelImportError(
+                f"{source} is not a folder here and not in this host's Hugging Face cache "
+                f"({exc.__class__.__name__}), and downloads are off (HF_HUB_OFFLINE). Fetch the model where "
+                "there is network access (`hf download` or `save_pretrained`) and import the folder."
+            ) from exc
+    try:
+        return Path(
+            snapshot_download(
+                source, revision=revision, cache_dir=cache_dir, allow_patterns=list(HUB_DOWNLOAD_PATTERNS)
+            )
+        )
+    except Exception as exc:  # no network, no such repository, gated, revision unknown: all said the same way
         raise ModelImportError(
-            f"{source} is not a folder here and not in this host's Hugging Face cache ({exc.__class__.__name__}). "
-            "This host downloads nothing: fetch the model where there is network access "
-            "(`huggingface-cli download` or `save_pretrained`) and import the folder."
+            f"{source} is not in this host's Hugging Face cache and could not be downloaded from the hub: {exc}. "
+            "Where this host has no network, fetch the model elsewhere (`hf download` or `save_pretrained`) and "
+            "import the folder, or set HF_HUB_OFFLINE=1 to look in the cache only."
         ) from exc
 
 

