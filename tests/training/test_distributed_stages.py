@@ -79,3 +79,25 @@ def test_a_launch_asking_for_more_gpus_than_any_gpu_worker_owns_is_refused(tiny_
     )
     assert project.pk  # the project the run would train on is untouched
     run_services.launch_validate(preset="sft", base_model=base, stage_configs={"sft": TWO_PROCESS_SFT})
+
+
+def test_a_gpu_worker_owns_every_gpu_it_sees_unless_told_fewer(settings, monkeypatch):
+    import torch
+
+    from core.tasks import _device
+    from training.services.distributed_launch import worker_gpus_owned
+
+    class Card:  # what torch says of one of four visible 80 GB cards
+        total_memory = 80 * 2**30
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "NVIDIA H100")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: Card())
+    settings.TRAINING_GPUS_PER_WORKER = -1  # the default: unset
+    assert worker_gpus_owned(visible=4) == 4
+    assert _device() == ("cuda:NVIDIA H100", 4, 80 * 2**30)  # what its heartbeat reports
+    settings.TRAINING_GPUS_PER_WORKER = 2
+    assert worker_gpus_owned(visible=4) == 2 and _device()[1] == 2
+    settings.TRAINING_GPUS_PER_WORKER = 8  # more than it sees: what it sees
+    assert worker_gpus_owned(visible=4) == 4 and _device()[1] == 4
