@@ -121,6 +121,15 @@ def test_every_stage_and_sampling_work_on_another_architecture(
     assert job.status == job.Status.SUCCEEDED, job.error
     assert project.prompts.filter(responses__model_version=ppo.output_model).count() == 8
 
+    # The trained policy's files download from its page (a merged model, or the adapter alone), byte for byte.
+    client = Client()
+    client.force_login(make_user("admin1", "admin"))
+    artifact = Path(settings.ARTIFACT_ROOT) / ppo.output_model.artifact_path
+    weights = next(artifact.glob("*.safetensors"))
+    assert weights.name == ("adapter.safetensors" if method == "adapter" else "model.safetensors")
+    download = client.get(reverse("training:model_file", args=[ppo.output_model.pk, weights.name]))
+    assert download.status_code == 200 and b"".join(download.streaming_content) == weights.read_bytes()
+
 
 def test_an_imported_model_is_offered_and_used_by_the_launch_form_and_the_api(
     tmp_path, tiny_model_dir, enqueued_stages, django_capture_on_commit_callbacks
