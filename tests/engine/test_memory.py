@@ -1,10 +1,11 @@
 """Memory planning: the estimate orders configurations as the hardware does, and checkpointing is picked to fit."""
 
+import pytest
 import torch
 from datasets import Dataset
 
-from training.engine import memory, sft
-from training.engine.common import ModelRef, StageInputs
+from training.engine import contrastive, memory, sft
+from training.engine.common import ModelRef, PeftSettings, StageInputs
 
 SMOLLM2_1_7B = memory.ModelShape(
     num_parameters=1_711_000_000, hidden_size=2048, num_layers=24, vocab_size=49152
@@ -154,4 +155,48 @@ def test_gradient_checkpointing_recomputes_layers_and_trains_the_same_model(
     # 3 steps × 2 decoder layers, each run once more in the backward pass when checkpointed.
     assert layer_calls == {False: 3 * 2, True: 3 * 2 * 2}
     assert len(losses[True]) == 3
+    assert torch.allclose(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_the_contrastive_stage_checkpointed_recomputes_the_policys_layers_and_trains_the_same(
+    method, tiny_model_dir, tmp_path, monkeypatch
+):
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    from tests.engine.test_cancel import preference_pairs
+
+    layer_forwards = []
+    real_forward = LlamaMLP.forward
+
+    def counting_forward(self, *args, **kwargs):
+        layer_forwards.append(torch.is_grad_enabled())
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(LlamaMLP, "forward", counting_forward)
+    losses, with_grad, without_grad = {}, {}, {}
+    for checkpointing in (False, True):
+        layer_forwards.clear()
+        config = contrastive.ContrastiveStageConfig(
+            max_steps=3, learning_rate=1e-3, batch_size=4, max_length=64, checkpoint_every=0, device="cpu",
+            gradient_checkpointing=checkpointing, peft=PeftSettings(method=method, lora_r=4),
+        )  # fmt: skip
+        seen = []
+        inputs = StageInputs(
+            data=preference_pairs(),
+            base=ModelRef(tiny_model_dir),
+            out_dir=tmp_path / f"contrastive-{checkpointing}",
+            on_progress=lambda metrics, seen=seen: (
+                seen.append(metrics.values["loss"]) if "loss" in metrics.values else None
+            ),
+        )
+        contrastive.run(config, inputs)
+        losses[checkpointing] = seen
+        with_grad[checkpointing] = sum(layer_forwards)
+        without_grad[checkpointing] = len(layer_forwards) - sum(layer_forwards)
+    # The policy's 2 decoder layers run once more per step (3 steps) in the backward pass when checkpointed; the
+    # reference's forwards, without gradients, are not recomputed.
+    assert with_grad[True] == with_grad[False] + 3 * 2
+    assert without_grad[True] == without_grad[False]
+    assert len(losses[True]) == 3 and losses[False][-1] < losses[False][0]
     assert torch.allclose(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-4)

@@ -64,6 +64,26 @@ def test_lora_gets_gradient_checkpointing_only_where_it_needs_it(
     assert run.stages.get().config["gradient_checkpointing"] is checkpointing
 
 
+@pytest.mark.parametrize(("memory_gib", "checkpointing"), [(80, True), (141, False)])
+def test_the_contrastive_stage_gets_gradient_checkpointing_only_where_it_needs_it(
+    tiny_model_dir, launch, memory_gib, checkpointing
+):
+    """DPO with LoRA on an 8B base, 4 pairs of 2,048 tokens: ~101 GiB as planned, ~39 GiB with its layers
+    recomputed in the backward pass (its own loop checkpoints as the Trainer's stages do)."""
+    _gpu_worker(memory_gib)
+    run = launch(
+        project=ranked_project(prompts=4),
+        preset="preference",
+        base_model=_big_base(tiny_model_dir),
+        peft={"sft": "lora", "contrastive": "lora"},
+        stage_configs={
+            "sft": {"max_steps": 1, "batch_size": 1, "max_length": 512},
+            "contrastive": {"max_steps": 1, "batch_size": 4, "max_length": 2048},
+        },
+    )
+    assert run.stages.get(kind="contrastive").config["gradient_checkpointing"] is checkpointing
+
+
 def test_nothing_is_planned_when_no_worker_reported_its_memory(tiny_model_dir, launch):
     _gpu_worker(None)
     run = _launch(launch, _big_base(tiny_model_dir), "full")

@@ -239,7 +239,7 @@ class StageConfig:
     checkpoint_every: int = 50  # optimizer steps; 0 disables checkpoints
     device: str = "auto"  # "auto" picks CUDA when present, else CPU
     # Recompute activations in the backward pass: far less memory, about a third slower. Launch turns it on where
-    # the memory plan needs it (engine.memory); the SFT and reward stages use it.
+    # the memory plan needs it (engine.memory); the SFT, reward and contrastive stages use it.
     gradient_checkpointing: bool = False
     # CUDA only (ignored on CPU): compile each decoder layer (fast_paths.py). About 40 s of compilation, then
     # 2.4× faster SFT steps on an H200 (benchmarks/RESULTS.md); False for short runs or a debugging session.

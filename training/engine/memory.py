@@ -22,8 +22,9 @@ GIB = 2**30
 FITS_FRACTION = (
     0.9  # plan at most this share of the device; allocator fragmentation and CUDA context take the rest
 )
-# The stages trained by transformers' Trainer; PPO and the contrastive stage run their own loop without it.
-CHECKPOINTING_STAGES = ("sft", "reward")
+# The stages that can recompute their layers' activations in the backward pass: the Trainer's two and the
+# contrastive loop. PPO's loop does not: a PPO stage that cannot fit is refused with the numbers.
+CHECKPOINTING_STAGES = ("sft", "reward", "contrastive")
 ADAPTER_TRAINABLE_SHARE = 0.02  # LoRA r=16 / a bottleneck adapter: about 1-2% of a small model's parameters
 
 
