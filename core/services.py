@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from django.conf import settings
 from django.contrib.auth import authenticate, get_user_model
 from django.contrib.auth.models import AbstractUser, Group
 from django.contrib.auth.password_validation import validate_password
@@ -102,3 +103,9 @@ def api_token_for_username(*, username: str, rotate: bool = False) -> Token:
     if user is None:
         raise ValidationError({"username": f"No user {username!r}."})
     return api_token_get_or_create(user=user, rotate=rotate)
+
+
+def worker_gpus_owned(*, visible: int) -> int:
+    """GPUs (cores on a CPU worker) this worker lends one stage: TRAINING_GPUS_PER_WORKER of the `visible` ones."""
+    owned = settings.TRAINING_GPUS_PER_WORKER
+    return visible if owned < 0 else max(1, min(owned, visible))

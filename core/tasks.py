@@ -2,9 +2,8 @@ import os
 import socket
 
 from celery import shared_task
-from django.conf import settings
 
-from core.services import worker_heartbeat_record
+from core.services import worker_gpus_owned, worker_heartbeat_record
 
 
 def _device() -> tuple[str, int, int | None]:
@@ -14,9 +13,7 @@ def _device() -> tuple[str, int, int | None]:
     except ImportError:
         torch = None
     if torch is not None and torch.cuda.is_available():
-        count = torch.cuda.device_count()
-        if settings.TRAINING_GPUS_PER_WORKER >= 0:  # the GPUs it owns, of those it sees
-            count = max(1, min(count, settings.TRAINING_GPUS_PER_WORKER))
+        count = worker_gpus_owned(visible=torch.cuda.device_count())  # the GPUs it owns, of those it sees
         memory = min(torch.cuda.get_device_properties(index).total_memory for index in range(count))
         return f"cuda:{torch.cuda.get_device_name(0)}", count, memory
     try:

@@ -39,6 +39,20 @@ def _launch(launch, base, method: str):
     )
 
 
+def _preference_options(base, *, contrastive_method: str, contrastive: dict) -> dict:
+    """A preference round on `base`: a one-step LoRA SFT stage, then the contrastive stage as given."""
+    return dict(
+        project=ranked_project(prompts=4),
+        preset="preference",
+        base_model=base,
+        peft={"sft": "lora", "contrastive": contrastive_method},
+        stage_configs={
+            "sft": {"max_steps": 1, "batch_size": 1, "max_length": 512},
+            "contrastive": contrastive,
+        },
+    )
+
+
 def test_full_fine_tuning_that_cannot_fit_is_refused_with_the_numbers(
     tiny_model_dir, launch, enqueued_stages
 ):
@@ -72,14 +86,11 @@ def test_the_contrastive_stage_gets_gradient_checkpointing_only_where_it_needs_i
     recomputed in the backward pass (its own loop checkpoints as the Trainer's stages do)."""
     _gpu_worker(memory_gib)
     run = launch(
-        project=ranked_project(prompts=4),
-        preset="preference",
-        base_model=_big_base(tiny_model_dir),
-        peft={"sft": "lora", "contrastive": "lora"},
-        stage_configs={
-            "sft": {"max_steps": 1, "batch_size": 1, "max_length": 512},
-            "contrastive": {"max_steps": 1, "batch_size": 4, "max_length": 2048},
-        },
+        **_preference_options(
+            _big_base(tiny_model_dir),
+            contrastive_method="lora",
+            contrastive={"max_steps": 1, "batch_size": 4, "max_length": 2048},
+        )
     )
     assert run.stages.get(kind="contrastive").config["gradient_checkpointing"] is checkpointing
 
@@ -178,20 +189,15 @@ def test_a_contrastive_full_fine_tune_too_big_for_one_gpu_fits_sharded_over_four
     worker_heartbeat_record(
         hostname="gpu-4", queue="gpu", device="cuda:NVIDIA H100", device_count=4, device_memory_bytes=80 * GIB
     )
-    options = dict(
-        project=ranked_project(prompts=4),
-        preset="preference",
-        base_model=_big_base(tiny_model_dir),
-        peft={"sft": "lora", "contrastive": "full"},
-        stage_configs={
-            "sft": {"max_steps": 1, "batch_size": 1, "max_length": 512},
-            "contrastive": {
-                "max_steps": 1,
-                "batch_size": 8,
-                "max_length": 512,
-                "processes": 4,
-                "sharding": sharding,
-            },
+    options = _preference_options(
+        _big_base(tiny_model_dir),
+        contrastive_method="full",
+        contrastive={
+            "max_steps": 1,
+            "batch_size": 8,
+            "max_length": 512,
+            "processes": 4,
+            "sharding": sharding,
         },
     )
     if fits:

