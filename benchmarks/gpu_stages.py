@@ -384,6 +384,12 @@ def main() -> None:
         help="default, eager, logN, pairsN, cpp_wrapper (comma list)",
     )
     parser.add_argument("--ppo-methods", default="lora")
+    parser.add_argument(
+        "--ppo-accumulation",
+        default="",
+        help="method=N,... : gradient_accumulation_steps of that PPO method (the same 64-row optimizer steps in N "
+        "micro-batches), e.g. full=2 where a full fine-tune's update does not fit the card (what the launch picks)",
+    )
     parser.add_argument("--trl-baselines", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="Tiny sizes: checks the script on a CPU.")
     args = parser.parse_args()
@@ -495,14 +501,24 @@ def main() -> None:
             results[name]["ratio_vs_raw_compiled"] = results[name]["ours_tokens_per_s"] / raw
             record(name, results[name])
     if "ppo" in only:
+        accumulation = dict(item.split("=") for item in args.ppo_accumulation.split(",") if item)
         for method in args.ppo_methods.split(","):
-            guarded("ppo" if method == "lora" else f"ppo_{method}", lambda method=method: ppo_benchmark(
-                PPOConfig, size, base, reward_artifact, rows, work, method, parameters))  # fmt: skip
+            steps = int(accumulation.get(method, 1))
+            guarded("ppo" if method == "lora" else f"ppo_{method}", lambda method=method, steps=steps: ppo_benchmark(
+                PPOConfig, size, base, reward_artifact, rows, work, method, parameters, steps))  # fmt: skip
     print(json.dumps(results))
 
 
 def ppo_benchmark(
-    ppo_config, size: dict, base: ModelRef, reward_model, rows, work: Path, method: str, parameters
+    ppo_config,
+    size: dict,
+    base: ModelRef,
+    reward_model,
+    rows,
+    work: Path,
+    method: str,
+    parameters,
+    accumulation: int = 1,
 ) -> dict:
     """Seconds per PPO iteration (rollout, reward-model scoring or rules, reference log-probs, 2 PPO epochs),
     the first iteration (compilation) left out. MFU counts (8 + 6·epochs)·N FLOPs per token of the iteration's
@@ -515,7 +531,7 @@ def ppo_benchmark(
     config = ppo_config(max_steps=4, batch_size=size["ppo"], mini_batch_size=size["ppo"] // 4, ppo_epochs=2,
                         max_new_tokens=size["new"], max_length=size["max_length"], learning_rate=1e-6,
                         checkpoint_every=0, reward_source=scored_by, peft=PeftSettings(method=method),
-                        reward_batch_size=64,
+                        reward_batch_size=64, gradient_accumulation_steps=accumulation,
                         rules=[{"kind": "length", "target": 200, "tolerance": 150, "unit": "chars"}])  # fmt: skip
     ends: list[float] = []
 
@@ -530,7 +546,8 @@ def ppo_benchmark(
                                           reward_model=reward_model))  # fmt: skip
     iterations = [b - a for a, b in zip(ends, ends[1:], strict=False)]
     result = {"rollout_batch": config.batch_size, "new_tokens": config.max_new_tokens, "ppo_epochs": config.ppo_epochs,
-            "method": method, "reward": scored_by, "seconds_total": time.perf_counter() - start,
+            "method": method, "reward": scored_by, "gradient_accumulation_steps": accumulation,
+            "seconds_total": time.perf_counter() - start,
             "first_iteration_s": ends[0] - start if ends else None, "iteration_seconds": iterations,
             "seconds_per_iteration": statistics.median(iterations) if iterations else None,
             "peak_memory_gb": peak_memory_gb()}  # fmt: skip

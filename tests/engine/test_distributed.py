@@ -746,8 +746,11 @@ def test_ppo_sharded_on_two_processes_trains_as_under_ddp_and_saves_a_plain_poli
     base = ModelRef(few_words_policy_dir)
     runs = {}
     for mode in ("ddp", "fsdp"):
-        result, reports = run_ppo(ppo_sharding_config(sharding=mode), base, tmp_path / mode)
-        assert result.status == "completed" and [report.step for report in reports] == [1, 2, 3]
+        # Two iterations: the second samples from the policy the first updated. From the third on, the last-bit
+        # differences of the two reduction orders (1e-7 at iteration 2: each micro-batch's loss is scaled by its
+        # token share, not an exact 1/2) can flip a sampled token, and the rollouts part ways.
+        result, reports = run_ppo(ppo_sharding_config(sharding=mode, max_steps=2), base, tmp_path / mode)
+        assert result.status == "completed" and [report.step for report in reports] == [1, 2]
         runs[mode] = (result, reports, tmp_path / mode)
     # It did shard: rank 0 holds about half of the policy, of the reference copy and of the reward model.
     held = re.findall(r"sharded over 2 processes; this one holds ([\d.]+)% of its", caplog.text)
@@ -768,7 +771,7 @@ def test_ppo_sharded_on_two_processes_trains_as_under_ddp_and_saves_a_plain_poli
     assert any(not torch.equal(parent[name], trained[name]) for name in parent)  # the policy was trained
     assert load_file(str(fsdp_dir / ppo.VALUE_HEAD_FILE))["linear.weight"].abs().sum() > 0
     history = json.loads((fsdp_dir / ppo.METRICS_FILE).read_text())["history"]
-    assert [entry["step"] for entry in history] == [1, 2, 3]
+    assert [entry["step"] for entry in history] == [1, 2]
 
 
 @pytest.mark.slow

@@ -219,3 +219,31 @@ def test_static_decode_steps_attend_with_packed_gqa_and_restore_sdpa(tiny):
     layers = model.config.num_hidden_layers
     assert calls == {"one_token": 4 * layers, "other": 0}  # every decode step after the prefill, no prefill
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_the_ppo_memory_plan_counts_the_static_cache_the_decoder_keeps(tiny_model_dir):
+    """PPO's rollout cache stays on the policy between iterations: the launch's estimate of it is the element count
+    of the cache the static decoder really keeps (2 bytes an element: bf16 on CUDA; fp32 here)."""
+    from training.engine import decoders, memory
+    from training.engine.base_model import load_saved_model
+
+    model, tokenizer = load_saved_model(tiny_model_dir)  # its own copy: the kept cache stays with it
+    generate(model, tokenizer, PROMPTS, SamplingSettings(max_new_tokens=5, temperature=0, decode="static"))
+    kept = getattr(model, decoders._STATE_ATTRIBUTE).caches
+    [(rows, length)] = kept
+    elements = sum(
+        tensor.numel() for layer in kept[(rows, length)].layers for tensor in (layer.keys, layer.values)
+    )
+    config = model.config.to_dict()
+    shape = memory.ModelShape.from_config(config, model.num_parameters())
+    assert shape.key_value_size < shape.hidden_size  # grouped-query attention, as SmolLM2's
+    load = memory.StageLoad(
+        "ppo", "full", 1, length - 7, "cuda", rollout_rows=rows, reward_model=False
+    )  # the rollout's longest sequence, rounded up as the decoder rounds it
+    estimate = memory.training_memory(shape, load, gradient_checkpointing=False)
+    assert memory.DECODE_CACHE_MULTIPLE == decoders.CACHE_LENGTH_MULTIPLE
+    assert estimate.decode_cache == 2 * elements > 0
+    on_cpu = memory.training_memory(
+        shape, memory.StageLoad(**{**load.__dict__, "device_kind": "cpu"}), gradient_checkpointing=False
+    )
+    assert on_cpu.decode_cache == 0  # the growing cache there, freed after each rollout

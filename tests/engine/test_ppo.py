@@ -475,6 +475,41 @@ def test_full_fine_tuning_keeps_a_frozen_reference_copy(few_words_policy_dir, tm
     assert reports[0].values["kl"] == pytest.approx(0.0, abs=1e-5)
 
 
+def test_gradient_accumulation_takes_the_same_optimizer_step_as_the_whole_minibatch(
+    few_words_policy_dir, tmp_path, monkeypatch
+):
+    """Rollouts of unequal lengths: each micro-batch's loss counts by its share of the minibatch's tokens, so 2 or 4
+    micro-batches train the same weights as one (the launch raises the accumulation where memory needs it)."""
+    from safetensors.torch import load_file
+
+    completion_lengths = []
+    real_update = ppo.ppo_update
+
+    def recording_update(models, optimizer, parameters, rollout, *args, **kwargs):
+        completion_lengths.append(rollout.mask.sum(dim=1).tolist())
+        return real_update(models, optimizer, parameters, rollout, *args, **kwargs)
+
+    monkeypatch.setattr(ppo, "ppo_update", recording_update)
+    weights = {}
+    for accumulation in (1, 2, 4):
+        config = small_config(
+            max_steps=1, checkpoint_every=0, batch_size=4, mini_batch_size=4, max_new_tokens=12,
+            gradient_accumulation_steps=accumulation, peft=PeftSettings(method="full"),
+        )  # fmt: skip
+        result, _ = run_collecting(config, few_words_policy_dir, tmp_path / f"ppo-{accumulation}")
+        weights[accumulation] = {
+            **load_file(result.artifact_path / "model.safetensors"),
+            **load_file(result.artifact_path / ppo.VALUE_HEAD_FILE),
+        }
+    assert completion_lengths[0] == completion_lengths[1] == completion_lengths[2]  # the same rollout
+    assert len(set(completion_lengths[0])) > 1, completion_lengths  # whose rows' token counts differ
+    base = load_file(few_words_policy_dir / "model.safetensors")
+    assert any(not torch.equal(weights[1][name], base[name]) for name in base)  # the step moved the policy
+    for accumulation in (2, 4):
+        for name, tensor in weights[1].items():
+            torch.testing.assert_close(weights[accumulation][name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The pieces of the objective
 

@@ -11,7 +11,14 @@ from training.models import TrainingRun
 
 pytestmark = pytest.mark.django_db
 GIB = 2**30
-LLAMA_8B_CONFIG = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "vocab_size": 128256}
+LLAMA_8B_CONFIG = {
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "num_hidden_layers": 32,
+    "vocab_size": 128256,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+}
 
 
 def _big_base(tiny_model_dir) -> ModelVersion:
@@ -140,6 +147,48 @@ def test_the_launch_refuses_fsdp_where_nothing_shards_it(tiny_model_dir, launch)
     errors = excinfo.value.message_dict
     assert "set processes to 2 or more" in errors["sft.sharding"][0]
     assert "set processes to 2 or more" in errors["ppo.sharding"][0]
+
+
+def _rlhf_options(base, ppo: dict) -> dict:
+    small = {"max_steps": 1, "batch_size": 1, "max_length": 512}
+    return dict(
+        project=ranked_project(prompts=4),
+        preset="rlhf",
+        base_model=base,
+        peft={"sft": "lora", "reward": "lora", "ppo": "lora"},
+        stage_configs={"sft": small, "reward": small, "ppo": ppo},
+    )
+
+
+@pytest.mark.parametrize(("memory_gib", "accumulation"), [(80, 11), (141, 4), (420, 1)])
+def test_a_ppo_stage_that_fits_only_in_smaller_micro_batches_gets_more_gradient_accumulation(
+    tiny_model_dir, launch, memory_gib, accumulation
+):
+    """LoRA PPO on an 8B base with its reward model, 64-row optimizer steps of 1,024 tokens (and the rollout's 8
+    GiB KV cache): ~375 GiB in one forward; 4 micro-batches of 16 rows need ~124 GiB (an H200), 11 of at most 6
+    rows ~72 GiB (an H100): the fewest that fit. The same optimizer steps: ppo_update weighs each micro-batch by
+    its tokens."""
+    _gpu_worker(memory_gib)
+    ppo_config = {"max_steps": 1, "batch_size": 64, "mini_batch_size": 64, "max_length": 1024}
+    run = launch(**_rlhf_options(_big_base(tiny_model_dir), ppo_config))
+    ppo = run.stages.get(kind="ppo").config
+    assert ppo["gradient_accumulation_steps"] == accumulation and ppo["mini_batch_size"] == 64
+
+
+def test_a_ppo_stage_that_cannot_fit_even_one_row_a_forward_is_refused_with_the_numbers(
+    tiny_model_dir, launch
+):
+    _gpu_worker(24)
+    ppo_config = {"max_steps": 1, "batch_size": 8, "mini_batch_size": 8, "max_length": 1024}
+    with pytest.raises(ValidationError) as excinfo:
+        launch(**_rlhf_options(_big_base(tiny_model_dir), ppo_config))
+    (message,) = excinfo.value.message_dict["ppo.batch_size"]
+    # The estimate of the smallest micro-batch (one row), and no advice to shrink a batch that would not help.
+    assert (
+        "activations 5.2, rollout KV cache 1.0 GiB" in message
+        and "has 24 GiB" in message
+        and "a smaller max_length" in message
+    )
 
 
 @pytest.mark.parametrize(("sharding", "fits"), [("auto", True), ("fsdp", True), ("ddp", False)])

@@ -10,7 +10,7 @@ activations. Frozen models count with their weights only: a full fine-tune's ref
 CUDA; the contrastive stage's, an fp32 copy of the policy) and PPO's reward model (of the base's shape); with LoRA or
 an adapter the reference is the policy with its adapter switched off, no copy (a PPO adapter continued from a parent
 adapter keeps a reference copy that is not counted). PPO's critic is a linear head on the
-policy's last hidden state. Sharded (FSDP) stages shard all of these, frozen models included. It is a planning figure
+policy's last hidden state; on CUDA PPO also keeps its rollout's static KV cache (see `training_memory`). Sharded (FSDP) stages shard all of these, frozen models included. It is a planning figure
 (±30%), so the check keeps a margin.
 """
 
@@ -23,8 +23,10 @@ FITS_FRACTION = (
     0.9  # plan at most this share of the device; allocator fragmentation and CUDA context take the rest
 )
 # The stages that can recompute their layers' activations in the backward pass: the Trainer's two and the
-# contrastive loop. PPO's loop does not: a PPO stage that cannot fit is refused with the numbers.
+# contrastive loop. PPO's loop does not: a PPO stage that cannot fit gets smaller micro-batches at launch (more
+# gradient accumulation, services/capacity.py), or is refused with the numbers.
 CHECKPOINTING_STAGES = ("sft", "reward", "contrastive")
+DECODE_CACHE_MULTIPLE = 128  # decoders.CACHE_LENGTH_MULTIPLE (not imported: this module needs no torch)
 ADAPTER_TRAINABLE_SHARE = 0.02  # LoRA r=16 / a bottleneck adapter: about 1-2% of a small model's parameters
 
 
@@ -34,6 +36,8 @@ class ModelShape:
     hidden_size: int
     num_layers: int
     vocab_size: int
+    # Width of one layer's keys (= values) per token: key/value heads × head size; 0: hidden_size (no GQA).
+    key_value_size: int = 0
 
     @classmethod
     def from_config(cls, config: dict, num_parameters: int) -> ModelShape:
@@ -45,7 +49,15 @@ class ModelShape:
                 text.get("num_hidden_layers") or text.get("n_layer") or text.get("num_layers") or 0
             ),
             vocab_size=int(text.get("vocab_size") or 0),
+            key_value_size=_key_value_size(text),
         )
+
+
+def _key_value_size(config: dict) -> int:
+    heads = config.get("num_attention_heads") or config.get("n_head")
+    key_value_heads = config.get("num_key_value_heads") or heads
+    head_size = config.get("head_dim") or (int(config.get("hidden_size") or 0) // int(heads) if heads else 0)
+    return int(key_value_heads or 0) * int(head_size or 0)
 
 
 @dataclass(frozen=True)
@@ -55,10 +67,11 @@ class MemoryEstimate:
     optimizer: int
     activations: int
     gradient_checkpointing: bool
+    decode_cache: int = 0  # PPO on CUDA: the rollout's static KV cache, kept on the policy between iterations
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations
+        return self.weights + self.gradients + self.optimizer + self.activations + self.decode_cache
 
     def describe(self) -> str:
         parts = (
@@ -66,7 +79,7 @@ class MemoryEstimate:
             f"gradients {self.gradients / GIB:.1f}",
             f"optimizer {self.optimizer / GIB:.1f}",
             f"activations {self.activations / GIB:.1f}",
-        )
+        ) + ((f"rollout KV cache {self.decode_cache / GIB:.1f}",) if self.decode_cache else ())
         checkpointing = " with gradient checkpointing" if self.gradient_checkpointing else ""
         return f"about {self.total / GIB:.1f} GiB{checkpointing} ({', '.join(parts)} GiB)"
 
@@ -85,6 +98,8 @@ class StageLoad:
     model_shards: int = 1
     # PPO only: a reward model scores the rollouts (`reward_source` "reward_model" or "mixed"; "rules" loads none).
     reward_model: bool = True
+    # PPO only: the rollout rows one process samples at once (its share of `batch_size`); 0: not counted.
+    rollout_rows: int = 0
 
 
 def micro_batch_rows(
@@ -134,6 +149,15 @@ def training_memory(shape: ModelShape, load: StageLoad, *, gradient_checkpointin
     else:
         layers = per_layer_token * shape.num_layers
     logits = 0 if load.kind == "reward" else 2 * 4 * shape.vocab_size  # fp32 logits and their gradient
+    decode_cache = 0
+    if load.kind == "ppo" and load.device_kind == "cuda" and load.model_shards <= 1:
+        # The static cache of the CUDA-graph decoder (decoders.StaticCacheDecoder) stays allocated on the policy
+        # through the update, for the next iteration's rollout: keys and values of every layer, in bf16, at
+        # the longest length a rollout can take (prompt + new tokens ≤ max_length, rounded up as the decoder
+        # does). A sharded policy decodes with the growing cache, freed after the rollout.
+        length = -(-load.sequence_tokens // DECODE_CACHE_MULTIPLE) * DECODE_CACHE_MULTIPLE
+        key_value_size = shape.key_value_size or shape.hidden_size
+        decode_cache = load.rollout_rows * length * shape.num_layers * 2 * key_value_size * 2
     shards = max(1, load.model_shards)
     return MemoryEstimate(
         weights=-(-weights // shards),
@@ -141,6 +165,7 @@ def training_memory(shape: ModelShape, load: StageLoad, *, gradient_checkpointin
         optimizer=-(-8 * trained // shards),
         activations=tokens * (layers + logits),
         gradient_checkpointing=gradient_checkpointing,
+        decode_cache=decode_cache,
     )
 
 

@@ -4,8 +4,9 @@
     value loss   = ½·mean max((V_θ − R)², (clip(V_θ, V_old ± ε_v) − R)²)
     loss         = policy loss + c_v·value loss
 
-A minibatch is one optimizer step, split into `gradient_accumulation_steps` micro-batches; `should_stop` is asked
-before each micro-batch. On several processes each rank updates on its own rollout rows, `mini_batch_size` / processes
+A minibatch is one optimizer step, split into `gradient_accumulation_steps` micro-batches (the same step as the
+whole minibatch at once: each micro-batch's loss counts by its share of the tokens); `should_stop` is asked before
+each micro-batch. On several processes each rank updates on its own rollout rows, `mini_batch_size` / processes
 of them per step, and the gradients are averaged over the ranks before clipping, so every rank takes the same step
 (what DDP would do); a sharded policy and critic (FSDP) have their gradients reduce-scattered by their backward pass
 instead, and are clipped by the norm of the whole gradient over the shards. The updates change the weights in place,
@@ -63,6 +64,10 @@ def ppo_update(
         order = torch.randperm(rollout_size, generator=shuffle_generator).to(device)
         for minibatch in order.split(minibatch_size):
             micro_batches = minibatch.tensor_split(min(config.gradient_accumulation_steps, len(minibatch)))
+            # Each micro-batch's token means weighted by its share of the minibatch's tokens: the accumulated
+            # gradient is the whole minibatch's token mean, whatever the accumulation (the launch raises it where
+            # a stage fits only in smaller micro-batches). Stays on the device: no sync.
+            minibatch_tokens = mask[minibatch].sum().clamp(min=1)
             for rows in micro_batches:
                 stop_if_asked(should_stop)  # between micro-batches: a cancel drops the half-accumulated step
                 with autocast_for(device):
@@ -90,7 +95,7 @@ def ppo_update(
                 )
 
                 loss = policy_loss + config.value_loss_coef * value_loss
-                (loss / len(micro_batches)).backward()
+                (loss * (row_mask.sum() / minibatch_tokens)).backward()
 
                 with torch.no_grad():
                     totals["policy_loss"] += policy_loss

@@ -84,6 +84,7 @@ def stage_load(config: StageConfig, device, *, kind: str) -> memory.StageLoad:
         sequence_tokens=config.max_length,
         device_kind=torch.device(device).type,
         reward_model=getattr(config, "reward_source", "reward_model") != "rules",
+        rollout_rows=max(1, config.batch_size // distributed.world_size()) if kind == "ppo" else 0,
     )
 
 
